@@ -1,0 +1,67 @@
+"""The ``cellrlhf`` command line: one subcommand per pipeline stage.
+
+Each subcommand is a thin door into a stage's own ``cli(argv)`` function, which is the same code
+that the root scripts (``sft.py``, ``ppo.py``, ...) run under ``accelerate launch``. Stages are
+imported only when their subcommand runs, so ``cellrlhf --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+# name -> (module with a ``cli(argv) -> int`` function, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "encode": ("cellrlhf.cell2text.cli", "turn an .h5ad into cell sentences (Parquet shards)"),
+    "data": ("cellrlhf.data.cli", "build training datasets from AnnData (`data build --config`)"),
+    "pretrain": ("cellrlhf.sft.pretrain", "pretrain a cell language model on cell sentences"),
+    "sft": ("cellrlhf.sft.sft", "instruction-tune a model on chat-format cell tasks"),
+    "preferences": ("cellrlhf.reward.preferences_cli", "sample and score preference pairs"),
+    "reward": ("cellrlhf.reward.train", "train a reward model on preference pairs"),
+    "ppo": ("cellrlhf.ppo.ppo", "RLHF with TRL's PPO on perturbation fidelity"),
+    "grpo": ("cellrlhf.ppo.grpo", "GRPO / RLOO with programmatic or learned rewards"),
+    "eval": ("cellrlhf.reward.eval_cli", "evaluate perturbation predictions against baselines"),
+    "chat": ("cellrlhf.chat.repl", "chat with a model about your cells in the terminal"),
+    "serve": ("cellrlhf.chat.web", "serve a chat web app (gradio) on 127.0.0.1"),
+    "push": ("cellrlhf.hub.push", "share a model or dataset on the Hugging Face Hub"),
+    "demo": ("cellrlhf.pipeline.demo", "run the whole pipeline end to end on CPU"),
+    "pipeline": ("cellrlhf.pipeline.run", "run a pipeline YAML (all stages, one file)"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: cellrlhf <command> [options]   (cellrlhf <command> --help for details)", ""]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cellrlhf`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from cellrlhf import __version__
+
+        print(f"cellrlhf {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"cellrlhf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module_name, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("cellrlhf"):
+            print(f"cellrlhf: the {name!r} command is not available in this version.", file=sys.stderr)
+            return 2
+        raise
+    return int(module.cli(rest) or 0)
