@@ -61,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("cellrlhf"):
-            print(f"cellrlhf: the {name!r} command is not available in this version.", file=sys.stderr)
+            print(
+                f"cellrlhf: the {name!r} command is not available in this version.", file=sys.stderr
+            )
             return 2
         raise
     return int(module.cli(rest) or 0)

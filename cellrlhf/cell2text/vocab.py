@@ -109,10 +109,10 @@ class GeneVocab:
         gene_symbols: str | None = None,
         duplicates: Literal["error", "sum", "first"] = "error",
     ) -> GeneVocab:
-        """Build the vocabulary of an AnnData's genes (see :meth:`from_names`)."""
-        return cls.from_names_with_mapping(
-            *_names_of(adata, gene_symbols), duplicates=duplicates
-        )[0]
+        """Build the vocabulary of an AnnData's genes (see :meth:`from_names_with_mapping`)."""
+        names, source = _names_of(adata, gene_symbols)
+        vocab, _ = cls.from_names_with_mapping(names, source, duplicates=duplicates)
+        return vocab
 
     @classmethod
     def from_names_with_mapping(
@@ -199,7 +199,12 @@ class GeneVocab:
 
     # ----------------------------------------------------------------- persistence
     def to_dict(self) -> dict:
-        return {"format": _FORMAT, "version": _VERSION, "genes": list(self.genes), "params": self.params}
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "genes": list(self.genes),
+            "params": self.params,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write JSON to ``path`` (a file, or a directory that receives ``gene_vocab.json``)."""
@@ -222,7 +227,9 @@ class GeneVocab:
             raise FileNotFoundError(f"no gene vocabulary at {path}; expected {VOCAB_FILENAME}.")
         payload = json.loads(path.read_text())
         if payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a cellrlhf gene vocabulary (format={payload.get('format')!r}).")
+            raise ValueError(
+                f"{path} is not a cellrlhf gene vocabulary (format={payload.get('format')!r})."
+            )
         return cls(tuple(payload["genes"]), params=payload.get("params", {}))
 
 
