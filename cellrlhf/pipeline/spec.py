@@ -1,0 +1,184 @@
+"""Pipeline YAML: every stage of a run written down in one file.
+
+A pipeline file names a run directory and an ordered list of stages. Each stage is one
+``cellrlhf`` subcommand with its arguments, optionally launched through ``accelerate launch`` with
+an accelerate config, so a GPU user swaps model size or hardware by editing YAML, not code::
+
+    run_dir: runs/demo
+    variables: {data_config: configs/data/simulated.yaml}
+    stages:
+      - name: data
+        command: [data, build, --config, "{data_config}", --output_dir, "{run_dir}/data"]
+        outputs: ["{run_dir}/data/manifest.json"]
+      - name: sft
+        accelerate_config: configs/accelerate/cpu.yaml
+        command: [sft, --config, configs/sft/cpu_demo.yaml, --output_dir, "{run_dir}/sft"]
+        outputs: ["{run_dir}/sft/model.safetensors"]
+        resumable: true
+
+``{name}`` placeholders are filled from ``run_dir`` and ``variables`` (command-line overrides win).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["StageSpec", "PipelineSpec", "load_pipeline", "PipelineConfigError"]
+
+
+class PipelineConfigError(ValueError):
+    """A pipeline YAML that cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: a ``cellrlhf`` subcommand and what it leaves behind.
+
+    Attributes
+    ----------
+    name
+        Unique stage name (also the name of its done-marker).
+    command
+        Arguments after ``cellrlhf`` (``["sft", "--config", ...]``).
+    outputs
+        Files the stage must have written for it to count as finished.
+    accelerate_config
+        Run through ``accelerate launch --config_file <this> -m cellrlhf ...`` when set.
+    resumable
+        Training stages: on a re-run after a kill, pass ``--resume_from_checkpoint`` when the
+        output directory holds a checkpoint.
+    output_dir
+        The stage's output directory (for checkpoint discovery and the report).
+    summary
+        Optional file (JSON) whose top-level numbers form the stage's one-line summary.
+    """
+
+    name: str
+    command: tuple[str, ...]
+    outputs: tuple[str, ...] = ()
+    accelerate_config: str | None = None
+    resumable: bool = False
+    output_dir: str | None = None
+    summary: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A parsed, placeholder-resolved pipeline."""
+
+    run_dir: Path
+    stages: tuple[StageSpec, ...]
+    variables: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def stage(self, name: str) -> StageSpec:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+
+_STAGE_KEYS = {
+    "name",
+    "command",
+    "outputs",
+    "accelerate_config",
+    "resumable",
+    "output_dir",
+    "summary",
+}
+
+
+def _fill(value: str, variables: dict[str, str], where: str) -> str:
+    try:
+        return string.Formatter().vformat(value, (), variables)
+    except KeyError as err:
+        raise PipelineConfigError(
+            f"{where}: placeholder {{{err.args[0]}}} is not defined; define it under 'variables:' "
+            f"or pass --set {err.args[0]}=VALUE. Defined: {sorted(variables)}."
+        ) from None
+
+
+def load_pipeline(
+    source: str | Path | dict, *, overrides: dict[str, str] | None = None
+) -> PipelineSpec:
+    """Read and validate a pipeline YAML (a path or an already-parsed mapping).
+
+    Parameters
+    ----------
+    source
+        Path of the YAML file, or its parsed content.
+    overrides
+        Values for ``variables`` (and ``run_dir``) that win over the file's.
+    """
+    if isinstance(source, dict):
+        raw, origin = source, None
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"pipeline file {path} does not exist (see configs/pipeline/).")
+        raw, origin = yaml.safe_load(path.read_text()) or {}, str(path)
+    if not isinstance(raw, dict):
+        raise PipelineConfigError(
+            f"{origin}: a pipeline file is a mapping with run_dir and stages."
+        )
+    unknown = set(raw) - {"run_dir", "variables", "stages", "description"}
+    if unknown:
+        raise PipelineConfigError(f"{origin}: unknown top-level keys {sorted(unknown)}.")
+    overrides = dict(overrides or {})
+    variables = {str(k): str(v) for k, v in (raw.get("variables") or {}).items()}
+    variables.update({k: v for k, v in overrides.items() if k != "run_dir"})
+    run_dir = overrides.get("run_dir") or raw.get("run_dir")
+    if not run_dir:
+        raise PipelineConfigError(f"{origin}: 'run_dir' is required.")
+    variables["run_dir"] = str(run_dir)
+    # variables may refer to each other and to run_dir
+    for _ in range(3):
+        variables = {k: _fill(v, variables, f"variables.{k}") for k, v in variables.items()}
+
+    stages_raw = raw.get("stages")
+    if not stages_raw or not isinstance(stages_raw, list):
+        raise PipelineConfigError(f"{origin}: 'stages' must be a non-empty list.")
+    stages: list[StageSpec] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(stages_raw):
+        where = f"{origin or 'pipeline'}: stages[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry or "command" not in entry:
+            raise PipelineConfigError(f"{where} needs 'name' and 'command'.")
+        bad = set(entry) - _STAGE_KEYS
+        if bad:
+            raise PipelineConfigError(
+                f"{where}: unknown keys {sorted(bad)}; allowed {sorted(_STAGE_KEYS)}."
+            )
+        name = str(entry["name"])
+        if name in seen:
+            raise PipelineConfigError(f"{where}: stage name {name!r} is used twice.")
+        seen.add(name)
+        command = entry["command"]
+        if isinstance(command, str) or not isinstance(command, list) or not command:
+            raise PipelineConfigError(f"{where}: 'command' must be a non-empty list of arguments.")
+
+        def fill(v: object, where: str = where) -> str:
+            return _fill(str(v), variables, where)
+
+        optional = {
+            k: fill(entry[k])
+            for k in ("accelerate_config", "output_dir", "summary")
+            if entry.get(k)
+        }
+        stages.append(
+            StageSpec(
+                name=name,
+                command=tuple(fill(a) for a in command),
+                outputs=tuple(fill(o) for o in entry.get("outputs") or ()),
+                resumable=bool(entry.get("resumable", False)),
+                **optional,
+            )
+        )
+    return PipelineSpec(Path(variables["run_dir"]), tuple(stages), variables, origin, raw)
