@@ -1,0 +1,285 @@
+"""The run report: one self-contained HTML file and the same content in Markdown.
+
+Both are rendered from one list of sections made of blocks (paragraphs, tables, images, code),
+so the two never disagree. Plots are PNG files next to the report, readable without the HTML;
+the HTML embeds them so it can be mailed or archived alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cellrlhf.pipeline.report_data import RunArtifacts, collect_artifacts
+from cellrlhf.pipeline.report_plots import plot_history, plot_timings
+from cellrlhf.pipeline.spec import PipelineSpec
+
+__all__ = ["SECTION_TITLES", "Section", "build_sections", "write_report"]
+
+SECTION_TITLES = (
+    "Data",
+    "Training and reward curves",
+    "Reward model",
+    "Held-out perturbations",
+    "Predicted vs real change",
+    "Generated-cell validity",
+    "Timings",
+    "Commands and configs",
+)
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[tuple[str, object]] = field(default_factory=list)
+
+    def text(self, value: str) -> None:
+        self.blocks.append(("text", value))
+
+    def table(self, frame: pd.DataFrame) -> None:
+        self.blocks.append(("table", frame))
+
+    def image(self, path: Path, caption: str) -> None:
+        self.blocks.append(("image", (Path(path), caption)))
+
+    def code(self, value: str) -> None:
+        self.blocks.append(("code", value))
+
+
+def _flat_numbers(payload: object, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(payload, dict):
+        for key, value in payload.items():
+            out.update(_flat_numbers(value, f"{prefix}{key}." if prefix or key else ""))
+    elif isinstance(payload, (int, float)) and not isinstance(payload, bool):
+        out[prefix.rstrip(".")] = float(payload)
+    return out
+
+
+def _numbers_table(payload: dict, limit: int = 40) -> pd.DataFrame:
+    items = list(_flat_numbers(payload).items())[:limit]
+    return pd.DataFrame(items, columns=["quantity", "value"])
+
+
+def _data_section(art: RunArtifacts) -> Section:
+    sec = Section("Data")
+    manifest = art.data_manifest
+    if not manifest:
+        sec.text("No data manifest found (the data stage has not run).")
+        return sec
+    if art.simulated:
+        sec.text(
+            "**SIMULATED DATA.** This run used cellrlhf's simulator, not real measurements: "
+            "every number below describes the simulator, not biology."
+        )
+    source = manifest.get("source") or manifest.get("config", {}).get("source")
+    if source:
+        sec.text(f"Source: `{json.dumps(source, default=str)[:300]}`")
+    counts = {k: v for k, v in manifest.items() if k in {"counts", "n_cells", "n_genes", "splits"}}
+    table = _numbers_table(counts)
+    if len(table):
+        sec.table(table)
+    return sec
+
+
+def _curves_section(art: RunArtifacts, out_dir: Path) -> Section:
+    sec = Section("Training and reward curves")
+    for stage, history in art.histories.items():
+        png = plot_history(history, f"{stage}", out_dir / f"curves_{stage}.png")
+        if png:
+            sec.image(png, f"{stage}: logged quantities by step")
+    if not sec.blocks:
+        sec.text("No training logs found yet.")
+    return sec
+
+
+def _json_section(art: RunArtifacts, title: str, needle: str, empty: str) -> Section:
+    sec = Section(title)
+    for name, payload in art.json_results.items():
+        if needle in name and isinstance(payload, dict):
+            sec.text(f"`{name}`")
+            sec.table(_numbers_table(payload))
+    if not sec.blocks:
+        sec.text(empty)
+    return sec
+
+
+def _metrics_section(art: RunArtifacts) -> Section:
+    sec = Section("Held-out perturbations")
+    for name, frame in art.metric_tables.items():
+        sec.text(f"`{name}`")
+        sec.table(frame.round(4) if hasattr(frame, "round") else frame)
+    if not sec.blocks:
+        sec.text("No evaluation table found (the eval stage has not run).")
+    else:
+        sec.text(
+            "Read every model row against the baselines (control mean, training mean, additive for "
+            "combinations) and the ceilings (split-half real vs real, representation ceiling)."
+        )
+    return sec
+
+
+def _images_section(
+    art: RunArtifacts, out_dir: Path, title: str, words: tuple[str, ...]
+) -> Section:
+    sec = Section(title)
+    for stage, paths in art.images.items():
+        for path in paths:
+            if any(w in path.name for w in words):
+                target = out_dir / f"{stage}_{path.name}"
+                shutil.copyfile(path, target)
+                sec.image(target, f"{stage}: {path.stem.replace('_', ' ')}")
+    if not sec.blocks:
+        sec.text("No plots found yet.")
+    return sec
+
+
+def _timings_section(art: RunArtifacts, out_dir: Path) -> Section:
+    sec = Section("Timings")
+    seconds = {name: float(m.get("seconds", 0.0)) for name, m in art.markers.items()}
+    order = [s.name for s in art.spec.stages if s.name in seconds]
+    seconds = {name: seconds[name] for name in order}
+    if not seconds:
+        sec.text("No stage has finished yet.")
+        return sec
+    frame = pd.DataFrame(
+        {"stage": list(seconds), "seconds": [round(v, 1) for v in seconds.values()]}
+    )
+    sec.table(frame)
+    sec.text(f"Total: {sum(seconds.values()) / 60:.1f} min.")
+    png = plot_timings(seconds, out_dir / "timings.png")
+    if png:
+        sec.image(png, "seconds per stage")
+    return sec
+
+
+def _commands_section(art: RunArtifacts) -> Section:
+    sec = Section("Commands and configs")
+    if art.spec.source:
+        sec.text(f"Pipeline file: `{art.spec.source}`")
+    seen: set[str] = set()
+    for stage in art.spec.stages:
+        marker = art.markers.get(stage.name)
+        argv = marker.get("argv") if marker else None
+        sec.text(f"**{stage.name}**" + ("" if marker else " (not run)"))
+        sec.code(" ".join(argv) if argv else "cellrlhf " + " ".join(stage.command))
+        args = list(stage.command)
+        for flag in ("--config",):
+            if flag in args and args.index(flag) + 1 < len(args):
+                cfg = Path(args[args.index(flag) + 1])
+                if cfg.exists() and str(cfg) not in seen:
+                    seen.add(str(cfg))
+                    sec.text(f"`{cfg}`")
+                    sec.code(cfg.read_text())
+    return sec
+
+
+def build_sections(art: RunArtifacts, out_dir: Path) -> list[Section]:
+    """The report's sections, in :data:`SECTION_TITLES` order."""
+    sections = [
+        _data_section(art),
+        _curves_section(art, out_dir),
+        _json_section(
+            art, "Reward model", "reward_model_eval", "No reward-model evaluation found."
+        ),
+        _metrics_section(art),
+        _images_section(art, out_dir, "Predicted vs real change", ("delta", "scatter", "pred_vs")),
+        _json_section(
+            art, "Generated-cell validity", "generation_metrics", "No generation metrics found."
+        ),
+        _timings_section(art, out_dir),
+        _commands_section(art),
+    ]
+    assert tuple(s.title for s in sections) == SECTION_TITLES
+    return sections
+
+
+def _to_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
+    lines = [f"# {title}", ""]
+    for sec in sections:
+        lines += [f"## {sec.title}", ""]
+        for kind, value in sec.blocks:
+            if kind == "text":
+                lines += [str(value), ""]
+            elif kind == "table":
+                lines += [value.to_markdown(index=False), ""]
+            elif kind == "image":
+                path, caption = value
+                lines += [f"![{caption}]({path.relative_to(out_dir)})", ""]
+            elif kind == "code":
+                lines += ["```", str(value).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _md_inline(text: str) -> str:
+    """Escape, then render the two inline marks the report uses: **bold** and `code`."""
+    out = html.escape(text)
+    parts = out.split("**")
+    out = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+    parts = out.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _to_html(title: str, sections: list[Section], simulated: bool) -> str:
+    body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+    if simulated:
+        body.append('<p class="banner">SIMULATED DATA: not real measurements.</p>')
+    body.append(
+        "<nav>"
+        + " · ".join(f'<a href="#s{i}">{html.escape(s.title)}</a>' for i, s in enumerate(sections))
+        + "</nav>"
+    )
+    for i, sec in enumerate(sections):
+        body.append(f'<section id="s{i}"><h2>{html.escape(sec.title)}</h2>')
+        for kind, value in sec.blocks:
+            if kind == "text":
+                body.append(f"<p>{_md_inline(str(value))}</p>")
+            elif kind == "table":
+                body.append(value.to_html(index=False, border=0, classes="tbl"))
+            elif kind == "image":
+                path, caption = value
+                data = base64.b64encode(path.read_bytes()).decode()
+                body.append(
+                    f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
+            elif kind == "code":
+                body.append(f"<pre>{html.escape(str(value))}</pre>")
+        body.append("</section>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+        "color:#222}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"
+        ".tbl{border-collapse:collapse;font-size:.9em}.tbl td,.tbl th{padding:.25em .6em;"
+        "border-bottom:1px solid #eee;text-align:right}pre{background:#f6f8fa;padding:.8em;"
+        "overflow:auto;font-size:.85em}img{max-width:100%}.banner{background:#fff3cd;"
+        "border:1px solid #e0c36a;padding:.6em;font-weight:bold}nav{margin-bottom:1em}"
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
+
+
+def write_report(spec: PipelineSpec, *, title: str | None = None) -> dict[str, Path]:
+    """Write ``report/report.html``, ``report/report.md`` and the PNG plots into the run dir.
+
+    Works on partly finished runs: sections without data say so.
+    """
+    out_dir = spec.run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    art = collect_artifacts(spec)
+    title = title or f"cellrlhf run report: {spec.run_dir.name}"
+    if art.simulated:
+        title += " (SIMULATED DATA)"
+    sections = build_sections(art, out_dir)
+    md_path = out_dir / "report.md"
+    html_path = out_dir / "report.html"
+    md_path.write_text(_to_markdown(title, sections, out_dir))
+    html_path.write_text(_to_html(title, sections, art.simulated))
+    return {"html": html_path, "markdown": md_path, "dir": out_dir}
