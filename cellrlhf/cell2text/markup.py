@@ -8,7 +8,6 @@ token for is written as ``<unk_pert>``. These markers are special tokens of the 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,8 +33,6 @@ PERT_END = "</pert>"
 UNK_PERT = "<unk_pert>"
 CONTROL_PERT = "<control>"
 MARKUP_TOKENS = (CELL_START, CELL_END, PERT_START, PERT_END, UNK_PERT, CONTROL_PERT)
-
-_CELL_RE = re.compile(re.escape(CELL_START) + r"(.*?)(" + re.escape(CELL_END) + r"|$)", re.S)
 
 
 def format_cell(sentence: str) -> str:
@@ -95,7 +92,10 @@ def extract_cell(text: str) -> ExtractedCell:
     """Find the cell sentence in generated text; never raises on malformed text."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
-    match = _CELL_RE.search(text)
-    if match is None:
+    start = text.find(CELL_START)
+    if start < 0:
         return ExtractedCell(" ".join(text.split()), found=False, closed=False)
-    return ExtractedCell(" ".join(match.group(1).split()), found=True, closed=bool(match.group(2)))
+    body_start = start + len(CELL_START)
+    end = text.find(CELL_END, body_start)
+    body = text[body_start:] if end < 0 else text[body_start:end]
+    return ExtractedCell(" ".join(body.split()), found=True, closed=end >= 0)

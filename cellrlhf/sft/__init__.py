@@ -1,0 +1,38 @@
+"""The ``pretrain`` and ``sft`` stages: train cell language models with TRL, accelerate, DeepSpeed.
+
+Entry points (same code behind each)::
+
+    accelerate launch pretrain.py --config configs/pretrain/cpu_demo.yaml
+    accelerate launch sft.py --config configs/sft/cpu_demo.yaml
+    cellrlhf pretrain ... / cellrlhf sft ...
+
+Modules, one concern each (heavy libraries are imported only when a run starts):
+
+- :mod:`~cellrlhf.sft.configs`: argument dataclasses (TRL ``ScriptArguments`` / ``ModelConfig`` /
+  ``SFTConfig`` plus cell fields);
+- :mod:`~cellrlhf.sft.pretrain`, :mod:`~cellrlhf.sft.sft`: ``main``, ``make_parser``, ``cli``;
+- :mod:`~cellrlhf.sft.training_run`: the shared flow from arguments to a saved model;
+- :mod:`~cellrlhf.sft.dataset_dir`: reading the data stage's saved directory;
+- :mod:`~cellrlhf.sft.model_factory`, :mod:`~cellrlhf.sft.gene_embedding_init`: models and
+  tokenizers (fresh, cellrlhf checkpoints, any causal LM with gene tokens added);
+- :mod:`~cellrlhf.sft.perturbation_dropout`: ``<unk_pert>`` dropout of prompt targets;
+- :mod:`~cellrlhf.sft.evaluation`: generation metrics on a held-out slice;
+- :mod:`~cellrlhf.sft.trainer`: ``CellSFTTrainer`` (atomic checkpoints, perplexity, metrics);
+- :mod:`~cellrlhf.sft.checkpoints`: atomic checkpoint writes and resume resolution;
+- :mod:`~cellrlhf.sft.model_dir`: the saved model directory (save, ``load_cell_model``).
+"""
+
+__all__ = [
+    "checkpoints",
+    "configs",
+    "dataset_dir",
+    "evaluation",
+    "gene_embedding_init",
+    "model_dir",
+    "model_factory",
+    "perturbation_dropout",
+    "pretrain",
+    "sft",
+    "trainer",
+    "training_run",
+]

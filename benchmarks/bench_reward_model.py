@@ -1,0 +1,243 @@
+"""Learned reward model on real perturbation data, evaluated on held-out perturbations.
+
+The whole chain, each stage through its own ``cellrlhf`` command (outputs reused when present):
+
+1. ``cellrlhf data build``: the Norman 2019 part of ``perturbench_devel.h5ad``, unseen-single
+   split (held-out single targets and every combination containing one go to test);
+2. ``cellrlhf sft``: a small Llama from scratch on the perturbation-response task;
+3. ``cellrlhf preferences``: N completions per RL prompt, group-aware scores, pairs + hard
+   negatives (train split -> training pairs, test split -> evaluation pairs);
+4. ``cellrlhf reward``: reward models, side by side: trained on all pair kinds, and on sampled
+   pairs only (no hard negatives); plus the untrained model (SFT backbone, new head) as floor.
+
+Prints one table (pairwise accuracy overall and per kind, Spearman of the reward-model score
+with the true group-aware score over held-out completions, pooled and within prompt) and
+writes it to ``<work>/reward_model_table.md`` (and ``--table``) as Markdown.
+
+    python benchmarks/bench_reward_model.py --data-dir ../shared/data --work runs/bench_rm
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], log: Path, env: dict) -> float:
+    """Run ``python -m cellrlhf <args>``; returns seconds. Output goes to ``log``."""
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cellrlhf", *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"`cellrlhf {' '.join(args[:2])}` failed; see {log}")
+    return time.perf_counter() - start
+
+
+def untrained_eval(sft: Path, prefs: Path) -> dict:
+    """Floor: the SFT backbone with a fresh score head, evaluated like the trained models."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cellrlhf.reward.preferences import load_preferences
+    from cellrlhf.reward.reward_model_eval import evaluate_reward_model
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(sft, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    pairs, completions = load_preferences(prefs, "test")
+    result = evaluate_reward_model(model, tokenizer, pairs, completions, progress=False)
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("CELLRLHF_DATA_DIR", "../shared/data"))
+    parser.add_argument(
+        "--work", default="runs/bench_reward_model", help="where every stage writes"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="OMP threads per process")
+    parser.add_argument("--sft-epochs", type=int, default=3)
+    parser.add_argument("--num-completions", type=int, default=64)
+    parser.add_argument("--rm-epochs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table", default=None, help="also write the Markdown table here")
+    args = parser.parse_args()
+
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    seconds: dict[str, float] = {}
+    data, sft, prefs = work / "data", work / "sft", work / "preferences"
+
+    if not (data / "manifest.json").exists():
+        seconds["data"] = run(
+            [
+                "data",
+                "build",
+                "--config",
+                str(REPO / "configs/data/norman_mcfaline.yaml"),
+                "--out",
+                str(data),
+            ]
+            + ["--data-dir", args.data_dir, "--set", "source.obs_query=dataset == 'norman19'"]
+            + [
+                "--set",
+                "split.combos_with_test_targets=test",
+                "--seed",
+                str(args.seed),
+                "--no-progress",
+            ],
+            work / "data.log",
+            env,
+        )
+    if not (sft / "cellrlhf.json").exists():
+        seconds["sft"] = run(
+            ["sft", "--config", str(REPO / "configs/sft/cpu_demo.yaml"), "--dataset_dir", str(data)]
+            + [
+                "--model_name_or_path",
+                "none",
+                "--model_config",
+                str(REPO / "configs/model/small.yaml"),
+            ]
+            + ["--output_dir", str(sft), "--tasks", "perturbation_response"]
+            + [
+                "--num_train_epochs",
+                str(args.sft_epochs),
+                "--eval_strategy",
+                "no",
+                "--save_strategy",
+                "no",
+            ]
+            + ["--eval_generation_samples", "0", "--report_to", "none", "--disable_tqdm", "true"]
+            + ["--seed", str(args.seed)],
+            work / "sft.log",
+            env,
+        )
+    if not (prefs / "manifest.json").exists():
+        seconds["preferences"] = run(
+            ["preferences", "--config", str(REPO / "configs/reward/preferences_cpu_demo.yaml")]
+            + [
+                "--model_name_or_path",
+                str(sft),
+                "--dataset_dir",
+                str(data),
+                "--output_dir",
+                str(prefs),
+            ]
+            + [
+                "--num_completions",
+                str(args.num_completions),
+                "--seed",
+                str(args.seed),
+                "--progress",
+                "false",
+            ],
+            work / "preferences.log",
+            env,
+        )
+    variants = {"all pair kinds": [], "sampled pairs only": ["--pair_kinds", "sampled"]}
+    results: dict[str, dict] = {}
+    for name, extra in variants.items():
+        out = work / ("reward_" + name.split()[0])
+        if not (out / "reward_model_eval.json").exists():
+            seconds[f"reward ({name})"] = run(
+                ["reward", "--config", str(REPO / "configs/reward/cpu_demo.yaml")]
+                + [
+                    "--model_name_or_path",
+                    str(sft),
+                    "--preferences_dir",
+                    str(prefs),
+                    "--output_dir",
+                    str(out),
+                ]
+                + [
+                    "--num_train_epochs",
+                    str(args.rm_epochs),
+                    "--save_strategy",
+                    "no",
+                    "--report_to",
+                    "none",
+                ]
+                + ["--disable_tqdm", "true", "--seed", str(args.seed), *extra],
+                work / f"reward_{name.split()[0]}.log",
+                env,
+            )
+        results[name] = json.loads((out / "reward_model_eval.json").read_text())
+    results["untrained (SFT + new head)"] = untrained_eval(sft, prefs)
+
+    manifest = json.loads((prefs / "manifest.json").read_text())
+    kinds = ["sampled", "control", "other_perturbation", "shuffled"]
+    header = [
+        "reward model",
+        "pair acc.",
+        *[f"acc. {k}" for k in kinds],
+        "Spearman pooled",
+        "Spearman within prompt",
+    ]
+    rows = []
+    for name, r in results.items():
+        by_kind = r.get("pairwise_accuracy_by_kind", {})
+        rows.append(
+            [name, fmt(r.get("pairwise_accuracy")), *[fmt(by_kind.get(k)) for k in kinds]]
+            + [fmt(r.get("spearman")), fmt(r.get("spearman_within_prompt"))]
+        )
+    table = "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(row) + " |" for row in rows]
+    )
+    test = results["all pair kinds"]
+    counts = manifest["counts"]
+    lines = [
+        "# Learned reward model: held-out perturbations (Norman 2019, real data)",
+        "",
+        f"Date: {datetime.date.today().isoformat()}. Machine: {platform.machine()} CPU, "
+        f"{args.threads} threads (shared 2-core box). Seed {args.seed}.",
+        "",
+        "Reproduce (from the repository root):",
+        "",
+        "```bash",
+        f"OMP_NUM_THREADS={args.threads} python benchmarks/bench_reward_model.py --data-dir $CELLRLHF_DATA_DIR "
+        f"--work {args.work}",
+        "```",
+        "",
+        f"Training pairs (train perturbations): {counts['train']}; evaluation pairs (held-out "
+        f"perturbations {', '.join(test.get('perturbations', []))}): {counts['test']}; "
+        f"{test.get('n_completions')} held-out completions in {test.get('n_prompts')} prompts.",
+        "",
+        table,
+        "",
+        "Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
+        "",
+        "Targets: pairwise accuracy >= 0.85 and Spearman >= 0.6 on held-out perturbations.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (work / "reward_model_table.md").write_text(text)
+    if args.table:
+        Path(args.table).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,474 @@
+"""Expression -> cell sentences: each cell's expressed genes, highest expression first.
+
+:func:`encode` is the AnnData entry point (scanpy conventions). The work happens on row blocks:
+:func:`iter_csr_blocks` reads CSR/CSC/dense matrices, in memory or backed on disk, a chunk of
+cells at a time; :class:`SentenceEncoder` ranks a block (:func:`~cellrlhf.cell2text.ranking.
+rank_expressed`) and writes the sentences' bytes straight into one buffer with numba kernels, so a
+chunk becomes an Arrow string array without any per-cell Python work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from cellrlhf.cell2text.expression_checks import (
+    InvalidCells,
+    InvalidExpressionError,
+    check_expression,
+    count_invalid_cells,
+    invalid_value_error,
+)
+from cellrlhf.cell2text.ranking import (
+    RankedCells,
+    cell_keys,
+    gene_tie_keys,
+    kernel_threads,
+    rank_expressed,
+)
+from cellrlhf.cell2text.vocab import GeneVocab, gene_mapping
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "EncodedBlock",
+    "GeneNameBytes",
+    "SentenceEncoder",
+    "check_expression",
+    "encode",
+    "encode_params",
+    "expression_matrix",
+    "iter_csr_blocks",
+    "sentences_from_ranked",
+    "sentences_to_arrow",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 10_000
+TIE_BREAK_RULE = "fnv1a64-splitmix64-v1"
+_MAX_ARROW_BYTES = 2**31 - 1
+_SLOT = 16  # names shorter than this are copied with two unaligned 8-byte stores
+
+
+# --------------------------------------------------------------------------- sentence bytes
+@dataclass(frozen=True)
+class GeneNameBytes:
+    """Gene symbols pre-encoded for the sentence writer (vocabulary order).
+
+    Attributes
+    ----------
+    data, offsets
+        UTF-8 bytes of all symbols and the ``(n_genes + 1,)`` offsets into them.
+    lengths
+        Byte length of each symbol.
+    words
+        ``(n_genes, 2)`` ``uint64``: the symbol followed by a space, zero-padded to 16 bytes
+        (used for symbols shorter than 16 bytes).
+    """
+
+    data: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    words: np.ndarray
+
+    @classmethod
+    def from_genes(cls, genes: Sequence[str]) -> GeneNameBytes:
+        encoded = [str(g).encode("utf-8") for g in genes]
+        lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        padded = np.zeros((len(encoded), _SLOT), dtype=np.uint8)
+        for i, b in enumerate(encoded):
+            if len(b) < _SLOT:
+                padded[i, : len(b) + 1] = np.frombuffer(b + b" ", dtype=np.uint8)
+        return cls(data, offsets, lengths, padded.view(np.uint64).reshape(len(encoded), 2))
+
+
+@intrinsic
+def _store_u64_unaligned(typingctx, buffer, position, value):
+    """``buffer[position:position + 8] = value`` (little-endian), one unaligned store."""
+    sig = types.void(buffer, types.int64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        pointer = builder.gep(array.data, [args[1]])
+        pointer = builder.bitcast(pointer, ir.IntType(64).as_pointer())
+        store = builder.store(args[2], pointer)
+        store.align = 1
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _sentence_lengths(indptr, genes, name_lengths):
+    n = len(indptr) - 1
+    out = np.empty(n, dtype=np.int64)
+    for r in prange(n):
+        total = 0
+        for j in range(indptr[r], indptr[r + 1]):
+            total += name_lengths[genes[j]]
+        k = indptr[r + 1] - indptr[r]
+        out[r] = total + k - 1 if k > 0 else 0
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _write_sentences(indptr, genes, name_data, name_offsets, name_lengths, words, offsets, out):
+    n = len(indptr) - 1
+    for r in prange(n):
+        pos = offsets[r]
+        end = offsets[r + 1]
+        j0 = indptr[r]
+        j1 = indptr[r + 1]
+        if j1 == j0:
+            continue
+        for j in range(j0, j1 - 1):
+            g = genes[j]
+            length = name_lengths[g]
+            if length < 16 and pos + 16 <= end:
+                _store_u64_unaligned(out, pos, words[g, 0])
+                _store_u64_unaligned(out, pos + 8, words[g, 1])
+                pos += length + 1
+            else:
+                for q in range(name_offsets[g], name_offsets[g + 1]):
+                    out[pos] = name_data[q]
+                    pos += 1
+                out[pos] = 32
+                pos += 1
+        g = genes[j1 - 1]
+        for q in range(name_offsets[g], name_offsets[g + 1]):
+            out[pos] = name_data[q]
+            pos += 1
+
+
+def _string_array(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
+    n = len(offsets) - 1
+    return pa.Array.from_buffers(
+        pa.string(), n, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
+    )
+
+
+def sentences_to_arrow(ranked: RankedCells, names: GeneNameBytes) -> pa.ChunkedArray:
+    """Space-joined gene symbols of each ranked cell, as an Arrow string column.
+
+    The bytes are written by a parallel numba kernel into one buffer; a column larger than
+    Arrow's 2 GiB string limit is split into several chunks.
+    """
+    with kernel_threads(len(ranked.genes)):
+        lengths = _sentence_lengths(ranked.indptr, ranked.genes, names.lengths)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        data = np.empty(int(offsets[-1]), dtype=np.uint8)
+        if len(data):
+            _write_sentences(
+                ranked.indptr,
+                ranked.genes,
+                names.data,
+                names.offsets,
+                names.lengths,
+                names.words,
+                offsets,
+                data,
+            )
+    if offsets[-1] <= _MAX_ARROW_BYTES:
+        return pa.chunked_array([_string_array(offsets, data)], type=pa.string())
+    pieces, start = [], 0
+    while start < len(lengths):
+        stop = int(np.searchsorted(offsets, offsets[start] + _MAX_ARROW_BYTES, side="right")) - 1
+        stop = max(stop, start + 1)
+        lo, hi = int(offsets[start]), int(offsets[stop])
+        pieces.append(_string_array(offsets[start : stop + 1] - lo, data[lo:hi]))
+        start = stop
+    return pa.chunked_array(pieces, type=pa.string())
+
+
+def _to_python_strings(column: pa.ChunkedArray) -> np.ndarray:
+    parts = [chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    if not parts:
+        return np.empty(0, dtype=object)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def sentences_from_ranked(ranked: RankedCells, vocab) -> list[str]:
+    """Cell sentences (space-joined symbols of ``vocab``) of ranked cells; ``""`` when empty."""
+    genes = vocab.genes if isinstance(vocab, GeneVocab) else tuple(vocab)
+    return list(_to_python_strings(sentences_to_arrow(ranked, GeneNameBytes.from_genes(genes))))
+
+
+# --------------------------------------------------------------------------- row blocks
+def expression_matrix(adata, layer: str | None):
+    """``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty; pass layer='<name>' of a layer with expression.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"layer {layer!r} is not in adata.layers; available layers: {list(adata.layers)}."
+        )
+    return adata.layers[layer]
+
+
+def _matrix_format(matrix) -> str:
+    fmt = getattr(matrix, "format", None)
+    if sp.issparse(matrix) or fmt in {"csr", "csc"}:
+        return str(fmt)
+    return "dense"
+
+
+def iter_csr_blocks(
+    matrix, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[tuple[int, sp.csr_matrix]]:
+    """``(start_row, CSR block)`` of ``matrix``, ``chunk_size`` rows at a time.
+
+    ``matrix`` is a numpy array, a scipy sparse matrix, a backed AnnData matrix (CSR or CSC
+    dataset) or an h5py dataset. In-memory CSR blocks share memory with ``matrix``. Backed CSR
+    and dense data are read one block at a time; a CSC matrix (rows scattered over the whole
+    file) is converted to CSR once, which needs it in memory.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    n_rows = int(matrix.shape[0])
+    fmt = _matrix_format(matrix)
+    backed = not sp.issparse(matrix) and not isinstance(matrix, np.ndarray)
+    if fmt == "csc" or (sp.issparse(matrix) and fmt != "csr"):
+        if backed:
+            logger.warning(
+                "the matrix on disk is CSC: its rows cannot be read in chunks, so it is loaded "
+                "into memory once and converted to CSR. Store it as CSR for bounded memory."
+            )
+            matrix = matrix.to_memory()
+        logger.info("converting the %s matrix to CSR (%d cells)", matrix.format, n_rows)
+        matrix = sp.csr_matrix(matrix)
+        backed = False
+        fmt = "csr"
+    for start in range(0, n_rows, chunk_size):
+        stop = min(start + chunk_size, n_rows)
+        if fmt == "csr" and not backed:
+            yield start, _csr_view(matrix, start, stop)
+        elif fmt == "csr":
+            yield start, sp.csr_matrix(matrix[start:stop])
+        else:
+            yield start, sp.csr_matrix(np.asarray(matrix[start:stop]))
+
+
+def _csr_view(X: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``start:stop`` of ``X`` sharing its ``indices`` and ``data`` (no copy)."""
+    indptr = X.indptr[start : stop + 1]
+    p0, p1 = int(indptr[0]), int(indptr[-1])
+    indices = X.indices[p0:p1]
+    index_dtype = np.int64 if p1 - p0 > np.iinfo(np.int32).max else indices.dtype
+    block = sp.csr_matrix((stop - start, X.shape[1]), dtype=X.dtype)
+    block.indptr = (indptr - p0).astype(index_dtype)
+    block.indices = indices.astype(index_dtype, copy=False)
+    block.data = X.data[p0:p1]
+    return block
+
+
+# --------------------------------------------------------------------------- block encoder
+@dataclass(frozen=True)
+class EncodedBlock:
+    """Sentences of a block of cells.
+
+    Attributes
+    ----------
+    sentences
+        Arrow string column, one sentence per cell (``""`` for a cell with no expressed gene).
+    n_genes
+        ``int32`` number of genes in each sentence.
+    """
+
+    sentences: pa.ChunkedArray
+    n_genes: np.ndarray
+
+
+class SentenceEncoder:
+    """Encodes blocks of cells of one gene space; build once, call per block.
+
+    Parameters
+    ----------
+    vocab, mapping
+        From :func:`~cellrlhf.cell2text.vocab.gene_mapping`: the block's columns are mapped
+        onto ``vocab`` with ``mapping.apply`` (duplicate symbols summed or dropped).
+    top_k
+        Keep at most this many genes per cell.
+    seed
+        Tie-breaking seed.
+    layer_name
+        Named in errors about invalid values.
+    """
+
+    def __init__(self, vocab: GeneVocab, mapping, *, top_k=None, seed=0, layer_name="X"):
+        if top_k is not None and (isinstance(top_k, bool) or int(top_k) < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
+        self.vocab = vocab
+        self.mapping = mapping
+        self.top_k = None if top_k is None else int(top_k)
+        self.seed = seed
+        self.layer_name = layer_name
+        self.tie_keys = gene_tie_keys(vocab)
+        self.names = GeneNameBytes.from_genes(vocab.genes)
+
+    def __call__(self, block, obs_names: Sequence[object], *, row_offset: int = 0) -> EncodedBlock:
+        """Sentences of the cells of ``block`` (cells x ``mapping`` columns).
+
+        Raises ``ValueError`` for NaN, infinite or negative values, counting the block's cells
+        (rows numbered from ``row_offset``).
+        """
+        if len(obs_names) != block.shape[0]:
+            raise ValueError(f"{len(obs_names)} cell names for {block.shape[0]} cells.")
+        mapped = self.mapping.apply(block)
+        if not sp.issparse(mapped) or mapped.format != "csr":
+            mapped = sp.csr_matrix(mapped)
+        try:
+            ranked = rank_expressed(
+                mapped,
+                cell_keys(obs_names),
+                genes=self.tie_keys,
+                seed=self.seed,
+                top_k=self.top_k,
+                layer_name=self.layer_name,
+            )
+        except InvalidExpressionError:
+            bad = count_invalid_cells(block)
+            if not bad.n_invalid:  # finite float64 values beyond float32 range
+                raise
+            raise invalid_value_error(
+                InvalidCells(bad.n_cells, bad.nan, bad.inf, bad.negative, bad.rows + row_offset),
+                self.layer_name,
+            ) from None
+        return EncodedBlock(sentences_to_arrow(ranked, self.names), ranked.lengths.astype(np.int32))
+
+
+# --------------------------------------------------------------------------- AnnData API
+def encode(
+    adata,
+    *,
+    layer: str | None = None,
+    top_k: int | None = None,
+    gene_symbols: str | None = None,
+    duplicates: str = "error",
+    key_added: str = "cell_sentence",
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    copy: bool = False,
+):
+    """Write each cell's sentence, its expressed genes highest first, to ``obs[key_added]``.
+
+    A cell's genes with a non-zero value are ordered by value, highest first; ties (equal
+    ``float32`` values) are broken by a seeded hash of the cell's obs name and the gene's
+    symbol, then by symbol (exact rule: :mod:`cellrlhf.cell2text.ranking`). A sentence thus
+    depends only on the cell's own values, name and the seed: not on chunking, row or column
+    order, or the number of threads.
+
+    The ranking is invariant to monotone transforms of a cell's values: raw counts,
+    ``normalize_total`` and ``log1p`` give the same sentences, except where the transform itself
+    creates or removes ties (for instance ``float32`` rounding merging two close values).
+
+    Parameters
+    ----------
+    adata
+        AnnData, in memory (CSR, CSC or dense) or backed (``read_h5ad(path, backed="r")``,
+        read in chunks of ``chunk_size`` cells).
+    layer
+        Layer to rank instead of ``adata.X``.
+    top_k
+        Keep at most this many genes per cell (``None``: every expressed gene).
+    gene_symbols
+        ``var`` column with gene symbols when ``var_names`` are not symbols (Ensembl IDs).
+    duplicates
+        Symbols repeated (case-insensitively): ``"error"``, ``"sum"`` their columns, or keep the
+        ``"first"`` (see :class:`~cellrlhf.cell2text.vocab.GeneVocab`).
+    key_added
+        ``obs`` column for the sentences and ``uns`` key for the parameters.
+    seed
+        Tie-breaking seed (an integer in ``[0, 2**64)``).
+    chunk_size
+        Cells ranked at a time (memory only: the output does not depend on it).
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    The copy when ``copy=True``, else ``None``. Sets ``obs[key_added]`` (``str``, ``""`` for a
+    cell without expressed genes) and ``uns[key_added]["params"]``.
+
+    Raises
+    ------
+    ValueError
+        NaN, infinite or negative values (counting the cells, naming the layer).
+    GeneNameError
+        Ensembl IDs without ``gene_symbols``, empty or duplicated symbols.
+    """
+    if copy:
+        if adata.isbacked:
+            raise ValueError(
+                "copy=True would load the whole backed AnnData into memory; use copy=False "
+                "(only obs and uns are written, in memory) or write_sentences() to stream to disk."
+            )
+        adata = adata.copy()
+    layer_name = "X" if layer is None else layer
+    matrix = expression_matrix(adata, layer)
+    vocab, mapping = gene_mapping(adata, gene_symbols=gene_symbols, duplicates=duplicates)
+    encoder = SentenceEncoder(vocab, mapping, top_k=top_k, seed=seed, layer_name=layer_name)
+    obs_names = np.asarray(adata.obs_names, dtype=object)
+    sentences = np.empty(adata.n_obs, dtype=object)
+    n_genes = np.zeros(adata.n_obs, dtype=np.int32)
+    try:
+        for start, block in iter_csr_blocks(matrix, chunk_size):
+            stop = start + block.shape[0]
+            encoded = encoder(block, obs_names[start:stop], row_offset=start)
+            sentences[start:stop] = _to_python_strings(encoded.sentences)
+            n_genes[start:stop] = encoded.n_genes
+    except InvalidExpressionError:
+        if not adata.isbacked:
+            check_expression(matrix, layer_name)  # counts every cell of the matrix
+        raise
+    n_empty = int(np.count_nonzero(n_genes == 0))
+    if n_empty:
+        logger.warning(
+            "%d of %d cells have no expressed gene in %s; their sentences are empty.",
+            n_empty,
+            adata.n_obs,
+            "adata.X" if layer is None else f"layers[{layer!r}]",
+        )
+    adata.obs[key_added] = pd.Series(sentences, index=adata.obs_names, dtype=object)
+    adata.uns[key_added] = {
+        "params": encode_params(
+            layer=layer,
+            top_k=top_k,
+            gene_symbols=gene_symbols,
+            duplicates=duplicates,
+            seed=seed,
+            n_cells=adata.n_obs,
+            n_empty=n_empty,
+            n_genes=len(vocab),
+        )
+    }
+    return adata if copy else None
+
+
+def encode_params(*, layer, top_k, gene_symbols, duplicates, seed, n_cells, n_empty, n_genes):
+    """The parameters recorded in ``uns[key]["params"]`` and in a streaming manifest."""
+    return {
+        "layer": layer,
+        "top_k": top_k,
+        "gene_symbols": gene_symbols,
+        "duplicates": duplicates,
+        "seed": int(seed),
+        "tie_break": TIE_BREAK_RULE,
+        "n_cells": int(n_cells),
+        "n_empty": int(n_empty),
+        "n_genes": int(n_genes),
+    }

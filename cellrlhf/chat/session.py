@@ -1,0 +1,184 @@
+"""State and commands of an interactive chat about cells (shared by the terminal and web apps).
+
+A :class:`ChatSession` holds a :class:`~cellrlhf.chat.cell_lm.CellLM`, optionally an AnnData to
+pick cells from, the selected cell, the conversation, and the last prediction (to save). The
+first question after a cell is selected carries the cell; later questions continue the
+conversation. Selecting another cell starts a new conversation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SelectedCell", "CellSelectionError", "ChatSession"]
+
+logger = logging.getLogger(__name__)
+
+
+class CellSelectionError(LookupError):
+    """A cell that is not in the data, or an index out of range."""
+
+
+@dataclass(frozen=True)
+class SelectedCell:
+    """The cell the conversation is about."""
+
+    cell_id: str
+    sentence: str
+    index: int | None = None  # row in the AnnData, if it came from one
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.sentence.split())
+
+    def preview(self, n: int = 10) -> str:
+        words = self.sentence.split()
+        more = f" ... (+{len(words) - n})" if len(words) > n else ""
+        return " ".join(words[:n]) + more
+
+
+class ChatSession:
+    """One user's conversation with a model about cells.
+
+    Parameters
+    ----------
+    lm
+        The model.
+    adata
+        Cells to pick from (optional).
+    layer
+        Layer of ``adata`` holding expression (default ``X``).
+    gene_symbols
+        ``var`` column with gene symbols, when ``var_names`` are not symbols.
+    """
+
+    def __init__(
+        self, lm, adata=None, *, layer: str | None = None, gene_symbols: str | None = None
+    ):
+        if adata is not None and layer is not None and layer not in adata.layers:
+            raise KeyError(
+                f"layer {layer!r} is not in the data; layers: {list(adata.layers.keys()) or 'none'}."
+            )
+        self.lm = lm
+        self.adata = adata
+        self.layer = layer
+        self.gene_symbols = gene_symbols
+        self.cell: SelectedCell | None = None
+        self.messages: list[dict] = []
+        self.last_result = None  # AnnData of the last prediction / generation
+        self.last_prediction = None
+
+    # ------------------------------------------------------------------ cells
+    def find_cell(self, key: str | int) -> int:
+        """Row of the cell named ``key`` (an obs name, else a 0-based index)."""
+        if self.adata is None:
+            raise CellSelectionError("no data loaded: start with --adata FILE.h5ad, or use /genes.")
+        names = self.adata.obs_names
+        text = str(key).strip()
+        if text in names:
+            return int(names.get_loc(text))
+        try:
+            index = int(text)
+        except ValueError:
+            raise CellSelectionError(
+                f"no cell named {text!r} in the data ({self.adata.n_obs} cells, e.g. "
+                f"{', '.join(map(str, names[:3]))}); give an obs name or an index "
+                f"0..{self.adata.n_obs - 1}."
+            ) from None
+        if not 0 <= index < self.adata.n_obs:
+            raise CellSelectionError(
+                f"cell index {index} is out of range: the data has {self.adata.n_obs} cells "
+                f"(0..{self.adata.n_obs - 1})."
+            )
+        return index
+
+    def select_cell(self, key: str | int) -> SelectedCell:
+        """Select a cell of the data by obs name or index (starts a new conversation)."""
+        index = self.find_cell(key)
+        row = self.adata[index : index + 1]
+        encoded = self.lm.encode(row, layer=self.layer, gene_symbols=self.gene_symbols)
+        return self._set_cell(SelectedCell(str(row.obs_names[0]), encoded.sentences[0], index))
+
+    def select_genes(self, genes: list[str] | str) -> SelectedCell:
+        """Select a cell given as genes, highest expressed first (``/genes CD3E CD8A ...``)."""
+        encoded = self.lm.encode(genes if isinstance(genes, str) else list(genes))
+        return self._set_cell(SelectedCell("typed cell", encoded.sentences[0]))
+
+    def _set_cell(self, cell: SelectedCell) -> SelectedCell:
+        if not cell.sentence:
+            raise CellSelectionError(
+                f"cell {cell.cell_id} expresses none of the model's genes; pick another cell."
+            )
+        self.cell = cell
+        self.messages = []
+        return cell
+
+    def clear(self) -> None:
+        """Forget the conversation (the cell stays selected)."""
+        self.messages = []
+
+    # ------------------------------------------------------------------ asking
+    def ask(self, question: str, *, stream: bool = True, **generation) -> Iterator[str]:
+        """Answer ``question`` (about the selected cell, if any); yields text pieces.
+
+        The question and the complete answer are appended to the conversation once the answer
+        is finished.
+        """
+        question = question.strip()
+        if not question:
+            raise ValueError("empty question.")
+        if not self.messages:
+            sentence = self.cell.sentence if self.cell is not None else None
+            content = self.lm.prompts.question(sentence, question)[-1]["content"]
+        else:
+            content = question
+        conversation = [*self.messages, {"role": "user", "content": content}]
+        pieces: list[str] = []
+        if stream:
+            for piece in self.lm.chat(conversation, stream=True, **generation):
+                pieces.append(piece)
+                yield piece
+        else:
+            pieces.append(self.lm.chat(conversation, **generation))
+            yield pieces[0]
+        self.messages = [*conversation, {"role": "assistant", "content": "".join(pieces)}]
+
+    def annotate(self):
+        """Cell type of the selected cell: a one-row DataFrame."""
+        return self.lm.annotate(self._require_cell().sentence)
+
+    def predict(self, perturbation: str, **kwargs):
+        """Predicted response of the selected cell to ``perturbation`` (kept for saving)."""
+        cell = self._require_cell()
+        prediction = self.lm.predict_perturbation(cell.sentence, perturbation, **kwargs)
+        prediction.adata.obs["input_cell"] = cell.cell_id
+        self.last_prediction = prediction
+        self.last_result = prediction.adata
+        return prediction
+
+    def generate(self, cell_type: str, n: int = 1, **kwargs):
+        """Generate ``n`` cells of ``cell_type`` (kept for saving)."""
+        adata = self.lm.generate_cells(cell_type, n, **kwargs)
+        self.last_result = adata
+        return adata
+
+    def save(self, path: str | Path) -> Path:
+        """Write the last prediction or generation as ``.h5ad``."""
+        if self.last_result is None:
+            raise ValueError("nothing to save yet: run /perturb or /generate first.")
+        path = Path(path).expanduser()
+        if path.suffix != ".h5ad":
+            raise ValueError(f"{path}: predictions are saved as AnnData; use a .h5ad file name.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.last_result.write_h5ad(path)
+        return path
+
+    def _require_cell(self) -> SelectedCell:
+        if self.cell is None:
+            raise CellSelectionError(
+                "no cell selected: use /cell INDEX_OR_NAME or /genes G1 G2 ..."
+            )
+        return self.cell

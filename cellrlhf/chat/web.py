@@ -1,0 +1,382 @@
+"""``cellrlhf serve``: a gradio app to chat with a model about cells.
+
+Upload an ``.h5ad`` (or use the example cells), pick a cell on the map or in the table, ask about
+it, and predict its response to a perturbation (bar chart of the top changed genes against the
+decoded control, and the predicted AnnData to download). The same app runs as a Hugging Face
+Space (``app.py``: ``build_app(CellLM.from_pretrained(...)).launch()``).
+
+Safety: the server binds 127.0.0.1 unless ``--host`` says otherwise, uploads are capped
+(``--max-upload-mb``), and only files gradio itself received as uploads are read: a path sent by
+the client is never opened.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_app", "cli", "UploadRejected"]
+
+logger = logging.getLogger(__name__)
+
+_TABLE_ROWS = 200
+
+
+class UploadRejected(ValueError):
+    """An upload that is not a file gradio received, or not an .h5ad."""
+
+
+def _checked_upload(path: str | None, upload_dir: str | Path) -> Path:
+    """``path`` if it is a regular ``.h5ad`` file inside gradio's upload folder."""
+    if not path:
+        raise UploadRejected("no file received.")
+    text = str(path)
+    if "://" in text:
+        raise UploadRejected("only uploaded files are read, not URLs.")
+    resolved = Path(text).resolve()
+    root = Path(upload_dir).resolve()
+    if root not in resolved.parents:
+        raise UploadRejected("only files uploaded through this page are read.")
+    if resolved.suffix.lower() != ".h5ad" or not resolved.is_file():
+        raise UploadRejected("upload an AnnData .h5ad file.")
+    return resolved
+
+
+def build_app(
+    lm,
+    *,
+    title: str | None = None,
+    example: bool = True,
+    max_new_tokens: int = 512,
+    upload_dir: str | Path | None = None,
+):
+    """The gradio :class:`~gradio.Blocks` app for ``lm`` (a :class:`~cellrlhf.chat.CellLM`).
+
+    Parameters
+    ----------
+    lm
+        The model, shared by all visitors (generation requests are queued one at a time).
+    title
+        Page title (default: the model's directory name).
+    example
+        Offer the example cells (scanpy's pbmc68k_reduced).
+    max_new_tokens
+        Token budget of chat answers.
+    upload_dir
+        Gradio's upload folder (default: gradio's own); uploads outside it are refused.
+    """
+    import gradio as gr
+    import pandas as pd
+
+    from cellrlhf.chat.example_data import EXAMPLE_NAME, example_cells
+    from cellrlhf.chat.session import ChatSession
+    from cellrlhf.chat.web_views import cell_map, response_figure
+
+    if upload_dir is None:
+        from gradio.utils import get_upload_folder
+
+        upload_dir = get_upload_folder()
+    name = title or (lm.path.name if lm.path else "cell language model")
+    download_root = Path(tempfile.mkdtemp(prefix="cellrlhf-serve-"))
+    empty_map = pd.DataFrame(
+        {
+            "row": pd.Series([], dtype=int),
+            "cell": pd.Series([], dtype=str),
+            "label": pd.Series([], dtype=str),
+            "x": pd.Series([], dtype=float),
+            "y": pd.Series([], dtype=float),
+        }
+    )
+
+    def _message(err: BaseException) -> str:
+        return str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+
+    def _warn(message: str, n_outputs: int):
+        """Tell the user what went wrong (a toast) and leave every output as it is."""
+        gr.Warning(message)
+        return tuple(gr.skip() for _ in range(n_outputs)) if n_outputs > 1 else gr.skip()
+
+    def _data_outputs(session: ChatSession, source: str):
+        adata = session.adata
+        table = cell_map(adata, layer=session.layer)
+        layers = ["X", *adata.layers.keys()]
+        info = (
+            f"**{source}**: {adata.n_obs} cells x {adata.n_vars} genes. Click a cell in the table "
+            "(or type its index or name) to select it; brush the map to filter the table."
+        )
+        no_prediction = (None, None, None, "")
+        return (
+            session,
+            gr.update(choices=layers, value=session.layer or "X"),
+            info,
+            table,
+            table.head(_TABLE_ROWS)[["row", "cell", "label"]],
+            table,
+            "No cell selected.",
+            [],
+            *no_prediction,
+        )
+
+    n_data_outputs = 12
+
+    def load_upload(path, session):
+        try:
+            file = _checked_upload(path, upload_dir)
+            import anndata as ad
+
+            adata = ad.read_h5ad(file)
+            new_session = ChatSession(lm, adata)
+        except (UploadRejected, OSError, ValueError, KeyError) as err:
+            return _warn(f"cannot read the upload: {_message(err)}", n_data_outputs)
+        return _data_outputs(new_session, Path(str(path)).name)
+
+    def load_example(session):
+        try:
+            adata = example_cells()
+        except ImportError as err:
+            return _warn(str(err), n_data_outputs)
+        return _data_outputs(ChatSession(lm, adata), EXAMPLE_NAME)
+
+    def set_layer(layer, session):
+        if session is None:
+            return session, gr.skip()
+        session.layer = None if layer in (None, "X") else layer
+        session.cell = None
+        return session, "No cell selected."
+
+    def _select(session, key):
+        if session is None:
+            return _warn("load data first: upload an .h5ad or use the example cells.", 4)
+        try:
+            cell = session.select_cell(key)
+        except (LookupError, ValueError) as err:
+            return _warn(_message(err), 4)
+        obs = session.adata.obs.iloc[cell.index]
+        details = ", ".join(f"{k}: {v}" for k, v in list(obs.items())[:4])
+        info = (
+            f"**Selected cell {cell.cell_id}** (row {cell.index}; {details})  \n"
+            f"{cell.n_genes} expressed genes the model knows: `{cell.preview(12)}`"
+        )
+        return session, info, [], str(cell.index)
+
+    def select_from_table(session, table, evt: gr.SelectData):
+        if table is None or evt.index is None:
+            return tuple(gr.skip() for _ in range(4))
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        value = table.iloc[int(row)]["row"]
+        return _select(session, int(value))
+
+    def select_from_box(session, key):
+        return _select(session, str(key))
+
+    def brush_map(full_map, evt: gr.SelectData):
+        if full_map is None or len(full_map) == 0:
+            return gr.skip()
+        lo, hi = (float(v) for v in evt.index[:2])
+        shown = full_map[(full_map["x"] >= lo) & (full_map["x"] <= hi)]
+        return shown.head(_TABLE_ROWS)[["row", "cell", "label"]]
+
+    def ask(question, history, session):
+        question = (question or "").strip()
+        if not question:
+            yield _warn("type a question.", 3)
+            return
+        if session is None:
+            session = ChatSession(lm)
+        history = [*history, {"role": "user", "content": question}]
+        answer = ""
+        try:
+            for piece in session.ask(question, max_new_tokens=max_new_tokens):
+                answer += piece
+                yield [*history, {"role": "assistant", "content": answer}], "", session
+        except ValueError as err:
+            yield _warn(_message(err), 3)
+            return
+        yield [*history, {"role": "assistant", "content": answer or "(empty answer)"}], "", session
+
+    def clear_chat(session):
+        if session is not None:
+            session.clear()
+        return [], session
+
+    def predict(targets, context, ptype, samples, session):
+        if session is None or session.cell is None:
+            return _warn("select a cell first.", 5)
+        try:
+            prediction = session.predict(
+                targets or "",
+                cell_context=(context or "").strip() or None,
+                perturbation_type=(ptype or "").strip() or None,
+                n_samples=int(samples or 1),
+            )
+        except (ValueError, KeyError) as err:
+            return _warn(_message(err), 5)
+        out_dir = Path(tempfile.mkdtemp(dir=download_root))
+        safe = "".join(c if c.isalnum() or c in "+-_" else "_" for c in prediction.perturbation)
+        path = prediction.write(out_dir / f"prediction_{safe}.h5ad")
+        table = pd.concat(
+            [prediction.top_up.assign(direction="up"), prediction.top_down.assign(direction="down")]
+        )[["direction", "gene", "predicted", "control", "delta"]].round(4)
+        summary = (
+            f"**{prediction.perturbation}** in {prediction.adata.obs['cell_context'].iloc[0]}: "
+            f"{prediction.adata.n_obs} predicted cell(s), valid gene fraction "
+            f"{prediction.valid_fraction:.2f}"
+        )
+        figure = response_figure(prediction)
+        return figure, table, str(path), summary, session
+
+    with gr.Blocks(title=f"cellrlhf: {name}") as demo:
+        session_state = gr.State(None)
+        map_state = gr.State(empty_map)
+        gr.Markdown(
+            f"# Chat with `{name}`\n{lm.stage} model, {len(lm.vocab)} genes. Load cells, select "
+            "one, ask about it, or predict its response to a perturbation."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(
+                    label="Upload .h5ad", file_types=[".h5ad"], type="filepath", elem_id="upload"
+                )
+                example_btn = gr.Button("Use example cells", visible=example, elem_id="example-btn")
+                layer = gr.Dropdown(label="Expression layer", choices=["X"], value="X")
+                data_info = gr.Markdown("No data loaded.", elem_id="data-info")
+                # no initial value: a plot created from an empty frame never draws later points
+                scatter = gr.ScatterPlot(
+                    None,
+                    x="x",
+                    y="y",
+                    color="label",
+                    height=320,
+                    label="Cells (embedding)",
+                    elem_id="cell-map",
+                )
+                table = gr.Dataframe(
+                    headers=["row", "cell", "label"],
+                    interactive=False,
+                    max_height=260,
+                    label="Cells (click one)",
+                    elem_id="cell-table",
+                )
+                with gr.Row():
+                    cell_box = gr.Textbox(label="Cell index or name", scale=3, elem_id="cell-box")
+                    select_btn = gr.Button("Select", scale=1, elem_id="select-btn")
+                cell_info = gr.Markdown("No cell selected.", elem_id="cell-info")
+            with gr.Column(scale=2):
+                chatbot = gr.Chatbot(label="Chat", height=380, elem_id="chatbot")
+                question = gr.Textbox(
+                    label="Question", placeholder="What cell type is this?", elem_id="question"
+                )
+                with gr.Row():
+                    ask_btn = gr.Button("Ask", variant="primary", elem_id="ask-btn")
+                    clear_btn = gr.Button("New conversation")
+                with gr.Accordion("Predict a perturbation", open=True):
+                    with gr.Row():
+                        targets = gr.Textbox(
+                            label="Targets", placeholder="KLF1 or KLF1+CEBPA", elem_id="targets"
+                        )
+                        context = gr.Textbox(label="Cell context (empty: model annotates)")
+                        ptype = gr.Textbox(label="Perturbation type (e.g. CRISPRa)")
+                        samples = gr.Slider(1, 16, value=1, step=1, label="Samples")
+                    predict_btn = gr.Button("Predict", elem_id="predict-btn")
+                    prediction_info = gr.Markdown(elem_id="prediction-info")
+                    plot = gr.Plot(label="Top changed genes vs control", elem_id="response-plot")
+                    genes_table = gr.Dataframe(
+                        headers=["direction", "gene", "predicted", "control", "delta"],
+                        label="Top changed genes",
+                        interactive=False,
+                        elem_id="genes-table",
+                    )
+                    download = gr.File(label="Predicted AnnData (.h5ad)", elem_id="download")
+
+        prediction_outputs = [plot, genes_table, download, prediction_info]
+        data_outputs = [
+            session_state,
+            layer,
+            data_info,
+            scatter,
+            table,
+            map_state,
+            cell_info,
+            chatbot,
+            *prediction_outputs,
+        ]
+        upload.upload(load_upload, [upload, session_state], data_outputs)
+        example_btn.click(load_example, [session_state], data_outputs)
+        layer.change(set_layer, [layer, session_state], [session_state, cell_info])
+        select_outputs = [session_state, cell_info, chatbot, cell_box]
+        table.select(select_from_table, [session_state, table], select_outputs)
+        select_btn.click(select_from_box, [session_state, cell_box], select_outputs)
+        cell_box.submit(select_from_box, [session_state, cell_box], select_outputs)
+        scatter.select(brush_map, [map_state], [table])
+        ask_args = ([question, chatbot, session_state], [chatbot, question, session_state])
+        ask_btn.click(ask, *ask_args)
+        question.submit(ask, *ask_args)
+        clear_btn.click(clear_chat, [session_state], [chatbot, session_state])
+        predict_btn.click(
+            predict,
+            [targets, context, ptype, samples, session_state],
+            [*prediction_outputs, session_state],
+        )
+    demo.queue(default_concurrency_limit=1)
+    return demo
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cellrlhf serve", description="Serve a web app to chat with a model about cells."
+    )
+    p.add_argument("--model", required=True, help="model directory or Hugging Face Hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--max-upload-mb", type=float, default=500, help="largest accepted upload")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--no-example", action="store_true", help="hide the example cells")
+    p.add_argument("--revision", default=None, help="Hub revision of --model")
+    p.add_argument("--device-map", default=None, help="e.g. auto (GPUs via accelerate)")
+    p.add_argument("--dtype", default=None, help="weight dtype, e.g. bfloat16 or auto")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run code shipped with the model (only for models you trust)",
+    )
+    return p
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``cellrlhf serve``: returns the process exit status."""
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("cellrlhf serve needs gradio: pip install 'cellrlhf[chat]'", file=sys.stderr)
+        return 2
+    from cellrlhf.chat.cell_lm import CellLM
+
+    try:
+        lm = CellLM.from_pretrained(
+            args.model,
+            revision=args.revision,
+            device_map=args.device_map,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"cellrlhf serve: {err}", file=sys.stderr)
+        return 2
+    if args.host not in {"127.0.0.1", "localhost", "::1"}:
+        logger.warning(
+            "binding %s: the app is reachable from other machines and has no login.", args.host
+        )
+    demo = build_app(lm, example=not args.no_example, max_new_tokens=args.max_new_tokens)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        max_file_size=int(args.max_upload_mb * 2**20),
+        share=False,
+        show_error=True,
+    )
+    return 0

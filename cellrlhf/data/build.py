@@ -1,0 +1,440 @@
+"""Build every training-ready dataset of a data config in one streaming pass.
+
+Steps: open the source -> standardize ``obs`` to the perturbation schema -> split -> plan every
+row from metadata -> one pass over the expression (:mod:`~cellrlhf.data.scan`) -> fit the
+decoder on training cells -> DE tests and references -> SFT and RL rows -> save -> check
+leakage on the saved files -> manifest. The output appears only when everything succeeded.
+
+Everything is seeded: the same source and config give the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cellrlhf.data.config import DataBuildConfig
+from cellrlhf.data.layout import (
+    MANIFEST_FILENAME,
+    SPLITS_FILENAME,
+    BuiltDataset,
+    pretrain_features,
+    rl_features,
+    sft_features,
+)
+from cellrlhf.data.leakage import check_no_leakage
+from cellrlhf.data.loading import DataSource, open_source
+from cellrlhf.data.manifest import make_manifest
+from cellrlhf.data.output import (
+    OutputError,
+    datasets_progress,
+    finish_staging,
+    prepare_staging,
+    save_dataset,
+    save_dataset_dict,
+)
+from cellrlhf.data.plan import (
+    CellTable,
+    GroupIndex,
+    plan_decoder_cells,
+    plan_pretrain,
+    plan_rl,
+    plan_sft,
+    task_rng,
+)
+from cellrlhf.data.prompts import PromptWriter
+from cellrlhf.data.references import References
+from cellrlhf.data.rows import rl_rows, sft_rows
+from cellrlhf.data.scan import ScanPlan, cell_prefixes, scan_cells
+from cellrlhf.data.schema import CONTROL_LABEL, standardize_obs
+from cellrlhf.data.sentences import SentenceWriter
+from cellrlhf.data.splits import make_splits
+from cellrlhf.data.task_templates import TASKS, load_phrases, load_task_templates
+
+__all__ = ["BuildError", "BuildResult", "build_datasets"]
+
+logger = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """The datasets cannot be built from this source and config."""
+
+
+@dataclass
+class BuildResult:
+    """What a build produced.
+
+    Attributes
+    ----------
+    path
+        The output directory.
+    manifest
+        The written ``manifest.json``.
+    timings
+        Seconds spent in each step.
+    """
+
+    path: Path
+    manifest: dict
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+
+@dataclass
+class _Prepared:
+    """Everything decided before the pass."""
+
+    source: DataSource
+    rows: np.ndarray
+    table: CellTable
+    groups: GroupIndex
+    assignment: object
+    vocab: object
+    mapping: object
+    pretrain_rows: np.ndarray | None
+    sft_specs: list
+    rl_specs: list
+    rl_skipped: list
+    decoder_cells: np.ndarray
+    wilcoxon_cells: np.ndarray | None
+
+
+def _selected_rows(source: DataSource, query: str | None) -> np.ndarray:
+    if not query:
+        return np.arange(source.n_obs, dtype=np.int64)
+    try:
+        mask = source.obs.eval(query)
+    except Exception as err:
+        raise BuildError(
+            f"source.obs_query {query!r} failed on obs (columns {list(source.obs.columns)}): {err}"
+        ) from err
+    rows = np.flatnonzero(np.asarray(mask, dtype=bool))
+    if len(rows) == 0:
+        raise BuildError(f"source.obs_query {query!r} selects no cells.")
+    return rows.astype(np.int64)
+
+
+def _vocab_and_mapping(source: DataSource, expression):
+    from cellrlhf.cell2text.vocab import GeneVocab
+
+    if expression.gene_symbols is None:
+        names, where = list(source.var.index), "var_names"
+    else:
+        if expression.gene_symbols not in source.var.columns:
+            raise BuildError(
+                f"expression.gene_symbols={expression.gene_symbols!r} is not a var column; "
+                f"available: {list(source.var.columns)}."
+            )
+        names = list(source.var[expression.gene_symbols])
+        where = f"var[{expression.gene_symbols!r}]"
+    return GeneVocab.from_names_with_mapping(names, where, duplicates=expression.duplicates)
+
+
+def _wilcoxon_cells(config, groups: GroupIndex, sft_specs, rl_specs) -> np.ndarray:
+    pairs = {(s.group, s.control_group) for s in sft_specs if s.task == "perturbation_effect"}
+    pairs |= {(s.group, s.control_group) for s in rl_specs}
+    cap = config.de.max_cells_per_group
+    rng = task_rng(config.seed, "wilcoxon")
+    picks = []
+    for group in sorted({g for pair in pairs for g in pair}):
+        members = np.flatnonzero(groups.of_cell == group)
+        if len(members) > cap:
+            members = np.sort(rng.choice(members, size=cap, replace=False))
+        picks.append(members)
+    return np.unique(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
+
+
+def _prepare(config: DataBuildConfig, source: DataSource) -> _Prepared:
+    if source.simulated:
+        logger.warning(
+            "source of %r is SIMULATED data; the datasets are marked simulated.", config.name
+        )
+    rows = _selected_rows(source, config.source.obs_query)
+    needs_control = config.rl.enabled or any(
+        task.enabled for name, task in config.sft.tasks.items() if name.startswith("perturbation_")
+    )
+    obs = standardize_obs(source.obs.iloc[rows], config.schema, require_control=needs_control)
+    has_perturbed = bool((obs["perturbation"] != CONTROL_LABEL).any())
+    if config.pretrain.enabled:
+        missing = [c for c in config.pretrain.metadata_prefix if c not in obs.columns]
+        if missing:
+            raise BuildError(
+                f"pretrain.metadata_prefix names {missing}, which are neither standard nor "
+                f"schema.extra columns ({list(obs.columns)})."
+            )
+    vocab, mapping = _vocab_and_mapping(source, config.expression)
+    assignment = make_splits(obs, config.split)
+    table = CellTable(obs, assignment.labels)
+    groups = GroupIndex.build(table)
+    seed = config.seed
+    pretrain_rows = plan_pretrain(config.pretrain, table, seed) if config.pretrain.enabled else None
+    sft_specs = plan_sft(config, table, groups, seed) if config.sft.enabled else []
+    rl_specs, rl_skipped = plan_rl(config, table, groups, seed) if config.rl.enabled else ([], [])
+    if config.rl.enabled and has_perturbed and not any(s.split == "test" for s in rl_specs):
+        logger.warning("no RL test prompt: every test group was skipped (%s).", rl_skipped[:3])
+    decoder_cells = plan_decoder_cells(table, config.decoder.max_cells, seed)
+    if len(decoder_cells) == 0:
+        raise BuildError("the training split has no cells to fit the expression decoder on.")
+    wilcoxon = (
+        _wilcoxon_cells(config, groups, sft_specs, rl_specs)
+        if config.de.method == "wilcoxon"
+        else None
+    )
+    return _Prepared(
+        source,
+        rows,
+        table,
+        groups,
+        assignment,
+        vocab,
+        mapping,
+        pretrain_rows,
+        sft_specs,
+        rl_specs,
+        rl_skipped,
+        decoder_cells,
+        wilcoxon,
+    )
+
+
+def _scan_plan(config: DataBuildConfig, prep: _Prepared, staging: Path) -> ScanPlan:
+    table = prep.table
+    keep = np.zeros(len(table), dtype=bool)
+    for spec in prep.sft_specs:
+        for cell in (spec.cell, spec.control_cell):
+            if cell >= 0:
+                keep[cell] = True
+    for spec in prep.rl_specs:
+        keep[spec.reference_cells] = True
+        keep[spec.control_cells] = True
+        if spec.prompt_control_cell >= 0:
+            keep[spec.prompt_control_cell] = True
+    pretrain = prep.pretrain_rows
+    return ScanPlan(
+        keep_sentence=keep,
+        pretrain_counts=None if pretrain is None else np.bincount(pretrain, minlength=len(table)),
+        decoder_cells=prep.decoder_cells,
+        wilcoxon_cells=prep.wilcoxon_cells,
+        pretrain_path=None if pretrain is None else staging / "pretrain.arrow",
+        prefixes=cell_prefixes(
+            {c: table.obs[c].to_numpy(dtype=object) for c in config.pretrain.metadata_prefix},
+            len(table),
+        ),
+        wrap_cell=config.pretrain.wrap_cell,
+    )
+
+
+def _fit_decoder(config: DataBuildConfig, prep: _Prepared, decoder_rows):
+    import anndata as ad
+    import pandas as pd
+
+    from cellrlhf.cell2text.decoder import ExpressionDecoder
+
+    fit_data = ad.AnnData(
+        X=decoder_rows,
+        obs=pd.DataFrame(index=pd.Index(prep.table.cell_ids[prep.decoder_cells].astype(str))),
+        var=pd.DataFrame(index=pd.Index(prep.vocab.genes)),
+    )
+    decoder = ExpressionDecoder.fit(
+        fit_data,
+        top_k=config.sentences.top_k,
+        seed=config.sentences.seed,
+        method=config.decoder.method,
+        shrinkage=config.decoder.shrinkage,
+    )
+    decoder.params.update(
+        fitted_on="training split cells only",
+        expression_layer=config.expression.layer,
+        expression_transform=config.expression.transform,
+    )
+    return decoder
+
+
+def _load_staged(path: Path) -> BuiltDataset:
+    from datasets import load_from_disk
+
+    splits = json.loads((path / SPLITS_FILENAME).read_text())
+    parts = {
+        part: load_from_disk(str(path / part)) if (path / part).exists() else None
+        for part in ("pretrain", "sft", "rl")
+    }
+    return BuiltDataset(path, {}, splits, parts["pretrain"], parts["sft"], parts["rl"])
+
+
+def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings: dict) -> dict:
+    from datasets import Dataset
+
+    table, groups, vocab = prep.table, prep.groups, prep.vocab
+    sentence_writer = SentenceWriter(
+        vocab, top_k=config.sentences.top_k, seed=config.sentences.seed
+    )
+    plan = _scan_plan(config, prep, staging)
+    t0 = time.perf_counter()
+    expression = prep.source.expression
+    scan = scan_cells(
+        expression.matrix,
+        prep.rows,
+        table.cell_ids,
+        groups.of_cell,
+        len(groups.keys),
+        mapping=prep.mapping,
+        sentence_writer=sentence_writer,
+        plan=plan,
+        transform=config.expression.transform,
+        chunk_size=config.expression.chunk_size,
+        progress=config.progress,
+        layer_name=expression.layer_name,
+    )
+    timings["scan_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    decoder = _fit_decoder(config, prep, scan.decoder_rows)
+    references = References(
+        scan, groups, vocab, config.de, sentence_writer, config.sentences, decoder
+    )
+    templates = {task: load_task_templates(task, config.sft.templates_dir) for task in TASKS}
+    phrases = load_phrases(config.sft.templates_dir)
+    writer = PromptWriter(templates, phrases, config.sft.context_noun)
+    sft = sft_rows(prep.sft_specs, table, references, writer, config.seed)
+    rl = rl_rows(prep.rl_specs, table, references, writer, config.seed)
+    timings["rows_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    output = config.output
+    parquet = staging / "parquet" if output.parquet else None
+    part_hashes: dict[str, object] = {}
+    counts: dict[str, object] = {}
+    if plan.pretrain_path is not None:
+        pretrain = Dataset.from_file(str(plan.pretrain_path))
+        if pretrain.features != pretrain_features():
+            raise BuildError(f"pretrain features {pretrain.features} differ from the layout.")
+        save_dataset(pretrain, staging / "pretrain", max_shard_size=output.max_shard_size)
+        if parquet is not None:
+            (parquet / "pretrain").mkdir(parents=True, exist_ok=True)
+            pretrain.to_parquet(str(parquet / "pretrain" / "train.parquet"))
+        del pretrain
+        plan.pretrain_path.unlink()
+        part_hashes["pretrain"] = scan.pretrain_hash
+        counts["pretrain"] = scan.pretrain_rows
+    if config.sft.enabled:
+        part_hashes["sft"] = save_dataset_dict(
+            sft,
+            sft_features(),
+            staging / "sft",
+            max_shard_size=output.max_shard_size,
+            parquet_dir=parquet / "sft" if parquet else None,
+        )
+        counts["sft"] = {split: len(rows) for split, rows in sft.items()}
+        counts["sft_tasks"] = {split: _task_counts(rows) for split, rows in sft.items()}
+    if config.rl.enabled:
+        part_hashes["rl"] = save_dataset_dict(
+            rl,
+            rl_features(),
+            staging / "rl",
+            max_shard_size=output.max_shard_size,
+            parquet_dir=parquet / "rl" if parquet else None,
+        )
+        counts["rl"] = {split: len(rows) for split, rows in rl.items()}
+    vocab.save(staging)
+    decoder.save(staging)
+    splits_payload = prep.assignment.to_dict(table.cell_ids, table.obs)
+    # compact JSON: with indentation the encoder is pure Python (slow on 10^5-10^6 cell ids)
+    (staging / SPLITS_FILENAME).write_text(json.dumps(splits_payload))
+    timings["write_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    leakage = check_no_leakage(_load_staged(staging))
+    timings["leakage_s"] = time.perf_counter() - t0
+    manifest = make_manifest(
+        config=config,
+        source=prep.source,
+        vocab=vocab,
+        decoder=decoder,
+        assignment=prep.assignment,
+        table=table,
+        templates=templates,
+        phrases=phrases,
+        part_hashes=part_hashes,
+        counts=counts,
+        splits_payload=splits_payload,
+        leakage=leakage,
+        n_genes=scan.n_genes,
+        rl_skipped=prep.rl_skipped,
+    )
+    (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _task_counts(rows: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for row in rows:
+        out[row["task"]] = out.get(row["task"], 0) + 1
+    return dict(sorted(out.items()))
+
+
+def build_datasets(
+    config: DataBuildConfig,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    adata=None,
+) -> BuildResult:
+    """Build the pretraining corpus, instruction tasks and RL prompt sets of ``config``.
+
+    Parameters
+    ----------
+    config
+        The data-build config (:func:`~cellrlhf.data.config.load_config`).
+    out_dir
+        Output directory (default ``config.output.dir``).
+    data_dir, cache_dir
+        Where registered data sets are looked up (``$CELLRLHF_DATA_DIR`` is searched too).
+    adata
+        Use this in-memory AnnData instead of the configured source.
+
+    Returns
+    -------
+    :class:`BuildResult` with the output path, manifest and timings.
+
+    Raises
+    ------
+    SchemaError, SplitError, ConfigError, BuildError, LeakageError
+        With a message naming the problem and the fix.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out_dir if out_dir is not None else config.output.dir)
+    with open_source(
+        config.source,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        adata=adata,
+        layer=config.expression.layer,
+    ) as source:
+        prep = _prepare(config, source)
+        timings["prepare_s"] = time.perf_counter() - started
+        try:
+            staging = prepare_staging(out, config.output.overwrite)
+        except OutputError as err:
+            raise BuildError(str(err)) from err
+        try:
+            with datasets_progress(config.progress):
+                manifest = _build_into(staging, config, prep, timings)
+            finish_staging(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    timings["total_s"] = time.perf_counter() - started
+    logger.info("built %s in %.1f s: %s", out, timings["total_s"], manifest["counts"])
+    return BuildResult(out, manifest, timings)

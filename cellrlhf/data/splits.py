@@ -1,0 +1,384 @@
+"""Train / validation / test splits that answer real questions, without leakage.
+
+Split kinds
+-----------
+``random_cells``
+    Cells drawn at random within every (perturbation, cell context) group: can the model
+    reproduce responses it was trained on, on new cells? Controls are split too.
+``unseen_single``
+    Held-out single perturbations: every cell of a test single is in test. A combination that
+    contains a test target is excluded (``combos_with_test_targets="exclude"``, default) or put in
+    test (``"test"``), so no training example ever names a test target.
+``unseen_combo``
+    Held-out combinations whose singles are all measured (in the same contexts) and stay in
+    training: can the model compose known effects?
+``unseen_context``
+    Held-out cell contexts: every cell of a test context (controls included) is in test.
+
+Validation takes ``validation_fraction`` of the remaining training cells at random within
+groups (an in-distribution validation set for SFT); RL sets have train and test only.
+
+Controls used as inputs (prompts, control pseudo-bulks) for a split's examples come from that
+split's own control cells when it has some in the context, else from the training controls:
+controls are inputs, not answers, so that is not leakage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cellrlhf.data.schema import CONTROL_LABEL, perturbation_targets
+
+__all__ = [
+    "SPLIT_KINDS",
+    "SPLIT_NAMES",
+    "SplitConfig",
+    "SplitAssignment",
+    "SplitError",
+    "make_splits",
+    "LeakageError",
+]
+
+logger = logging.getLogger(__name__)
+
+SPLIT_KINDS = ("random_cells", "unseen_single", "unseen_combo", "unseen_context")
+SPLIT_NAMES = ("train", "validation", "test", "excluded")
+
+
+class SplitError(ValueError):
+    """The data cannot be split as asked."""
+
+
+class LeakageError(AssertionError):
+    """Held-out information found in training data."""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """The ``split:`` section of a data config.
+
+    Attributes
+    ----------
+    kind
+        One of :data:`SPLIT_KINDS`.
+    test_fraction
+        ``random_cells``: share of each group's cells; ``unseen_single`` / ``unseen_combo``:
+        share of the eligible perturbations (at least one).
+    validation_fraction
+        Share of the remaining training cells kept for validation.
+    test_perturbations
+        Explicit held-out perturbations (``unseen_single`` / ``unseen_combo``), overriding
+        ``test_fraction``.
+    test_contexts, n_test_contexts
+        ``unseen_context``: explicit held-out contexts, or how many to draw.
+    combos_with_test_targets
+        ``unseen_single``: ``"exclude"`` or ``"test"``.
+    seed
+        Seed of the split.
+    """
+
+    kind: str = "random_cells"
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    test_perturbations: tuple[str, ...] | None = None
+    test_contexts: tuple[str, ...] | None = None
+    n_test_contexts: int = 1
+    combos_with_test_targets: str = "exclude"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPLIT_KINDS:
+            raise SplitError(f"split.kind={self.kind!r}; choose one of {SPLIT_KINDS}.")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise SplitError(f"split.test_fraction must be in (0, 1), got {self.test_fraction}.")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise SplitError(
+                f"split.validation_fraction must be in [0, 1), got {self.validation_fraction}."
+            )
+        if self.combos_with_test_targets not in ("exclude", "test"):
+            raise SplitError("split.combos_with_test_targets must be 'exclude' or 'test'.")
+        if self.n_test_contexts < 1:
+            raise SplitError("split.n_test_contexts must be >= 1.")
+
+    @classmethod
+    def from_dict(cls, spec: Mapping | None) -> SplitConfig:
+        spec = dict(spec or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = set(spec) - known
+        if unknown:
+            raise SplitError(
+                f"unknown key(s) {sorted(unknown)} in 'split'; known: {sorted(known)}."
+            )
+        for key in ("test_perturbations", "test_contexts"):
+            if spec.get(key) is not None:
+                value = spec[key]
+                spec[key] = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+        return cls(**spec)
+
+
+@dataclass
+class SplitAssignment:
+    """Which cells and perturbations are in which split.
+
+    Attributes
+    ----------
+    config
+        The split config.
+    labels
+        Per cell: ``"train"``, ``"validation"``, ``"test"`` or ``"excluded"``.
+    test_perturbations
+        Held-out perturbations (``unseen_single`` / ``unseen_combo``).
+    test_targets
+        ``unseen_single``: target genes of the held-out singles.
+    test_contexts
+        ``unseen_context``: held-out contexts.
+    excluded_perturbations
+        Perturbations left out of every split (combinations with a test target).
+    """
+
+    config: SplitConfig
+    labels: np.ndarray
+    test_perturbations: list[str] = field(default_factory=list)
+    test_targets: list[str] = field(default_factory=list)
+    test_contexts: list[str] = field(default_factory=list)
+    excluded_perturbations: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    def rows(self, split: str) -> np.ndarray:
+        """Row positions of the cells in ``split``."""
+        return np.flatnonzero(self.labels == split)
+
+    def is_held_out(self, perturbation: str, cell_context: str) -> bool:
+        """Whether examples about ``perturbation`` in ``cell_context`` belong to test only."""
+        if self.kind == "unseen_context":
+            return cell_context in self.test_contexts
+        if self.kind == "unseen_single":
+            upper = {t.upper() for t in self.test_targets}
+            return any(t.upper() in upper for t in perturbation_targets(perturbation))
+        if self.kind == "unseen_combo":
+            return perturbation in self.test_perturbations
+        return False
+
+    def counts(self) -> dict[str, int]:
+        names, codes = _factorize(self.labels)
+        counts = np.bincount(codes, minlength=len(names))
+        return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
+
+    def to_dict(self, cell_ids: Sequence[str], obs: pd.DataFrame | None = None) -> dict:
+        """The split manifest (``splits.json``): parameters, held-out sets, cells per split."""
+        cell_ids = np.asarray(cell_ids, dtype=object)
+        out = {
+            "format": "cellrlhf.splits",
+            "version": 1,
+            "kind": self.kind,
+            "config": {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.__dict__.items()
+            },
+            "test_perturbations": self.test_perturbations,
+            "test_targets": self.test_targets,
+            "test_contexts": self.test_contexts,
+            "excluded_perturbations": self.excluded_perturbations,
+            "counts": self.counts(),
+            "cells": {name: cell_ids[self.rows(name)].tolist() for name in SPLIT_NAMES},
+        }
+        if obs is not None:
+            out["groups"] = {name: _group_table(obs.iloc[self.rows(name)]) for name in SPLIT_NAMES}
+        return out
+
+
+def _group_table(obs: pd.DataFrame) -> list[dict]:
+    if len(obs) == 0:
+        return []
+    sizes = obs.groupby(["perturbation", "cell_context"], observed=True, sort=True).size()
+    return [
+        {"perturbation": str(p), "cell_context": str(c), "n_cells": int(n)}
+        for (p, c), n in sizes.items()
+    ]
+
+
+def _factorize(values) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and the code of every element (hash-based, fast on strings)."""
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object), sort=True)
+    return np.asarray(uniques, dtype=object), codes.astype(np.int64)
+
+
+def _group_codes(obs: pd.DataFrame) -> tuple[np.ndarray, int]:
+    keys = obs["perturbation"].astype(str) + "\x1f" + obs["cell_context"].astype(str)
+    uniques, codes = _factorize(keys.to_numpy(dtype=object))
+    return codes, len(uniques)
+
+
+def _stratified_pick(
+    rows: np.ndarray, codes: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Pick ``round(fraction * n)`` rows of every group (at least one from groups of >= 2)."""
+    picked: list[np.ndarray] = []
+    for group in np.unique(codes[rows]):
+        members = rows[codes[rows] == group]
+        k = int(round(fraction * len(members)))
+        if k == 0 and len(members) >= 2 and fraction > 0:
+            k = 1
+        k = min(k, len(members) - 1) if len(members) > 1 else 0
+        if k:
+            picked.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def _draw(items: list[str], fraction: float, rng: np.random.Generator, what: str) -> list[str]:
+    if len(items) < 2:
+        raise SplitError(
+            f"only {len(items)} {what} available ({items}); holding some out needs at least 2 "
+            "(one to train on, one to test)."
+        )
+    n = min(max(1, int(round(fraction * len(items)))), len(items) - 1)
+    return sorted(str(x) for x in rng.choice(sorted(items), size=n, replace=False))
+
+
+def make_splits(obs: pd.DataFrame, config: SplitConfig) -> SplitAssignment:
+    """Assign every cell to a split.
+
+    Parameters
+    ----------
+    obs
+        Standardized cell metadata (``perturbation``, ``cell_context``).
+    config
+        The split rule.
+
+    Returns
+    -------
+    The assignment; deterministic for the same ``obs`` and ``config``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x5B117]))
+    perts = obs["perturbation"].astype(str).to_numpy()
+    contexts = obs["cell_context"].astype(str).to_numpy()
+    labels = np.full(len(obs), "train", dtype=object)
+    assignment = SplitAssignment(config=config, labels=labels)
+    codes, _ = _group_codes(obs)
+    all_rows = np.arange(len(obs), dtype=np.int64)
+    unique_perts, pert_codes = _factorize(perts)
+    is_combo = np.array(["+" in p for p in unique_perts], dtype=bool)[pert_codes]
+    present = sorted(set(perts) - {CONTROL_LABEL})
+
+    if config.kind == "random_cells":
+        labels[_stratified_pick(all_rows, codes, config.test_fraction, rng)] = "test"
+
+    elif config.kind == "unseen_single":
+        singles = sorted({p for p in present if "+" not in p})
+        if config.test_perturbations is not None:
+            chosen = list(config.test_perturbations)
+            _check_known(chosen, present, "split.test_perturbations")
+            combos = [p for p in chosen if "+" in p]
+            if combos:
+                raise SplitError(
+                    f"unseen_single holds out single perturbations; {combos} are combinations "
+                    "(use kind: unseen_combo)."
+                )
+        else:
+            chosen = _draw(singles, config.test_fraction, rng, "single perturbations")
+        if len(chosen) >= len(singles):
+            raise SplitError("unseen_single would hold out every single perturbation.")
+        assignment.test_perturbations = sorted(chosen)
+        assignment.test_targets = sorted({t for p in chosen for t in perturbation_targets(p)})
+        held = np.array([assignment.is_held_out(p, "") for p in unique_perts], dtype=bool)
+        held = held[pert_codes]
+        labels[held & ~is_combo] = "test"
+        combos_hit = held & is_combo
+        labels[combos_hit] = "test" if config.combos_with_test_targets == "test" else "excluded"
+        if config.combos_with_test_targets == "test":
+            assignment.test_perturbations = sorted(set(perts[held]))
+        else:
+            assignment.excluded_perturbations = sorted(set(perts[combos_hit]))
+
+    elif config.kind == "unseen_combo":
+        eligible = _eligible_combos(perts, contexts)
+        if config.test_perturbations is not None:
+            chosen = list(config.test_perturbations)
+            _check_known(chosen, present, "split.test_perturbations")
+            bad = [p for p in chosen if p not in eligible]
+            if bad:
+                raise SplitError(
+                    f"{bad} cannot be unseen combinations: each must be a combination whose "
+                    "singles are all measured in the same contexts. Eligible: "
+                    f"{eligible[:20]}."
+                )
+        else:
+            if not eligible:
+                raise SplitError(
+                    "unseen_combo needs combinations whose single perturbations are all measured "
+                    "in the same cell contexts; this data has none. Use unseen_single or "
+                    "random_cells."
+                )
+            chosen = (
+                _draw(eligible, config.test_fraction, rng, "eligible combinations")
+                if len(eligible) > 1
+                else list(eligible)
+            )
+        assignment.test_perturbations = sorted(chosen)
+        held = np.isin(perts, chosen)
+        labels[held] = "test"
+
+    elif config.kind == "unseen_context":
+        all_contexts = sorted(set(contexts))
+        if config.test_contexts is not None:
+            chosen = list(config.test_contexts)
+            _check_known(chosen, all_contexts, "split.test_contexts")
+        else:
+            eligible = _contexts_sharing_perturbations(perts, contexts)
+            if not eligible:
+                raise SplitError(
+                    "unseen_context needs perturbations measured in several cell contexts; no "
+                    "context shares a perturbation with another. Name split.test_contexts "
+                    "explicitly to hold one out anyway."
+                )
+            n = min(config.n_test_contexts, len(all_contexts) - 1)
+            chosen = sorted(
+                str(c) for c in rng.choice(eligible, size=min(n, len(eligible)), replace=False)
+            )
+        if len(chosen) >= len(all_contexts):
+            raise SplitError(f"unseen_context would hold out every context {all_contexts}.")
+        assignment.test_contexts = sorted(chosen)
+        labels[np.isin(contexts, chosen)] = "test"
+
+    if config.validation_fraction > 0:
+        train_rows = np.flatnonzero(labels == "train")
+        labels[_stratified_pick(train_rows, codes, config.validation_fraction, rng)] = "validation"
+    logger.info("split %s: %s", config.kind, assignment.counts())
+    return assignment
+
+
+def _check_known(chosen: list[str], known: list[str], where: str) -> None:
+    missing = [c for c in chosen if c not in known]
+    if missing:
+        raise SplitError(
+            f"{where} names {missing}, which are not in the data; known: {known[:30]}."
+        )
+
+
+def _eligible_combos(perts: np.ndarray, contexts: np.ndarray) -> list[str]:
+    contexts_of: dict[str, set[str]] = {}
+    for p, c in set(zip(perts.tolist(), contexts.tolist(), strict=True)):
+        contexts_of.setdefault(p, set()).add(c)
+    eligible = []
+    for p, where in contexts_of.items():
+        if p == CONTROL_LABEL or "+" not in p:
+            continue
+        if all(where <= contexts_of.get(t, set()) for t in perturbation_targets(p)):
+            eligible.append(p)
+    return sorted(eligible)
+
+
+def _contexts_sharing_perturbations(perts: np.ndarray, contexts: np.ndarray) -> list[str]:
+    contexts_of: dict[str, set[str]] = {}
+    for p, c in set(zip(perts.tolist(), contexts.tolist(), strict=True)):
+        if p != CONTROL_LABEL:
+            contexts_of.setdefault(p, set()).add(c)
+    shared = {c for where in contexts_of.values() if len(where) > 1 for c in where}
+    return sorted(shared)

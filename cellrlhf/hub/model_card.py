@@ -1,0 +1,364 @@
+"""Generate the Hub model card (``README.md``) of a saved cellrlhf model.
+
+The card's YAML metadata lets the Hub index the model (``library_name``, ``pipeline_tag``, tags
+such as ``single-cell`` and ``cell2sentence``, ``base_model``, ``datasets``, metrics of the latest
+evaluation as ``model-index``); its text says what the model was trained on, what it is for,
+what it must not be used for, and how to load it and talk to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellrlhf.hub.eval_results import EvalSummary, find_eval_files, latest_eval
+from cellrlhf.hub.model_files import looks_like_hub_id
+from cellrlhf.hub.source_info import source_lines
+
+__all__ = ["ModelMetadata", "read_model_metadata", "build_model_card", "CARD_TAGS"]
+
+logger = logging.getLogger(__name__)
+
+CARD_TAGS = ("cellrlhf", "single-cell", "cell2sentence", "scRNA-seq", "biology")
+_STAGE_TAGS = {
+    "pretrain": ("cell-language-model",),
+    "sft": ("sft", "instruction-tuning"),
+    "reward": ("reward-model",),
+    "ppo": ("rlhf", "ppo"),
+    "grpo": ("rlhf", "grpo"),
+    "rloo": ("rlhf", "rloo"),
+}
+_STAGE_NAMES = {
+    "pretrain": "pretrained on cell sentences",
+    "sft": "instruction-tuned (SFT) on chat-form cell tasks",
+    "reward": "a reward model scoring perturbation predictions",
+    "ppo": "aligned with RLHF (PPO) on perturbation-response fidelity",
+    "grpo": "aligned with RL (GRPO) on perturbation-response fidelity",
+    "rloo": "aligned with RL (RLOO) on perturbation-response fidelity",
+}
+
+
+@dataclass
+class ModelMetadata:
+    """What a model directory says about itself (all optional beyond the directory)."""
+
+    model_dir: Path
+    info: dict[str, Any] = field(default_factory=dict)  # cellrlhf.json
+    data_manifest: dict[str, Any] = field(default_factory=dict)
+    training_config: dict[str, Any] = field(default_factory=dict)
+    training_config_text: str = ""
+    n_genes: int | None = None
+    evaluation: EvalSummary | None = None
+
+    @property
+    def stage(self) -> str:
+        return str(self.info.get("stage", "sft"))
+
+    @property
+    def base_model(self) -> str | None:
+        value = self.info.get("base_model")
+        return str(value) if value else None
+
+    @property
+    def hub_base_model(self) -> str | None:
+        """``base_model`` when it is a Hub id (a local path is no valid card metadata)."""
+        value = self.base_model
+        if value and looks_like_hub_id(value) and not Path(value).exists():
+            return value
+        return None
+
+    @property
+    def hub_datasets(self) -> list[str]:
+        """Hub ids of the training data, when the data manifest names any."""
+        found = []
+        for key in ("hub_datasets", "datasets", "hub_id", "repo_id"):
+            value = self.data_manifest.get(key)
+            values = value if isinstance(value, list) else [value]
+            found += [v for v in values if isinstance(v, str) and looks_like_hub_id(v)]
+        return list(dict.fromkeys(found))
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    payload = json.loads(path.read_text())
+    return payload if isinstance(payload, dict) else {}
+
+
+def read_model_metadata(model_dir: str | Path, *, eval_results=()) -> ModelMetadata:
+    """Collect ``cellrlhf.json``, the data manifest, the training config, the vocabulary size and
+    the latest evaluation (``eval_results.json`` in the directory, plus ``eval_results`` paths)."""
+    import yaml
+
+    model_dir = Path(model_dir)
+    meta = ModelMetadata(model_dir=model_dir)
+    meta.info = _read_json(model_dir / "cellrlhf.json")
+    meta.data_manifest = _read_json(model_dir / "data_manifest.json")
+    config_path = model_dir / "training_config.yaml"
+    if config_path.is_file():
+        meta.training_config_text = config_path.read_text()
+        loaded = yaml.safe_load(meta.training_config_text)
+        meta.training_config = loaded if isinstance(loaded, dict) else {}
+    vocab = _read_json(model_dir / "gene_vocab.json")
+    if "genes" in vocab:
+        meta.n_genes = len(vocab["genes"])
+    meta.evaluation = latest_eval(find_eval_files(model_dir, eval_results))
+    return meta
+
+
+def _metric_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_") or "metric"
+
+
+def _card_data(meta: ModelMetadata, license: str | None, name: str):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    tags = list(CARD_TAGS) + list(_STAGE_TAGS.get(meta.stage, (meta.stage,)))
+    eval_results = None
+    if meta.evaluation is not None:
+        ev = meta.evaluation
+        dataset = ev.dataset or str(meta.data_manifest.get("name", "cellrlhf-dataset"))
+        eval_results = [
+            EvalResult(
+                task_type="text-generation",
+                task_name="cell language tasks",
+                dataset_type=dataset,
+                dataset_name=dataset,
+                dataset_split=ev.split,
+                metric_type=_metric_slug(name),
+                metric_name=name,
+                metric_value=round(value, 6),
+            )
+            for name, value in ev.metrics.items()
+        ]
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=list(dict.fromkeys(tags)),
+        base_model=meta.hub_base_model,
+        datasets=meta.hub_datasets or None,
+        license=license,
+        metrics=[_metric_slug(n) for n in meta.evaluation.metrics] if meta.evaluation else None,
+        eval_results=eval_results,
+        model_name=name if eval_results else None,
+    )
+
+
+def _data_section(manifest: dict) -> str:
+    if not manifest:
+        return "The training data manifest was not saved with this model.\n"
+    lines = []
+    name = manifest.get("name")
+    if name:
+        lines.append(f"- Dataset: `{name}`")
+    source = manifest.get("source") or manifest.get("sources")
+    if source:
+        lines += source_lines(source)
+    contexts = manifest.get("cell_contexts")
+    if isinstance(contexts, list) and contexts:
+        lines.append(f"- Cell contexts: {', '.join(map(str, contexts[:30]))}")
+    targets = manifest.get("perturbation_targets")
+    if isinstance(targets, list) and targets:
+        more = f" ... ({len(targets)} in all)" if len(targets) > 30 else ""
+        lines.append(f"- Perturbation targets: {', '.join(map(str, targets[:30]))}{more}")
+    counts = manifest.get("counts")
+    if isinstance(counts, dict) and counts:
+        flat = ", ".join(f"{k}: {v}" for k, v in counts.items() if not isinstance(v, (dict, list)))
+        if flat:
+            lines.append(f"- Counts: {flat}")
+    if manifest.get("simulated"):
+        lines.append(
+            "- **The training data were simulated** (a pipeline demonstration): this model has "
+            "learned nothing about real biology."
+        )
+    return ("\n".join(lines) + "\n") if lines else "See `data_manifest.json`.\n"
+
+
+def _eval_section(ev: EvalSummary | None) -> str:
+    if ev is None:
+        return (
+            "No evaluation results were saved with this model. Run `cellrlhf eval` and push "
+            "again with `--eval-results` to add them.\n"
+        )
+    where = f" on `{ev.dataset}`" if ev.dataset else ""
+    split = f" ({ev.split} split)" if ev.split else ""
+    rows = "\n".join(f"| {name} | {value:.4g} |" for name, value in ev.metrics.items())
+    return f"Latest evaluation{where}{split}, from `{ev.source.name}`:\n\n| metric | value |\n|---|---|\n{rows}\n"
+
+
+_KEY_HYPERPARAMETERS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "lr_scheduler_type",
+    "weight_decay",
+    "perturbation_dropout",
+    "use_peft",
+    "kl_coef",
+    "num_generations",
+    "seed",
+)
+
+
+def _find_values(config, keys) -> dict:
+    """First value of each of ``keys`` anywhere in a nested config."""
+    found: dict = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in keys and key not in found and not isinstance(value, (dict, list)):
+                    found[key] = value
+                walk(value)
+
+    walk(config)
+    return {k: found[k] for k in keys if k in found and found[k] is not None}
+
+
+def _training_section(meta: ModelMetadata) -> str:
+    lines = [f"- Stage: `{meta.stage}`"]
+    if meta.base_model:
+        base = meta.hub_base_model
+        shown = (
+            f"[`{base}`](https://huggingface.co/{base})"
+            if base
+            else f"`{Path(meta.base_model).name}` (a local model)"
+        )
+        lines.append(f"- Base model: {shown}")
+    mode = meta.info.get("tokenizer_mode")
+    if mode:
+        lines.append(f"- Tokenizer mode: `{mode}` (how genes become tokens)")
+    if meta.n_genes:
+        lines.append(f"- Gene vocabulary: {meta.n_genes} genes (`gene_vocab.json`)")
+    text = "\n".join(lines) + "\n"
+    hyper = _find_values(meta.training_config, _KEY_HYPERPARAMETERS)
+    if hyper:
+        rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+        text += f"\n| hyperparameter | value |\n|---|---|\n{rows}\n"
+    if meta.training_config_text.strip():
+        text += "\nEvery argument of the run is in `training_config.yaml`.\n"
+    return text
+
+
+_BODY = """
+# {title}
+
+A cell language model {what}, built with [cellrlhf](https://github.com/cellrlhf/cellrlhf). Each
+cell is written as a *cell sentence*: its expressed genes ranked by expression, highest first
+(the [Cell2Sentence](https://doi.org/10.1101/2023.09.11.557287) idea). The model reads and writes
+cell sentences inside ordinary chat messages, wrapped as `<cell> GENE1 GENE2 ... </cell>`.
+
+## Intended use
+
+Research on single-cell data: annotating cells, predicting how a cell's expression responds to a
+genetic or chemical perturbation, generating cells of a given type, and asking questions about
+cells in natural language. Predictions are hypotheses to test, not measurements.
+
+**Out of scope:** clinical or diagnostic decisions about people. The model only knows the genes
+of its vocabulary; cells whose genes mostly fall outside it are represented poorly (cellrlhf
+reports the overlap when it encodes your cells).
+
+## How to use
+
+```bash
+pip install "cellrlhf[chat]"
+```
+
+```python
+import anndata as ad
+from cellrlhf.chat import CellLM
+
+lm = CellLM.from_pretrained("{repo_id}")  # safetensors only, no remote code
+adata = ad.read_h5ad("my_cells.h5ad")
+labels = lm.annotate(adata[:10])  # DataFrame: label, score, answer
+pred = lm.predict_perturbation(adata[:10], "{example_target}", cell_context="{example_context}")
+print(pred.top_up, pred.top_down)  # genes up / down against the control cells
+pred.write("prediction.h5ad")  # predicted profiles as AnnData
+cells = lm.generate_cells("{example_context}", n=8)  # AnnData of generated cells
+for piece in lm.chat([{{"role": "user", "content": lm.cell_question(adata[0], "What is this cell?")}}], stream=True):
+    print(piece, end="")
+```
+
+Chat in the terminal or in the browser:
+
+```bash
+cellrlhf chat --model {repo_id} --adata my_cells.h5ad
+cellrlhf serve --model {repo_id}          # gradio app on http://127.0.0.1:7860
+```
+
+The weights are a standard `transformers` causal LM (`AutoModelForCausalLM`); the tokenizer
+carries the chat template. `gene_vocab.json` and `expression_decoder.json` turn cells into
+sentences and generated sentences back into expression profiles.
+
+## Training data
+
+{data}
+## Training
+
+{training}
+## Evaluation
+
+{evaluation}
+## Limitations
+
+- Cell sentences keep the rank order of expressed genes, not exact counts; profiles decoded from
+  generated sentences are estimates from rank (see `expression_decoder.json`).
+- Perturbations whose targets were never seen in training are written `<unk_pert>`; the model
+  then predicts a generic response.
+- Behaviour outside the cell types, perturbation types and gene panel of the training data is
+  unknown.
+
+## Files
+
+{files}
+"""
+
+
+def build_model_card(
+    model_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    eval_results=(),
+    license: str | None = None,
+    files: list[str] | None = None,
+):
+    """The model card of ``model_dir`` as a :class:`huggingface_hub.ModelCard`.
+
+    Parameters
+    ----------
+    model_dir
+        A saved model directory.
+    repo_id
+        Hub id used in the usage examples (defaults to the directory name).
+    eval_results
+        Extra evaluation JSON files or directories (besides ``eval_results.json`` in the model
+        directory); the latest evaluation's metrics go into the card.
+    license
+        SPDX id (``apache-2.0``, ``mit``, ...) of the weights; left out when unknown.
+    files
+        The repository's file names, listed in the card.
+    """
+    from huggingface_hub import ModelCard
+
+    meta = read_model_metadata(model_dir, eval_results=eval_results)
+    repo_id = repo_id or f"your-name/{meta.model_dir.resolve().name}"
+    data = _card_data(meta, license, repo_id.split("/")[-1])
+    body = _BODY.format(
+        title=repo_id.split("/")[-1],
+        what=_STAGE_NAMES.get(meta.stage, f"trained with the `{meta.stage}` stage"),
+        repo_id=repo_id,
+        example_target=(meta.data_manifest.get("perturbation_targets") or ["KLF1"])[0],
+        example_context=(meta.data_manifest.get("cell_contexts") or ["K562"])[0],
+        data=_data_section(meta.data_manifest),
+        training=_training_section(meta),
+        evaluation=_eval_section(meta.evaluation),
+        files="\n".join(f"- `{f}`" for f in (files or [])) or "See the repository's files.",
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -1,0 +1,263 @@
+"""Share a saved model or a built dataset on the Hugging Face Hub (``cellrlhf push``).
+
+The upload is one ``HfApi.create_commit`` of the operations planned by
+:mod:`cellrlhf.hub.upload_plan`; huggingface_hub uploads large files itself (Xet / LFS, in
+parallel, resumable). The token comes from ``HF_TOKEN`` or ``hf auth login`` and is never
+printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cellrlhf.hub.model_files import looks_like_hub_id
+
+__all__ = ["push_model", "push_dataset", "push_space", "cli"]
+
+logger = logging.getLogger(__name__)
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if not looks_like_hub_id(repo_id):
+        raise ValueError(
+            f"repo id {repo_id!r} is not of the form 'ORG_OR_USER/NAME' (letters, digits, '-', "
+            "'_', '.')."
+        )
+
+
+def _commit(plan, repo_id: str, *, private: bool, token, revision, commit_message, create_pr):
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    space_sdk = "gradio" if plan.repo_type == "space" else None
+    url = api.create_repo(
+        repo_id, repo_type=plan.repo_type, private=private, exist_ok=True, space_sdk=space_sdk
+    )
+    logger.info("uploading to %s\n%s", url, plan.summary())
+    info = api.create_commit(
+        repo_id,
+        operations=plan.operations,
+        commit_message=commit_message,
+        repo_type=plan.repo_type,
+        revision=revision,
+        create_pr=create_pr,
+    )
+    logger.info("pushed: %s", info.commit_url)
+    return info
+
+
+def push_model(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload cellrlhf model",
+    create_pr: bool = False,
+    eval_results=(),
+    license: str | None = None,
+):
+    """Upload a saved model directory to ``repo_id`` (created if needed).
+
+    Uploads the safetensors weights, tokenizer and chat template, cell2text files
+    (``gene_vocab.json``, ``expression_decoder.json``), ``cellrlhf.json``, the training config,
+    the data manifest, the latest evaluation and a generated model card. Returns the
+    :class:`huggingface_hub.CommitInfo`.
+    """
+    from cellrlhf.hub.upload_plan import plan_model_upload
+
+    _check_repo_id(repo_id)
+    plan = plan_model_upload(model_dir, repo_id=repo_id, eval_results=eval_results, license=license)
+    return _commit(
+        plan,
+        repo_id,
+        private=private,
+        token=token,
+        revision=revision,
+        commit_message=commit_message,
+        create_pr=create_pr,
+    )
+
+
+def push_dataset(
+    dataset_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload cellrlhf dataset",
+    create_pr: bool = False,
+    license: str | None = None,
+):
+    """Upload a dataset directory built by ``cellrlhf data build`` as a Hub dataset repository
+    (Parquet configs ``pretrain`` / ``sft`` / ``rl`` plus the manifest, vocabulary and decoder)."""
+    from cellrlhf.hub.upload_plan import plan_dataset_upload
+
+    _check_repo_id(repo_id)
+    with plan_dataset_upload(dataset_dir, repo_id=repo_id, license=license) as plan:
+        return _commit(
+            plan,
+            repo_id,
+            private=private,
+            token=token,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+        )
+
+
+def push_space(
+    model_id: str,
+    space_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    title: str | None = None,
+    requirement: str | None = None,
+    commit_message: str = "Chat app for a cellrlhf model",
+):
+    """Create (or update) a gradio Space at ``space_id`` that serves Hub model ``model_id``."""
+    from cellrlhf.hub.space import DEFAULT_REQUIREMENT, plan_space_upload
+
+    _check_repo_id(space_id)
+    plan = plan_space_upload(model_id, title=title, requirement=requirement or DEFAULT_REQUIREMENT)
+    return _commit(
+        plan,
+        space_id,
+        private=private,
+        token=token,
+        revision=None,
+        commit_message=commit_message,
+        create_pr=False,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cellrlhf push",
+        description="Share a saved model (or a dataset built by `cellrlhf data build`) on the "
+        "Hugging Face Hub. Log in first with `hf auth login` or set HF_TOKEN.",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="saved model directory (sft / reward / ppo output)")
+    what.add_argument("--dataset", help="dataset directory written by `cellrlhf data build`")
+    what.add_argument(
+        "--space-for",
+        metavar="MODEL_ID",
+        help="create a gradio Space (at --repo-id) serving this Hub model's chat app",
+    )
+    p.add_argument(
+        "--requirement",
+        default=None,
+        help="with --space-for: how the Space installs cellrlhf (default cellrlhf[chat,scanpy])",
+    )
+    p.add_argument("--repo-id", required=True, help="target repository, ORG_OR_USER/NAME")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead")
+    p.add_argument("--commit-message", default=None)
+    p.add_argument("--license", default=None, help="SPDX license id for the card (apache-2.0, ...)")
+    p.add_argument(
+        "--eval-results",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="evaluation JSON file or directory to include (repeatable; the latest one is used)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the files that would be committed (and the card with --show-card); no network",
+    )
+    p.add_argument("--show-card", action="store_true", help="with --dry-run: print the card")
+    return p
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``cellrlhf push``: returns the process exit status."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+    from cellrlhf.hub.upload_plan import plan_dataset_upload, plan_model_upload
+
+    args = _parser().parse_args(argv)
+    try:
+        _check_repo_id(args.repo_id)
+        if args.dry_run:
+            if args.model:
+                plan = plan_model_upload(
+                    args.model,
+                    repo_id=args.repo_id,
+                    eval_results=args.eval_results,
+                    license=args.license,
+                )
+            elif args.space_for:
+                from cellrlhf.hub.space import DEFAULT_REQUIREMENT, plan_space_upload
+
+                plan = plan_space_upload(
+                    args.space_for, requirement=args.requirement or DEFAULT_REQUIREMENT
+                )
+            else:
+                plan = plan_dataset_upload(args.dataset, repo_id=args.repo_id, license=args.license)
+            with plan:
+                print(
+                    f"would commit to {plan.repo_type} repository {args.repo_id}: {plan.summary()}"
+                )
+                if args.show_card:
+                    print(plan.card_text)
+            return 0
+        if args.model:
+            info = push_model(
+                args.model,
+                args.repo_id,
+                private=args.private,
+                revision=args.revision,
+                create_pr=args.create_pr,
+                commit_message=args.commit_message or "Upload cellrlhf model",
+                eval_results=args.eval_results,
+                license=args.license,
+            )
+        elif args.space_for:
+            info = push_space(
+                args.space_for,
+                args.repo_id,
+                private=args.private,
+                requirement=args.requirement,
+                commit_message=args.commit_message or "Chat app for a cellrlhf model",
+            )
+        else:
+            info = push_dataset(
+                args.dataset,
+                args.repo_id,
+                private=args.private,
+                revision=args.revision,
+                create_pr=args.create_pr,
+                commit_message=args.commit_message or "Upload cellrlhf dataset",
+                license=args.license,
+            )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"cellrlhf push: {err}", file=sys.stderr)
+        return 2
+    except LocalTokenNotFoundError:
+        print(
+            "cellrlhf push: not logged in to the Hugging Face Hub: run `hf auth login` or set "
+            "HF_TOKEN to a token with write access.",
+            file=sys.stderr,
+        )
+        return 2
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "?"
+        hint = (
+            " Check that your token has write access to that namespace."
+            if status in (401, 403)
+            else ""
+        )
+        print(f"cellrlhf push: the Hub refused the upload (HTTP {status}).{hint}", file=sys.stderr)
+        return 1
+    print(info.commit_url)
+    return 0

@@ -1,0 +1,192 @@
+"""``cellrlhf grpo``: GRPO or RLOO (TRL) with programmatic, learned or mixed rewards.
+
+For each prompt of the data set's ``rl/`` train split the policy samples a group of
+``num_generations`` answers. Rewards (``--rewards``):
+
+- ``fidelity``: the group fidelity reward (pseudo-bulk of the group against the real data,
+  leave-one-out credit, duplicate / missing-end penalties; :mod:`cellrlhf.reward`);
+- ``model``: the learned reward model at ``--reward_model_path``;
+- both: a weighted mix (``--reward_weights``, TRL's ``multi_objective_aggregation``).
+
+``--trainer grpo`` (default) uses :class:`trl.GRPOTrainer`, ``--trainer rloo``
+:class:`trl.RLOOTrainer`. The held-out monitor (:mod:`cellrlhf.ppo.heldout_monitor`) keeps
+the policy with the best *true* held-out fidelity whose diversity held.
+
+Run it as ``accelerate launch grpo.py --config configs/ppo/<name>.yaml`` or ``cellrlhf grpo
+--config ...``; flags override the YAML. vLLM is not used (generation by transformers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import yaml
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from cellrlhf.ppo.configs import (
+    RL_TRAINERS,
+    CellGRPOConfig,
+    CellGRPOScriptArguments,
+    CellRLOOConfig,
+)
+
+__all__ = ["make_parser", "build_run", "main", "cli", "trainer_choice"]
+
+logger = logging.getLogger(__name__)
+
+
+def trainer_choice(argv: Sequence[str]) -> str:
+    """``grpo`` or ``rloo``: from ``--trainer`` on the command line, else the YAML, else ``grpo``."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--trainer" and i + 1 < len(argv):
+            return _checked(argv[i + 1])
+        if arg.startswith("--trainer="):
+            return _checked(arg.split("=", 1)[1])
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 < len(argv):
+            with open(argv[index + 1]) as handle:
+                config = yaml.safe_load(handle) or {}
+            if isinstance(config, dict) and "trainer" in config:
+                return _checked(str(config["trainer"]))
+    return "grpo"
+
+
+def _checked(name: str) -> str:
+    if name not in RL_TRAINERS:
+        raise ValueError(f"--trainer {name!r}; choose one of {RL_TRAINERS}.")
+    return name
+
+
+def make_parser(trainer: str = "grpo", prog: str | None = None) -> TrlParser:
+    """The ``TrlParser`` for ``trainer`` (``grpo`` or ``rloo``)."""
+    config = CellGRPOConfig if _checked(trainer) == "grpo" else CellRLOOConfig
+    return TrlParser((CellGRPOScriptArguments, config, ModelConfig), prog=prog)
+
+
+def main(script_args: CellGRPOScriptArguments, training_args, model_args: ModelConfig) -> dict:
+    """Train with GRPO or RLOO, save the kept policy, return a summary."""
+    from cellrlhf.ppo.rl_run import finish_run
+
+    run = build_run(script_args, training_args, model_args)
+    run.trainer.train()
+    return finish_run(run)
+
+
+def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: ModelConfig):
+    """Load data and models and build the GRPO / RLOO trainer and its monitor (:class:`RLRun`)."""
+    from cellrlhf.ppo.grpo_trainer import CellGRPOTrainer, CellRLOOTrainer
+    from cellrlhf.ppo.model_loading import check_model_dir, load_policy, load_scoring_model
+    from cellrlhf.ppo.phase_timing import PhaseTimer
+    from cellrlhf.ppo.prompt_tokenization import check_rl_tokenizer
+    from cellrlhf.ppo.reward_functions import build_reward_functions
+    from cellrlhf.ppo.rl_run import RLRun, build_heldout_monitor, open_rl_data, stage_info
+    from cellrlhf.sft.model_dir import run_config_dict
+
+    expected = CellGRPOConfig if script_args.trainer == "grpo" else CellRLOOConfig
+    if not isinstance(training_args, expected):
+        raise TypeError(
+            f"trainer={script_args.trainer!r} needs {expected.__name__} arguments; build the parser "
+            "with make_parser(trainer)."
+        )
+    if training_args.use_vllm:
+        raise ValueError(
+            "vLLM generation is not supported by cellrlhf's RL stage; set use_vllm: false."
+        )
+    sft_dir = check_model_dir(
+        model_args.model_name_or_path, what="SFT policy", flag="--model_name_or_path"
+    )
+    data = open_rl_data(script_args, seed=training_args.seed)
+    policy, tokenizer, sft_info = load_policy(sft_dir, dtype=model_args.dtype)
+    check_rl_tokenizer(tokenizer, require_distinct_pad=False)
+    if training_args.reward_weights is not None and len(training_args.reward_weights) != len(
+        script_args.rewards
+    ):
+        raise ValueError(
+            f"reward_weights={training_args.reward_weights} has {len(training_args.reward_weights)} "
+            f"entries for rewards={script_args.rewards}; give one weight per reward."
+        )
+    reward_funcs, reward_tokenizers = build_reward_functions(
+        script_args.rewards,
+        decoder=data.decoder,
+        tokenizer=tokenizer,
+        reward_model_path=script_args.reward_model_path,
+        fidelity_kwargs=script_args.fidelity_reward_kwargs,
+        dtype=model_args.dtype,
+    )
+    peft_config = get_peft_config(model_args)
+    monitoring = script_args.heldout_every_steps > 0
+    monitor_reward = None
+    if monitoring and script_args.reward_model_path and "model" not in script_args.rewards:
+        monitor_reward = load_scoring_model(
+            script_args.reward_model_path,
+            tokenizer=tokenizer,
+            dtype=model_args.dtype,
+            what="reward model",
+        )
+    monitor_reference = None
+    if monitoring and training_args.beta == 0.0 and peft_config is None:
+        monitor_reference = load_policy(sft_dir, dtype=model_args.dtype)[0]
+
+    train = data.train
+    if "prompt" not in train.column_names:
+        raise ValueError(f"the rl/ train split has no `prompt` column (has {train.column_names}).")
+    monitor = build_heldout_monitor(
+        script_args,
+        data=data,
+        tokenizer=tokenizer,
+        stop_ids=[tokenizer.eos_token_id],
+        max_new_tokens=training_args.max_completion_length,
+        temperature=training_args.temperature,
+        output_dir=training_args.output_dir,
+    )
+    trainer_cls = CellGRPOTrainer if script_args.trainer == "grpo" else CellRLOOTrainer
+    logger.info(
+        "%s on %d prompts x %d generations (%d held out), rewards %s%s",
+        script_args.trainer.upper(),
+        len(train),
+        training_args.num_generations,
+        len(data.test),
+        script_args.rewards,
+        f" weighted {training_args.reward_weights}" if training_args.reward_weights else "",
+    )
+    trainer = trainer_cls(
+        model=policy,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizers,
+        peft_config=peft_config,
+        callbacks=[monitor] if monitor is not None else None,
+        phase_timer=PhaseTimer(),
+        monitor_reference_model=monitor_reference,
+        monitor_reward_model=monitor_reward,
+    )
+    if monitor is not None:
+        monitor.bind(trainer)
+    info = stage_info(
+        script_args.trainer,
+        sft_dir,
+        sft_info,
+        rewards=list(script_args.rewards),
+        reward_weights=training_args.reward_weights,
+        reward_model=script_args.reward_model_path,
+        trained_with="lora" if peft_config is not None else "full",
+    )
+    run_config = run_config_dict(script_args.trainer, script_args, training_args, model_args)
+    return RLRun(trainer, monitor, script_args, run_config, sft_dir, data, info)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``cellrlhf grpo`` / ``grpo.py``: ``--trainer grpo|rloo``, ``--config`` YAML, flags."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trainer = trainer_choice(argv)
+    parser = make_parser(trainer, prog=f"cellrlhf grpo (trainer {trainer})")
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    main(script_args, training_args, model_args)
+    return 0

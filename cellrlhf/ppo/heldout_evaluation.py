@@ -1,0 +1,229 @@
+"""Score a policy's sampled cells on held-out perturbations: the truth the reward stands in for.
+
+For each held-out prompt (one perturbation in one cell context of the ``rl/`` test split), the
+monitor samples ``G`` answers; here they become one pseudo-bulk per prompt and are scored
+against the real data, with the reward stage's own metrics:
+
+- **fidelity**: ``pearson_delta`` of the pseudo-bulk change against the decoded control,
+  versus the real change (``cellrlhf.reward.metrics``), on all genes and on the ``k`` genes
+  that change most in the real data; averaged over prompts;
+- **validity**: decoded gene fraction, duplicate / unknown / empty / unclosed fractions, mean
+  length, and the share of answers that never produced an end token;
+- **diversity**: distinct-sentence fraction and gene-token entropy within each prompt's group;
+- **distance to real cells**: energy coefficient (or MMD) between the generated cells and the
+  prompt's real cells (``reference_sentences``);
+- **learned reward** and **KL** to the reference, when the caller measured them.
+
+Everything here is numpy on decoded text; generation lives in
+:mod:`cellrlhf.ppo.heldout_generation`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "HELDOUT_COLUMNS",
+    "HeldoutPrompt",
+    "HeldoutScores",
+    "heldout_prompts_from_dataset",
+    "score_heldout_samples",
+]
+
+HELDOUT_COLUMNS = ("prompt", "reference_perturbed", "reference_control", "decoded_control")
+_OPTIONAL_COLUMNS = ("perturbation", "cell_context", "reference_sentences")
+
+
+@dataclass(frozen=True)
+class HeldoutPrompt:
+    """One held-out prompt and the real data its answers are compared with (vocabulary order)."""
+
+    prompt: tuple
+    perturbation: str
+    cell_context: str
+    reference_perturbed: np.ndarray
+    reference_control: np.ndarray
+    decoded_control: np.ndarray
+    reference_sentences: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.perturbation}|{self.cell_context}" if self.cell_context else self.perturbation
+        )
+
+
+@dataclass(frozen=True)
+class HeldoutScores:
+    """Aggregate metrics (``heldout/...`` keys) and per-prompt fidelity of one evaluation."""
+
+    metrics: dict[str, float]
+    per_prompt: dict[str, dict[str, float]]
+
+
+def heldout_prompts_from_dataset(
+    dataset, *, max_prompts: int | None = None, seed: int = 0
+) -> list[HeldoutPrompt]:
+    """Held-out prompts from an ``rl/`` split (seeded subsample of ``max_prompts`` rows).
+
+    Raises
+    ------
+    ValueError
+        When a needed column is missing or the split is empty.
+    """
+    missing = [c for c in HELDOUT_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"the held-out split lacks column(s) {missing} (has {dataset.column_names}); it must be "
+            "the rl/ data written by `cellrlhf data build`."
+        )
+    if len(dataset) == 0:
+        raise ValueError("the held-out split is empty: there is nothing to monitor.")
+    rows = np.arange(len(dataset))
+    if max_prompts is not None and len(dataset) > max_prompts:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(dataset), size=max_prompts, replace=False))
+    columns = [c for c in (*HELDOUT_COLUMNS, *_OPTIONAL_COLUMNS) if c in dataset.column_names]
+    out = []
+    for row in dataset.select(rows.tolist()).select_columns(columns):
+        out.append(
+            HeldoutPrompt(
+                prompt=tuple({"role": m["role"], "content": m["content"]} for m in row["prompt"]),
+                perturbation=str(row.get("perturbation", "") or ""),
+                cell_context=str(row.get("cell_context", "") or ""),
+                reference_perturbed=np.asarray(row["reference_perturbed"], dtype=np.float64),
+                reference_control=np.asarray(row["reference_control"], dtype=np.float64),
+                decoded_control=np.asarray(row["decoded_control"], dtype=np.float64),
+                reference_sentences=tuple(row.get("reference_sentences") or ()),
+            )
+        )
+    return out
+
+
+def score_heldout_samples(
+    prompts: Sequence[HeldoutPrompt],
+    completions: Sequence[Sequence[str]],
+    *,
+    decoder,
+    finished: Sequence[Sequence[bool]] | None = None,
+    learned_rewards: Sequence[Sequence[float]] | None = None,
+    top_k_de: int = 20,
+    distance: str = "energy",
+) -> HeldoutScores:
+    """Fidelity, validity, diversity and distance of ``G`` sampled answers per held-out prompt.
+
+    Parameters
+    ----------
+    prompts
+        The held-out prompts.
+    completions
+        For each prompt, its sampled answers (text with ``<cell>`` markup, end token removed).
+    decoder
+        The data set's :class:`~cellrlhf.cell2text.decoder.ExpressionDecoder`.
+    finished
+        For each answer, whether it produced an end token (``None``: not reported).
+    learned_rewards
+        For each answer, the learned reward model's score (``None``: not reported).
+    top_k_de
+        Genes of the top-DE fidelity.
+    distance
+        ``"energy"`` or ``"mmd"``.
+    """
+    from cellrlhf.reward.fidelity_reward import GroupFidelityReward
+    from cellrlhf.reward.metrics import pearson_delta, pearson_delta_top_k
+
+    if len(completions) != len(prompts):
+        raise ValueError(f"{len(completions)} answer groups for {len(prompts)} prompts.")
+    sizes = [len(c) for c in completions]
+    if any(s < 1 for s in sizes):
+        raise ValueError("every held-out prompt needs at least one sampled answer.")
+    texts = [t for group in completions for t in group]
+    codes = np.repeat(np.arange(len(prompts)), sizes)
+    keys = [f"heldout-{i}" for i in codes]
+
+    # validity, diversity, distance: the reward's own breakdown (group credit, no penalties mixed)
+    scorer = GroupFidelityReward(decoder, credit="group", distance=distance, gather=False)
+    has_sentences = all(p.reference_sentences for p in prompts)
+    breakdown = scorer.score(
+        keys,
+        texts,
+        reference_perturbed=[prompts[i].reference_perturbed for i in codes],
+        reference_control=[prompts[i].reference_control for i in codes],
+        decoded_control=[prompts[i].decoded_control for i in codes],
+        reference_sentences=[list(prompts[i].reference_sentences) for i in codes]
+        if has_sentences
+        else None,
+    )
+
+    # fidelity: cell-eval's pearson_delta on each prompt's pseudo-bulk
+    X, _ = decoder.decode(texts)
+    X = X.tocsr()
+    pred = np.vstack([np.asarray(X[codes == i].mean(axis=0)).ravel() for i in range(len(prompts))])
+    pred_ctrl = np.vstack([p.decoded_control for p in prompts])
+    real = np.vstack([p.reference_perturbed for p in prompts])
+    real_ctrl = np.vstack([p.reference_control for p in prompts])
+    fid = np.atleast_1d(pearson_delta(pred, pred_ctrl, real, real_ctrl))
+    fid_top = np.atleast_1d(pearson_delta_top_k(pred - pred_ctrl, real - real_ctrl, top_k_de))
+
+    m = breakdown.metrics
+    metrics: dict[str, float] = {
+        "heldout/pearson_delta": _nanmean(fid),
+        f"heldout/pearson_delta_top{top_k_de}": _nanmean(fid_top),
+        "heldout/n_prompts": float(len(prompts)),
+        "heldout/samples_per_prompt": float(np.mean(sizes)),
+    }
+    for key in (
+        "valid_fraction",
+        "duplicate_fraction",
+        "unknown_fraction",
+        "unclosed_fraction",
+        "empty_fraction",
+        "mean_length",
+        "token_entropy",
+        "unique_gene_fraction",
+    ):
+        if key in m:
+            metrics[f"heldout/{key}"] = float(m[key])
+    first = np.searchsorted(codes, np.arange(len(prompts)))
+    group_distance = np.asarray(breakdown.group_distribution, dtype=np.float64)[first]
+    metrics[f"heldout/{distance}_to_real"] = _nanmean(group_distance)
+    if finished is not None:
+        flags = np.asarray([bool(f) for group in finished for f in group])
+        metrics["heldout/no_end_fraction"] = float(1.0 - flags.mean()) if flags.size else math.nan
+    if learned_rewards is not None:
+        scores = np.asarray([float(s) for group in learned_rewards for s in group])
+        metrics["heldout/learned_reward"] = _nanmean(scores)
+        metrics["heldout/learned_reward_std"] = (
+            float(np.nanstd(scores)) if scores.size else math.nan
+        )
+
+    distinct = _distinct_per_group(texts, codes, len(prompts))
+    metrics["heldout/distinct_fraction"] = _nanmean(distinct)
+    per_prompt = {
+        p.name: {
+            "pearson_delta": float(fid[i]),
+            f"pearson_delta_top{top_k_de}": float(fid_top[i]),
+            f"{distance}_to_real": float(group_distance[i]),
+            "distinct_fraction": float(distinct[i]),
+        }
+        for i, p in enumerate(prompts)
+    }
+    return HeldoutScores(metrics=metrics, per_prompt=per_prompt)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _distinct_per_group(texts: Sequence[str], codes: np.ndarray, n_groups: int) -> np.ndarray:
+    out = np.zeros(n_groups)
+    for g in range(n_groups):
+        group = [" ".join(texts[i].split()).upper() for i in np.flatnonzero(codes == g)]
+        out[g] = len(set(group)) / len(group) if group else math.nan
+    return out

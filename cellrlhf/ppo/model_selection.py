@@ -1,0 +1,115 @@
+"""Which policy to keep: best true held-out fidelity, among evaluations whose diversity held.
+
+A reward model can be hacked and a programmatic reward can be gamed by collapse (every
+completion the same signature: fidelity of the pseudo-bulk can still rise). So the kept policy
+is chosen on the held-out perturbations' *true* fidelity, and only among evaluations whose
+diversity stayed close to the SFT model's (measured before training, the baseline):
+
+- eligible: fidelity is finite, the distinct-sentence fraction is at least
+  ``min_distinct_ratio`` times the baseline's and the gene-token entropy at least
+  ``min_entropy_ratio`` times the baseline's;
+- better: eligible and fidelity above the best so far by more than ``min_delta``;
+- stop: ``patience`` evaluations in a row without a better one.
+
+The baseline itself is a candidate: if RL never beats the SFT model on held-out fidelity, the
+SFT policy is what is kept, and the logs say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["FIDELITY_KEY", "DISTINCT_KEY", "ENTROPY_KEY", "SelectionDecision", "BestPolicySelector"]
+
+FIDELITY_KEY = "heldout/pearson_delta"
+DISTINCT_KEY = "heldout/distinct_fraction"
+ENTROPY_KEY = "heldout/token_entropy"
+
+
+@dataclass(frozen=True)
+class SelectionDecision:
+    """The verdict on one evaluation."""
+
+    step: int
+    fidelity: float
+    eligible: bool
+    improved: bool
+    should_stop: bool
+    reason: str
+
+
+@dataclass
+class BestPolicySelector:
+    """Track the best eligible held-out fidelity and decide when to stop.
+
+    Parameters
+    ----------
+    min_distinct_ratio, min_entropy_ratio
+        Diversity gates, relative to the first evaluation (the baseline).
+    patience
+        Evaluations without improvement before stopping (``None``: never stop).
+    min_delta
+        Improvement needed to count as better.
+    """
+
+    min_distinct_ratio: float = 0.9
+    min_entropy_ratio: float = 0.9
+    patience: int | None = 5
+    min_delta: float = 0.0
+    baseline: dict[str, float] | None = None
+    best_step: int | None = None
+    best_fidelity: float = -math.inf
+    evaluations_since_best: int = 0
+    decisions: list[SelectionDecision] = field(default_factory=list)
+
+    def update(self, step: int, metrics: dict[str, float]) -> SelectionDecision:
+        """Judge one evaluation (the first one becomes the diversity baseline)."""
+        if self.baseline is None:
+            self.baseline = {
+                k: float(metrics.get(k, math.nan))
+                for k in (FIDELITY_KEY, DISTINCT_KEY, ENTROPY_KEY)
+            }
+        fidelity = float(metrics.get(FIDELITY_KEY, math.nan))
+        reasons = []
+        if not math.isfinite(fidelity):
+            reasons.append("held-out fidelity is undefined")
+        for key, ratio in (
+            (DISTINCT_KEY, self.min_distinct_ratio),
+            (ENTROPY_KEY, self.min_entropy_ratio),
+        ):
+            value, base = float(metrics.get(key, math.nan)), self.baseline.get(key, math.nan)
+            if math.isfinite(base) and not (math.isfinite(value) and value >= ratio * base):
+                reasons.append(
+                    f"{key.split('/')[-1]} {value:.3f} < {ratio:g} x baseline {base:.3f}"
+                )
+        eligible = not reasons
+        improved = eligible and fidelity > self.best_fidelity + (
+            self.min_delta if self.best_step is not None else -math.inf
+        )
+        if improved:
+            self.best_step, self.best_fidelity = int(step), fidelity
+            self.evaluations_since_best = 0
+            reason = "best so far"
+        else:
+            self.evaluations_since_best += 1
+            reason = "; ".join(reasons) if reasons else "no improvement"
+        should_stop = self.patience is not None and self.evaluations_since_best >= self.patience
+        if should_stop:
+            reason += f"; {self.evaluations_since_best} evaluations without improvement: stop"
+        decision = SelectionDecision(int(step), fidelity, eligible, improved, should_stop, reason)
+        self.decisions.append(decision)
+        return decision
+
+    def to_dict(self) -> dict:
+        """JSON-ready state (baseline, best step, every decision)."""
+        return {
+            "min_distinct_ratio": self.min_distinct_ratio,
+            "min_entropy_ratio": self.min_entropy_ratio,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "baseline": self.baseline,
+            "best_step": self.best_step,
+            "best_fidelity": self.best_fidelity if self.best_step is not None else None,
+            "decisions": [asdict(d) for d in self.decisions],
+        }

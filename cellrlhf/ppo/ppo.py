@@ -1,0 +1,171 @@
+"""``cellrlhf ppo``: RLHF with TRL's PPO on perturbation fidelity.
+
+The SFT policy answers perturbation prompts (the data set's ``rl/`` train split) with cell
+sentences; the learned reward model scores each answer; TRL's ``PPOTrainer`` (from
+``trl.experimental.ppo``, TRL 1.12) updates the policy against a frozen reference (KL penalty)
+with a value model initialised from the reward model. The held-out monitor
+(:mod:`cellrlhf.ppo.heldout_monitor`) measures the *true* fidelity on perturbations neither
+model saw and keeps the best policy by that, never by the reward model's score.
+
+Run it as ``accelerate launch ppo.py --config configs/ppo/<name>.yaml`` (any accelerate or
+DeepSpeed config) or ``cellrlhf ppo --config ...``; every TRL / transformers flag overrides the
+YAML on the command line. ``--use_peft`` trains LoRA adapters (the reference is then the
+policy with adapters disabled; the saved model has them merged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from cellrlhf.ppo.configs import CellPPOConfig, CellRLScriptArguments
+
+__all__ = ["make_parser", "build_run", "main", "cli"]
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    """The ``TrlParser`` of ``ppo``: ``--config <yaml>`` plus every flag of its dataclasses."""
+    return TrlParser((CellRLScriptArguments, CellPPOConfig, ModelConfig), prog=prog)
+
+
+def main(
+    script_args: CellRLScriptArguments, training_args: CellPPOConfig, model_args: ModelConfig
+) -> dict:
+    """Train with PPO, save the kept policy, return a summary (kept step, held-out figures, timing)."""
+    from cellrlhf.ppo.rl_run import finish_run
+
+    run = build_run(script_args, training_args, model_args)
+    run.trainer.train()
+    return finish_run(run)
+
+
+def build_run(
+    script_args: CellRLScriptArguments, training_args: CellPPOConfig, model_args: ModelConfig
+):
+    """Load data and models and build the PPO trainer and its monitor (:class:`RLRun`)."""
+    from cellrlhf.ppo.model_loading import check_model_dir, load_policy, load_scoring_model
+    from cellrlhf.ppo.phase_timing import PhaseTimer
+    from cellrlhf.ppo.ppo_trainer import CellPPOTrainer
+    from cellrlhf.ppo.prompt_tokenization import check_rl_tokenizer, tokenize_prompts
+    from cellrlhf.ppo.rl_run import RLRun, build_heldout_monitor, open_rl_data, stage_info
+    from cellrlhf.sft.model_dir import run_config_dict
+
+    sft_path = _policy_path(model_args, training_args)
+    sft_dir = check_model_dir(sft_path, what="SFT policy", flag="--model_name_or_path")
+    check_model_dir(
+        training_args.reward_model_path, what="reward model", flag="--reward_model_path"
+    )
+    if training_args.stop_token != "eos" and training_args.stop_token_id is None:
+        raise ValueError(
+            "PPO needs an end token: keep stop_token: eos (or set stop_token_id); without one every "
+            "answer runs to response_length and the missing-end penalty cannot apply."
+        )
+    data = open_rl_data(script_args, seed=training_args.seed)
+
+    policy, tokenizer, sft_info = load_policy(sft_dir, dtype=model_args.dtype)
+    check_rl_tokenizer(tokenizer)
+    reward_model = load_scoring_model(
+        training_args.reward_model_path,
+        tokenizer=tokenizer,
+        dtype=model_args.dtype,
+        what="reward model",
+    )
+    value_model = load_scoring_model(
+        training_args.value_model_path or training_args.reward_model_path,
+        tokenizer=tokenizer,
+        dtype=model_args.dtype,
+        what="value model",
+    )
+    peft_config = get_peft_config(model_args)
+    # ZeRO-3 cannot deep-copy a partitioned policy (TRL's default): load the reference itself
+    reference = None if peft_config is not None else load_policy(sft_dir, dtype=model_args.dtype)[0]
+
+    train = tokenize_prompts(data.train, tokenizer, max_prompt_length=script_args.max_prompt_length)
+    _check_enough_prompts(len(train), training_args)
+    heldout = tokenize_prompts(data.test, tokenizer)
+    stop_id = (
+        training_args.stop_token_id if training_args.stop_token != "eos" else tokenizer.eos_token_id
+    )
+    monitor = build_heldout_monitor(
+        script_args,
+        data=data,
+        tokenizer=tokenizer,
+        stop_ids=[stop_id],
+        max_new_tokens=training_args.response_length,
+        temperature=training_args.temperature,
+        output_dir=training_args.output_dir,
+    )
+    logger.info(
+        "PPO on %d prompts (%d held out), policy %s, reward model %s%s",
+        len(train),
+        len(data.test),
+        sft_dir,
+        training_args.reward_model_path,
+        " (LoRA)" if peft_config is not None else "",
+    )
+    trainer = CellPPOTrainer(
+        args=training_args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=reference,
+        reward_model=reward_model,
+        value_model=value_model,
+        train_dataset=train,
+        eval_dataset=heldout,
+        peft_config=peft_config,
+        callbacks=[monitor] if monitor is not None else None,
+        phase_timer=PhaseTimer(),
+    )
+    if monitor is not None:
+        monitor.bind(trainer)
+    info = stage_info(
+        "ppo",
+        sft_dir,
+        sft_info,
+        reward_model=str(training_args.reward_model_path),
+        trained_with="lora" if peft_config is not None else "full",
+    )
+    run_config = run_config_dict("ppo", script_args, training_args, model_args)
+    return RLRun(trainer, monitor, script_args, run_config, sft_dir, data, info)
+
+
+def _check_enough_prompts(n_prompts: int, training_args: CellPPOConfig) -> None:
+    """PPO draws fixed-size batches per process with drop_last: too few prompts would leave a
+    process without a batch, and the processes would wait on each other forever."""
+    from accelerate import PartialState
+
+    processes = PartialState().num_processes
+    needed = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    if n_prompts < needed * processes:
+        raise ValueError(
+            f"{n_prompts} training prompts cannot fill one PPO batch of "
+            f"per_device_train_batch_size x gradient_accumulation_steps = {needed} prompts on each "
+            f"of {processes} process(es); lower them or use more prompts."
+        )
+
+
+def _policy_path(model_args: ModelConfig, training_args: CellPPOConfig) -> str | None:
+    a, b = model_args.model_name_or_path, training_args.sft_model_path
+    if a and b and Path(a).expanduser().resolve() != Path(b).expanduser().resolve():
+        raise ValueError(
+            f"--model_name_or_path ({a}) and --sft_model_path ({b}) name different policies; set one."
+        )
+    return a or b
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``cellrlhf ppo`` / ``ppo.py``: parse ``--config`` YAML plus flags, then train."""
+    # TRL's PPO gathers its metrics with gather_for_metrics on a length-less loader, which makes
+    # accelerate log one INFO line per metric per step
+    logging.getLogger("accelerate.accelerator").setLevel(logging.WARNING)
+    parser = make_parser(prog="cellrlhf ppo")
+    script_args, training_args, model_args = parser.parse_args_and_config(
+        args=None if argv is None else list(argv)
+    )
+    main(script_args, training_args, model_args)
+    return 0

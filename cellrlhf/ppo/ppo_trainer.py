@@ -1,0 +1,195 @@
+"""TRL's experimental ``PPOTrainer`` with what cell RL needs on top.
+
+- **Per-phase timing**: TRL's PPO loop is one method; the module-level helpers it calls
+  (``batch_generation``, ``get_reward``, ``forward``) are wrapped for the duration of
+  :meth:`CellPPOTrainer.train` only, so each step is split into generation, reward (reward
+  model), value (value model), logprobs (reference forward) and update (the PPO epochs: the
+  remainder of the step). See :mod:`cellrlhf.ppo.phase_timing`.
+- **Early stopping**: TRL's PPO loop ignores ``control.should_training_stop``; the training
+  batches are drawn through :class:`_StoppableBatches`, which ends training cleanly (callbacks'
+  ``on_train_end`` included) before the next step once a callback asks to stop.
+- **Saving under DeepSpeed**: TRL 1.12's ``save_model`` points transformers' DeepSpeed save
+  path at the bare policy (trl#2885: ``'...ForCausalLM' object has no attribute
+  'zero_gather_16bit_weights_on_model_save'``); here the policy's weights are gathered from the
+  policy-and-value engine (ZeRO-3: ``zero3_save_16bit_model: true`` is needed) and saved alone.
+- **Held-out monitor hooks** (:mod:`cellrlhf.ppo.heldout_monitor`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager, nullcontext
+
+import torch
+from transformers import Trainer
+from trl.experimental.ppo import PPOTrainer
+from trl.experimental.ppo import ppo_trainer as _trl_ppo
+
+from cellrlhf.ppo.phase_timing import PhaseTimer
+
+__all__ = ["CellPPOTrainer", "TrainingStopped"]
+
+logger = logging.getLogger(__name__)
+
+_PATCHED = ("batch_generation", "get_reward", "forward")
+
+
+class TrainingStopped(Exception):
+    """Raised between PPO steps when a callback set ``control.should_training_stop``."""
+
+
+class _StoppableBatches:
+    """The PPO training data loader, ending training when asked and marking step starts."""
+
+    def __init__(self, loader, trainer: CellPPOTrainer) -> None:
+        self.loader = loader
+        self.trainer = trainer
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.trainer.control.should_training_stop:
+                raise TrainingStopped
+            self.trainer._begin_step()
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+class CellPPOTrainer(PPOTrainer):
+    """``PPOTrainer`` with phase timing, early stopping, DeepSpeed-safe saving and monitor hooks.
+
+    Parameters
+    ----------
+    phase_timer
+        Receives the timing of every step (a fresh one when ``None``).
+    **kwargs
+        Everything ``trl.experimental.ppo.PPOTrainer`` takes.
+    """
+
+    def __init__(self, *args, phase_timer: PhaseTimer | None = None, **kwargs) -> None:
+        missing = [name for name in _PATCHED if not hasattr(_trl_ppo, name)]
+        if missing:
+            raise RuntimeError(
+                f"trl.experimental.ppo.ppo_trainer lacks {missing}: this TRL version is not the "
+                "pinned 1.12.x this trainer was written for."
+            )
+        super().__init__(*args, **kwargs)
+        self.phase_timer = phase_timer or PhaseTimer()
+        self.dataloader = _StoppableBatches(self.dataloader, self)
+        self._step_open = False
+
+    # ------------------------------------------------------------------ training
+    def train(self):
+        with self._timed_phases():
+            try:
+                super().train()
+            except TrainingStopped:
+                logger.info("training stopped early at step %d", self.state.global_step)
+                self.control = self.callback_handler.on_train_end(
+                    self.args, self.state, self.control
+                )
+
+    def _begin_step(self) -> None:
+        self.phase_timer.begin_step()
+        self._step_open = True
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._step_open:  # PPO logs once per step, right after its PPO epochs
+            self._step_open = False
+            self.phase_timer.end_step(self.state.global_step, remainder="update")
+            logs = {**logs, **self.phase_timer.pop_log_dict()}
+        super().log(logs, start_time)
+
+    @contextmanager
+    def _timed_phases(self):
+        """Wrap TRL's PPO helpers with phase timers while training runs."""
+        timer = self.phase_timer
+        originals = {name: getattr(_trl_ppo, name) for name in _PATCHED}
+        trainer = self
+
+        def batch_generation(*args, **kwargs):
+            with timer.phase("generation"):
+                return originals["batch_generation"](*args, **kwargs)
+
+        def get_reward(model, *args, **kwargs):
+            phase = "reward" if model is trainer.reward_model else "value"
+            with timer.phase(phase):
+                return originals["get_reward"](model, *args, **kwargs)
+
+        def forward(model, *args, **kwargs):
+            # without gradients: the reference log-probs of the rollout; with: the PPO update
+            context = timer.phase("logprobs") if not torch.is_grad_enabled() else nullcontext()
+            with context:
+                return originals["forward"](model, *args, **kwargs)
+
+        _trl_ppo.batch_generation = batch_generation
+        _trl_ppo.get_reward = get_reward
+        _trl_ppo.forward = forward
+        try:
+            yield
+        finally:
+            for name, original in originals.items():
+                setattr(_trl_ppo, name, original)
+
+    # ------------------------------------------------------------------ saving
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the policy only (not the value head), on every DeepSpeed stage."""
+        if not self.is_deepspeed_enabled:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        engine = self.model  # the policy-and-value DeepSpeed engine (prepared in __init__)
+        stage = self.accelerator.state.deepspeed_plugin.zero_stage
+        if stage == 3:
+            if not engine.zero_gather_16bit_weights_on_model_save():
+                raise ValueError(
+                    "PPO under ZeRO-3 saves full weights only with `zero3_save_16bit_model: true` in "
+                    "the accelerate config (stage3_gather_16bit_weights_on_model_save)."
+                )
+            full = engine._zero3_consolidated_16bit_state_dict()  # every rank takes part
+        else:
+            full = engine.module.state_dict() if self.args.should_save else None
+        if self.args.should_save:
+            policy = self.accelerator.unwrap_model(self.model).policy
+            state = {k[len("policy.") :]: v for k, v in full.items() if k.startswith("policy.")}
+            os.makedirs(output_dir, exist_ok=True)
+            policy.save_pretrained(output_dir, state_dict=state, safe_serialization=True)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+        self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ monitor hooks
+    @contextmanager
+    def monitor_policy(self):
+        """The policy, unwrapped and (ZeRO-3) gathered, for sampling and log-probs."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(
+            self.model, self.accelerator, gather_deepspeed3_params=True
+        ) as unwrapped:
+            yield unwrapped.policy
+
+    @contextmanager
+    def monitor_reference(self, policy):
+        """The frozen reference: the reference model, or the policy with adapters disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        elif self.is_peft_model:
+            with policy.disable_adapter():
+                yield policy
+        else:
+            raise RuntimeError("PPO has neither a reference model nor LoRA adapters to disable.")
+
+    def log_heldout(self, metrics: dict[str, float]) -> None:
+        """Log the monitor's metrics as their own row (every ``report_to`` backend)."""
+        pending = self.control.should_log  # on_log clears it: keep the step's own log due
+        Trainer.log(self, metrics)
+        self.control.should_log = pending
+
+    def monitor_reward_model(self):
+        """The learned reward model PPO optimises."""
+        return self.reward_model

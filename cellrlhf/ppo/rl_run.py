@@ -1,0 +1,222 @@
+"""Steps shared by the PPO and GRPO / RLOO entry points: data, monitor, final save.
+
+Reads only saved outputs of earlier stages: the data set directory (``rl/`` prompts with
+real reference profiles, ``expression_decoder.json``) and model directories.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellrlhf.ppo.configs import CellRLScriptArguments
+from cellrlhf.sft.dataset_dir import CellDatasetDir, DatasetDirError, open_dataset_dir
+
+__all__ = [
+    "RLData",
+    "RLRun",
+    "open_rl_data",
+    "build_heldout_monitor",
+    "stage_info",
+    "finish_run",
+]
+
+logger = logging.getLogger(__name__)
+
+TIMING_FILENAME = "phase_timing.json"
+
+
+@dataclass
+class RLData:
+    """The ``rl/`` splits of a data set directory and its expression decoder."""
+
+    dataset: CellDatasetDir
+    train: object
+    test: object
+    decoder: object
+
+
+@dataclass
+class RLRun:
+    """A prepared RL run: train with ``run.trainer.train()``, then :func:`finish_run`.
+
+    Attributes
+    ----------
+    trainer
+        The cellrlhf trainer (PPO, GRPO or RLOO).
+    monitor
+        The held-out monitor (``None`` when off).
+    script_args
+        The run's script arguments.
+    run_config
+        All arguments, for ``training_config.yaml``.
+    sft_dir
+        The SFT model the run started from.
+    data
+        The ``rl/`` data.
+    info
+        ``cellrlhf.json`` content of the output model.
+    """
+
+    trainer: object
+    monitor: object
+    script_args: CellRLScriptArguments
+    run_config: dict
+    sft_dir: Path
+    data: RLData
+    info: dict
+
+
+def open_rl_data(script_args: CellRLScriptArguments, *, seed: int) -> RLData:
+    """Open the data set directory and its ``rl/`` train / held-out splits.
+
+    Raises
+    ------
+    DatasetDirError
+        Without ``rl/`` data, a requested split, or the expression decoder.
+    """
+    dataset = open_dataset_dir(script_args.dataset_dir)
+    rl = dataset.load_rl()
+    if rl is None:
+        raise DatasetDirError(
+            f"{dataset.path} has no rl/ data (prompts with real reference profiles); build it with "
+            "`cellrlhf data build` on perturbation data."
+        )
+    for split in (script_args.dataset_train_split, script_args.dataset_test_split):
+        if split not in rl:
+            raise DatasetDirError(f"{dataset.path}/rl has no {split!r} split (has {list(rl)}).")
+    decoder = dataset.decoder()
+    if decoder is None:
+        raise DatasetDirError(
+            f"{dataset.path} has no expression_decoder.json: fidelity cannot be measured."
+        )
+    train = rl[script_args.dataset_train_split]
+    if script_args.max_train_prompts is not None and len(train) > script_args.max_train_prompts:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(train), size=script_args.max_train_prompts, replace=False))
+        train = train.select(rows.tolist())
+    if len(train) == 0:
+        raise DatasetDirError(f"the {script_args.dataset_train_split!r} split has no prompts.")
+    return RLData(dataset, train, rl[script_args.dataset_test_split], decoder)
+
+
+def build_heldout_monitor(
+    script_args: CellRLScriptArguments,
+    *,
+    data: RLData,
+    tokenizer,
+    stop_ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    output_dir: str | Path,
+):
+    """The held-out monitor of the run, or ``None`` when ``heldout_every_steps`` is 0."""
+    if script_args.heldout_every_steps == 0:
+        logger.warning(
+            "held-out monitoring is off (heldout_every_steps=0): nothing guards against reward "
+            "hacking, and the last policy is saved unchecked."
+        )
+        return None
+    from cellrlhf.ppo.heldout_evaluation import heldout_prompts_from_dataset
+    from cellrlhf.ppo.heldout_monitor import HeldoutMonitor, HeldoutSettings
+    from cellrlhf.ppo.model_selection import BestPolicySelector
+    from cellrlhf.ppo.policy_output import BEST_DIRNAME
+
+    prompts = heldout_prompts_from_dataset(
+        data.test, max_prompts=script_args.heldout_max_prompts, seed=script_args.heldout_seed
+    )
+    settings = HeldoutSettings(
+        every_steps=script_args.heldout_every_steps,
+        num_samples=script_args.heldout_num_samples,
+        batch_size=script_args.heldout_batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=script_args.heldout_temperature or temperature,
+        seed=script_args.heldout_seed,
+        top_k_de=script_args.heldout_top_k_de,
+        distance=script_args.heldout_distance,
+    )
+    selector = BestPolicySelector(
+        min_distinct_ratio=script_args.min_distinct_ratio,
+        min_entropy_ratio=script_args.min_entropy_ratio,
+        patience=script_args.early_stopping_patience,
+        min_delta=script_args.early_stopping_min_delta,
+    )
+    return HeldoutMonitor(
+        prompts,
+        tokenizer,
+        data.decoder,
+        settings=settings,
+        selector=selector,
+        stop_ids=stop_ids,
+        output_dir=output_dir,
+        best_dir=Path(output_dir) / BEST_DIRNAME if script_args.select_best else None,
+    )
+
+
+def stage_info(stage: str, sft_dir: Path, sft_info: dict, **extra) -> dict:
+    """``cellrlhf.json`` content of the RL model directory."""
+    return {
+        "stage": stage,
+        "tokenizer_mode": sft_info.get("tokenizer_mode", "gene_tokens"),
+        "base_model": sft_info.get("base_model") or str(sft_dir),
+        "sft_model": str(sft_dir),
+        **extra,
+    }
+
+
+def finish_run(run: RLRun) -> dict:
+    """After training: save the kept policy, the timings and the trainer state; return a summary."""
+    from cellrlhf.ppo.model_selection import FIDELITY_KEY
+    from cellrlhf.ppo.phase_timing import timing_summary
+    from cellrlhf.ppo.policy_output import save_policy_dir
+
+    trainer, monitor, script_args = run.trainer, run.monitor, run.script_args
+
+    output_dir = Path(trainer.args.output_dir)
+    last_step = int(trainer.state.global_step)
+    selected = monitor.best_step if (monitor is not None and script_args.select_best) else None
+    kept_metrics = {}
+    if monitor is not None:
+        by_step = {h["step"]: h["metrics"] for h in monitor.history}
+        kept_metrics = by_step.get(selected if selected is not None else last_step, {})
+        if selected == 0 and last_step > 0 and trainer.accelerator.is_main_process:
+            logger.warning(
+                "RL never beat the SFT model on held-out fidelity with diversity intact: the saved "
+                "policy is the SFT policy (step 0). The last policy is in %s/last.",
+                output_dir,
+            )
+    info = {
+        **run.info,
+        "selection": {
+            "metric": FIDELITY_KEY,
+            "rule": "best held-out fidelity with diversity intact"
+            if selected is not None
+            else "last",
+            "heldout": kept_metrics,
+        },
+    }
+    save_policy_dir(
+        trainer,
+        output_dir,
+        sft_dir=run.sft_dir,
+        dataset=run.data.dataset,
+        info=info,
+        run_config=run.run_config,
+        selected_step=selected,
+        last_step=last_step,
+        best_dir=monitor.best_dir if monitor is not None else None,
+    )
+    if trainer.accelerator.is_main_process:
+        trainer.phase_timer.save(output_dir / TIMING_FILENAME)
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+    trainer.accelerator.wait_for_everyone()
+    return {
+        "output_dir": str(output_dir),
+        "selected_step": selected if selected is not None else last_step,
+        "last_step": last_step,
+        "heldout": kept_metrics,
+        "timing": timing_summary(trainer.phase_timer.history),
+    }

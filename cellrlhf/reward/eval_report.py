@@ -1,0 +1,249 @@
+"""Write an evaluation of several methods (models, baselines, ceilings) as files people read.
+
+``write_report(evaluations, out_dir)`` writes
+
+- ``metrics.csv``: one row per (method, perturbation), every metric;
+- ``summary.csv``: mean per (method, kind) with ``kind`` in ``all`` / ``single`` / ``combo``;
+- ``metrics.md``: the summary as Markdown tables, one per kind, key metrics only;
+- ``metrics.png``: bars of the key metrics per method, one panel per metric, singles and
+  combos side by side;
+- ``delta_scatter.png``: predicted vs real change from control for a few perturbations of one
+  method.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellrlhf.reward.evaluate import (
+    KIND_ALL,
+    SPEARMAN_BROWN_METRICS,
+    Evaluation,
+    spearman_brown,
+    summarize,
+)
+
+__all__ = ["KEY_METRICS", "combine", "summary_table", "write_report", "markdown_summary"]
+
+logger = logging.getLogger(__name__)
+
+KEY_METRICS = (
+    "pearson_delta",
+    "pearson_delta_top*",
+    "discrimination_score_l1",
+    "overlap_at_N",
+    "signed_overlap_at_N",
+    "mae",
+    "distinct_fraction",
+)
+
+
+def _resolve(metrics: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """Metric names present in ``columns``; ``name*`` matches every column starting with name."""
+    out: list[str] = []
+    for m in metrics:
+        if m.endswith("*"):
+            out += [c for c in columns if c.startswith(m[:-1])]
+        elif m in columns:
+            out.append(m)
+    return out
+
+
+def combine(evaluations: Mapping[str, Evaluation]) -> pd.DataFrame:
+    """Long table: the per-perturbation rows of every method, with a ``method`` column."""
+    frames = [ev.per_perturbation.assign(method=name) for name, ev in evaluations.items()]
+    if not frames:
+        raise ValueError("nothing to report: no evaluation given.")
+    table = pd.concat(frames, ignore_index=True)
+    return table[["method", *[c for c in table.columns if c != "method"]]]
+
+
+def summary_table(
+    evaluations: Mapping[str, Evaluation], *, spearman_brown_from: str | None = None
+) -> pd.DataFrame:
+    """Mean metrics per method and kind; optionally a Spearman-Brown row for a split-half method.
+
+    ``spearman_brown_from`` names a split-half method: a row ``"<name> (Spearman-Brown)"`` is
+    added with its correlation-like means mapped to full depth (others NaN), as ``cell-eval``
+    reports its data ceiling.
+    """
+    summary = summarize(combine(evaluations), by=("method",))
+    if spearman_brown_from is not None and spearman_brown_from in evaluations:
+        rows = summary[summary["method"] == spearman_brown_from].copy()
+        for col in rows.columns:
+            if col in ("method", "kind", "n_perturbations"):
+                continue
+            if col in SPEARMAN_BROWN_METRICS:
+                rows[col] = spearman_brown(rows[col].to_numpy(dtype=float))
+            else:
+                rows[col] = np.nan
+        rows["method"] = f"{spearman_brown_from} (Spearman-Brown)"
+        summary = pd.concat([summary, rows], ignore_index=True)
+    return summary
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return f"{float(value):.3f}"
+
+
+def markdown_summary(summary: pd.DataFrame, metrics: Sequence[str] = KEY_METRICS) -> str:
+    """Markdown tables (one per kind) of the key metrics, methods as rows."""
+    cols = _resolve(metrics, list(summary.columns))
+    lines: list[str] = []
+    for kind in [
+        KIND_ALL,
+        "single",
+        "combo",
+        *sorted(set(summary["kind"]) - {KIND_ALL, "single", "combo"}),
+    ]:
+        part = summary[summary["kind"] == kind]
+        if part.empty:
+            continue
+        lines += [f"### {kind}", ""]
+        header = ["method", "n", *cols]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] * len(header)) + "|")
+        for _, row in part.iterrows():
+            values = [
+                str(row["method"]),
+                _fmt(row["n_perturbations"]),
+                *(_fmt(row[c]) for c in cols),
+            ]
+            lines.append("| " + " | ".join(values) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _bar_plot(summary: pd.DataFrame, path: Path, metrics: Sequence[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = _resolve(metrics, list(summary.columns))
+    kinds = [k for k in ("single", "combo") if k in set(summary["kind"])] or [KIND_ALL]
+    methods = list(dict.fromkeys(summary["method"]))
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 0.35 * len(methods) + 2.2))
+    axes = np.atleast_1d(axes)
+    height = 0.8 / len(kinds)
+    for ax, metric in zip(axes, cols, strict=True):
+        for k, kind in enumerate(kinds):
+            part = summary[summary["kind"] == kind].set_index("method")
+            values = [part[metric].get(m, np.nan) for m in methods]
+            ax.barh(
+                np.arange(len(methods)) + k * height,
+                np.nan_to_num(np.asarray(values, dtype=float)),
+                height=height,
+                label=kind,
+            )
+        ax.set_title(metric, fontsize=9)
+        ax.set_yticks(np.arange(len(methods)) + 0.4 - height / 2)
+        ax.set_yticklabels(methods if ax is axes[0] else [], fontsize=8)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _scatter_plot(evaluation: Evaluation, method: str, path: Path, n_panels: int = 6) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = evaluation.per_perturbation
+    order = np.argsort(-np.nan_to_num(table["pearson_delta"].to_numpy(dtype=float), nan=-2))
+    picks = order[np.linspace(0, len(order) - 1, min(n_panels, len(order))).astype(int)]
+    picks = list(dict.fromkeys(picks.tolist()))
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.0 * len(picks), 3.1), squeeze=False)
+    for ax, i in zip(axes[0], picks, strict=True):
+        x, y = evaluation.real_delta[i], evaluation.pred_delta[i]
+        ax.scatter(x, y, s=6, alpha=0.6)
+        lim = float(np.nanmax(np.abs(np.concatenate([x, y])))) or 1.0
+        ax.plot([-lim, lim], [-lim, lim], lw=0.8, color="grey")
+        ax.axhline(0, lw=0.5, color="grey")
+        ax.axvline(0, lw=0.5, color="grey")
+        r = table["pearson_delta"].iloc[i]
+        ax.set_title(f"{table['perturbation'].iloc[i]}\nr={_fmt(r)}", fontsize=9)
+        ax.set_xlabel("real change", fontsize=8)
+    axes[0][0].set_ylabel(f"{method}: predicted change", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _first_defined(evaluations: Mapping[str, Evaluation]) -> str:
+    """The first method with a defined ``pearson_delta`` (the control baseline has none)."""
+    for name, ev in evaluations.items():
+        if np.isfinite(ev.per_perturbation["pearson_delta"].to_numpy(dtype=float)).any():
+            return name
+    return next(iter(evaluations))
+
+
+def write_report(
+    evaluations: Mapping[str, Evaluation],
+    out_dir: str | Path,
+    *,
+    title: str = "Perturbation prediction metrics",
+    scatter_method: str | None = None,
+    spearman_brown_from: str | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Path]:
+    """Write ``metrics.csv``, ``summary.csv``, ``metrics.md`` and the PNG plots.
+
+    Parameters
+    ----------
+    evaluations
+        Method name -> :class:`~cellrlhf.reward.evaluate.Evaluation`.
+    out_dir
+        Directory (created).
+    scatter_method
+        Method whose deltas are scattered (default: the first with a defined
+        ``pearson_delta``).
+    spearman_brown_from
+        A split-half method to add full-depth (Spearman-Brown) correlations for.
+    notes
+        Lines added under the title of ``metrics.md``.
+
+    Returns
+    -------
+    Name -> path of every file written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "metrics_csv": out / "metrics.csv",
+        "summary_csv": out / "summary.csv",
+        "markdown": out / "metrics.md",
+        "bar_plot": out / "metrics.png",
+        "scatter_plot": out / "delta_scatter.png",
+    }
+    combine(evaluations).to_csv(paths["metrics_csv"], index=False)
+    summary = summary_table(evaluations, spearman_brown_from=spearman_brown_from)
+    summary.to_csv(paths["summary_csv"], index=False)
+    first = next(iter(evaluations.values()))
+    text = [f"# {title}", "", *notes, "" if notes else ""]
+    text.append(
+        f"{first.params['n_genes']} genes; control `{first.params['control']}`; means over "
+        "perturbations (`-` = undefined, e.g. the Pearson correlation of a constant prediction)."
+    )
+    text += ["", markdown_summary(summary)]
+    paths["markdown"].write_text("\n".join(text))
+    _bar_plot(summary, paths["bar_plot"], KEY_METRICS)
+    method = scatter_method or _first_defined(evaluations)
+    if method not in evaluations:
+        raise KeyError(f"scatter_method={method!r} is not one of {list(evaluations)}.")
+    _scatter_plot(evaluations[method], method, paths["scatter_plot"])
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return paths

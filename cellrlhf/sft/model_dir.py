@@ -1,0 +1,225 @@
+"""The saved model directory: everything a model needs to be queried later.
+
+```
+config.json, model.safetensors, generation_config.json   weights (or adapter_config.json +
+                                                           adapter_model.safetensors)
+tokenizer files + chat template
+gene_vocab.json, expression_decoder.json                  copied from the dataset directory
+data_manifest.json                                        the dataset's manifest.json
+training_config.yaml                                      every argument of the run
+cellrlhf.json                                             stage, tokenizer mode, base model, ...
+```
+
+The directory is assembled in a staging folder and its files are moved in afterwards;
+``cellrlhf.json`` is moved last, so a directory with ``cellrlhf.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cellrlhf.cell2text.vocab import VOCAB_FILENAME
+from cellrlhf.sft.checkpoints import STAGING_DIRNAME
+from cellrlhf.sft.dataset_dir import DECODER_FILENAME, CellDatasetDir
+
+__all__ = [
+    "MODEL_INFO_FILENAME",
+    "TRAINING_CONFIG_FILENAME",
+    "DATA_MANIFEST_FILENAME",
+    "ModelDirError",
+    "is_cell_model_dir",
+    "load_model_info",
+    "save_model_dir",
+    "load_cell_model",
+    "run_config_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_INFO_FILENAME = "cellrlhf.json"
+TRAINING_CONFIG_FILENAME = "training_config.yaml"
+DATA_MANIFEST_FILENAME = "data_manifest.json"
+_FORMAT = "cellrlhf.model"
+_VERSION = 1
+
+
+class ModelDirError(ValueError):
+    """A directory is not a (complete) cellrlhf model directory."""
+
+
+def is_cell_model_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a complete model directory written by a cellrlhf stage."""
+    return (Path(path) / MODEL_INFO_FILENAME).is_file()
+
+
+def load_model_info(path: str | Path) -> dict:
+    """Read ``cellrlhf.json`` of a model directory."""
+    file = Path(path) / MODEL_INFO_FILENAME
+    if not file.is_file():
+        raise ModelDirError(
+            f"{path} has no {MODEL_INFO_FILENAME}: it is not a complete cellrlhf model directory (was its "
+            "save interrupted?). Point to the output directory of `cellrlhf pretrain` / `cellrlhf sft`."
+        )
+    info = json.loads(file.read_text())
+    if info.get("format") != _FORMAT:
+        raise ModelDirError(
+            f"{file} is not a cellrlhf model description (format={info.get('format')!r})."
+        )
+    return info
+
+
+def run_config_dict(stage: str, script_args, training_args, model_args) -> dict:
+    """All arguments of a run as plain data (for ``training_config.yaml``)."""
+    payload = {
+        "stage": stage,
+        "script_arguments": dataclasses.asdict(script_args),
+        "training_arguments": training_args.to_dict(),
+        "model_arguments": dataclasses.asdict(model_args),
+    }
+    return json.loads(json.dumps(payload, default=str))
+
+
+def save_model_dir(
+    trainer,
+    output_dir: str | Path,
+    *,
+    info: dict,
+    dataset: CellDatasetDir,
+    run_config: dict,
+    peft_save: str = "merged",
+) -> Path:
+    """Save the trained model and everything needed to query it; call on every process.
+
+    Parameters
+    ----------
+    trainer
+        The finished trainer (its model and tokenizer are saved).
+    output_dir
+        The model directory (existing files of the same names are replaced).
+    info
+        Content of ``cellrlhf.json`` (``stage``, ``tokenizer_mode``, ``base_model``, ...).
+    dataset
+        The dataset directory the model was trained on (vocab, decoder, manifest are copied).
+    run_config
+        Arguments of the run (:func:`run_config_dict`), written as ``training_config.yaml``.
+    peft_save
+        For PEFT models: ``"merged"`` (full weights) or ``"adapter"``.
+    """
+    import yaml
+    from peft import PeftModel
+
+    output_dir = Path(output_dir)
+    staged = output_dir / STAGING_DIRNAME / "final"
+    accelerator = trainer.accelerator
+    model = accelerator.unwrap_model(trainer.model)
+    is_peft = isinstance(model, PeftModel)
+    if trainer.args.should_save:
+        shutil.rmtree(staged, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if is_peft and peft_save == "merged":
+        if trainer.args.should_save:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(staged, safe_serialization=True)
+            trainer.processing_class.save_pretrained(staged)
+    else:
+        trainer.save_model(str(staged))
+    accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        weights = (
+            ("adapter_model.safetensors",)
+            if is_peft and peft_save == "adapter"
+            else ("model.safetensors",)
+        )
+        if not any((staged / w).exists() for w in weights) and not list(
+            staged.glob("model-*.safetensors")
+        ):
+            raise ModelDirError(
+                f"no {weights[0]} was written to {staged}. Under DeepSpeed ZeRO-3 set "
+                "`zero3_save_16bit_model: true` in the accelerate config so the full weights are gathered."
+            )
+        (staged / "training_args.bin").unlink(
+            missing_ok=True
+        )  # a pickle; training_config.yaml says it all
+        for name, source in (
+            (VOCAB_FILENAME, dataset.vocab_path),
+            (DECODER_FILENAME, dataset.decoder_path),
+            (DATA_MANIFEST_FILENAME, dataset.manifest_path),
+        ):
+            if source.exists():
+                shutil.copyfile(source, staged / name)
+        (staged / TRAINING_CONFIG_FILENAME).write_text(yaml.safe_dump(run_config, sort_keys=False))
+        full_info = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            **info,
+            "peft": (peft_save if is_peft else None),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (staged / MODEL_INFO_FILENAME).write_text(json.dumps(full_info, indent=1))
+        _move_into(staged, output_dir)
+        shutil.rmtree(output_dir / STAGING_DIRNAME, ignore_errors=True)
+        logger.info("model saved to %s", output_dir)
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def load_cell_model(path: str | Path, *, dtype=None, trust_remote_code: bool = False):
+    """Load a saved model directory: ``(model, tokenizer, info)``.
+
+    Full-weight directories load directly; adapter directories load their base model (from
+    ``adapter_config.json``), resize it to the tokenizer, and apply the adapter. Weights are read
+    from safetensors only.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from cellrlhf.cell2text.tokenizer import load_cell_tokenizer
+
+    path = Path(path)
+    info = load_model_info(path)
+    tokenizer = load_cell_tokenizer(path)
+    kwargs = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if (path / "adapter_config.json").exists():
+        from peft import PeftConfig, PeftModel
+
+        base_path = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+        if not base_path:
+            raise ModelDirError(
+                f"{path}/adapter_config.json names no base model; it cannot be loaded."
+            )
+        base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+        if base.get_input_embeddings().weight.shape[0] != len(tokenizer):
+            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model = PeftModel.from_pretrained(base, str(path))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    return model, tokenizer, info
+
+
+def _move_into(staged: Path, output_dir: Path) -> None:
+    """Move every entry of ``staged`` into ``output_dir``, ``cellrlhf.json`` last."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    marker = output_dir / MODEL_INFO_FILENAME
+    if marker.exists():
+        marker.unlink()  # the directory is incomplete until the new marker lands
+    new_names = {p.name for p in staged.iterdir()}
+    for pattern in (
+        "adapter_*",
+        "model*.safetensors*",
+    ):  # weights of an earlier save in another form
+        for stale in output_dir.glob(pattern):
+            if stale.is_file() and stale.name not in new_names:
+                stale.unlink()
+    entries = sorted(staged.iterdir(), key=lambda p: p.name == MODEL_INFO_FILENAME)
+    for entry in entries:
+        target = output_dir / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)

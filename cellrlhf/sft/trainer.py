@@ -1,0 +1,129 @@
+"""TRL's ``SFTTrainer`` with what cell language models need on top.
+
+- atomic checkpoints (:mod:`cellrlhf.sft.checkpoints`): ``checkpoint-N`` appears only complete;
+- evaluation adds ``eval_perplexity`` and the generation metrics of
+  :class:`~cellrlhf.sft.evaluation.GenerationEvaluator`, logged through the trainer's ``log`` so
+  every ``report_to`` backend (tensorboard, wandb, ...) receives them;
+- perturbation dropout on training batches only (:mod:`cellrlhf.sft.perturbation_dropout`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from trl import SFTTrainer
+
+from cellrlhf.sft.checkpoints import STAGING_DIRNAME, publish_checkpoint, write_checkpoint_marker
+from cellrlhf.sft.perturbation_dropout import PerturbationDropout, PerturbationDropoutCollator
+
+__all__ = ["CellSFTTrainer", "perplexity"]
+
+logger = logging.getLogger(__name__)
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``, capped to stay finite for diverged runs."""
+    return float(math.exp(min(float(loss), 50.0)))
+
+
+class CellSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` with atomic checkpoints, perplexity / generation metrics and perturbation dropout.
+
+    Parameters
+    ----------
+    generation_evaluator
+        Called as ``evaluator(model, accelerator)`` at every evaluation; its metrics are logged
+        with the ``eval_`` prefix. ``None`` turns generation metrics off.
+    perturbation_dropout
+        Applied to training batches (never to evaluation batches). ``None`` turns it off.
+    **kwargs
+        Everything :class:`trl.SFTTrainer` takes.
+    """
+
+    def __init__(
+        self,
+        *args,
+        generation_evaluator=None,
+        perturbation_dropout: PerturbationDropout | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.generation_evaluator = generation_evaluator
+        self.perturbation_dropout = perturbation_dropout
+        self._pending_eval_logs: dict[str, float] = {}
+        self._checkpoint_root: str | None = None
+
+    # ------------------------------------------------------------------ data
+    def get_train_dataloader(self):
+        if self.perturbation_dropout is None or self.perturbation_dropout.probability == 0.0:
+            return super().get_train_dataloader()
+        plain = self.data_collator
+        self.data_collator = PerturbationDropoutCollator(plain, self.perturbation_dropout)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = plain
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        self._pending_eval_logs = {}
+        if self.generation_evaluator is not None and metric_key_prefix == "eval":
+            generated = self.generation_evaluator(self.model, self.accelerator)
+            self._pending_eval_logs = {f"{metric_key_prefix}_{k}": v for k, v in generated.items()}
+        self._pending_eval_prefix = metric_key_prefix
+        return super().evaluate(
+            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        prefix = getattr(self, "_pending_eval_prefix", "eval")
+        loss = logs.get(f"{prefix}_loss")
+        if loss is not None:
+            logs[f"{prefix}_perplexity"] = perplexity(loss)
+            logs.update(self._pending_eval_logs)
+            self._pending_eval_logs = {}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _get_output_dir(self, trial) -> str:
+        if self._checkpoint_root is not None:
+            return self._checkpoint_root
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, STAGING_DIRNAME)
+        staged = os.path.join(staging_root, name)
+        final = os.path.join(run_dir, name)
+        limit = self.args.save_total_limit
+        self._checkpoint_root, self.args.save_total_limit = staging_root, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_root, self.args.save_total_limit = None, limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self._point_best_checkpoint_at(staged, final)
+            write_checkpoint_marker(staged, step=self.state.global_step)
+            publish_checkpoint(staged, final)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _point_best_checkpoint_at(self, staged: str, final: str) -> None:
+        """The trainer recorded the best checkpoint under its staging path: record the final one."""
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best) == Path(staged):
+            from transformers.trainer import TRAINER_STATE_NAME
+
+            self.state.best_model_checkpoint = final
+            self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))

@@ -1,0 +1,187 @@
+"""``cellrlhf serve``: the gradio app driven in a real headless Chromium, and its upload guard."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from tiny_cell_model import TARGETS
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def test_uploads_outside_gradios_folder_are_refused(tmp_path):
+    pytest.importorskip("gradio")
+    from cellrlhf.chat.web import UploadRejected, _checked_upload
+
+    uploads = tmp_path / "gradio"
+    (uploads / "abc").mkdir(parents=True)
+    good = uploads / "abc" / "cells.h5ad"
+    good.write_bytes(b"x")
+    assert _checked_upload(str(good), uploads) == good.resolve()
+    outside = tmp_path / "secret.h5ad"
+    outside.write_bytes(b"x")
+    for bad, message in [
+        (str(outside), "only files uploaded"),
+        (str(uploads / "abc" / ".." / ".." / "secret.h5ad"), "only files uploaded"),
+        ("/etc/passwd", "only files uploaded"),
+        ("http://example.org/x.h5ad", "not URLs"),
+        ("", "no file"),
+    ]:
+        with pytest.raises(UploadRejected, match=message):
+            _checked_upload(bad, uploads)
+    (uploads / "abc" / "notes.txt").write_text("x")
+    with pytest.raises(UploadRejected, match="h5ad"):
+        _checked_upload(str(uploads / "abc" / "notes.txt"), uploads)
+
+
+def test_serve_cli_help_names_the_safe_defaults(capsys):
+    from cellrlhf.chat.web import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "default 127.0.0.1" in out and "--max-upload-mb" in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def chromium_page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.set_default_timeout(90_000)
+        yield page
+        browser.close()
+
+
+@pytest.fixture
+def served_app(lm):
+    pytest.importorskip("gradio")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from cellrlhf.chat.web import build_app
+
+    demo = build_app(lm, max_new_tokens=24)
+    port = _free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        max_file_size=50 * 2**20,
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_web_app_in_chromium(served_app, chromium_page, pbmc, tmp_path):
+    import anndata as ad
+
+    page = chromium_page
+    page.goto(served_app)
+    # example cells: map and table
+    page.click("#example-btn")
+    page.wait_for_selector("#data-info:has-text('700 cells x 765 genes')")
+    page.wait_for_selector("#cell-map svg path, #cell-map canvas")
+    # pick a cell by clicking its row in the table
+    barcode = str(pbmc.obs_names[3])
+    page.locator("#cell-table").get_by_text(barcode, exact=True).click()
+    page.wait_for_selector(f"#cell-info:has-text('Selected cell {barcode}')")
+    # ask, and read the streamed answer
+    page.fill("#question textarea", "What cell type is this cell?")
+    page.click("#ask-btn")
+    bot = page.locator("#chatbot .bot").last
+    bot.wait_for()
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll('#chatbot .bot'); "
+        "return b.length && b[b.length - 1].innerText.trim().length > 0; }"
+    )
+    page.wait_for_selector("#chatbot .pending", state="detached")
+    answer = bot.inner_text().strip()
+    assert answer and answer != "(empty answer)"
+    # predict a perturbation: plot, gene table, downloadable AnnData
+    page.fill("#targets textarea", TARGETS[0])
+    page.click("#predict-btn")
+    page.wait_for_selector("#prediction-info:has-text('valid gene fraction')")
+    page.wait_for_selector("#response-plot img")
+    link = page.locator("#download a").first
+    link.wait_for()
+    shown = "".join(page.locator("#download").inner_text().split())
+    assert f"prediction_{TARGETS[0]}.h5ad" in shown
+    with page.expect_download() as download_info:
+        link.click()
+    downloaded = tmp_path / "downloaded.h5ad"
+    download_info.value.save_as(downloaded)
+    predicted = ad.read_h5ad(downloaded)
+    assert predicted.n_vars == 765 and predicted.obs["perturbation"].iloc[0] == TARGETS[0]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat_web_example.png"), full_page=True)
+    # an upload of the user's own .h5ad replaces the example
+    upload = tmp_path / "my_cells.h5ad"
+    pbmc[:40].write_h5ad(upload)
+    page.set_input_files("#upload input[type=file]", str(upload))
+    page.wait_for_selector("#data-info:has-text('my_cells.h5ad')")
+    page.wait_for_selector("#data-info:has-text('40 cells x 765 genes')")
+    page.fill("#cell-box textarea", "NOT-A-CELL")
+    page.click("#select-btn")
+    page.wait_for_selector("text=no cell named 'NOT-A-CELL'")
+    page.wait_for_timeout(800)  # let the warning finish fading in
+    page.screenshot(path=str(ARTIFACTS / "chat_web_upload_error.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_serve_command_serves_the_app_on_localhost(tiny_model_dir):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("gradio")
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cellrlhf", "serve", "--model", str(tiny_model_dir)]
+        + ["--port", str(port), "--no-example"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 180
+        page = None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as r:
+                    page = r.read().decode()
+                break
+            except OSError:
+                time.sleep(1)
+        assert page is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
+        assert "cellrlhf: tiny_cell_model" in page  # the app's title
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,136 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellrlhf.data.schema import CONTROL_LABEL
+from cellrlhf.data.splits import SplitConfig, SplitError, make_splits
+
+
+def _obs(groups: dict[tuple[str, str], int]) -> pd.DataFrame:
+    rows = [(p, c) for (p, c), n in groups.items() for _ in range(n)]
+    obs = pd.DataFrame(rows, columns=["perturbation", "cell_context"])
+    obs.index = [f"cell{i}" for i in range(len(obs))]
+    return obs
+
+
+SCREEN = _obs(
+    {
+        (CONTROL_LABEL, "K562"): 40,
+        ("A", "K562"): 20,
+        ("B", "K562"): 20,
+        ("C", "K562"): 20,
+        ("D", "K562"): 20,
+        ("A+B", "K562"): 20,
+        ("C+D", "K562"): 20,
+        ("A+E", "K562"): 20,  # E is never measured alone
+        (CONTROL_LABEL, "HEPG2"): 30,
+        ("A", "HEPG2"): 20,
+        ("B", "HEPG2"): 20,
+    }
+)
+
+
+def _perts(obs, assignment, split):
+    return set(obs["perturbation"].to_numpy()[assignment.labels == split])
+
+
+def test_random_cells_stratified_and_deterministic():
+    config = SplitConfig(kind="random_cells", test_fraction=0.25, validation_fraction=0.1, seed=4)
+    a = make_splits(SCREEN, config)
+    b = make_splits(SCREEN, config)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert set(a.labels) == {"train", "validation", "test"}
+    for (p, c), group in SCREEN.groupby(["perturbation", "cell_context"]):
+        labels = a.labels[SCREEN.index.get_indexer(group.index)]
+        assert (labels == "test").sum() == round(0.25 * len(group)), (p, c)
+    other = make_splits(SCREEN, SplitConfig(kind="random_cells", test_fraction=0.25, seed=5))
+    assert not np.array_equal(a.labels, other.labels)
+
+
+def test_unseen_single_holds_out_targets_everywhere():
+    config = SplitConfig(kind="unseen_single", test_perturbations=("A",), validation_fraction=0.1)
+    a = make_splits(SCREEN, config)
+    assert a.test_targets == ["A"]
+    assert _perts(SCREEN, a, "test") == {"A"}
+    assert a.excluded_perturbations == ["A+B", "A+E"]
+    for split in ("train", "validation"):
+        assert not any("A" in p.split("+") for p in _perts(SCREEN, a, split))
+    # controls stay in training
+    assert CONTROL_LABEL in _perts(SCREEN, a, "train")
+    assert a.is_held_out("A+B", "K562") and not a.is_held_out("B", "K562")
+
+
+def test_unseen_single_combos_can_go_to_test():
+    config = SplitConfig(
+        kind="unseen_single", test_perturbations=("A",), combos_with_test_targets="test"
+    )
+    a = make_splits(SCREEN, config)
+    assert _perts(SCREEN, a, "test") == {"A", "A+B", "A+E"}
+    assert a.excluded_perturbations == []
+
+
+def test_unseen_single_drawn_by_fraction():
+    a = make_splits(SCREEN, SplitConfig(kind="unseen_single", test_fraction=0.5, seed=1))
+    assert len(a.test_perturbations) == 2  # of the 4 singles
+    assert all("+" not in p for p in a.test_perturbations)
+
+
+def test_unseen_combo_only_combos_with_measured_singles():
+    a = make_splits(SCREEN, SplitConfig(kind="unseen_combo", test_fraction=0.5, seed=0))
+    assert len(a.test_perturbations) == 1
+    assert a.test_perturbations[0] in {"A+B", "C+D"}  # A+E is not eligible
+    train = _perts(SCREEN, a, "train")
+    for target in a.test_perturbations[0].split("+"):
+        assert target in train  # its singles are seen
+    with pytest.raises(SplitError, match="singles are all measured"):
+        make_splits(SCREEN, SplitConfig(kind="unseen_combo", test_perturbations=("A+E",)))
+
+
+def test_unseen_context():
+    a = make_splits(SCREEN, SplitConfig(kind="unseen_context", validation_fraction=0.0, seed=0))
+    assert a.test_contexts in (["HEPG2"], ["K562"])
+    test_ctx = set(SCREEN["cell_context"].to_numpy()[a.labels == "test"])
+    train_ctx = set(SCREEN["cell_context"].to_numpy()[a.labels == "train"])
+    assert test_ctx == set(a.test_contexts) and not test_ctx & train_ctx
+    b = make_splits(SCREEN, SplitConfig(kind="unseen_context", test_contexts=("HEPG2",)))
+    assert b.is_held_out(CONTROL_LABEL, "HEPG2")
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        (SplitConfig(kind="unseen_single", test_perturbations=("Z",)), "not in the data"),
+        (SplitConfig(kind="unseen_single", test_perturbations=("A+B",)), "combinations"),
+        (
+            SplitConfig(kind="unseen_single", test_perturbations=("A", "B", "C", "D")),
+            "every single",
+        ),
+        (SplitConfig(kind="unseen_context", test_contexts=("K562", "HEPG2")), "every context"),
+    ],
+)
+def test_errors(config, fragment):
+    with pytest.raises(SplitError, match=fragment):
+        make_splits(SCREEN, config)
+
+
+def test_no_combos_for_unseen_combo():
+    singles = _obs({(CONTROL_LABEL, "X"): 5, ("A", "X"): 5, ("B", "X"): 5})
+    with pytest.raises(SplitError, match="has none"):
+        make_splits(singles, SplitConfig(kind="unseen_combo"))
+
+
+def test_config_validation():
+    with pytest.raises(SplitError, match="split.kind"):
+        SplitConfig(kind="leave_one_out")
+    with pytest.raises(SplitError, match="unknown key"):
+        SplitConfig.from_dict({"kind": "random_cells", "fraction": 0.2})
+
+
+def test_manifest_lists_every_cell_once():
+    a = make_splits(SCREEN, SplitConfig(kind="unseen_single", test_perturbations=("C",)))
+    payload = a.to_dict(SCREEN.index, SCREEN)
+    listed = [c for cells in payload["cells"].values() for c in cells]
+    assert sorted(listed) == sorted(SCREEN.index)
+    assert payload["groups"]["test"] == [
+        {"perturbation": "C", "cell_context": "K562", "n_cells": 20}
+    ]

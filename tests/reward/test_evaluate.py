@@ -1,0 +1,113 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellrlhf.reward.evaluate import (
+    evaluate_predictions,
+    perturbation_kind,
+    spearman_brown,
+    summarize,
+)
+
+
+def test_real_against_itself_is_perfect(perturbation_adata):
+    real = perturbation_adata(seed=1)
+    ev = evaluate_predictions(real, real)
+    t = ev.per_perturbation.set_index("perturbation")
+    assert list(t.index) == ["CEBPA", "G1", "KLF1", "KLF1+CEBPA", "MAPK1"]
+    np.testing.assert_allclose(t["pearson_delta"], 1.0)
+    np.testing.assert_allclose(t["pearson_delta_top20"], 1.0)
+    np.testing.assert_allclose(t["mae"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(t["discrimination_score_l1"], 1.0)
+    np.testing.assert_allclose(t["overlap_at_N"][t["de_n_real"] > 0], 1.0)
+    np.testing.assert_allclose(t["de_direction_match"].dropna(), 1.0)
+    assert t.loc["KLF1+CEBPA", "kind"] == "combo" and t.loc["KLF1", "kind"] == "single"
+    assert (t["n_pred"] == 40).all() and (t["distinct_fraction"] == 1.0).all()
+    assert ev.pred_delta.shape == (5, 30)
+
+
+def test_gene_order_and_extra_genes_do_not_change_results(perturbation_adata):
+    real, pred = perturbation_adata(seed=1), perturbation_adata(seed=2, noise=1.0)
+    base = evaluate_predictions(pred, real).per_perturbation
+    order = np.random.default_rng(0).permutation(pred.n_vars)
+    shuffled = pred[:, order].copy()
+    got = evaluate_predictions(shuffled, real).per_perturbation
+    pd.testing.assert_frame_equal(got, base, check_exact=False, rtol=1e-6)
+
+
+def test_pseudobulk_predictions_have_no_de_metrics(perturbation_adata):
+    real = perturbation_adata(seed=1)
+    labels = real.obs["perturbation"].to_numpy()
+    perts = [p for p in pd.unique(labels) if p != "control"]
+    bulk = np.vstack([real.X[labels == p].mean(0) for p in perts])
+    ctrl = real[labels == "control"]
+    pred = ad.concat(
+        [
+            ad.AnnData(bulk, obs=pd.DataFrame({"perturbation": perts}, index=perts), var=real.var),
+            ctrl,
+        ]
+    )
+    t = evaluate_predictions(pred, real).per_perturbation
+    np.testing.assert_allclose(t["pearson_delta"], 1.0, rtol=1e-6)
+    assert (t["n_pred"] == 1).all() and t["distinct_fraction"].isna().all()
+    # one profile cannot be tested against control cells
+    for col in (
+        "overlap_at_N",
+        "overlap_at_50",
+        "precision_at_N",
+        "de_direction_match",
+        "de_n_pred",
+    ):
+        assert t[col].isna().all(), col
+    assert (t["de_n_real"] >= 0).all()
+
+
+def test_subset_of_perturbations_keeps_all_candidates(perturbation_adata):
+    real, pred = perturbation_adata(seed=1), perturbation_adata(seed=2)
+    keep = pred.obs["perturbation"].isin(["control", "KLF1"]).to_numpy()
+    ev = evaluate_predictions(pred[keep], real, de=False)
+    assert ev.per_perturbation["perturbation"].tolist() == ["KLF1"]
+    assert ev.params["n_candidates"] == 5
+    assert "overlap_at_N" not in ev.per_perturbation
+
+
+def test_clear_errors(perturbation_adata):
+    real = perturbation_adata(seed=1)
+    pred = perturbation_adata(seed=2, perturbations=("control", "KLF1", "NEW"), n_cells=5)
+    with pytest.raises(ValueError, match="no real cells"):
+        evaluate_predictions(pred, real)
+    no_ctrl = real[real.obs["perturbation"] != "control"]
+    with pytest.raises(ValueError, match="no control cells"):
+        evaluate_predictions(no_ctrl, real)
+    with pytest.raises(KeyError, match="pert_col"):
+        evaluate_predictions(real, real, pert_col="condition")
+    renamed = real.copy()
+    renamed.var_names = [f"X{i}" for i in range(real.n_vars)]
+    with pytest.raises(ValueError, match="share no gene"):
+        evaluate_predictions(renamed, real)
+
+
+def test_summary_rows_and_helpers(perturbation_adata):
+    real, pred = perturbation_adata(seed=1), perturbation_adata(seed=2)
+    table = evaluate_predictions(pred, real, de=False).per_perturbation
+    s = summarize(table)
+    assert s["kind"].tolist() == ["all", "single", "combo"]
+    assert s["n_perturbations"].tolist() == [5, 4, 1]
+    assert s.loc[0, "pearson_delta"] == pytest.approx(table["pearson_delta"].mean())
+    two = pd.concat([table.assign(method="a"), table.assign(method="b")])
+    assert summarize(two, by=("method",))["method"].tolist() == ["a"] * 3 + ["b"] * 3
+    assert perturbation_kind("A+B") == "combo" and perturbation_kind("A") == "single"
+    assert spearman_brown(0.5) == pytest.approx(2 / 3)
+    assert np.isnan(spearman_brown(-0.1))
+
+
+def test_collapsed_generator_shows_in_distinct_fraction(perturbation_adata):
+    real = perturbation_adata(seed=1)
+    pred = real.copy()
+    labels = pred.obs["perturbation"].to_numpy()
+    first = np.flatnonzero(labels == "KLF1")[0]
+    pred.X[labels == "KLF1"] = pred.X[first]
+    t = evaluate_predictions(pred, real, de=False).per_perturbation.set_index("perturbation")
+    assert t.loc["KLF1", "distinct_fraction"] == pytest.approx(1 / 40)
+    assert t.loc["CEBPA", "distinct_fraction"] == 1.0
