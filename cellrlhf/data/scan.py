@@ -21,16 +21,7 @@ from cellrlhf.data.fingerprint import TableHasher
 from cellrlhf.data.prompts import PromptWriter
 from cellrlhf.data.pseudobulk import GroupAccumulator
 
-__all__ = ["ScanPlan", "ScanResult", "scan_cells", "pretrain_text", "prefix_text", "cell_prefixes"]
-
-
-def pretrain_text(prefix: dict[str, str], sentence: str, wrap: bool) -> str:
-    """``"cell_context: K562; <cell> G1 G2 </cell>"`` (prefix columns in order, then the cell)."""
-    from cellrlhf.cell2text.markup import format_cell
-
-    body = format_cell(sentence) if wrap else sentence
-    head = prefix_text(prefix)
-    return f"{head} {body}" if head else body
+__all__ = ["ScanPlan", "ScanResult", "scan_cells", "prefix_text", "cell_prefixes"]
 
 
 def prefix_text(prefix: dict[str, str]) -> str:

@@ -40,7 +40,6 @@ __all__ = [
     "standardize_obs",
     "validate_perturbation_obs",
     "perturbation_targets",
-    "is_control",
 ]
 
 logger = logging.getLogger(__name__)
@@ -420,11 +419,6 @@ def validate_perturbation_obs(obs: pd.DataFrame, *, require_control: bool = Fals
                 "against controls of the same context. Check schema.control_values, or drop "
                 "those contexts with source.obs_query."
             )
-
-
-def is_control(perturbation: str) -> bool:
-    """Whether a standardized perturbation label is the control label."""
-    return perturbation == CONTROL_LABEL
 
 
 def perturbation_targets(perturbation: str) -> list[str]:

@@ -185,3 +185,31 @@ def test_serve_command_serves_the_app_on_localhost(tiny_model_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_web_upload_size_limit(lm, chromium_page, pbmc, tmp_path):
+    pytest.importorskip("gradio")
+    from cellrlhf.chat.web import build_app
+
+    demo = build_app(lm, example=False)
+    port = _free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        max_file_size=20 * 1024,
+    )
+    try:
+        big = tmp_path / "big.h5ad"
+        pbmc[:100].write_h5ad(big)
+        assert big.stat().st_size > 20 * 1024
+        page = chromium_page
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.set_input_files("#upload input[type=file]", str(big))
+        page.wait_for_selector("text=exceed the maximum file size")
+        assert "No data loaded." in page.locator("#data-info").inner_text()
+    finally:
+        demo.close()

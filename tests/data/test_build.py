@@ -335,3 +335,19 @@ def test_manifest_records_split_membership(built_by_kind):
     splits = json.loads((path / "splits.json").read_text())
     assert manifest["split"]["test_perturbations"] == splits["test_perturbations"]
     assert sum(manifest["split"]["cells"].values()) == SIM_SETTINGS["n_cells"]
+
+
+def test_metadata_prefixes():
+    from cellrlhf.data.scan import cell_prefixes
+
+    one = cell_prefixes({"cell_context": np.array(["K562", "A172", "K562"], dtype=object)}, 3)
+    assert one.tolist() == ["cell_context: K562;", "cell_context: A172;", "cell_context: K562;"]
+    two = cell_prefixes(
+        {
+            "cell_context": np.array(["K562"], dtype=object),
+            "perturbation": np.array(["A+B"], dtype=object),
+        },
+        1,
+    )
+    assert two.tolist() == ["cell_context: K562; perturbation: <pert> A B </pert>;"]
+    assert cell_prefixes({}, 2).tolist() == ["", ""]

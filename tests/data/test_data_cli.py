@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from cellrlhf.data.cli import cli
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "data" / "simulated.yaml"
@@ -68,3 +70,36 @@ def test_top_level_command_dispatches(capsys):
 
     assert main(["data", "list"]) == 0
     assert "perturbench_devel" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fingerprint_is_the_same_in_another_process(tmp_path):
+    """Content hashing must not depend on the process (hash seeds, set order, memory)."""
+    import os
+    import subprocess
+    import sys
+
+    from cellrlhf.data.build import build_datasets
+    from cellrlhf.data.config import load_config
+
+    overrides = [a for a in FAST if a != "--set"]
+    here = build_datasets(
+        load_config(CONFIG, [*overrides, "progress=false"]), out_dir=tmp_path / "a"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "cellrlhf", "data", "build", "--config", str(CONFIG),
+         "--out", str(tmp_path / "b"), "--no-progress", *FAST],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    there = json.loads(done.stdout[done.stdout.index("{") :])
+    assert there["fingerprint"] == here.fingerprint
+
+
+def test_package_exports_are_lazy_and_resolve():
+    import cellrlhf.data as data
+
+    for name in data.__all__:
+        assert getattr(data, name) is not None
