@@ -154,7 +154,9 @@ class ChatSession:
         """Predicted response of the selected cell to ``perturbation`` (kept for saving)."""
         cell = self._require_cell()
         prediction = self.lm.predict_perturbation(cell.sentence, perturbation, **kwargs)
-        prediction.adata.obs["input_cell"] = cell.cell_id
+        adata = prediction.adata
+        adata.obs["input_cell"] = cell.cell_id
+        adata.obs_names = [n.replace("cell_0", cell.cell_id, 1) for n in adata.obs_names]
         self.last_prediction = prediction
         self.last_result = prediction.adata
         return prediction

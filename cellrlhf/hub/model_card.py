@@ -33,12 +33,12 @@ _STAGE_TAGS = {
     "rloo": ("rlhf", "rloo"),
 }
 _STAGE_NAMES = {
-    "pretrain": "pretrained on cell sentences",
-    "sft": "instruction-tuned (SFT) on chat-form cell tasks",
-    "reward": "a reward model scoring perturbation predictions",
-    "ppo": "aligned with RLHF (PPO) on perturbation-response fidelity",
-    "grpo": "aligned with RL (GRPO) on perturbation-response fidelity",
-    "rloo": "aligned with RL (RLOO) on perturbation-response fidelity",
+    "pretrain": "A cell language model pretrained on cell sentences",
+    "sft": "A cell language model instruction-tuned (SFT) on chat-form cell tasks",
+    "reward": "A reward model that scores a cell language model's perturbation predictions",
+    "ppo": "A cell language model aligned with RLHF (PPO) on perturbation-response fidelity",
+    "grpo": "A cell language model aligned with RL (GRPO) on perturbation-response fidelity",
+    "rloo": "A cell language model aligned with RL (RLOO) on perturbation-response fidelity",
 }
 
 
@@ -137,7 +137,7 @@ def _card_data(meta: ModelMetadata, license: str | None, name: str):
         ]
     return ModelCardData(
         library_name="transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag="text-classification" if meta.stage == "reward" else "text-generation",
         tags=list(dict.fromkeys(tags)),
         base_model=meta.hub_base_model,
         datasets=meta.hub_datasets or None,
@@ -250,7 +250,7 @@ def _training_section(meta: ModelMetadata) -> str:
 _BODY = """
 # {title}
 
-A cell language model {what}, built with [cellrlhf](https://github.com/cellrlhf/cellrlhf). Each
+{what}, built with [cellrlhf](https://github.com/cellrlhf/cellrlhf). Each
 cell is written as a *cell sentence*: its expressed genes ranked by expression, highest first
 (the [Cell2Sentence](https://doi.org/10.1101/2023.09.11.557287) idea). The model reads and writes
 cell sentences inside ordinary chat messages, wrapped as `<cell> GENE1 GENE2 ... </cell>`.
@@ -265,7 +265,31 @@ cells in natural language. Predictions are hypotheses to test, not measurements.
 of its vocabulary; cells whose genes mostly fall outside it are represented poorly (cellrlhf
 reports the overlap when it encodes your cells).
 
-## How to use
+{usage}## Training data
+
+{data}
+## Training
+
+{training}
+## Evaluation
+
+{evaluation}
+## Limitations
+
+- Cell sentences keep the rank order of expressed genes, not exact counts; profiles decoded from
+  generated sentences are estimates from rank (see `expression_decoder.json`).
+- Perturbations whose targets were never seen in training are written `<unk_pert>`; the model
+  then predicts a generic response.
+- Behaviour outside the cell types, perturbation types and gene panel of the training data is
+  unknown.
+
+## Files
+
+{files}
+"""
+
+
+_CHAT_USAGE = """## How to use
 
 ```bash
 pip install "cellrlhf[chat]"
@@ -297,27 +321,24 @@ The weights are a standard `transformers` causal LM (`AutoModelForCausalLM`); th
 carries the chat template. `gene_vocab.json` and `expression_decoder.json` turn cells into
 sentences and generated sentences back into expression profiles.
 
-## Training data
+"""
 
-{data}
-## Training
+_REWARD_USAGE = """## How to use
 
-{training}
-## Evaluation
+This is a reward model: a sequence classifier that scores an answer to a perturbation prompt
+(higher is a more faithful predicted response). It is used by `cellrlhf ppo` / `grpo`:
 
-{evaluation}
-## Limitations
+```bash
+cellrlhf ppo --rewards model --reward_model_path {repo_id} ...
+```
 
-- Cell sentences keep the rank order of expressed genes, not exact counts; profiles decoded from
-  generated sentences are estimates from rank (see `expression_decoder.json`).
-- Perturbations whose targets were never seen in training are written `<unk_pert>`; the model
-  then predicts a generic response.
-- Behaviour outside the cell types, perturbation types and gene panel of the training data is
-  unknown.
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-## Files
+model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", use_safetensors=True)
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")  # carries the chat template
+```
 
-{files}
 """
 
 
@@ -350,12 +371,16 @@ def build_model_card(
     meta = read_model_metadata(model_dir, eval_results=eval_results)
     repo_id = repo_id or f"your-name/{meta.model_dir.resolve().name}"
     data = _card_data(meta, license, repo_id.split("/")[-1])
-    body = _BODY.format(
-        title=repo_id.split("/")[-1],
-        what=_STAGE_NAMES.get(meta.stage, f"trained with the `{meta.stage}` stage"),
+    usage_template = _REWARD_USAGE if meta.stage == "reward" else _CHAT_USAGE
+    usage = usage_template.format(
         repo_id=repo_id,
         example_target=(meta.data_manifest.get("perturbation_targets") or ["KLF1"])[0],
         example_context=(meta.data_manifest.get("cell_contexts") or ["K562"])[0],
+    )
+    body = _BODY.format(
+        usage=usage,
+        title=repo_id.split("/")[-1],
+        what=_STAGE_NAMES.get(meta.stage, f"A cell language model (`{meta.stage}` stage)"),
         data=_data_section(meta.data_manifest),
         training=_training_section(meta),
         evaluation=_eval_section(meta.evaluation),

@@ -209,7 +209,7 @@ def test_web_upload_size_limit(lm, chromium_page, pbmc, tmp_path):
         page = chromium_page
         page.goto(f"http://127.0.0.1:{port}/")
         page.set_input_files("#upload input[type=file]", str(big))
-        page.wait_for_selector("text=exceed the maximum file size")
+        page.wait_for_selector("text=exceed the maximum allowed size")
         assert "No data loaded." in page.locator("#data-info").inner_text()
     finally:
         demo.close()

@@ -1,0 +1,40 @@
+import logging
+from pathlib import Path
+
+from cellrlhf.pipeline.demo import (
+    DEMO_PIPELINE,
+    REAL_DATA_CONFIG,
+    SIMULATED_DATA_CONFIG,
+    choose_data_config,
+)
+from cellrlhf.pipeline.spec import load_pipeline
+
+
+def test_offline_without_data_falls_back_to_the_labelled_simulator(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CELLRLHF_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CELLRLHF_CACHE_DIR", str(tmp_path / "cache"))
+    with caplog.at_level(logging.WARNING):
+        config, simulated = choose_data_config(data_dir=None, offline=True)
+    assert (config, simulated) == (SIMULATED_DATA_CONFIG, True)
+    assert "SIMULATED" in caplog.text and "perturbench_devel.h5ad" in caplog.text
+
+
+def test_real_data_in_the_data_directory_is_used(data_dir, monkeypatch, tmp_path):
+    if not (data_dir / "perturbench_devel.h5ad").exists():
+        import pytest
+
+        pytest.skip("perturbench_devel.h5ad not in the data directory")
+    monkeypatch.setenv("CELLRLHF_CACHE_DIR", str(tmp_path / "cache"))
+    assert choose_data_config(data_dir=str(data_dir), offline=True) == (REAL_DATA_CONFIG, False)
+
+
+def test_demo_pipeline_file_names_every_stage_and_existing_configs():
+    root = Path(__file__).resolve().parents[2]
+    spec = load_pipeline(root / DEMO_PIPELINE, overrides={"run_dir": "r"})
+    names = [s.name for s in spec.stages]
+    assert names == ["data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo"]
+    for flavour in ("tiny", "cpu_demo", "gpu"):
+        spec = load_pipeline(root / DEMO_PIPELINE, overrides={"run_dir": "r", "flavour": flavour})
+        for stage in spec.stages:
+            config = stage.command[stage.command.index("--config") + 1]
+            assert (root / config).exists(), f"{stage.name} ({flavour}): {config} is missing"
