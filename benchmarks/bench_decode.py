@@ -178,6 +178,9 @@ def main(argv=None) -> int:
     parser.add_argument("--c2s-python", help="python of a venv with cell2sentence==1.2.0")
     parser.add_argument("--c2s-cells", type=int, default=2_000, help="cells decoded by c2s")
     parser.add_argument(
+        "--batch-size", type=int, default=2048, help="ExpressionDecoder.decode batch_size"
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="numba threads for cellrlhf (c2s is serial)"
     )
     parser.add_argument(
@@ -214,11 +217,15 @@ def main(argv=None) -> int:
     first_call = time.perf_counter() - start
 
     results: dict[str, dict] = {}
-    times, cpu = time_calls(lambda: decoder.decode(sentences), args.repeats)
+    times, cpu = time_calls(
+        lambda: decoder.decode(sentences, batch_size=args.batch_size), args.repeats
+    )
     name = f"cellrlhf ({args.threads} thread{'s' if args.threads > 1 else ''})"
     results[name] = {"cells": args.n_cells, "times": times, "cpu": cpu}
     malformed = [s + " NOTAGENE " + s[: len(s) // 10] for s in sentences[: args.n_cells // 4]]
-    times, cpu = time_calls(lambda: decoder.decode(malformed), args.repeats)
+    times, cpu = time_calls(
+        lambda: decoder.decode(malformed, batch_size=args.batch_size), args.repeats
+    )
     results["cellrlhf, malformed text (+10% repeats)"] = {
         "cells": len(malformed),
         "times": times,

@@ -212,6 +212,7 @@ class GeneVocab:
         if path.is_dir() or not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
             path = path / VOCAB_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=1))
         tmp.replace(path)
