@@ -110,8 +110,47 @@ def _json_section(art: RunArtifacts, title: str, needle: str, empty: str) -> Sec
     return sec
 
 
+_HELDOUT_KEYS = (
+    "heldout/pearson_delta",
+    "heldout/pearson_delta_top20",
+    "heldout/valid_fraction",
+    "heldout/duplicate_fraction",
+    "heldout/distinct_fraction",
+    "heldout/token_entropy",
+)
+
+
+def heldout_table(art: RunArtifacts) -> pd.DataFrame:
+    """Held-out fidelity of every RL stage: at its SFT start (step 0), best and last evaluation."""
+    rows = []
+    for name, payload in art.json_results.items():
+        if not name.endswith("heldout_eval_history.json") or not isinstance(payload, dict):
+            continue
+        evaluations = payload.get("evaluations") or []
+        if not evaluations:
+            continue
+        stage = name.split("/")[0]
+        best_step = (payload.get("selection") or {}).get("best_step")
+        picks = [("start (SFT)", evaluations[0])]
+        picks += [("best", e) for e in evaluations if e.get("step") == best_step][:1]
+        picks.append(("last", evaluations[-1]))
+        for label, entry in picks:
+            metrics = entry.get("metrics", {})
+            row = {"model": f"{stage} {label}", "step": entry.get("step")}
+            row.update({k.split("/", 1)[1]: metrics.get(k) for k in _HELDOUT_KEYS if k in metrics})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _metrics_section(art: RunArtifacts) -> Section:
     sec = Section("Held-out perturbations")
+    table = heldout_table(art)
+    if len(table):
+        sec.text(
+            "True group-level fidelity on held-out perturbations, measured by each RL stage's "
+            "monitor (generated cells decoded, pseudo-bulk against the decoded control):"
+        )
+        sec.table(table.round(4))
     for name, frame in art.metric_tables.items():
         sec.text(f"`{name}`")
         sec.table(frame.round(4) if hasattr(frame, "round") else frame)
@@ -189,9 +228,11 @@ def build_sections(art: RunArtifacts, out_dir: Path) -> list[Section]:
             art, "Reward model", "reward_model_eval", "No reward-model evaluation found."
         ),
         _metrics_section(art),
-        _images_section(art, out_dir, "Predicted vs real change", ("delta", "scatter", "pred_vs")),
+        _images_section(
+            art, out_dir, "Predicted vs real change", ("delta", "scatter", "pred_vs", "heldout")
+        ),
         _json_section(
-            art, "Generated-cell validity", "generation_metrics", "No generation metrics found."
+            art, "Generated-cell validity", "eval_results", "No generation metrics found."
         ),
         _timings_section(art, out_dir),
         _commands_section(art),

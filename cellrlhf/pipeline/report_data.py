@@ -60,7 +60,7 @@ def find_trainer_history(output_dir: Path) -> list[dict]:
 # result files the stages write, shown when present (stage output dir relative)
 _RESULT_FILES = (
     "reward_model_eval.json",
-    "heldout_history.json",
+    "heldout_eval_history.json",
     "eval_results.json",
     "generation_metrics.json",
     "summary.json",

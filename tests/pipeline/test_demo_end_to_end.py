@@ -1,0 +1,88 @@
+"""``cellrlhf demo`` end to end on the reduced (tiny) flavour, its resume, and its report in Chromium."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cellrlhf.pipeline.report import SECTION_TITLES
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+STAGES = ("data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo")
+
+
+def _demo(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, "-m", "cellrlhf", "demo", "--flavour", "tiny", "--simulated"]
+        + ["--run-dir", str(run_dir), *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    result = _demo(run_dir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return run_dir, result
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_labels_simulated_data(demo_run):
+    run_dir, result = demo_run
+    for stage in STAGES:
+        assert (run_dir / ".pipeline" / f"{stage}.json").exists(), stage
+        assert f"{stage} done in" in result.stderr
+    for model_stage in ("pretrain", "sft", "reward", "ppo", "grpo"):
+        assert (run_dir / model_stage / "model.safetensors").stat().st_size > 0
+        assert not list((run_dir / model_stage).glob("*.bin")), "no pickle weights are written"
+    assert "SIMULATED" in result.stderr
+    assert f"cellrlhf chat --model {run_dir}/ppo" in result.stderr
+
+
+@pytest.mark.slow
+def test_report_has_every_section_and_nonempty_plots(demo_run):
+    run_dir, _ = demo_run
+    md = (run_dir / "report" / "report.md").read_text()
+    page = (run_dir / "report" / "report.html").read_text()
+    for title in SECTION_TITLES:
+        assert f"## {title}" in md and f"<h2>{title}</h2>" in page
+    assert "SIMULATED DATA" in page
+    assert "ppo start (SFT)" in md and "grpo last" in md
+    assert "pairwise_accuracy" in md
+    pngs = list((run_dir / "report").glob("*.png"))
+    assert {p.name for p in pngs} >= {"curves_sft.png", "curves_ppo.png", "timings.png"}
+    assert all(p.stat().st_size > 2000 for p in pngs)
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(demo_run):
+    run_dir, _ = demo_run
+    again = _demo(run_dir)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for stage in STAGES:
+        assert f"{stage}: skipped" in again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_report_renders_in_chromium(demo_run, chromium_page):
+    run_dir, _ = demo_run
+    page = chromium_page
+    page.goto((run_dir / "report" / "report.html").as_uri())
+    assert page.locator("h2").all_inner_texts() == list(SECTION_TITLES)
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert widths and all(w > 100 for w in widths), "every embedded plot decodes"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo_report.png"), full_page=True)
+    assert (ARTIFACTS / "demo_report.png").stat().st_size > 10_000
