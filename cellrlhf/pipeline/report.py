@@ -52,18 +52,21 @@ class Section:
         self.blocks.append(("code", value))
 
 
-def _flat_numbers(payload: object, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
+def _flat_numbers(payload: object, prefix: str = "") -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
     if isinstance(payload, dict):
         for key, value in payload.items():
             out.update(_flat_numbers(value, f"{prefix}{key}." if prefix or key else ""))
     elif isinstance(payload, (int, float)) and not isinstance(payload, bool):
-        out[prefix.rstrip(".")] = float(payload)
+        out[prefix.rstrip(".")] = payload
     return out
 
 
 def _numbers_table(payload: dict, limit: int = 40) -> pd.DataFrame:
-    items = list(_flat_numbers(payload).items())[:limit]
+    items = [
+        (k, f"{v:,}" if isinstance(v, int) else f"{v:.4g}")
+        for k, v in list(_flat_numbers(payload).items())[:limit]
+    ]
     return pd.DataFrame(items, columns=["quantity", "value"])
 
 

@@ -41,7 +41,7 @@ def test_report_has_every_section_and_nonempty_plots(finished_run):
         assert f"## {title}" in md and f"<h2>{title}</h2>" in page
     assert "SIMULATED DATA" in md and "SIMULATED DATA" in page
     assert "| sft" in md and "0.41" in md
-    assert "1200" in md
+    assert "1,200" in md and "1200.0" not in md
     curves = paths["dir"] / "curves_sft.png"
     timings = paths["dir"] / "timings.png"
     assert curves.stat().st_size > 1000 and timings.stat().st_size > 1000
