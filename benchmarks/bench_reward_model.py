@@ -64,6 +64,68 @@ def untrained_eval(sft: Path, prefs: Path) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
+def label_reliability(prefs_a: Path, prefs_b: Path, data: Path, split: str = "test") -> dict:
+    """How much of a completion's score belongs to the completion, not to its group.
+
+    Every completion of sample A (and both answers of each sampled pair) is scored again as one
+    more member of an independent group of the same prompt (sample B, another seed). The rank
+    correlation of the two scores, and how often a pair keeps its order, bound what any reward
+    model can reach against these labels.
+    """
+    import numpy as np
+    from datasets import load_from_disk
+
+    from cellrlhf.cell2text.decoder import ExpressionDecoder
+    from cellrlhf.reward.preferences import PreferenceConfig, load_preferences
+    from cellrlhf.reward.reward_model_eval import spearman, within_group_spearman
+
+    config = json.loads((prefs_a / "manifest.json").read_text())["config"]
+    reward = PreferenceConfig(**{**config, "progress": False}).reward(ExpressionDecoder.load(data))
+    rows = load_from_disk(str(data / "rl"))[split]
+    by_pert = {p: i for i, p in enumerate(rows["perturbation"])}
+    pairs_a, comp_a = load_preferences(prefs_a, split)
+    _, comp_b = load_preferences(prefs_b, split)
+    group_b: dict[str, list[str]] = {}
+    for pert, completion in zip(comp_b["perturbation"], comp_b["completion"], strict=True):
+        group_b.setdefault(pert, []).append(completion[0]["content"])
+
+    def rescore(perts: list[str], texts: list[str]) -> np.ndarray:
+        keys, answers, index = [], [], []
+        for k, (pert, text) in enumerate(zip(perts, texts, strict=True)):
+            members = [*group_b[pert], text]
+            keys += [k] * len(members)
+            answers += members
+            index += [by_pert[pert]] * len(members)
+
+        def column(name):
+            values = list(rows[name])
+            return [values[i] for i in index]
+
+        out = reward.score(
+            keys,
+            answers,
+            reference_perturbed=column("reference_perturbed"),
+            reference_control=column("reference_control"),
+            decoded_control=column("decoded_control"),
+            reference_sentences=column("reference_sentences"),
+        ).reward
+        return out[np.cumsum([len(group_b[p]) + 1 for p in perts]) - 1]
+
+    perts = list(comp_a["perturbation"])
+    s_a = np.asarray(list(comp_a["score"]), dtype=float)
+    s_b = rescore(perts, [c[0]["content"] for c in comp_a["completion"]])
+    sampled = pairs_a.filter(lambda k: k == "sampled", input_columns="pair_kind")
+    p_perts = list(sampled["perturbation"])
+    chosen_b = rescore(p_perts, [c[0]["content"] for c in sampled["chosen"]])
+    rejected_b = rescore(p_perts, [c[0]["content"] for c in sampled["rejected"]])
+    within, _ = within_group_spearman(s_a, s_b, list(comp_a["prompt_id"]))
+    return {
+        "spearman": spearman(s_a, s_b),
+        "spearman_within_prompt": within,
+        "sampled_pair_agreement": float(np.mean(chosen_b > rejected_b)),
+    }
+
+
 def fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -185,6 +247,43 @@ def main() -> int:
             )
         results[name] = json.loads((out / "reward_model_eval.json").read_text())
     results["untrained (SFT + new head)"] = untrained_eval(sft, prefs)
+
+    # diagnostics: a second, independent sample of completions (another seed)
+    prefs_b = work / "preferences_seed_b"
+    if not (prefs_b / "manifest.json").exists():
+        seconds["preferences (2nd sample)"] = run(
+            ["preferences", "--config", str(REPO / "configs/reward/preferences_cpu_demo.yaml")]
+            + [
+                "--model_name_or_path",
+                str(sft),
+                "--dataset_dir",
+                str(data),
+                "--output_dir",
+                str(prefs_b),
+            ]
+            + ["--num_completions", str(args.num_completions), "--seed", str(args.seed + 1)]
+            + ["--progress", "false"],
+            work / "preferences_seed_b.log",
+            env,
+        )
+    from cellrlhf.reward.reward_model_eval import evaluate_saved
+
+    seen = evaluate_saved(
+        work / "reward_all",
+        prefs_b,
+        split="train",
+        output_dir=work / "reward_all" / "seen_new_samples",
+    )
+    results["all pair kinds, on SEEN perturbations (new samples)"] = {
+        k: v for k, v in seen.items() if not k.startswith("_")
+    }
+    for split in ("test", "train"):
+        rel = label_reliability(prefs, prefs_b, data, split)
+        results[f"label reliability, {split} perturbations (score in an independent group)"] = {
+            "pairwise_accuracy_by_kind": {"sampled": rel["sampled_pair_agreement"]},
+            "spearman": rel["spearman"],
+            "spearman_within_prompt": rel["spearman_within_prompt"],
+        }
 
     manifest = json.loads((prefs / "manifest.json").read_text())
     kinds = ["sampled", "control", "other_perturbation", "shuffled"]
