@@ -42,7 +42,7 @@ def model_dir(tmp_path):
         "data_manifest.json": {
             "name": "norman2019",
             "simulated": False,
-            "sources": [{"path": "/home/someone/data/norman.h5ad"}],
+            "sources": [{"path": "../someone-private/data/norman.h5ad"}],
             "counts": {"train": 1000, "test": 100},
             "hub_datasets": ["org/norman-cells"],
         },
@@ -116,7 +116,7 @@ def test_model_card_metadata_and_text(model_dir):
     assert "## Intended use" in text and "Out of scope" in text
     assert "| pearson_delta | 0.41 |" in text
     assert "| learning_rate | 0.0001 |" in text and "| seed | 7 |" in text  # key hyperparameters
-    assert "/home/someone" not in text  # local source paths are not published
+    assert "someone-private" not in text  # local source paths are not published
     assert "norman.h5ad" in text
 
 

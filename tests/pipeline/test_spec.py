@@ -27,12 +27,12 @@ def _raw(**changes):
 
 
 def test_placeholders_resolve_and_overrides_win():
-    spec = load_pipeline(_raw(), overrides={"size": "cpu_demo", "run_dir": "/tmp/r"})
-    assert spec.stage("data").command == ("data", "build", "--output_dir", "/tmp/r/data")
-    assert spec.stage("data").outputs == ("/tmp/r/data/manifest.json",)
+    spec = load_pipeline(_raw(), overrides={"size": "cpu_demo", "run_dir": "runs/r"})
+    assert spec.stage("data").command == ("data", "build", "--output_dir", "runs/r/data")
+    assert spec.stage("data").outputs == ("runs/r/data/manifest.json",)
     sft = spec.stage("sft")
     assert sft.command[-1] == "configs/sft/cpu_demo.yaml"
-    assert sft.resumable and sft.output_dir == "/tmp/r/sft"
+    assert sft.resumable and sft.output_dir == "runs/r/sft"
     assert sft.accelerate_config == "configs/accelerate/cpu.yaml"
 
 
