@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -75,6 +76,12 @@ def stage_summary(stage: StageSpec, limit: int = 6) -> str:
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     ]
     return ", ".join(items[:limit])
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _run_logged(argv: list[str], log_path: Path, env: dict[str, str]) -> int:
@@ -150,9 +157,10 @@ def run_pipeline(
             f" (resuming from {resume_from})" if resume_from else "",
         )
         log_path = run_dir / "logs" / f"{stage.name}.log"
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _children_cpu_seconds()
         code = _run_logged(argv, log_path, child_env)
         seconds = time.perf_counter() - start
+        cpu_seconds = _children_cpu_seconds() - cpu_start
         if code != 0:
             raise StageFailed(
                 f"stage {stage.name!r} failed (exit {code}) after {seconds:.0f} s; see {log_path}. "
@@ -163,10 +171,16 @@ def run_pipeline(
             raise StageFailed(
                 f"stage {stage.name!r} exited 0 but did not write {missing}; see {log_path}."
             )
-        write_marker(run_dir, stage, seconds=seconds, argv=argv)
+        write_marker(run_dir, stage, seconds=seconds, argv=argv, cpu_seconds=cpu_seconds)
         timings[stage.name] = seconds
         summary = stage_summary(stage)
-        logger.info("%s done in %.1f s%s", stage.name, seconds, f": {summary}" if summary else "")
+        logger.info(
+            "%s done in %.1f s (%.1f CPU s)%s",
+            stage.name,
+            seconds,
+            cpu_seconds,
+            f": {summary}" if summary else "",
+        )
         if on_stage_end:
             on_stage_end(stage, seconds, False)
     return timings

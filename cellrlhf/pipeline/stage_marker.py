@@ -43,7 +43,16 @@ def is_finished(run_dir: Path, stage: StageSpec) -> tuple[bool, str]:
     return True, f"finished {marker.get('finished_at', '?')}"
 
 
-def write_marker(run_dir: Path, stage: StageSpec, *, seconds: float, argv: list[str]) -> Path:
+def write_marker(
+    run_dir: Path,
+    stage: StageSpec,
+    *,
+    seconds: float,
+    argv: list[str],
+    cpu_seconds: float | None = None,
+) -> Path:
+    """Record that ``stage`` finished: wall ``seconds`` and, when known, the CPU seconds (user +
+    system) of its processes, which tell how loaded the machine was (CPU / wall ~ cores used)."""
     path = marker_path(run_dir, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -51,6 +60,7 @@ def write_marker(run_dir: Path, stage: StageSpec, *, seconds: float, argv: list[
         "argv": argv,
         "command_hash": command_hash(stage),
         "seconds": round(seconds, 2),
+        "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     tmp = path.with_suffix(".tmp")
