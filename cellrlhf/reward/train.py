@@ -29,6 +29,7 @@ from typing import Any
 from trl import ModelConfig, RewardConfig
 
 __all__ = [
+    "check_kept_pairs",
     "CellRewardConfig",
     "SFTModelFiles",
     "make_parser",
@@ -118,6 +119,32 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def check_kept_pairs(n_pairs: int, n_kept: int, max_length: int | None) -> None:
+    """Fail or warn when TRL's ``RewardTrainer`` dropped pairs longer than ``max_length``.
+
+    TRL filters such pairs silently; a reward model trained on what is left of long-answer pairs
+    learns from a biased sample, and one left with none fails with an obscure error later.
+    """
+    dropped = n_pairs - n_kept
+    if dropped <= 0:
+        return
+    if n_kept == 0:
+        raise ValueError(
+            f"all {n_pairs} preference pairs are longer than max_length={max_length} tokens "
+            "(prompt + answer), so none is left to train on. Raise --max_length (the SFT model's "
+            "max_position_embeddings is the upper bound) or build pairs with shorter answers "
+            "(preferences --max_new_tokens)."
+        )
+    logger.warning(
+        "%d of %d preference pairs (%.0f%%) are longer than max_length=%s tokens and were dropped "
+        "by the RewardTrainer; raise --max_length to keep them.",
+        dropped,
+        n_pairs,
+        100.0 * dropped / n_pairs,
+        max_length,
+    )
 
 
 def make_parser(prog: str | None = None):
@@ -348,6 +375,7 @@ def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
         processing_class=tokenizer,
         peft_config=peft_config_for_reward(model_args),
     )
+    check_kept_pairs(len(train), len(trainer.train_dataset), args.max_length)
     trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
 
     output_dir = Path(args.output_dir)
