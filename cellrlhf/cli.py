@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("cellrlhf.ppo.ppo", "RLHF with TRL's PPO on perturbation fidelity"),
     "grpo": ("cellrlhf.ppo.grpo", "GRPO / RLOO with programmatic or learned rewards"),
     "eval": ("cellrlhf.reward.eval_cli", "evaluate perturbation predictions against baselines"),
+    "predict": ("cellrlhf.evaluation.predict_cli", "sample a model's cells for held-out prompts"),
+    "evaluate": ("cellrlhf.evaluation.cli", "models vs baselines and ceilings on held-out data"),
     "chat": ("cellrlhf.chat.repl", "chat with a model about your cells in the terminal"),
     "serve": ("cellrlhf.chat.web", "serve a chat web app (gradio) on 127.0.0.1"),
     "push": ("cellrlhf.hub.push", "share a model or dataset on the Hugging Face Hub"),

@@ -16,17 +16,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellrlhf.pipeline.report_data import RunArtifacts, collect_artifacts
+from cellrlhf.pipeline.report_data import EvaluationArtifacts, RunArtifacts, collect_artifacts
 from cellrlhf.pipeline.report_plots import plot_history, plot_timings
 from cellrlhf.pipeline.spec import PipelineSpec
 
-__all__ = ["SECTION_TITLES", "Section", "build_sections", "write_report"]
+__all__ = [
+    "EVALUATION_TITLE",
+    "SECTION_TITLES",
+    "Section",
+    "build_sections",
+    "evaluation_tables",
+    "write_report",
+]
 
+EVALUATION_TITLE = "Held-out perturbations: models vs baselines and ceilings"
 SECTION_TITLES = (
     "Data",
     "Training and reward curves",
     "Reward model",
     "Held-out perturbations",
+    EVALUATION_TITLE,
     "Predicted vs real change",
     "Generated-cell validity",
     "Timings",
@@ -158,13 +167,115 @@ def _metrics_section(art: RunArtifacts) -> Section:
         sec.text(f"`{name}`")
         sec.table(frame.round(4) if hasattr(frame, "round") else frame)
     if not sec.blocks:
-        sec.text("No evaluation table found (the eval stage has not run).")
+        sec.text(
+            "No held-out monitor or evaluation table found here"
+            + (" (the evaluation stage has its own section below)." if art.evaluation else ".")
+        )
     else:
         sec.text(
             "Read every model row against the baselines (control mean, training mean, additive for "
             "combinations) and the ceilings (split-half real vs real, representation ceiling)."
         )
     return sec
+
+
+# columns of the evaluation tables in the report (those present are shown)
+_EVAL_COLUMNS = (
+    "method",
+    "method_type",
+    "cell_context",
+    "kind",
+    "n_perturbations",
+    "pearson_delta",
+    "pearson_delta_top20",
+    "discrimination_score_l1",
+    "overlap_at_N",
+    "mae",
+    "valid_fraction",
+    "distinct_sentence_fraction",
+)
+
+
+def evaluation_tables(evaluation: EvaluationArtifacts) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The report's two tables: all contexts by kind (single / combo), and each context."""
+    summary = evaluation.summary
+    if summary is None or summary.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    columns = [c for c in _EVAL_COLUMNS if c in summary.columns]
+    overall = summary[(summary["cell_context"] == "all") & (summary["kind"] != "all")]
+    if overall.empty:
+        overall = summary[summary["cell_context"] == "all"]
+    per_context = summary[(summary["cell_context"] != "all") & (summary["kind"] == "all")]
+    drop = ["cell_context"]
+    return (
+        overall[[c for c in columns if c not in drop]].round(3).reset_index(drop=True),
+        per_context[[c for c in columns if c != "kind"]].round(3).reset_index(drop=True),
+    )
+
+
+def _evaluation_section(art: RunArtifacts, out_dir: Path) -> Section:
+    sec = Section(EVALUATION_TITLE)
+    evaluation = art.evaluation
+    if evaluation is None:
+        sec.text("No evaluation found (the evaluate stage has not run).")
+        return sec
+    manifest = evaluation.manifest
+    if evaluation.simulated or art.simulated:
+        sec.text(
+            "**SIMULATED DATA.** These scores describe the simulator, not biology: do not "
+            "read them as evidence about real perturbation responses."
+        )
+    settings = manifest.get("settings") or {}
+    models = ", ".join(f"`{m}`" for m in manifest.get("models") or {}) or "none"
+    skipped = manifest.get("skipped_models") or []
+    sec.text(
+        f"Models {models}"
+        + (f" (left out, not found: {', '.join(skipped)})" if skipped else "")
+        + f": {settings.get('cells_per_prompt')} cells sampled per held-out prompt at temperature "
+        f"{settings.get('temperature')} (seed {settings.get('seed')}), decoded with the dataset's "
+        "decoder; the model's control is the real control through the same decoder. Every "
+        "method is scored per cell context on the same real test cells. Baselines (`control`, "
+        "`mean`, `additive`, `ridge`, `nearest`) learn from the training cells; ceilings: "
+        "`split_half` (real vs real; Spearman-Brown at full depth in the per-context files) and "
+        "`representation_decoder` (real cells through encode -> decode)."
+    )
+    for names in manifest.get("identical_models") or []:
+        steps = {n: (manifest["models"].get(n) or {}).get("selected_step") for n in names}
+        kept = [f"{n} (best held-out step {s})" for n, s in steps.items() if s is not None]
+        sec.text(
+            f"**{', '.join(names)} have identical weights**, so their rows are the same: an RL "
+            "stage saves its best held-out policy, which was its starting point"
+            + (f" ({'; '.join(kept)})." if kept else ".")
+            + " The last policy of each RL stage is in its `last/` directory."
+        )
+    overall, per_context = evaluation_tables(evaluation)
+    if len(overall):
+        sec.text("All cell contexts (mean over context x perturbation), by kind:")
+        sec.table(overall)
+    if len(per_context):
+        sec.text("Per cell context (each against its own control):")
+        sec.table(per_context)
+    if evaluation.bar_plot:
+        sec.image(_copy(evaluation.bar_plot, out_dir, "eval_"), "metrics per cell context")
+    for png in evaluation.scatter_plots:
+        model = png.stem.removeprefix("pred_vs_real_")
+        sec.image(_copy(png, out_dir, "eval_"), f"{model}: predicted vs real change per gene")
+    sec.text("Generated-cell validity and diversity (per model and cell context):")
+    if evaluation.validity is not None and len(evaluation.validity):
+        sec.table(evaluation.validity.round(3))
+    if evaluation.validity_plot:
+        sec.image(_copy(evaluation.validity_plot, out_dir, "eval_"), "generated-cell validity")
+    sec.text(
+        f"Files: `{evaluation.path}` (metrics.csv per perturbation, summary.csv, metrics.md, "
+        "predictions/*.h5ad, manifest.json)."
+    )
+    return sec
+
+
+def _copy(path: Path, out_dir: Path, prefix: str) -> Path:
+    target = out_dir / f"{prefix}{path.name}"
+    shutil.copyfile(path, target)
+    return target
 
 
 def _images_section(
@@ -231,6 +342,7 @@ def build_sections(art: RunArtifacts, out_dir: Path) -> list[Section]:
             art, "Reward model", "reward_model_eval", "No reward-model evaluation found."
         ),
         _metrics_section(art),
+        _evaluation_section(art, out_dir),
         _images_section(
             art, out_dir, "Predicted vs real change", ("delta", "scatter", "pred_vs", "heldout")
         ),

@@ -13,7 +13,35 @@ from cellrlhf.pipeline.runner import latest_checkpoint
 from cellrlhf.pipeline.spec import PipelineSpec
 from cellrlhf.pipeline.stage_marker import read_markers
 
-__all__ = ["RunArtifacts", "collect_artifacts", "find_trainer_history"]
+__all__ = [
+    "EVALUATION_FORMAT",
+    "EvaluationArtifacts",
+    "RunArtifacts",
+    "collect_artifacts",
+    "find_trainer_history",
+    "read_evaluation",
+]
+
+# ``format`` of the manifest.json written by ``cellrlhf evaluate``
+EVALUATION_FORMAT = "cellrlhf.evaluation"
+
+
+@dataclass
+class EvaluationArtifacts:
+    """What ``cellrlhf evaluate`` left in its output directory."""
+
+    stage: str
+    path: Path
+    manifest: dict
+    summary: pd.DataFrame | None = None
+    validity: pd.DataFrame | None = None
+    bar_plot: Path | None = None
+    scatter_plots: list[Path] = field(default_factory=list)
+    validity_plot: Path | None = None
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.manifest.get("simulated"))
 
 
 @dataclass
@@ -27,6 +55,7 @@ class RunArtifacts:
     json_results: dict[str, dict] = field(default_factory=dict)
     metric_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     images: dict[str, list[Path]] = field(default_factory=dict)
+    evaluation: EvaluationArtifacts | None = None
 
     @property
     def simulated(self) -> bool:
@@ -67,6 +96,31 @@ _RESULT_FILES = (
 )
 
 
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+
+
+def _png(path: Path) -> Path | None:
+    return path if path.is_file() and path.stat().st_size > 0 else None
+
+
+def read_evaluation(stage: str, out: Path, manifest: dict) -> EvaluationArtifacts:
+    """Tables and plots of an evaluation output directory."""
+    return EvaluationArtifacts(
+        stage=stage,
+        path=out,
+        manifest=manifest,
+        summary=_read_csv(out / "summary.csv"),
+        validity=_read_csv(out / "validity.csv"),
+        bar_plot=_png(out / "metrics.png"),
+        scatter_plots=[p for p in sorted(out.glob("pred_vs_real_*.png")) if _png(p)],
+        validity_plot=_png(out / "validity.png"),
+    )
+
+
 def collect_artifacts(spec: PipelineSpec) -> RunArtifacts:
     """Read markers, manifests, histories, metric tables and plots of every stage."""
     art = RunArtifacts(spec=spec, markers=read_markers(spec.run_dir))
@@ -79,6 +133,9 @@ def collect_artifacts(spec: PipelineSpec) -> RunArtifacts:
         manifest = _read_json(out / "manifest.json")
         if stage.name == "data" and isinstance(manifest, dict):
             art.data_manifest = manifest
+        if isinstance(manifest, dict) and manifest.get("format") == EVALUATION_FORMAT:
+            art.evaluation = read_evaluation(stage.name, out, manifest)
+            continue  # shown in its own report section, not among the generic tables
         history = find_trainer_history(out)
         if history:
             art.histories[stage.name] = history

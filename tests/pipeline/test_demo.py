@@ -32,7 +32,12 @@ def test_demo_pipeline_file_names_every_stage_and_existing_configs():
     root = Path(__file__).resolve().parents[2]
     spec = load_pipeline(root / DEMO_PIPELINE, overrides={"run_dir": "r"})
     names = [s.name for s in spec.stages]
-    assert names == ["data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo"]
+    assert names == ["data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo", "evaluate"]
+    evaluate = spec.stage("evaluate").command
+    models = [evaluate[i + 1] for i, a in enumerate(evaluate) if a == "--model"]
+    assert models == ["sft=r/sft", "ppo=r/ppo", "grpo=r/grpo"]
+    assert evaluate[evaluate.index("--dataset_dir") + 1] == "r/data"
+    assert evaluate[evaluate.index("--out") + 1] == spec.stage("evaluate").output_dir == "r/eval"
     for flavour in ("tiny", "cpu_demo", "gpu"):
         spec = load_pipeline(root / DEMO_PIPELINE, overrides={"run_dir": "r", "flavour": flavour})
         for stage in spec.stages:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cellrlhf.pipeline.report import SECTION_TITLES
+from cellrlhf.pipeline.report import EVALUATION_TITLE, SECTION_TITLES
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-STAGES = ("data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo")
+STAGES = ("data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo", "evaluate")
 
 
 def _demo(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -60,9 +60,38 @@ def test_report_has_every_section_and_nonempty_plots(demo_run):
     assert "SIMULATED DATA" in page
     assert "ppo start (SFT)" in md and "grpo last" in md
     assert "pairwise_accuracy" in md
+    section = md.split(f"## {EVALUATION_TITLE}")[1].split("\n## ")[0]
+    assert "SIMULATED DATA" in section
+    for method in ("sft", "ppo", "grpo", "mean", "split_half", "representation_decoder"):
+        assert f"| {method} " in section, method
     pngs = list((run_dir / "report").glob("*.png"))
-    assert {p.name for p in pngs} >= {"curves_sft.png", "curves_ppo.png", "timings.png"}
+    assert {p.name for p in pngs} >= {
+        "curves_sft.png",
+        "curves_ppo.png",
+        "timings.png",
+        "eval_metrics.png",
+        "eval_pred_vs_real_ppo.png",
+        "eval_validity.png",
+    }
     assert all(p.stat().st_size > 2000 for p in pngs)
+
+
+@pytest.mark.slow
+def test_evaluation_outputs_score_every_model_per_context(demo_run):
+    import json
+
+    import pandas as pd
+
+    run_dir, _ = demo_run
+    out = run_dir / "eval"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["models"]) == ["sft", "ppo", "grpo"] and not manifest["skipped_models"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"sft", "ppo", "grpo", "control", "split_half"} <= set(summary["method"])
+    assert set(summary["method_type"]) == {"model", "baseline", "ceiling"}
+    for model in ("sft", "ppo", "grpo"):
+        assert (out / "predictions" / f"{model}.h5ad").stat().st_size > 0
+        assert (out / f"pred_vs_real_{model}.png").stat().st_size > 5000
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from cellrlhf.pipeline.report import SECTION_TITLES, write_report
+from cellrlhf.pipeline.report import EVALUATION_TITLE, SECTION_TITLES, write_report
 from cellrlhf.pipeline.runner import run_pipeline
 from cellrlhf.pipeline.spec import load_pipeline
 
@@ -55,3 +55,73 @@ def test_report_on_a_run_that_has_not_started(tmp_path):
     )
     md = write_report(spec)["markdown"].read_text()
     assert "No data manifest found" in md and "(not run)" in md
+
+
+def _png(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def test_evaluation_section_shows_table_plots_and_validity(tmp_path):
+    run = tmp_path / "run"
+    spec = load_pipeline(
+        {
+            "run_dir": str(run),
+            "stages": [
+                {"name": "data", "command": ["--version"], "output_dir": "{run_dir}/data"},
+                {"name": "evaluate", "command": ["--version"], "output_dir": "{run_dir}/eval"},
+            ],
+        }
+    )
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "manifest.json").write_text(json.dumps({"simulated": True}))
+    ev = run / "eval"
+    ev.mkdir()
+    rows = [
+        "method,method_type,cell_context,kind,n_perturbations,pearson_delta,mae,valid_fraction",
+        "ppo,model,all,single,3,0.512,0.2,0.97",
+        "mean,baseline,all,single,3,0.301,0.3,",
+        "split_half,ceiling,all,single,3,0.801,0.1,",
+        "ppo,model,all,all,3,0.512,0.2,0.97",
+        "ppo,model,K562,all,3,0.498,0.2,0.96",
+        "mean,baseline,K562,all,3,0.311,0.3,",
+    ]
+    (ev / "summary.csv").write_text("\n".join(rows) + "\n")
+    (ev / "metrics.csv").write_text("method,perturbation,pearson_delta\nppo,KLF1,0.5\n")
+    (ev / "validity.csv").write_text(
+        "model,cell_context,valid_fraction,distinct_sentence_fraction\nppo,all,0.973,0.88\n"
+    )
+    for name in ("metrics.png", "pred_vs_real_ppo.png", "validity.png"):
+        _png(ev / name)
+    (ev / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": "cellrlhf.evaluation",
+                "simulated": True,
+                "models": {"sft": {}, "ppo": {"selected_step": 0}},
+                "identical_models": [["sft", "ppo"]],
+                "skipped_models": ["grpo"],
+                "settings": {"cells_per_prompt": 64, "temperature": 1.0, "seed": 0},
+            }
+        )
+    )
+    paths = write_report(spec)
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    section = md.split(f"## {EVALUATION_TITLE}")[1].split("\n## ")[0]
+    assert "SIMULATED DATA" in section and "left out, not found: grpo" in section
+    assert "| ppo" in section and "0.512" in section and "0.801" in section
+    assert "sft, ppo have identical weights" in section and "ppo (best held-out step 0)" in section
+    assert "| K562" in section and "0.498" in section
+    assert "0.973" in section, "generated-cell validity is shown"
+    for name in ("eval_metrics.png", "eval_pred_vs_real_ppo.png", "eval_validity.png"):
+        assert f"]({name})" in section and (paths["dir"] / name).stat().st_size > 1000
+    assert f"<h2>{EVALUATION_TITLE}</h2>" in page and "<td>0.512</td>" in page
+    # the long per-perturbation table is not repeated in the generic sections
+    assert "eval/metrics.csv" not in md

@@ -1,0 +1,401 @@
+"""Models, baselines and ceilings on the held-out perturbations, per cell context, in one table.
+
+For every model: :func:`~cellrlhf.evaluation.prediction.predict` on the RL test prompts. Then,
+per cell context (each has its own control), :func:`cellrlhf.reward.comparison.compare_methods`
+scores the models next to the baselines learned from the training cells of that context and the
+ceilings (split-half real vs real; the dataset decoder's representation ceiling), all against
+the same real test cells: the perturbations that were prompted, plus the context's control.
+
+Output directory::
+
+    metrics.csv        one row per (method, cell context, perturbation), every metric
+    summary.csv        means per (method, cell context, kind all/single/combo); context "all"
+                       averages over every (context, perturbation); model rows carry
+                       valid_fraction, valid_cell_fraction and distinct_sentence_fraction
+    metrics.md         the summary as Markdown, one table per context
+    metrics.png        metric bars per context; validity.png; pred_vs_real_<model>.png
+    contexts/<ctx>/    the reward stage's report of each context (its own tables and plots)
+    predictions/<model>.h5ad
+    manifest.json      models, dataset fingerprint, settings, seeds, time
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellrlhf.evaluation.settings import EvalSettings
+
+__all__ = [
+    "EvaluationResult",
+    "evaluate_models",
+    "identical_models",
+    "method_type",
+    "MODEL_COLUMNS",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_COLUMNS = ("valid_fraction", "valid_cell_fraction", "distinct_sentence_fraction")
+ALL_CONTEXTS = "all"
+REPRESENTATION = "representation_decoder"
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_models` wrote and computed."""
+
+    out_dir: Path
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    validity: pd.DataFrame
+    paths: dict[str, Path] = field(default_factory=dict)
+    evaluations: dict[str, dict] = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+
+
+def method_type(method: str, models: set[str] | frozenset[str]) -> str:
+    """``"model"``, ``"ceiling"`` (split-half, representation) or ``"baseline"``."""
+    if method in models:
+        return "model"
+    if method.startswith(("split_half", "representation_")):
+        return "ceiling"
+    return "baseline"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "context"
+
+
+def _subset(adata, mask):
+    return adata[np.asarray(mask, dtype=bool)].copy()
+
+
+def _validity_table(predictions: Mapping[str, object]) -> pd.DataFrame:
+    """Per model and context: valid-gene, valid-cell and distinct-sentence fractions."""
+    from cellrlhf.evaluation.prediction import CONTROL_KIND
+    from cellrlhf.reward.diversity import distinct_fraction
+
+    rows = []
+    for name, pred in predictions.items():
+        obs = pred.obs[pred.obs["split_kind"] != CONTROL_KIND]
+        for ctx, part in [(ALL_CONTEXTS, obs), *obs.groupby("cell_context", observed=True)]:
+            genes = part["n_genes"].to_numpy(dtype=float)
+            fractions = part["valid_gene_fraction"].to_numpy(dtype=float)
+            words = np.where(fractions > 0, genes / np.maximum(fractions, 1e-12), 0.0)
+            codes = part["prompt_index"].to_numpy()
+            _, codes = np.unique(codes, return_inverse=True)
+            rows.append(
+                {
+                    "model": name,
+                    "cell_context": str(ctx),
+                    "n_cells": len(part),
+                    "valid_fraction": float(genes.sum() / max(words.sum(), 1.0)),
+                    "valid_cell_fraction": float(part["valid"].mean()),
+                    "closed_fraction": float(part["closed"].mean()),
+                    "distinct_sentence_fraction": float(
+                        np.mean(distinct_fraction(part["cell_sentence"].tolist(), codes))
+                    ),
+                    "mean_genes": float(genes.mean()) if len(genes) else 0.0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _context_evaluation(ctx, real_test, real_train, predictions, decoder, settings, manifest):
+    from cellrlhf.data.schema import CONTROL_LABEL
+    from cellrlhf.reward.comparison import compare_methods
+
+    preds = {
+        name: _subset(pred, pred.obs["cell_context"].astype(str) == ctx)
+        for name, pred in predictions.items()
+    }
+    prompted = set()
+    for pred in preds.values():
+        prompted |= set(pred.obs["perturbation"].astype(str)) - {CONTROL_LABEL}
+    labels = real_test.obs["perturbation"].astype(str)
+    in_ctx = real_test.obs["cell_context"].astype(str) == ctx
+    real = _subset(real_test, in_ctx & (labels.isin(prompted) | (labels == CONTROL_LABEL)))
+    train = _subset(real_train, real_train.obs["cell_context"].astype(str) == ctx)
+    if not (real.obs["perturbation"] == CONTROL_LABEL).any():
+        logger.warning("context %s has no control cells in the test data; skipped", ctx)
+        return None
+    sentences = (manifest.get("config") or {}).get("sentences") or {}
+    return compare_methods(
+        real,
+        predictions=preds,
+        train=train,
+        baselines=settings.baselines,
+        split_half_ceiling=settings.split_half_ceiling,
+        decoders={"decoder": decoder} if settings.representation_ceiling else None,
+        control=CONTROL_LABEL,
+        seed=settings.seed,
+        encode_kwargs={"top_k": sentences.get("top_k"), "seed": int(sentences.get("seed", 0))},
+        top_k=settings.top_k,
+        de=settings.de,
+    )
+
+
+def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
+    from cellrlhf.reward.comparison import SPLIT_HALF
+    from cellrlhf.reward.eval_report import combine, summary_table
+    from cellrlhf.reward.evaluate import summarize
+
+    metrics = pd.concat(
+        [combine(evals).assign(cell_context=ctx) for ctx, evals in evaluations.items()],
+        ignore_index=True,
+    )
+    per_context = [
+        summary_table(evals, spearman_brown_from=SPLIT_HALF).assign(cell_context=ctx)
+        for ctx, evals in evaluations.items()
+    ]
+    overall = summarize(metrics.drop(columns="cell_context"), by=("method",)).assign(
+        cell_context=ALL_CONTEXTS
+    )
+    summary = pd.concat([overall, *per_context], ignore_index=True)
+    summary.insert(1, "method_type", [method_type(m, models) for m in summary["method"]])
+    lead = ["method", "method_type", "cell_context", "kind", "n_perturbations"]
+    summary = summary[lead + [c for c in summary.columns if c not in lead]]
+    if len(validity):
+        extra = validity.rename(columns={"model": "method"})[
+            ["method", "cell_context", *MODEL_COLUMNS]
+        ]
+        summary = summary.merge(extra, on=["method", "cell_context"], how="left")
+    metrics.insert(1, "method_type", [method_type(m, models) for m in metrics["method"]])
+    lead = ["method", "method_type", "cell_context", "perturbation", "kind"]
+    metrics = metrics[lead + [c for c in metrics.columns if c not in lead]]
+    return metrics, summary
+
+
+def _markdown(summary, validity, manifest: dict, settings: EvalSettings, models, same) -> str:
+    from cellrlhf.reward.eval_report import KEY_METRICS, markdown_summary
+
+    lines = ["# Held-out perturbations: models vs baselines and ceilings", ""]
+    if manifest.get("simulated"):
+        lines += ["**SIMULATED DATA**: every number describes the simulator, not biology.", ""]
+    lines += [
+        f"Dataset `{manifest.get('name', '')}` (fingerprint `{str(manifest.get('fingerprint'))[:12]}`); "
+        f"models: {', '.join(f'`{m}`' for m in models)}; {settings.cells_per_prompt} sampled "
+        f"cells per held-out prompt at temperature {settings.temperature}, seed {settings.seed}.",
+        "",
+        "Every method is scored on the same real test cells of each cell context (its own "
+        "control). Baselines learn from the training cells; `split_half` is the real-vs-real "
+        "ceiling (Spearman-Brown: at full depth); `representation_decoder` is real cells through "
+        "encode -> decode, the best any sentence model can do with this decoder. Model control "
+        "rows are the real control cells through the same decoder.",
+        "",
+    ]
+    for names in same:
+        lines += [
+            f"Note: {', '.join(f'`{n}`' for n in names)} have identical weights (an RL stage "
+            "keeps its best held-out policy, which can be its starting point), so their rows "
+            "are the same.",
+            "",
+        ]
+    metrics = (*KEY_METRICS, *MODEL_COLUMNS)
+    for ctx in dict.fromkeys(summary["cell_context"]):
+        title = "all contexts (mean over context x perturbation)" if ctx == ALL_CONTEXTS else ctx
+        lines += [
+            f"## {title}",
+            "",
+            markdown_summary(summary[summary["cell_context"] == ctx], metrics),
+        ]
+    if len(validity):
+        lines += ["## Generated-cell validity", "", validity.round(4).to_markdown(index=False), ""]
+    return "\n".join(lines)
+
+
+def evaluate_models(
+    dataset_dir: str | os.PathLike,
+    models: Mapping[str, str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    settings: EvalSettings | None = None,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    skip_missing: bool = False,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Predict with every model and score models, baselines and ceilings per cell context.
+
+    Parameters
+    ----------
+    dataset_dir
+        The built dataset the models were trained on.
+    models
+        Model name -> saved model directory.
+    out_dir
+        Where the tables, plots, predictions and manifest are written (created).
+    settings
+        Sampling and scoring settings (:class:`~cellrlhf.evaluation.settings.EvalSettings`).
+    data_dir, cache_dir
+        Where the dataset's source data are found (``$CELLRLHF_DATA_DIR`` is searched too).
+    skip_missing
+        Leave out model directories that do not exist (with a warning) instead of raising.
+    progress
+        Progress bars.
+    """
+    from cellrlhf import __version__
+    from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.evaluation.model_dirs import resolve_model_dirs
+    from cellrlhf.evaluation.plots import plot_change_scatter, plot_metric_bars, plot_validity
+    from cellrlhf.evaluation.prediction import predict
+    from cellrlhf.evaluation.real_data import real_cells
+    from cellrlhf.reward.eval_report import write_report
+
+    started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
+    settings = settings or EvalSettings()
+    model_dirs = resolve_model_dirs(models, skip_missing=skip_missing)
+    out = Path(out_dir)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    built = load_built_dataset(dataset_dir)
+    manifest = built.manifest
+    kwargs = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+    real_test = real_cells(dataset_dir, "test", **kwargs)
+    real_train = real_cells(dataset_dir, "train", **kwargs)
+
+    predictions, paths = {}, {}
+    for name, path in model_dirs.items():
+        pred = predict(
+            path,
+            dataset_dir,
+            real_test=real_test,
+            name=name,
+            progress=progress,
+            **settings.predict_kwargs(),
+        )
+        paths[f"prediction_{name}"] = out / "predictions" / f"{_safe_name(name)}.h5ad"
+        pred.write_h5ad(paths[f"prediction_{name}"])
+        predictions[name] = pred
+
+    decoder = built.decoder
+    contexts = sorted({str(c) for p in predictions.values() for c in p.obs["cell_context"]})
+    evaluations: dict[str, dict] = {}
+    for ctx in contexts:
+        logger.info("scoring cell context %s", ctx)
+        evals = _context_evaluation(
+            ctx, real_test, real_train, predictions, decoder, settings, manifest
+        )
+        if evals is None:
+            continue
+        evaluations[ctx] = evals
+        write_report(
+            evals,
+            out / "contexts" / _safe_name(ctx),
+            title=f"Held-out perturbations in {ctx}",
+            scatter_method=next(iter(predictions)),
+            spearman_brown_from="split_half",
+            notes=["**SIMULATED DATA**"] if manifest.get("simulated") else (),
+        )
+    if not evaluations:
+        raise ValueError("no cell context could be scored (no test control cells in any).")
+
+    validity = _validity_table(predictions)
+    records = {name: _model_record(model_dirs[name], pred) for name, pred in predictions.items()}
+    same = identical_models(records)
+    metrics, summary = _summaries(evaluations, set(predictions), validity)
+    paths.update(
+        metrics_csv=out / "metrics.csv",
+        summary_csv=out / "summary.csv",
+        validity_csv=out / "validity.csv",
+        markdown=out / "metrics.md",
+    )
+    metrics.to_csv(paths["metrics_csv"], index=False)
+    summary.to_csv(paths["summary_csv"], index=False)
+    validity.to_csv(paths["validity_csv"], index=False)
+    paths["markdown"].write_text(
+        _markdown(summary, validity, manifest, settings, list(predictions), same)
+    )
+    bars = plot_metric_bars(summary, out / "metrics.png", models=list(predictions))
+    if bars:
+        paths["bar_plot"] = bars
+    for name in predictions:
+        png = plot_change_scatter(
+            evaluations,
+            name,
+            out / f"pred_vs_real_{_safe_name(name)}.png",
+            n_panels=settings.scatter_perturbations,
+        )
+        if png:
+            paths[f"scatter_{name}"] = png
+    png = plot_validity(validity[validity["cell_context"] == ALL_CONTEXTS], out / "validity.png")
+    if png:
+        paths["validity_plot"] = png
+
+    run_manifest = {
+        "format": "cellrlhf.evaluation",
+        "version": 1,
+        "cellrlhf_version": __version__,
+        "started": started,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "simulated": bool(manifest.get("simulated")),
+        "dataset": {
+            "dir": str(dataset_dir),
+            "name": manifest.get("name"),
+            "fingerprint": manifest.get("fingerprint"),
+            "source_sha256": (manifest.get("source") or {}).get("sha256"),
+            "split_kind": (manifest.get("split") or {}).get("kind"),
+        },
+        "models": records,
+        "identical_models": same,
+        "skipped_models": sorted(set(models) - set(model_dirs)),
+        "settings": settings.to_dict(),
+        "seeds": {
+            "sampling": settings.seed,
+            "prompt_subsample": settings.seed,
+            "split_half": settings.seed,
+        },
+        "cell_contexts": list(evaluations),
+        "files": {k: str(p.relative_to(out)) for k, p in paths.items()},
+    }
+    paths["manifest"] = out / "manifest.json"
+    paths["manifest"].write_text(json.dumps(run_manifest, indent=1, default=_json_default))
+    logger.info("evaluation written to %s in %.0f s", out, run_manifest["seconds"])
+    return EvaluationResult(out, metrics, summary, validity, paths, evaluations, run_manifest)
+
+
+def _model_record(model_dir: Path, pred) -> dict:
+    """Where a model came from: directory, stage, weights checksum, RL policy selection."""
+    from cellrlhf.data.registry import file_sha256
+
+    uns = pred.uns["cellrlhf_prediction"]
+    weights = model_dir / "model.safetensors"
+    record = {
+        "dir": str(model_dir),
+        "stage": uns["params"]["model_stage"],
+        "weights_sha256": file_sha256(weights) if weights.is_file() else None,
+        "validity": uns["validity"],
+        "diversity": uns["diversity"],
+    }
+    history = model_dir / "heldout_eval_history.json"
+    if history.is_file():
+        selection = json.loads(history.read_text()).get("selection") or {}
+        record["selected_step"] = selection.get("best_step")
+    return record
+
+
+def identical_models(models: Mapping[str, dict]) -> list[list[str]]:
+    """Groups of model names whose saved weights are byte-identical (e.g. an RL stage that
+    kept its starting policy as the best one)."""
+    groups: dict[str, list[str]] = {}
+    for name, record in models.items():
+        if record.get("weights_sha256"):
+            groups.setdefault(record["weights_sha256"], []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,82 @@
+"""Model directories named on the command line: ``name=DIR``, checked before anything runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+__all__ = ["ModelDirError", "parse_model_args", "resolve_model_dirs"]
+
+logger = logging.getLogger(__name__)
+
+# a model directory is complete when a stage has written these
+_REQUIRED = ("config.json", "model.safetensors", "gene_vocab.json", "expression_decoder.json")
+
+
+class ModelDirError(FileNotFoundError):
+    """A model directory is missing or incomplete."""
+
+
+def parse_model_args(values: Iterable[str]) -> dict[str, str]:
+    """``["sft=runs/x/sft", "ppo=runs/x/ppo"]`` -> ``{"sft": ..., "ppo": ...}``."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--model {value!r}: write NAME=DIR (e.g. --model ppo=runs/demo/ppo).")
+        if name in out:
+            raise ValueError(f"--model name {name!r} is given twice.")
+        out[name] = path
+    return out
+
+
+def _problem(path: Path) -> str | None:
+    if not path.is_dir():
+        return "does not exist"
+    if not (path / "model.safetensors").is_file() and (path / "adapter_config.json").is_file():
+        return None  # a PEFT adapter directory: the loader checks the rest
+    missing = [name for name in _REQUIRED if not (path / name).is_file()]
+    if missing and any((path / n).is_file() for n in ("model.safetensors.index.json",)):
+        missing = [m for m in missing if m != "model.safetensors"]
+    return f"lacks {missing}" if missing else None
+
+
+def resolve_model_dirs(
+    models: Mapping[str, str | os.PathLike], *, skip_missing: bool = False
+) -> dict[str, Path]:
+    """Check every model directory; missing ones raise, or are left out with a warning.
+
+    Parameters
+    ----------
+    models
+        Name -> model directory.
+    skip_missing
+        Leave out missing or incomplete directories (a pipeline stage that was skipped) with a
+        warning instead of raising.
+
+    Raises
+    ------
+    ModelDirError
+        A directory is missing or incomplete (and ``skip_missing`` is off), or none is left.
+    """
+    found: dict[str, Path] = {}
+    for name, path in models.items():
+        path = Path(path)
+        problem = _problem(path)
+        if problem is None:
+            found[name] = path
+            continue
+        message = (
+            f"model {name!r}: {path} {problem}; it is not a saved model directory (did its "
+            "training stage run and finish?)."
+        )
+        if not skip_missing:
+            raise ModelDirError(message + " Pass --skip-missing to evaluate the others.")
+        logger.warning("%s Left out (--skip-missing).", message)
+    if not found:
+        raise ModelDirError(
+            f"no model to evaluate: none of {sorted(models)} is a saved model directory."
+        )
+    return found

@@ -1,0 +1,315 @@
+"""A saved model's predicted cells for the held-out RL prompts of a dataset, as AnnData.
+
+For every RL test prompt (one perturbation in one cell context) the model writes
+``cells_per_prompt`` answers, sampled as the RL trainers sample (temperature 1.0, no top-k / top-p
+truncation: the distribution RL optimised). Each answer's cell sentence is extracted
+(:func:`~cellrlhf.cell2text.markup.extract_cell`) and decoded with the *dataset's*
+:class:`~cellrlhf.cell2text.decoder.ExpressionDecoder`. The control rows are the real control
+cells of the test split passed through encode -> decode with the same decoder, i.e. the control
+as the model sees it, so that predicted changes are not dominated by the decoder's bias (see
+``docs/perturbation-rl-findings.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["PREDICTION_KEY", "RL_TEST_COLUMNS", "predict", "load_test_prompts"]
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_KEY = "cellrlhf_prediction"
+RL_TEST_COLUMNS = ("prompt", "perturbation", "cell_context", "split_kind")
+CONTROL_KIND = "control"
+
+
+def load_test_prompts(dataset_dir: str | os.PathLike, *, max_prompts: int | None, seed: int):
+    """The ``rl/test`` rows to evaluate: all, or a seeded subsample of ``max_prompts``.
+
+    Returns
+    -------
+    (rows, indices): the ``datasets.Dataset`` of the chosen rows and their row indices in
+    ``rl/test``.
+    """
+    from datasets import load_from_disk
+
+    rl_dir = Path(dataset_dir) / "rl"
+    if not rl_dir.exists():
+        raise FileNotFoundError(
+            f"{dataset_dir} has no rl/ part: build the dataset with rl.enabled (the held-out "
+            "prompts are its test split)."
+        )
+    rl = load_from_disk(str(rl_dir))
+    if "test" not in rl:
+        raise ValueError(f"{rl_dir} has no test split (splits: {list(rl)}).")
+    test = rl["test"]
+    missing = [c for c in RL_TEST_COLUMNS if c not in test.column_names]
+    if missing:
+        raise ValueError(f"{rl_dir}/test lacks column(s) {missing}; rebuild the dataset.")
+    if len(test) == 0:
+        raise ValueError(
+            f"{rl_dir}/test is empty: no held-out perturbation had enough cells (see the "
+            "manifest's split.rl_skipped_groups)."
+        )
+    indices = np.arange(len(test))
+    if max_prompts is not None and max_prompts < len(test):
+        rng = np.random.default_rng(seed)
+        indices = np.sort(rng.choice(len(test), size=max_prompts, replace=False))
+    return test.select(indices.tolist()), indices
+
+
+def _answer_budget(manifest: dict, info: dict, n_genes: int) -> int:
+    """Sentence length + markup tokens (genes-as-text spends several tokens per gene)."""
+    top_k = ((manifest.get("config") or {}).get("sentences") or {}).get("top_k") or n_genes
+    per_gene = 4 if info.get("tokenizer_mode") == "genes_as_text" else 1
+    return int(top_k) * per_gene + 8
+
+
+def _check_same_genes(model_vocab, decoder, model_dir: Path, dataset_dir: Path) -> None:
+    if list(model_vocab.genes) != list(decoder.vocab.genes):
+        raise ValueError(
+            f"{model_dir} was trained on a different gene vocabulary than {dataset_dir} "
+            f"({len(model_vocab)} vs {len(decoder.vocab)} genes): evaluate a model on the dataset "
+            "it was trained on."
+        )
+
+
+def _decoded_controls(real_test, decoder, contexts: list[str], manifest: dict):
+    """Real test-split control cells of ``contexts`` through encode -> decode."""
+    from cellrlhf.data.schema import CONTROL_LABEL
+    from cellrlhf.reward.baselines import representation_ceiling
+
+    obs = real_test.obs
+    mask = (obs["perturbation"].astype(str) == CONTROL_LABEL).to_numpy()
+    mask &= obs["cell_context"].astype(str).isin(contexts).to_numpy()
+    if not mask.any():
+        raise ValueError(
+            f"the real test cells have no control cells in {contexts}; pass the output of "
+            "real_cells(dataset_dir, 'test') (controls included)."
+        )
+    sentences = (manifest.get("config") or {}).get("sentences") or {}
+    controls = real_test[mask].copy()
+    decoded = representation_ceiling(
+        controls,
+        decoder,
+        pert_col="perturbation",
+        top_k=sentences.get("top_k"),
+        seed=int(sentences.get("seed", 0)),
+    )
+    return decoded.X, controls.obs
+
+
+def _validity(report, extracted, finished: np.ndarray) -> dict:
+    found = np.asarray([e.found for e in extracted], dtype=bool)
+    closed = np.asarray([e.closed for e in extracted], dtype=bool)
+    out = {k: v for k, v in report.to_dict().items() if not isinstance(v, (list, dict))}
+    out.update(
+        marked_fraction=float(found.mean()) if len(found) else 0.0,
+        unclosed_fraction=float((found & ~closed).sum() / max(found.sum(), 1)),
+        finished_fraction=float(finished.mean()) if len(finished) else 0.0,
+    )
+    return out
+
+
+def predict(
+    model_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    *,
+    real_test=None,
+    cells_per_prompt: int = 64,
+    max_prompts: int | None = None,
+    seed: int = 0,
+    temperature: float = 1.0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
+    device_map=None,
+    dtype=None,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    progress: bool = True,
+):
+    """Sample a model's cells for the dataset's held-out prompts and decode them.
+
+    Parameters
+    ----------
+    model_dir
+        A saved model directory (``cellrlhf sft`` / ``ppo`` / ``grpo`` output).
+    dataset_dir
+        The built dataset the model was trained on (its ``rl/test`` prompts and decoder).
+    real_test
+        The real test cells (:func:`~cellrlhf.evaluation.real_data.real_cells`); read from the
+        source when ``None`` (then ``data_dir`` / ``cache_dir`` locate it).
+    cells_per_prompt
+        Answers sampled per prompt.
+    max_prompts
+        Seeded subsample of the prompts (``None``: all).
+    seed
+        Seed of the subsample and the sampling (forked RNG: global state is untouched).
+    temperature
+        Sampling temperature (> 0; plain sampling, no top-k / top-p).
+    max_new_tokens
+        Answer budget (default: the dataset's sentence length + 8 markup tokens).
+    batch_size
+        Answers per ``generate`` call.
+    device_map, dtype
+        Placement and precision, handed to transformers / accelerate.
+    name
+        Label of the model in logs and ``uns`` (default: the directory name).
+    progress
+        Progress bar over generation batches.
+
+    Returns
+    -------
+    AnnData of decoded cells (dataset vocabulary as ``var_names``, float32 CSR): generated cells
+    with ``obs`` ``perturbation``, ``cell_context``, ``split_kind``, ``prompt_index`` (row of
+    ``rl/test``), ``cell_sentence``, ``valid`` (a closed ``<cell> ... </cell>`` answer of known,
+    distinct genes), ``valid_gene_fraction``, ``n_genes``, ``closed``, ``finished``; then the
+    decoded control cells (``split_kind="control"``, ``prompt_index=-1``).
+    ``uns["cellrlhf_prediction"]`` holds ``params``, ``validity`` (decoder report, marked /
+    unclosed / finished fractions) and ``diversity`` (distinct-sentence fractions).
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from cellrlhf.cell2text.markup import extract_cell
+    from cellrlhf.chat.generation import ChatGenerator, GenerationSettings
+    from cellrlhf.chat.model_loading import load_model_dir
+    from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.reward.diversity import distinct_fraction
+
+    model_dir, dataset_dir = Path(model_dir), Path(dataset_dir)
+    name = name or model_dir.name
+    built = load_built_dataset(dataset_dir)
+    decoder = built.decoder
+    rows, indices = load_test_prompts(dataset_dir, max_prompts=max_prompts, seed=seed)
+    if real_test is None:
+        from cellrlhf.evaluation.real_data import real_cells
+
+        real_test = real_cells(
+            dataset_dir, "test", data_dir=data_dir, cache_dir=cache_dir, progress=progress
+        )
+    contexts = sorted(set(rows["cell_context"]))
+    control_X, control_obs = _decoded_controls(real_test, decoder, contexts, built.manifest)
+
+    loaded = load_model_dir(model_dir, device_map=device_map, dtype=dtype)
+    _check_same_genes(loaded.vocab, decoder, model_dir, dataset_dir)
+    budget = max_new_tokens or _answer_budget(built.manifest, loaded.info, len(decoder.vocab))
+    settings = GenerationSettings(
+        max_new_tokens=budget, temperature=temperature, top_p=1.0, top_k=0, seed=seed
+    )
+    generator = ChatGenerator(loaded.model, loaded.tokenizer)
+    prompt_of = np.repeat(np.arange(len(rows)), cells_per_prompt)
+    prompts = list(rows["prompt"])
+    logger.info(
+        "%s: sampling %d cells for each of %d held-out prompts (temperature %.2f, %d tokens)",
+        name,
+        cells_per_prompt,
+        len(rows),
+        temperature,
+        budget,
+    )
+    completions = generator.generate(
+        [prompts[i] for i in prompt_of],
+        settings,
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"sample {name}",
+    )
+    extracted = [extract_cell(c.text) for c in completions]
+    sentences = [e.sentence for e in extracted]
+    X, report = decoder.decode(sentences)
+    finished = np.asarray([c.finished for c in completions], dtype=bool)
+    closed = np.asarray([e.closed for e in extracted], dtype=bool)
+    valid = (
+        closed
+        & (report.n_valid > 0)
+        & (report.n_unknown == 0)
+        & (report.n_duplicates == 0)
+        & (report.n_truncated == 0)
+    )
+
+    def pick(column: str) -> np.ndarray:
+        return np.asarray(rows[column], dtype=object)[prompt_of]
+
+    generated = pd.DataFrame(
+        {
+            "perturbation": pick("perturbation"),
+            "cell_context": pick("cell_context"),
+            "split_kind": pick("split_kind"),
+            "prompt_index": indices[prompt_of].astype(np.int64),
+            "cell_sentence": sentences,
+            "valid": valid,
+            "valid_gene_fraction": report.valid_fractions.astype(np.float32),
+            "n_genes": report.n_valid.astype(np.int64),
+            "closed": closed,
+            "finished": finished,
+        },
+        index=[f"{name}_p{indices[p]}_c{k % cells_per_prompt}" for k, p in enumerate(prompt_of)],
+    )
+    n_ctrl = control_X.shape[0]
+    controls = pd.DataFrame(
+        {
+            "perturbation": control_obs["perturbation"].astype(str).to_numpy(),
+            "cell_context": control_obs["cell_context"].astype(str).to_numpy(),
+            "split_kind": [CONTROL_KIND] * n_ctrl,
+            "prompt_index": np.full(n_ctrl, -1, dtype=np.int64),
+            "cell_sentence": [""] * n_ctrl,
+            "valid": np.ones(n_ctrl, dtype=bool),
+            "valid_gene_fraction": np.ones(n_ctrl, dtype=np.float32),
+            "n_genes": np.diff(sp.csr_matrix(control_X).indptr).astype(np.int64),
+            "closed": np.ones(n_ctrl, dtype=bool),
+            "finished": np.ones(n_ctrl, dtype=bool),
+        },
+        index=[f"decoded_control_{c}" for c in control_obs.index],
+    )
+    obs = pd.concat([generated, controls])
+    for column in ("perturbation", "cell_context", "split_kind"):
+        obs[column] = obs[column].astype(str)
+    per_prompt = distinct_fraction(sentences, prompt_of)
+    result = ad.AnnData(
+        X=sp.vstack([sp.csr_matrix(X), sp.csr_matrix(control_X)], format="csr").astype(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(list(decoder.vocab.genes))),
+    )
+    result.uns[PREDICTION_KEY] = {
+        "params": {
+            "model": name,
+            "model_dir": str(model_dir),
+            "model_stage": str(loaded.info.get("stage", "")),
+            "dataset_dir": str(dataset_dir),
+            "dataset_fingerprint": str(built.manifest.get("fingerprint", "")),
+            "simulated": bool(built.manifest.get("simulated")),
+            "cells_per_prompt": int(cells_per_prompt),
+            "n_prompts": len(rows),
+            "prompt_indices": indices.astype(np.int64),
+            "seed": int(seed),
+            "temperature": float(temperature),
+            "top_k": 0,
+            "top_p": 1.0,
+            "max_new_tokens": int(budget),
+            "batch_size": int(batch_size),
+            "control": "real test-split control cells, encode -> decode (dataset decoder)",
+        },
+        "validity": {
+            **_validity(report, extracted, finished),
+            "valid_cell_fraction": float(valid.mean()),
+        },
+        "diversity": {
+            "distinct_fraction": float(distinct_fraction(sentences)[0]),
+            "distinct_fraction_per_prompt": float(np.mean(per_prompt)),
+        },
+    }
+    logger.info(
+        "%s: %d cells, valid %.1f%%, distinct per prompt %.2f",
+        name,
+        len(sentences),
+        100 * float(valid.mean()),
+        float(np.mean(per_prompt)),
+    )
+    return result

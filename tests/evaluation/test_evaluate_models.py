@@ -1,0 +1,87 @@
+import json
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import pytest
+
+from cellrlhf.evaluation.cli import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def evaluation(sim_model_dir, sim_dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "out"
+    code = cli(
+        [
+            "--dataset_dir",
+            str(sim_dataset_dir),
+            "--model",
+            f"sft={sim_model_dir}",
+            "--model",
+            f"ppo={out.parent / 'no_such_model'}",
+            "--skip-missing",
+            "--config",
+            str(REPO / "configs" / "eval" / "tiny.yaml"),
+            "--max_prompts",
+            "4",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_table_has_model_rows_next_to_baselines_and_ceilings_per_context(evaluation):
+    summary = pd.read_csv(evaluation / "summary.csv")
+    contexts = set(summary["cell_context"]) - {"all"}
+    assert len(contexts) == 2 and "all" in set(summary["cell_context"])
+    for ctx in contexts:
+        part = summary[(summary["cell_context"] == ctx) & (summary["kind"] == "all")]
+        methods = set(part["method"])
+        assert {"sft", "control", "mean", "split_half", "representation_decoder"} <= methods
+        assert "ppo" not in methods
+        types = dict(zip(part["method"], part["method_type"], strict=True))
+        assert types["sft"] == "model" and types["mean"] == "baseline"
+        assert types["split_half"] == types["representation_decoder"] == "ceiling"
+        model = part[part["method"] == "sft"].iloc[0]
+        for column in ("valid_fraction", "valid_cell_fraction", "distinct_sentence_fraction"):
+            assert 0.0 <= model[column] <= 1.0
+        assert part[part["method"] == "mean"]["valid_fraction"].isna().all()
+        # every method is scored on the same perturbations of the context
+        counts = set(part[~part["method"].str.contains("Spearman")]["n_perturbations"])
+        assert len(counts) == 1
+    for column in ("pearson_delta", "discrimination_score_l1", "overlap_at_N", "mae"):
+        assert column in summary.columns
+    assert set(summary["kind"]) >= {"all", "single"}
+    metrics = pd.read_csv(evaluation / "metrics.csv")
+    assert {"method", "method_type", "cell_context", "perturbation", "kind"} <= set(metrics.columns)
+    # the ceiling is a ceiling: the split-half correlation beats the control baseline's
+    ceiling = metrics[metrics["method"] == "split_half"]["pearson_delta"].mean()
+    assert ceiling > 0.2
+
+
+def test_outputs_plots_predictions_and_manifest(evaluation, sim_dataset_dir):
+    for png in ("metrics.png", "pred_vs_real_sft.png", "validity.png"):
+        assert (evaluation / png).stat().st_size > 5000, png
+    md = (evaluation / "metrics.md").read_text()
+    assert "SIMULATED DATA" in md and "| sft |" in md and "| split_half |" in md
+    pred = ad.read_h5ad(evaluation / "predictions" / "sft.h5ad")
+    generated = pred.obs[pred.obs["split_kind"] != "control"]
+    assert generated["prompt_index"].nunique() == 4
+    assert (generated.groupby("prompt_index").size() == 8).all()
+    manifest = json.loads((evaluation / "manifest.json").read_text())
+    data_manifest = json.loads((sim_dataset_dir / "manifest.json").read_text())
+    assert manifest["format"] == "cellrlhf.evaluation" and manifest["simulated"] is True
+    assert manifest["dataset"]["fingerprint"] == data_manifest["fingerprint"]
+    assert list(manifest["models"]) == ["sft"] and manifest["skipped_models"] == ["ppo"]
+    assert manifest["settings"]["cells_per_prompt"] == 8
+    assert manifest["settings"]["max_prompts"] == 4 and manifest["seeds"]["sampling"] == 3
+    assert manifest["started"].endswith("Z") and manifest["seconds"] > 0
+    for name in manifest["files"].values():
+        assert (evaluation / name).exists()

@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+
+from cellrlhf.evaluation.prediction import PREDICTION_KEY, load_test_prompts, predict
+
+CELLS = 8
+
+
+@pytest.fixture(scope="module")
+def prediction(sim_model_dir, sim_dataset_dir, sim_real_test):
+    return predict(
+        sim_model_dir,
+        sim_dataset_dir,
+        real_test=sim_real_test,
+        cells_per_prompt=CELLS,
+        max_prompts=3,
+        seed=7,
+        batch_size=12,
+        progress=False,
+    )
+
+
+def test_prediction_has_every_prompt_its_cells_and_the_decoded_control(
+    prediction, sim_dataset_dir, sim_real_test
+):
+    from cellrlhf.cell2text.vocab import GeneVocab
+
+    pred = prediction
+    assert list(pred.var_names) == list(GeneVocab.load(sim_dataset_dir).genes)
+    generated = pred.obs[pred.obs["split_kind"] != "control"]
+    rows, indices = load_test_prompts(sim_dataset_dir, max_prompts=3, seed=7)
+    assert sorted(set(generated["prompt_index"])) == sorted(indices.tolist())
+    assert (generated.groupby("prompt_index").size() == CELLS).all()
+    for index, row in zip(indices, rows, strict=True):
+        cells = generated[generated["prompt_index"] == index]
+        assert set(cells["perturbation"]) == {row["perturbation"]}
+        assert set(cells["cell_context"]) == {row["cell_context"]}
+        assert set(cells["split_kind"]) == {row["split_kind"]}
+    controls = pred.obs[pred.obs["split_kind"] == "control"]
+    assert set(controls["perturbation"]) == {"control"}
+    assert (controls["prompt_index"] == -1).all()
+    real_ctrl = sim_real_test.obs[
+        (sim_real_test.obs["perturbation"] == "control")
+        & sim_real_test.obs["cell_context"].isin(set(rows["cell_context"]))
+    ]
+    assert len(controls) == len(real_ctrl)
+    for column in (
+        "valid",
+        "valid_gene_fraction",
+        "n_genes",
+        "closed",
+        "finished",
+        "cell_sentence",
+    ):
+        assert column in pred.obs
+    # decoded rows hold exactly the genes decoded from each sentence
+    counts = np.diff(pred.X.tocsr().indptr)[: len(generated)]
+    assert (counts == generated["n_genes"].to_numpy()).all()
+    uns = pred.uns[PREDICTION_KEY]
+    assert uns["params"]["cells_per_prompt"] == CELLS and uns["params"]["temperature"] == 1.0
+    assert uns["params"]["seed"] == 7 and uns["params"]["simulated"]
+    for key in ("valid_fraction", "duplicate_fraction", "unclosed_fraction", "valid_cell_fraction"):
+        assert 0.0 <= uns["validity"][key] <= 1.0
+    assert 0.0 < uns["diversity"]["distinct_fraction"] <= 1.0
+    assert uns["validity"]["valid_cell_fraction"] == pytest.approx(generated["valid"].mean())
+
+
+def test_decoded_control_matches_the_builds_decoded_control(prediction, sim_dataset_dir):
+    """Where the build used every control cell of a context, the pseudo-bulks agree."""
+    manifest = json.loads((sim_dataset_dir / "manifest.json").read_text())
+    cap = manifest["config"]["rl"]["max_control_cells"]
+    rows, _ = load_test_prompts(sim_dataset_dir, max_prompts=None, seed=0)
+    pred = prediction
+    checked = 0
+    for ctx in sorted(set(pred.obs["cell_context"])):
+        ctrl = (pred.obs["split_kind"] == "control") & (pred.obs["cell_context"] == ctx)
+        if ctrl.sum() > cap:
+            continue
+        ours = np.asarray(pred.X[ctrl.to_numpy()].mean(axis=0)).ravel()
+        built = np.asarray(
+            rows[[c == ctx for c in rows["cell_context"]].index(True)]["decoded_control"]
+        )
+        np.testing.assert_allclose(ours, built, rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked >= 1
+
+
+def test_same_seed_same_cells_other_seed_other_cells(
+    prediction, sim_model_dir, sim_dataset_dir, sim_real_test
+):
+    kwargs = dict(real_test=sim_real_test, cells_per_prompt=CELLS, max_prompts=3, batch_size=12)
+    again = predict(sim_model_dir, sim_dataset_dir, seed=7, progress=False, **kwargs)
+    assert again.obs["cell_sentence"].tolist() == prediction.obs["cell_sentence"].tolist()
+    assert (again.X != prediction.X).nnz == 0
+    other = predict(sim_model_dir, sim_dataset_dir, seed=8, progress=False, **kwargs)
+    assert other.obs["cell_sentence"].tolist() != prediction.obs["cell_sentence"].tolist()
+
+
+def test_a_model_of_other_genes_is_refused(sim_model_dir, sim_dataset_dir, sim_real_test, tmp_path):
+    import shutil
+
+    from cellrlhf.cell2text.vocab import GeneVocab
+
+    other = tmp_path / "model"
+    shutil.copytree(sim_model_dir, other)
+    genes = list(GeneVocab.load(other).genes)
+    GeneVocab([*genes[1:], genes[0]]).save(other)
+    with pytest.raises(ValueError, match="different gene vocabulary"):
+        predict(other, sim_dataset_dir, real_test=sim_real_test, cells_per_prompt=1, progress=False)
