@@ -93,6 +93,7 @@ def _run_logged(argv: list[str], log_path: Path, env: dict[str, str]) -> int:
         assert proc.stdout is not None
         while chunk := proc.stdout.read1(4096):
             log.write(chunk)
+            log.flush()  # users tail the stage log while it runs
             sys.stderr.buffer.write(chunk)
             sys.stderr.buffer.flush()
         return proc.wait()
