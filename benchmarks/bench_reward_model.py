@@ -7,8 +7,12 @@ The whole chain, each stage through its own ``cellrlhf`` command (outputs reused
 2. ``cellrlhf sft``: a small Llama from scratch on the perturbation-response task;
 3. ``cellrlhf preferences``: N completions per RL prompt, group-aware scores, pairs + hard
    negatives (train split -> training pairs, test split -> evaluation pairs);
-4. ``cellrlhf reward``: reward models, side by side: trained on all pair kinds, and on sampled
-   pairs only (no hard negatives); plus the untrained model (SFT backbone, new head) as floor.
+4. ``cellrlhf reward``: reward models side by side: all pair kinds vs sampled pairs only (no
+   hard negatives), with and without TRL's margin loss (margin = score difference), and with
+   twice the pairs (a second sample); the untrained model (SFT backbone, new head) as floor.
+5. Diagnostics from the second sample: the reward models on SEEN perturbations (new
+   completions), and the reliability of the labels themselves (each completion re-scored as a
+   member of an independent group).
 
 Prints one table (pairwise accuracy overall and per kind, Spearman of the reward-model score
 with the true group-aware score over held-out completions, pooled and within prompt) and
@@ -64,6 +68,21 @@ def untrained_eval(sft: Path, prefs: Path) -> dict:
     pairs, completions = load_preferences(prefs, "test")
     result = evaluate_reward_model(model, tokenizer, pairs, completions, progress=False)
     return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def write_two_sample_pairs(prefs_a: Path, prefs_b: Path, out: Path) -> None:
+    """A preference directory training on both samples' train pairs (test pairs: sample A's)."""
+    import shutil
+
+    from datasets import DatasetDict, concatenate_datasets, load_from_disk
+
+    a = load_from_disk(str(prefs_a / "pairs"))
+    b = load_from_disk(str(prefs_b / "pairs"))
+    DatasetDict(
+        {"train": concatenate_datasets([a["train"], b["train"]]), "test": a["test"]}
+    ).save_to_disk(str(out / "pairs"))
+    shutil.copytree(prefs_a / "completions", out / "completions", dirs_exist_ok=True)
+    shutil.copyfile(prefs_a / "manifest.json", out / "manifest.json")
 
 
 def label_reliability(prefs_a: Path, prefs_b: Path, data: Path, split: str = "test") -> dict:
@@ -152,54 +171,38 @@ def main() -> int:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     seconds: dict[str, float] = {}
-    data, sft, prefs = work / "data", work / "sft", work / "preferences"
+    data, sft = work / "data", work / "sft"
+    prefs, prefs_b, prefs_2x = work / "preferences", work / "preferences_seed_b", work / "prefs_2x"
 
-    if not (data / "manifest.json").exists():
-        seconds["data"] = run(
-            [
-                "data",
-                "build",
-                "--config",
-                str(REPO / "configs/data/norman_mcfaline.yaml"),
-                "--out",
-                str(data),
-            ]
-            + ["--data-dir", args.data_dir, "--set", "source.obs_query=dataset == 'norman19'"]
-            + [
-                "--set",
-                "split.combos_with_test_targets=test",
-                "--seed",
-                str(args.seed),
-                "--no-progress",
-            ],
-            work / "data.log",
-            env,
-        )
-    if not (sft / "cellrlhf.json").exists():
-        seconds["sft"] = run(
-            ["sft", "--config", str(REPO / "configs/sft/cpu_demo.yaml"), "--dataset_dir", str(data)]
-            + [
-                "--model_name_or_path",
-                "none",
-                "--model_config",
-                str(REPO / "configs/model/small.yaml"),
-            ]
-            + ["--output_dir", str(sft), "--tasks", "perturbation_response"]
-            + [
-                "--num_train_epochs",
-                str(args.sft_epochs),
-                "--eval_strategy",
-                "no",
-                "--save_strategy",
-                "no",
-            ]
-            + ["--eval_generation_samples", "0", "--report_to", "none", "--disable_tqdm", "true"]
-            + ["--seed", str(args.seed)],
-            work / "sft.log",
-            env,
-        )
-    if not (prefs / "manifest.json").exists():
-        seconds["preferences"] = run(
+    def stage(name: str, done: Path, argv: list[str]) -> None:
+        if not done.exists():
+            seconds[name] = run(argv, work / f"{name.replace(' ', '_')}.log", env)
+
+    stage(
+        "data",
+        data / "manifest.json",
+        ["data", "build", "--config", str(REPO / "configs/data/norman_mcfaline.yaml")]
+        + ["--out", str(data), "--data-dir", args.data_dir, "--seed", str(args.seed)]
+        + ["--set", "source.obs_query=dataset == 'norman19'"]
+        + ["--set", "split.combos_with_test_targets=test", "--no-progress"],
+    )
+    stage(
+        "sft",
+        sft / "cellrlhf.json",
+        ["sft", "--config", str(REPO / "configs/sft/cpu_demo.yaml"), "--dataset_dir", str(data)]
+        + ["--model_name_or_path", "none", "--model_config", str(REPO / "configs/model/small.yaml")]
+        + ["--output_dir", str(sft), "--tasks", "perturbation_response"]
+        + ["--num_train_epochs", str(args.sft_epochs), "--eval_strategy", "no"]
+        + ["--save_strategy", "no", "--eval_generation_samples", "0", "--report_to", "none"]
+        + ["--disable_tqdm", "true", "--seed", str(args.seed)],
+    )
+    for name, out, seed in (
+        ("preferences", prefs, args.seed),
+        ("preferences_b", prefs_b, args.seed + 1),
+    ):
+        stage(
+            name,
+            out / "manifest.json",
             ["preferences", "--config", str(REPO / "configs/reward/preferences_cpu_demo.yaml")]
             + [
                 "--model_name_or_path",
@@ -207,78 +210,58 @@ def main() -> int:
                 "--dataset_dir",
                 str(data),
                 "--output_dir",
-                str(prefs),
+                str(out),
             ]
-            + [
-                "--num_completions",
-                str(args.num_completions),
-                "--seed",
-                str(args.seed),
-                "--progress",
-                "false",
-            ],
-            work / "preferences.log",
-            env,
+            + ["--num_completions", str(args.num_completions), "--seed", str(seed)]
+            + ["--progress", "false"],
         )
-    variants = {"all pair kinds": [], "sampled pairs only": ["--pair_kinds", "sampled"]}
+    if not (prefs_2x / "manifest.json").exists():
+        write_two_sample_pairs(prefs, prefs_b, prefs_2x)
+
+    margin = ["--score_margin_scale", "1.0"]
+    sampled = ["--pair_kinds", "sampled"]
+    variants = {
+        "all pair kinds": ("all", prefs, []),
+        "sampled pairs only": ("sampled", prefs, sampled),
+        "all pair kinds + margin loss": ("all_margin", prefs, margin),
+        "sampled only + margin loss": ("sampled_margin", prefs, sampled + margin),
+        "sampled only + margin loss, 2x pairs (two samples)": (
+            "2x_sampled_margin",
+            prefs_2x,
+            sampled + margin,
+        ),
+    }
     results: dict[str, dict] = {}
-    for name, extra in variants.items():
-        out = work / ("reward_" + name.split()[0])
-        if not (out / "reward_model_eval.json").exists():
-            seconds[f"reward ({name})"] = run(
-                ["reward", "--config", str(REPO / "configs/reward/cpu_demo.yaml")]
-                + [
-                    "--model_name_or_path",
-                    str(sft),
-                    "--preferences_dir",
-                    str(prefs),
-                    "--output_dir",
-                    str(out),
-                ]
-                + [
-                    "--num_train_epochs",
-                    str(args.rm_epochs),
-                    "--save_strategy",
-                    "no",
-                    "--report_to",
-                    "none",
-                ]
-                + ["--disable_tqdm", "true", "--seed", str(args.seed), *extra],
-                work / f"reward_{name.split()[0]}.log",
-                env,
-            )
+    for name, (tag, pairs_dir, extra) in variants.items():
+        out = work / f"reward_{tag}"
+        stage(
+            f"reward {tag}",
+            out / "reward_model_eval.json",
+            ["reward", "--config", str(REPO / "configs/reward/cpu_demo.yaml")]
+            + ["--model_name_or_path", str(sft), "--preferences_dir", str(pairs_dir)]
+            + ["--output_dir", str(out), "--num_train_epochs", str(args.rm_epochs)]
+            + ["--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+            + ["--seed", str(args.seed), *extra],
+        )
         results[name] = json.loads((out / "reward_model_eval.json").read_text())
     results["untrained (SFT + new head)"] = untrained_eval(sft, prefs)
 
-    # diagnostics: a second, independent sample of completions (another seed)
-    prefs_b = work / "preferences_seed_b"
-    if not (prefs_b / "manifest.json").exists():
-        seconds["preferences (2nd sample)"] = run(
-            ["preferences", "--config", str(REPO / "configs/reward/preferences_cpu_demo.yaml")]
-            + [
-                "--model_name_or_path",
-                str(sft),
-                "--dataset_dir",
-                str(data),
-                "--output_dir",
-                str(prefs_b),
-            ]
-            + ["--num_completions", str(args.num_completions), "--seed", str(args.seed + 1)]
-            + ["--progress", "false"],
-            work / "preferences_seed_b.log",
-            env,
-        )
+    # diagnostics with the second, independent sample of completions
     from cellrlhf.reward.reward_model_eval import evaluate_saved
 
-    seen = evaluate_saved(
-        work / "reward_all",
-        prefs_b,
-        split="train",
-        output_dir=work / "reward_all" / "seen_new_samples",
-    )
-    results["all pair kinds, on SEEN perturbations (new samples)"] = {
-        k: v for k, v in seen.items() if not k.startswith("_")
-    }
+    for tag, name in (
+        ("all_margin", "all pair kinds + margin loss"),
+        ("sampled", "sampled pairs only"),
+    ):
+        seen = evaluate_saved(
+            work / f"reward_{tag}",
+            prefs_b,
+            split="train",
+            output_dir=work / f"reward_{tag}" / "seen",
+        )
+        results[f"{name}: SEEN perturbations, new samples"] = {
+            k: v for k, v in seen.items() if not k.startswith("_")
+        }
     for split in ("test", "train"):
         rel = label_reliability(prefs, prefs_b, data, split)
         results[f"label reliability, {split} perturbations (score in an independent group)"] = {
