@@ -37,12 +37,12 @@ import scipy.sparse as sp
 
 from cellrlhf.cell2text.decode_kernels import (
     GeneLookup,
+    ascii_words,
     assemble_rows,
     decode_ascii,
     decode_ascii_parallel,
     decoding_model,
     little_endian,
-    padded_words,
 )
 from cellrlhf.cell2text.decode_report import DecodeReport
 from cellrlhf.cell2text.markup import CELL_START, extract_cell
@@ -313,8 +313,7 @@ class ExpressionDecoder:
             return sp.csr_matrix((0, len(self.vocab)), dtype=np.float32), DecodeReport.empty_report(
                 0
             )
-        matrix = blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
-        return matrix, DecodeReport.concatenate(reports)
+        return _stack_rows(blocks, len(self.vocab)), DecodeReport.concatenate(reports)
 
     def _decode_batch(self, batch, model):
         n = len(batch)
@@ -355,13 +354,13 @@ class ExpressionDecoder:
         lookup = self._lookup()
         bounds = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=bounds[1:])
-        data = "".join(texts).encode("ascii")
+        words = ascii_words(texts)
         threads = numba.get_num_threads()
         kernel = (
-            decode_ascii_parallel if threads > 1 and len(data) >= _PARALLEL_BYTES else decode_ascii
+            decode_ascii_parallel if threads > 1 and bounds[-1] >= _PARALLEL_BYTES else decode_ascii
         )
         indptr, cols, vals, counts = kernel(
-            padded_words(data),
+            words,
             bounds,
             lookup.slots,
             lookup.bits,
@@ -540,6 +539,28 @@ def _r_squared(stats: np.ndarray, intercept: np.ndarray, slope: np.ndarray) -> f
 
 
 # ---------------------------------------------------------------------- decode helpers
+def _stack_rows(blocks: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
+    """Row blocks (canonical CSR) stacked: one copy of the values, no re-validation."""
+    if len(blocks) == 1:
+        return blocks[0]
+    nnz = np.cumsum([0] + [b.nnz for b in blocks])
+    indptr = np.concatenate(
+        [blocks[0].indptr[:1].astype(np.int64)]
+        + [b.indptr[1:].astype(np.int64) + start for b, start in zip(blocks, nnz[:-1], strict=True)]
+    )
+    index_dtype = np.int32 if nnz[-1] <= np.iinfo(np.int32).max else np.int64
+    matrix = sp.csr_matrix(
+        (
+            np.concatenate([b.data for b in blocks]),
+            np.concatenate([b.indices for b in blocks]).astype(index_dtype, copy=False),
+            indptr.astype(index_dtype, copy=False),
+        ),
+        shape=(int(sum(b.shape[0] for b in blocks)), n_cols),
+    )
+    matrix.has_sorted_indices = True
+    return matrix
+
+
 def _prepare_texts(batch: list[object]):
     """Sentence text of each item (inside the ``<cell>`` markers when present) and flags."""
     n = len(batch)

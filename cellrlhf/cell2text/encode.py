@@ -2,9 +2,11 @@
 
 :func:`encode` is the AnnData entry point (scanpy conventions). The work happens on row blocks:
 :func:`iter_csr_blocks` reads CSR/CSC/dense matrices, in memory or backed on disk, a chunk of
-cells at a time; :class:`SentenceEncoder` ranks a block (:func:`~cellrlhf.cell2text.ranking.
-rank_expressed`) and writes the sentences' bytes straight into one buffer with numba kernels, so a
-chunk becomes an Arrow string array without any per-cell Python work.
+cells at a time; :class:`SentenceEncoder` turns a block into an Arrow string column without any
+per-cell Python work. With every expressed gene kept (``top_k=None``) one numba pass ranks each
+cell and writes its sentence's bytes (:func:`~cellrlhf.cell2text.sentence_kernels.
+rank_sentence_bytes`); with ``top_k`` the block is ranked first (:func:`~cellrlhf.cell2text.
+ranking.rank_expressed`) and the kept genes written after. Both give the same bytes.
 """
 
 from __future__ import annotations
@@ -17,9 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
 
 from cellrlhf.cell2text.expression_checks import (
     InvalidCells,
@@ -35,6 +34,12 @@ from cellrlhf.cell2text.ranking import (
     kernel_threads,
     rank_expressed,
 )
+from cellrlhf.cell2text.sentence_kernels import (
+    SLOT,
+    rank_sentence_bytes,
+    sentence_lengths,
+    write_sentences,
+)
 from cellrlhf.cell2text.vocab import GeneVocab, gene_mapping
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "iter_csr_blocks",
     "sentences_from_ranked",
     "sentences_to_arrow",
+    "string_column",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,7 +62,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 10_000
 TIE_BREAK_RULE = "fnv1a64-splitmix64-v1"
 _MAX_ARROW_BYTES = 2**31 - 1
-_SLOT = 16  # names shorter than this are copied with two unaligned 8-byte stores
+_STRING_ROWS = 4096  # cells whose sentences encode() writes into its reused byte buffer at a time
 
 
 # --------------------------------------------------------------------------- sentence bytes
@@ -87,69 +93,26 @@ class GeneNameBytes:
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        padded = np.zeros((len(encoded), _SLOT), dtype=np.uint8)
-        for i, b in enumerate(encoded):
-            if len(b) < _SLOT:
-                padded[i, : len(b) + 1] = np.frombuffer(b + b" ", dtype=np.uint8)
+        padded = np.zeros((len(encoded), SLOT), dtype=np.uint8)
+        short = np.flatnonzero(lengths < SLOT)
+        column = np.arange(SLOT)
+        inside = column < lengths[short, None]
+        rows = np.broadcast_to(short[:, None], inside.shape)[inside]
+        padded[rows, np.broadcast_to(column, inside.shape)[inside]] = data[
+            (offsets[short, None] + column)[inside]
+        ]
+        padded[short, lengths[short]] = 32  # the space after the name
         return cls(data, offsets, lengths, padded.view(np.uint64).reshape(len(encoded), 2))
 
-
-@intrinsic
-def _store_u64_unaligned(typingctx, buffer, position, value):
-    """``buffer[position:position + 8] = value`` (little-endian), one unaligned store."""
-    sig = types.void(buffer, types.int64, types.uint64)
-
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = builder.gep(array.data, [args[1]])
-        pointer = builder.bitcast(pointer, ir.IntType(64).as_pointer())
-        store = builder.store(args[2], pointer)
-        store.align = 1
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _sentence_lengths(indptr, genes, name_lengths):
-    n = len(indptr) - 1
-    out = np.empty(n, dtype=np.int64)
-    for r in prange(n):
-        total = 0
-        for j in range(indptr[r], indptr[r + 1]):
-            total += name_lengths[genes[j]]
-        k = indptr[r + 1] - indptr[r]
-        out[r] = total + k - 1 if k > 0 else 0
-    return out
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _write_sentences(indptr, genes, name_data, name_offsets, name_lengths, words, offsets, out):
-    n = len(indptr) - 1
-    for r in prange(n):
-        pos = offsets[r]
-        end = offsets[r + 1]
-        j0 = indptr[r]
-        j1 = indptr[r + 1]
-        if j1 == j0:
-            continue
-        for j in range(j0, j1 - 1):
-            g = genes[j]
-            length = name_lengths[g]
-            if length < 16 and pos + 16 <= end:
-                _store_u64_unaligned(out, pos, words[g, 0])
-                _store_u64_unaligned(out, pos + 8, words[g, 1])
-                pos += length + 1
-            else:
-                for q in range(name_offsets[g], name_offsets[g + 1]):
-                    out[pos] = name_data[q]
-                    pos += 1
-                out[pos] = 32
-                pos += 1
-        g = genes[j1 - 1]
-        for q in range(name_offsets[g], name_offsets[g + 1]):
-            out[pos] = name_data[q]
-            pos += 1
+    def permuted(self, order: np.ndarray) -> GeneNameBytes:
+        """The same names in the order ``order`` (row ``i`` is name ``order[i]``)."""
+        order = np.asarray(order, dtype=np.int64)
+        lengths = self.lengths[order]
+        offsets = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        source = np.repeat(self.offsets[:-1][order] - offsets[:-1], lengths)
+        data = self.data[source + np.arange(offsets[-1], dtype=np.int64)]
+        return GeneNameBytes(data, offsets, lengths, self.words[order])
 
 
 def _string_array(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
@@ -166,12 +129,12 @@ def sentences_to_arrow(ranked: RankedCells, names: GeneNameBytes) -> pa.ChunkedA
     Arrow's 2 GiB string limit is split into several chunks.
     """
     with kernel_threads(len(ranked.genes)):
-        lengths = _sentence_lengths(ranked.indptr, ranked.genes, names.lengths)
+        lengths = sentence_lengths(ranked.indptr, ranked.genes, names.lengths)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         data = np.empty(int(offsets[-1]), dtype=np.uint8)
         if len(data):
-            _write_sentences(
+            write_sentences(
                 ranked.indptr,
                 ranked.genes,
                 names.data,
@@ -181,10 +144,18 @@ def sentences_to_arrow(ranked: RankedCells, names: GeneNameBytes) -> pa.ChunkedA
                 offsets,
                 data,
             )
-    if offsets[-1] <= _MAX_ARROW_BYTES:
-        return pa.chunked_array([_string_array(offsets, data)], type=pa.string())
+    return string_column(offsets, data)
+
+
+def string_column(offsets: np.ndarray, data: np.ndarray) -> pa.ChunkedArray:
+    """Arrow string column of the strings ``data[offsets[i]:offsets[i + 1]]`` (no copy of
+    ``data``); a column larger than Arrow's 2 GiB string limit is split into several chunks."""
+    n = len(offsets) - 1
+    if offsets[-1] - offsets[0] <= _MAX_ARROW_BYTES:
+        lo = int(offsets[0])
+        return pa.chunked_array([_string_array(offsets - lo, data[lo:])], type=pa.string())
     pieces, start = [], 0
-    while start < len(lengths):
+    while start < n:
         stop = int(np.searchsorted(offsets, offsets[start] + _MAX_ARROW_BYTES, side="right")) - 1
         stop = max(stop, start + 1)
         lo, hi = int(offsets[start]), int(offsets[stop])
@@ -319,12 +290,29 @@ class SentenceEncoder:
         self.layer_name = layer_name
         self.tie_keys = gene_tie_keys(vocab)
         self.names = GeneNameBytes.from_genes(vocab.genes)
+        self._names_by_order: GeneNameBytes | None = None
 
-    def __call__(self, block, obs_names: Sequence[object], *, row_offset: int = 0) -> EncodedBlock:
+    @property
+    def names_by_order(self) -> GeneNameBytes:
+        """:attr:`names` in the symbol order of the tie keys (what the fused kernel indexes)."""
+        if self._names_by_order is None:
+            self._names_by_order = self.names.permuted(self.tie_keys.by_order)
+        return self._names_by_order
+
+    def __call__(
+        self,
+        block,
+        obs_names: Sequence[object],
+        *,
+        row_offset: int = 0,
+        buffer: np.ndarray | None = None,
+    ) -> EncodedBlock:
         """Sentences of the cells of ``block`` (cells x ``mapping`` columns).
 
-        Raises ``ValueError`` for NaN, infinite or negative values, counting the block's cells
-        (rows numbered from ``row_offset``).
+        ``buffer`` (``uint8``), when large enough, receives the sentences' bytes: the returned
+        column is then a view of it, valid until the buffer is reused. Raises ``ValueError`` for
+        NaN, infinite or negative values, counting the block's cells (rows numbered from
+        ``row_offset``).
         """
         if len(obs_names) != block.shape[0]:
             raise ValueError(f"{len(obs_names)} cell names for {block.shape[0]} cells.")
@@ -332,6 +320,18 @@ class SentenceEncoder:
         if not sp.issparse(mapped) or mapped.format != "csr":
             mapped = sp.csr_matrix(mapped)
         try:
+            if self.top_k is None:  # every expressed gene: rank and write in one pass
+                offsets, data, counts = rank_sentence_bytes(
+                    mapped,
+                    cell_keys(obs_names),
+                    tie_keys=self.tie_keys,
+                    names=self.names,
+                    seed=self.seed,
+                    layer_name=self.layer_name,
+                    buffer=buffer,
+                    names_by_order=self.names_by_order,
+                )
+                return EncodedBlock(string_column(offsets, data), counts.astype(np.int32))
             ranked = rank_expressed(
                 mapped,
                 cell_keys(obs_names),
@@ -426,11 +426,20 @@ def encode(
     sentences = np.empty(adata.n_obs, dtype=object)
     n_genes = np.zeros(adata.n_obs, dtype=np.int32)
     try:
+        buffer = np.empty(0, dtype=np.uint8)
         for start, block in iter_csr_blocks(matrix, chunk_size):
-            stop = start + block.shape[0]
-            encoded = encoder(block, obs_names[start:stop], row_offset=start)
-            sentences[start:stop] = _to_python_strings(encoded.sentences)
-            n_genes[start:stop] = encoded.n_genes
+            for sub_start in range(0, block.shape[0], _STRING_ROWS):
+                sub_stop = min(sub_start + _STRING_ROWS, block.shape[0])
+                first, stop = start + sub_start, start + sub_stop
+                encoded = encoder(
+                    _csr_view(block, sub_start, sub_stop),
+                    obs_names[first:stop],
+                    row_offset=first,
+                    buffer=buffer,
+                )
+                sentences[first:stop] = _to_python_strings(encoded.sentences)
+                n_genes[first:stop] = encoded.n_genes
+                buffer = _reusable(buffer, encoded.sentences)
     except InvalidExpressionError:
         if not adata.isbacked:
             check_expression(matrix, layer_name)  # counts every cell of the matrix
@@ -457,6 +466,19 @@ def encode(
         )
     }
     return adata if copy else None
+
+
+def _reusable(buffer: np.ndarray, column: pa.ChunkedArray) -> np.ndarray:
+    """``buffer``, or a larger one when ``column`` did not fit in it.
+
+    :func:`encode` writes the bytes of a few thousand sentences at a time into one buffer that it
+    reuses (their Python strings are copies), so the bytes always land on memory pages that are
+    already mapped: fresh pages cost more than writing the sentences.
+    """
+    needed = sum(chunk.buffers()[2].size for chunk in column.chunks if chunk.buffers()[2])
+    if needed <= len(buffer):
+        return buffer
+    return np.empty(needed + needed // 4, dtype=np.uint8)
 
 
 def encode_params(*, layer, top_k, gene_symbols, duplicates, seed, n_cells, n_empty, n_genes):

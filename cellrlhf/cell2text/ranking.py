@@ -27,7 +27,9 @@ seed. The ranking kernel is a numba function, parallel over cells, and linear in
 expressed genes on average: the row's distinct values are found with a small hash table (count
 data has few), each value group of ``m`` genes gets ``2m`` buckets addressed by the top bits of
 the tie hash (uniform), one counting pass and one scatter put every gene in its bucket, and an
-insertion pass orders the few genes sharing a bucket.
+insertion pass orders the few genes sharing a bucket. :func:`sort_row` (one row) is shared with
+the kernel that ranks and writes sentence bytes in one pass
+(:mod:`cellrlhf.cell2text.sentence_kernels`).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ _S27 = np.uint64(27)
 _S31 = np.uint64(31)
 _S32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
-_ROWS_PER_TASK = 64
+ROWS_PER_TASK = 64
 _PARALLEL_MIN_WORK = 100_000  # below this many stored values, waking worker threads costs more
 
 
@@ -264,7 +266,7 @@ def _pow2_bits(n):
 
 
 @njit(cache=True)
-def _sort_row(
+def sort_row(
     p0, p1, c, limit, indices, vbits, gene_keys, gene_order, key, key2, value_id, bucket_of,
     bucket_count, table, table_id, table_bits, table_slot, distinct, group_size, by_rank,
     group_start,
@@ -365,13 +367,36 @@ def _sort_row(
 
 
 @njit(cache=True)
-def _task_rows(indptr, task, n_rows):
-    r0 = task * _ROWS_PER_TASK
-    r1 = min(r0 + _ROWS_PER_TASK, n_rows)
+def task_rows(indptr, task, n_rows):
+    """First and end row of parallel task ``task`` (``ROWS_PER_TASK`` rows), and the largest
+    number of stored values in one of its rows (the size of its scratch)."""
+    r0 = task * ROWS_PER_TASK
+    r1 = min(r0 + ROWS_PER_TASK, n_rows)
     longest = 1
     for r in range(r0, r1):
         longest = max(longest, indptr[r + 1] - indptr[r])
     return r0, r1, longest
+
+
+@njit(cache=True)
+def row_scratch(longest):
+    """Scratch arrays of :func:`sort_row` for rows of up to ``longest`` expressed genes."""
+    table_bits = _pow2_bits(longest) + 1
+    return (
+        np.empty(longest, dtype=np.uint64),  # key
+        np.empty(longest, dtype=np.uint64),  # key2
+        np.empty(longest, dtype=np.int32),  # value_id
+        np.empty(longest, dtype=np.int32),  # bucket_of
+        np.empty(2 * longest + 1, dtype=np.int32),  # bucket_count
+        np.zeros(1 << table_bits, dtype=np.uint32),  # table
+        np.empty(1 << table_bits, dtype=np.int32),  # table_id
+        table_bits,
+        np.empty(longest, dtype=np.int64),  # table_slot
+        np.empty(longest, dtype=np.uint32),  # distinct
+        np.empty(longest, dtype=np.int64),  # group_size
+        np.empty(longest, dtype=np.int32),  # by_rank
+        np.empty(longest, dtype=np.int64),  # group_start
+    )
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -380,28 +405,19 @@ def _rank_rows(
     out_genes, out_vbits,
 ):  # fmt: skip
     n_rows = len(indptr) - 1
-    n_tasks = (n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    n_tasks = (n_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for task in prange(n_tasks):
-        r0, r1, longest = _task_rows(indptr, task, n_rows)
-        table_bits = _pow2_bits(longest) + 1
-        key = np.empty(longest, dtype=np.uint64)
-        key2 = np.empty(longest, dtype=np.uint64)
-        value_id = np.empty(longest, dtype=np.int32)
-        bucket_of = np.empty(longest, dtype=np.int32)
-        bucket_count = np.empty(2 * longest + 1, dtype=np.int32)
-        table = np.zeros(1 << table_bits, dtype=np.uint32)
-        table_id = np.empty(1 << table_bits, dtype=np.int32)
-        table_slot = np.empty(longest, dtype=np.int64)
-        distinct = np.empty(longest, dtype=np.uint32)
-        group_size = np.empty(longest, dtype=np.int64)
-        by_rank = np.empty(longest, dtype=np.int32)
-        group_start = np.empty(longest, dtype=np.int64)
+        r0, r1, longest = task_rows(indptr, task, n_rows)
+        (
+            key, key2, value_id, bucket_of, bucket_count, table, table_id, table_bits,
+            table_slot, distinct, group_size, by_rank, group_start,
+        ) = row_scratch(longest)  # fmt: skip
         for r in range(r0, r1):
             base = out_indptr[r]
             limit = out_indptr[r + 1] - base
             if limit == 0:
                 continue
-            n_distinct = _sort_row(
+            n_distinct = sort_row(
                 indptr[r], indptr[r + 1], cell_mix[r], limit, indices, vbits, gene_keys,
                 gene_order, key, key2, value_id, bucket_of, bucket_count, table, table_id,
                 table_bits, table_slot, distinct, group_size, by_rank, group_start,
@@ -419,7 +435,9 @@ def _rank_rows(
 
 
 # --------------------------------------------------------------------------- public API
-def _csr_parts(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def csr_parts(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indptr as int64 from 0, indices, data)`` of a CSR matrix or an ``(indptr, indices,
+    data)`` tuple, sliced to the stored range."""
     if isinstance(X, tuple):
         indptr, indices, data = X
     else:
@@ -432,6 +450,11 @@ def _csr_parts(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if start:
         indptr = indptr - start
     return indptr, np.asarray(indices)[start:stop], np.asarray(data)[start:stop]
+
+
+def mixed_cell_keys(keys: np.ndarray, seed: int) -> np.ndarray:
+    """``fmix64(cell_key ^ seed_key(seed))`` of each cell: the per-cell half of the tie hash."""
+    return _fmix64_array(np.ascontiguousarray(keys, dtype=np.uint64) ^ seed_key(seed))
 
 
 def float32_bits(data: np.ndarray) -> np.ndarray:
@@ -480,7 +503,7 @@ def rank_expressed(
         When a value is NaN, infinite or negative (the message counts the cells).
     """
     tie_keys = gene_tie_keys(genes)
-    indptr, indices, data = _csr_parts(X_csr)
+    indptr, indices, data = csr_parts(X_csr)
     n_cells = len(indptr) - 1
     if not isinstance(X_csr, tuple) and X_csr.shape[1] != len(tie_keys):
         raise ValueError(
@@ -504,7 +527,7 @@ def rank_expressed(
     out_genes = np.empty(nnz, dtype=np.int32)
     out_vbits = np.empty(nnz, dtype=np.uint32)
     if nnz:
-        cell_mix = _fmix64_array(keys ^ seed_key(seed))
+        cell_mix = mixed_cell_keys(keys, seed)
         with kernel_threads(len(vbits)):
             _rank_rows(
                 indptr,

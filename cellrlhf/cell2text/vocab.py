@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 VOCAB_FILENAME = "gene_vocab.json"
 _FORMAT = "cellrlhf.gene_vocab"
 _VERSION = 1
+_WHITESPACE = re.compile(r"\s")
+_NAN_WORDS = frozenset({"nan", "none"})
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,22 @@ class GeneVocab:
     _lookup: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        genes = tuple(clean_gene_names(list(self.genes), source="the gene list"))
-        collisions = find_case_collisions(genes)
-        if collisions:
+        genes = tuple(_clean_names(self.genes, source="the gene list"))
+        upper = [g.upper() for g in genes]
+        if len(set(upper)) != len(upper):
+            collisions = find_case_collisions(genes)
             raise GeneNameError(_collision_message(genes, collisions, "the gene list"))
         object.__setattr__(self, "genes", genes)
-        object.__setattr__(self, "_lookup", {g.upper(): i for i, g in enumerate(genes)})
+        object.__setattr__(self, "_lookup", dict(zip(upper, range(len(upper)), strict=True)))
+
+    @classmethod
+    def _from_checked(cls, genes: list[str], upper: list[str], params: dict) -> GeneVocab:
+        """A vocabulary of names already cleaned and checked unique (``upper``: upper-cased)."""
+        vocab = object.__new__(cls)
+        object.__setattr__(vocab, "genes", tuple(genes))
+        object.__setattr__(vocab, "params", params)
+        object.__setattr__(vocab, "_lookup", dict(zip(upper, range(len(upper)), strict=True)))
+        return vocab
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -140,21 +153,31 @@ class GeneVocab:
         """
         if duplicates not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicates={duplicates!r}; choose one of {DUPLICATE_POLICIES}.")
-        cleaned = clean_gene_names(list(names), source=source)
-        if ensembl_hint and source == "var_names" and looks_like_ensembl(cleaned) > 0.5:
+        cleaned = _clean_names(names, source=source)
+        if (
+            ensembl_hint
+            and source == "var_names"
+            and 2 * sum(name.startswith("ENS") for name in cleaned) > len(cleaned)
+            and looks_like_ensembl(cleaned) > 0.5
+        ):
             raise GeneNameError(
                 f"{source} look like Ensembl IDs (e.g. {cleaned[0]!r}) and no symbol column was "
                 "given. Cell sentences are made of gene symbols: pass gene_symbols='<var column "
                 "with symbols>' (for example gene_symbols='gene_symbol' or 'feature_name')."
             )
-        collisions = find_case_collisions(cleaned)
+        upper = [name.upper() for name in cleaned]
+        collisions = find_case_collisions(cleaned) if len(set(upper)) != len(upper) else {}
         if collisions and duplicates == "error":
             raise GeneNameError(_collision_message(cleaned, collisions, source))
+        params = {"source": source, "duplicates": duplicates}
+        if not collisions:
+            column_to_gene = np.arange(len(cleaned), dtype=np.int64)
+            vocab = cls._from_checked(cleaned, upper, params)
+            return vocab, GeneMapping(column_to_gene, len(cleaned), duplicates)
         first_of: dict[str, int] = {}
         genes: list[str] = []
         column_to_gene = np.empty(len(cleaned), dtype=np.int64)
-        for col, name in enumerate(cleaned):
-            key = name.upper()
+        for col, (name, key) in enumerate(zip(cleaned, upper, strict=True)):
             if key in first_of:
                 column_to_gene[col] = first_of[key] if duplicates == "sum" else -1
             else:
@@ -168,7 +191,7 @@ class GeneVocab:
                 source,
                 duplicates,
             )
-        vocab = cls(tuple(genes), params={"source": source, "duplicates": duplicates})
+        vocab = cls._from_checked(genes, [name.upper() for name in genes], params)
         return vocab, GeneMapping(column_to_gene, len(genes), duplicates)
 
     # ----------------------------------------------------------------- lookup
@@ -243,6 +266,29 @@ def _names_of(adata, gene_symbols: str | None) -> tuple[list[object], str]:
             f"{list(adata.var.columns)}."
         )
     return list(adata.var[gene_symbols]), f"var[{gene_symbols!r}]"
+
+
+def _clean_names(values: Sequence[object], *, source: str) -> list[str]:
+    """:func:`clean_gene_names`, with a fast path for the usual case.
+
+    Names that are all non-empty ``str`` without any whitespace (``re`` ``\\s`` and
+    ``str.isspace`` are the same set) and not ``"nan"``/``"none"`` are returned as they are,
+    which is what :func:`clean_gene_names` returns for them; anything else goes through it
+    (stripping, or an error naming the problem).
+    """
+    values = list(values)
+    if not all(type(value) is str for value in values) and all(
+        isinstance(value, str) for value in values
+    ):
+        values = [str(value) for value in values]  # numpy.str_ and other str subclasses
+    if (
+        all(type(value) is str for value in values)
+        and all(values)
+        and _WHITESPACE.search("".join(values)) is None
+        and _NAN_WORDS.isdisjoint(value.lower() for value in values if len(value) <= 4)
+    ):
+        return values
+    return clean_gene_names(values, source=source)
 
 
 def gene_mapping(adata, *, gene_symbols: str | None = None, duplicates: str = "error"):

@@ -539,3 +539,36 @@ def test_pbmc_decoder_handles_generated_text(pbmc):
     assert report.marked.all() and report.closed.tolist() == [False, True]
     assert report.n_duplicates[0] > 0 and report.n_unknown[0] > 0
     assert report.n_valid[1] == 5 and matrix[1].nnz == 5
+
+
+def test_stacked_batches_equal_scipy_vstack_and_kernel_words_equal_padded_bytes():
+    from cellrlhf.cell2text.decode_kernels import ascii_words, padded_words
+    from cellrlhf.cell2text.decoder import _stack_rows
+
+    texts = ["CD3E CD8A", "", "MS4A1 GNLY CD3E", "x" * 13]
+    assert np.array_equal(ascii_words(texts), padded_words("".join(texts).encode()))
+    assert len(ascii_words([])) >= 2 and not ascii_words([]).any()
+    rng = np.random.default_rng(0)
+    blocks = [
+        sp.random(n, 9, density=0.4, format="csr", dtype=np.float32, random_state=rng)
+        for n in (3, 0, 5, 1)
+    ]
+    for block in blocks:
+        block.sort_indices()
+    stacked, expected = _stack_rows(blocks, 9), sp.vstack(blocks, format="csr")
+    assert stacked.shape == expected.shape and stacked.has_sorted_indices
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(stacked, name), getattr(expected, name))
+        assert getattr(stacked, name).dtype == getattr(expected, name).dtype
+
+
+def test_truncated_and_clipped_values_leave_no_stray_entries():
+    # the emission writes one entry past the last kept value: it must never show up
+    decoder = ExpressionDecoder(GeneVocab(tuple(f"G{i}" for i in range(40))), 1.0, -1.0)
+    sentences = [" ".join(f"G{i}" for i in range(40)), "G5 G3", "G39"]
+    for max_genes in (None, 1, 12):
+        matrix, _ = decoder.decode(sentences, max_genes=max_genes, batch_size=2)
+        assert matrix[0].nnz == min(9, max_genes or 9)  # 1 - log10(rank + 1) > 0: ranks 0-8
+        assert matrix[0].indices.tolist() == list(range(min(9, max_genes or 9)))
+        assert matrix[1].indices.tolist() == ([5] if max_genes == 1 else [3, 5])
+        assert matrix[2].indices.tolist() == [39]

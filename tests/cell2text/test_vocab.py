@@ -120,3 +120,48 @@ def test_mapping_partitions_columns(names):
     assert len({g.upper() for g in vocab.genes}) == len(vocab)
     for col, name in enumerate(names):
         assert vocab.genes[mapping.column_to_gene[col]].upper() == name.strip().upper()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["CD3E", "MS4A1"],
+        np.array(["CD3E", "MS4A1"]).tolist(),  # str
+        list(np.array(["CD3E", "MS4A1"])),  # numpy.str_
+        [" CD3E", "MS4A1\t"],  # stripped
+        ["CD3E", "NaN"],
+        ["CD3E", "none"],
+        ["CD3E", None],
+        ["CD3E", float("nan")],
+        ["CD3E", 7],
+        ["CD3E", "HLA\u00a0DRA"],  # non-breaking space inside
+        ["CD3E", "\u2003"],  # only whitespace
+        ["Zellé", "ß-細胞"],
+        [],
+    ],
+)
+def test_fast_name_cleaning_matches_clean_gene_names(names):
+    # _clean_names skips clean_gene_names for already clean lists; both must agree exactly
+    from cellrlhf.cell2text.gene_names import clean_gene_names
+    from cellrlhf.cell2text.vocab import _clean_names
+
+    try:
+        expected = clean_gene_names(list(names), source="s")
+    except GeneNameError as err:
+        with pytest.raises(GeneNameError) as caught:
+            _clean_names(names, source="s")
+        assert str(caught.value) == str(err)
+    else:
+        got = _clean_names(names, source="s")
+        assert got == expected
+        assert all(type(name) is str for name in got)
+
+
+def test_vocab_from_names_is_built_once_and_equals_direct_construction():
+    names = ["CD3E", "ms4a1", "Gnly"]
+    vocab, mapping = GeneVocab.from_names_with_mapping(names)
+    direct = GeneVocab(tuple(names))
+    assert vocab == direct and vocab.genes == direct.genes
+    assert vocab.params == {"source": "var_names", "duplicates": "error"}
+    assert [vocab.index(g) for g in ("cd3e", "MS4A1", "GNLY")] == [0, 1, 2]
+    assert mapping.is_identity
