@@ -113,7 +113,7 @@ def build_cell_tokenizer(
         then the 256 byte tokens, the natural-language pieces, and the genes last, in
         vocabulary order followed by ``extra_genes``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, processors
 
     genes = _gene_list(vocab, extra_genes)
     specials = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, *MARKUP_TOKENS, *ROLE_TOKENS]
@@ -128,9 +128,7 @@ def build_cell_tokenizer(
     )
     model = models.Unigram(pieces, unk_id=specials.index(UNK_TOKEN), byte_fallback=True)
     backend = Tokenizer(model)
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement=_SPACE, prepend_scheme="first", split=True
-    )
+    backend.pre_tokenizer = _metaspace()
     backend.decoder = decoders.Sequence(
         [decoders.ByteFallback(), decoders.Metaspace(replacement=_SPACE, prepend_scheme="first")]
     )
@@ -171,8 +169,16 @@ def _gene_list(vocab: GeneVocab | Sequence[str], extra_genes: Iterable[str]) -> 
 
 
 def _text_pieces(texts: Iterable[str], vocab_size: int) -> list[tuple[str, float]]:
-    """Unigram pieces fitted on ``texts`` plus every printable ASCII character (scores < 0)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """Unigram pieces fitted on ``texts`` plus every printable ASCII character (scores < 0).
+
+    Deterministic: the same texts give the same pieces, scores and order in every call and every
+    process. The ``tokenizers`` Unigram trainer is not (its EM visits hash maps in a per-process
+    random order, so scores of the same pieces differ by up to ~1e-2 and pieces of equal score
+    swap places), so only its *set* of pieces is kept; the scores are re-estimated here by
+    Viterbi EM over the sorted word counts (:func:`_viterbi_em_scores`) and the pieces ordered by
+    ``(-score, piece)``.
+    """
+    from tokenizers import Tokenizer, models, trainers
 
     corpus = [t for t in texts if isinstance(t, str) and t]
     alphabet = [c for c in _ALPHABET]
@@ -187,20 +193,94 @@ def _text_pieces(texts: Iterable[str], vocab_size: int) -> list[tuple[str, float
         show_progress=False,
     )
     trained = Tokenizer(models.Unigram())
-    trained.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement=_SPACE, prepend_scheme="first", split=True
-    )
+    trained.pre_tokenizer = _metaspace()
     trained.train_from_iterator(corpus, trainer)
     vocab = json.loads(trained.to_str())["model"]["vocab"]
-    pieces = [(p, float(s)) for p, s in vocab if p != UNK_TOKEN]
-    # characters the trainer dropped stay writable as single pieces, below every trained piece
-    floor = min((s for _, s in pieces), default=0.0) - 1.0
-    have = {p for p, _ in pieces}
-    pieces += [(c, floor) for c in alphabet if c not in have]
-    top = max(s for _, s in pieces)
-    if top >= 0.0:  # keep every text piece strictly below the gene pieces' 0.0
-        pieces = [(p, s - top - 1e-3) for p, s in pieces]
-    return pieces
+    piece_set = {p for p, _ in vocab if p != UNK_TOKEN} | set(alphabet)
+    scores = _viterbi_em_scores(sorted(piece_set), _word_counts(corpus))
+    top = max(scores.values())
+    shift = top + 1e-3 if top >= 0.0 else 0.0  # every text piece strictly below the genes' 0.0
+    return sorted(((p, s - shift) for p, s in scores.items()), key=lambda ps: (-ps[1], ps[0]))
+
+
+def _metaspace():
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="first", split=True)
+
+
+def _word_counts(corpus: Sequence[str]) -> list[tuple[str, int]]:
+    """Pre-tokenized words (``"▁word"``) of ``corpus`` with their counts, sorted by word."""
+    from collections import Counter
+
+    pre_tokenizer = _metaspace()
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    return sorted(counts.items())
+
+
+_EM_ITERATIONS = 6
+_UNCOVERED = -1e3  # log-prob of one character no piece covers (not counted)
+
+
+def _viterbi_em_scores(pieces: Sequence[str], words: Sequence[tuple[str, int]]) -> dict[str, float]:
+    """Unigram log-probabilities of ``pieces`` by hard (Viterbi) EM on ``words``.
+
+    Starts from equal scores (the segmentation with fewest pieces), then alternates best
+    segmentation of every word and ``log(count / total)``. Ties go to the longer last piece,
+    then the lexicographically smaller one; counts are summed in the order of ``words``: the
+    result is a pure function of its inputs. Pieces no segmentation uses get the score of half
+    an occurrence, below every used piece, so they stay writable.
+    """
+    by_length: dict[int, dict[str, None]] = {}
+    for piece in pieces:
+        by_length.setdefault(len(piece), {})[piece] = None
+    lengths = sorted(by_length, reverse=True)
+    scores = dict.fromkeys(pieces, 0.0)
+    for _ in range(_EM_ITERATIONS):
+        counts = dict.fromkeys(pieces, 0)
+        for word, count in words:
+            for piece in _best_segmentation(word, scores, by_length, lengths):
+                counts[piece] += count
+        total = float(sum(counts.values())) or 1.0
+        floor = math.log(0.5 / total)
+        scores = {p: (math.log(c / total) if c else floor) for p, c in counts.items()}
+    return scores
+
+
+def _best_segmentation(
+    word: str,
+    scores: dict[str, float],
+    by_length: dict[int, dict[str, None]],
+    lengths: Sequence[int],
+) -> list[str]:
+    """Highest-scoring split of ``word`` into ``pieces`` (characters no piece covers skipped)."""
+    n = len(word)
+    best = [-math.inf] * (n + 1)
+    best[0] = 0.0
+    back: list[tuple[int, str | None]] = [(0, None)] * (n + 1)
+    for end in range(1, n + 1):
+        for length in lengths:  # longest first: on equal scores the longer piece wins
+            start = end - length
+            if start < 0 or best[start] == -math.inf:
+                continue
+            piece = word[start:end]
+            if piece not in by_length[length]:
+                continue
+            value = best[start] + scores[piece]
+            if value > best[end]:
+                best[end], back[end] = value, (start, piece)
+        if best[end] == -math.inf:  # a character outside every piece: step over it
+            best[end], back[end] = best[end - 1] + _UNCOVERED, (end - 1, None)
+    out: list[str] = []
+    end = n
+    while end > 0:
+        start, piece = back[end]
+        if piece is not None:
+            out.append(piece)
+        end = start
+    return out[::-1]
 
 
 # ---------------------------------------------------------------------- mode (b): added tokens

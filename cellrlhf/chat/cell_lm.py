@@ -71,6 +71,12 @@ class CellLM:
         The model directory (for :meth:`push_to_hub` and copying metadata on save).
     templates_dir
         Task templates to use instead of the packaged ones.
+    constrain_cells
+        Default of the methods' ``constrain_cells``: constrained decoding of generated cells
+        (only measured genes, each at most once per cell, then ``</cell>``; see
+        :mod:`cellrlhf.cell2text.sentence_constraints`). Needs gene tokens (a ``genes_as_text``
+        model raises ``ValueError``). Off by default: the unconstrained answers show what the
+        model learned.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class CellLM:
         data_manifest: Mapping | None = None,
         path: str | Path | None = None,
         templates_dir: str | Path | None = None,
+        constrain_cells: bool = False,
     ):
         if list(decoder.vocab.genes) != list(vocab.genes):
             raise ValueError(
@@ -102,7 +109,10 @@ class CellLM:
             templates_dir=templates_dir,
             manifest=self.data_manifest,
         )
-        self.generator = ChatGenerator(model, tokenizer)
+        self.generator = ChatGenerator(model, tokenizer, cell_genes=vocab)
+        self.constrain_cells = bool(constrain_cells)
+        if self.constrain_cells:  # fail now, not at the first answer
+            self.generator.logits_processors(GenerationSettings(constrain_cells=True))
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -118,6 +128,7 @@ class CellLM:
         dtype=None,
         trust_remote_code: bool = False,
         templates_dir: str | Path | None = None,
+        constrain_cells: bool = False,
     ) -> CellLM:
         """Load a saved model directory or a Hub repository (through the standard HF cache).
 
@@ -135,6 +146,8 @@ class CellLM:
             safetensors (pickle weights are refused).
         templates_dir
             Task templates the model was trained with, if not the packaged ones.
+        constrain_cells
+            Constrained decoding of generated cells by default (see the class).
         """
         from cellrlhf.chat.model_loading import load_model_dir
         from cellrlhf.hub.model_files import resolve_model_dir
@@ -158,6 +171,7 @@ class CellLM:
             data_manifest=loaded.data_manifest,
             path=loaded.path,
             templates_dir=templates_dir,
+            constrain_cells=constrain_cells,
         )
 
     # ------------------------------------------------------------------ metadata
@@ -367,6 +381,7 @@ class CellLM:
         max_new_tokens: int | None = None,
         batch_size: int = 16,
         progress: bool | None = None,
+        constrain_cells: bool | None = None,
     ) -> PerturbationPrediction:
         """Predict each cell's profile after ``perturbation``.
 
@@ -392,6 +407,9 @@ class CellLM:
             Sampling seed.
         top_n
             Genes listed in ``top_up`` / ``top_down``.
+        constrain_cells
+            Constrained decoding of the predicted cells (default: the model's
+            ``constrain_cells``).
 
         Returns
         -------
@@ -413,7 +431,10 @@ class CellLM:
             raise ValueError(f"n_samples={n_samples} must be >= 1.")
         temp = (0.0 if n_samples == 1 else 1.0) if temperature is None else float(temperature)
         settings = GenerationSettings(
-            max_new_tokens=max_new_tokens or self._sentence_budget(), temperature=temp, seed=seed
+            max_new_tokens=max_new_tokens or self._sentence_budget(),
+            temperature=temp,
+            seed=seed,
+            constrain_cells=self._constrained(constrain_cells),
         )
         conversations, rows = [], []
         for i, (sentence, ctx) in enumerate(zip(encoded.sentences, contexts, strict=True)):
@@ -456,6 +477,7 @@ class CellLM:
             "n_samples": n_samples,
             "temperature": temp,
             "seed": seed,
+            "constrain_cells": settings.constrain_cells,
             "model": str(self.path) if self.path else "",
             "stage": self.stage,
             "control": "input cells, encoded and decoded with the model's decoder",
@@ -484,15 +506,18 @@ class CellLM:
         max_new_tokens: int | None = None,
         batch_size: int = 16,
         progress: bool | None = None,
+        constrain_cells: bool | None = None,
     ):
         """Sample ``n`` cells of ``cell_type`` (or cell line): an AnnData of decoded profiles
-        with ``obs`` ``cell_type``, ``cell_sentence``, ``valid_fraction``, ``n_genes``."""
+        with ``obs`` ``cell_type``, ``cell_sentence``, ``valid_fraction``, ``n_genes``.
+        ``constrain_cells``: constrained decoding (default: the model's ``constrain_cells``)."""
         if n < 1:
             raise ValueError(f"n={n} must be >= 1.")
         settings = GenerationSettings(
             max_new_tokens=max_new_tokens or self._sentence_budget(),
             temperature=temperature,
             seed=seed,
+            constrain_cells=self._constrained(constrain_cells),
         )
         conversations = [self.prompts.generation(cell_type)] * n
         show = progress if progress is not None else n > batch_size
@@ -509,7 +534,12 @@ class CellLM:
             "closed": report.closed,
             "index": [f"generated_{i}" for i in range(n)],
         }
-        params = {"cell_type": cell_type, "temperature": temperature, "seed": seed}
+        params = {
+            "cell_type": cell_type,
+            "temperature": temperature,
+            "seed": seed,
+            "constrain_cells": settings.constrain_cells,
+        }
         adata = profiles_adata(
             matrix, self.vocab.genes, obs, uns={"cellrlhf_generation": {"params": params}}
         )
@@ -585,12 +615,14 @@ class CellLM:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
+        constrain_cells: bool | None = None,
     ) -> str | Iterator[str]:
         """Answer a conversation (``[{"role": "user", "content": ...}, ...]``).
 
         A conversation without a system message gets the system prompt of training. Use
         :meth:`cell_question` to put a cell in a message. With ``stream=True`` an iterator of
-        text pieces is returned (words arrive whole).
+        text pieces is returned (words arrive whole). ``constrain_cells``: constrained decoding
+        of cells in the answer (default: the model's ``constrain_cells``).
         """
         conversation = [dict(m) for m in messages]
         for m in conversation:
@@ -604,13 +636,20 @@ class CellLM:
         if not conversation or conversation[0]["role"] != "system":
             conversation.insert(0, {"role": "system", "content": self.prompts.chat_system})
         settings = GenerationSettings(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            constrain_cells=self._constrained(constrain_cells),
         )
         if stream:
             return self.generator.stream(conversation, settings)
         return self.generator.generate([conversation], settings)[0].text
 
     # ------------------------------------------------------------------ helpers
+    def _constrained(self, given: bool | None) -> bool:
+        return self.constrain_cells if given is None else bool(given)
+
     def _targets(self, perturbation: str | Sequence[str]) -> list[str]:
         if isinstance(perturbation, str):
             if perturbation.strip().lower() in CONTROL_WORDS:

@@ -37,6 +37,12 @@ class GenerationSettings:
         distribution, as the RL stage does).
     seed
         Seed of the sampling RNG (forked: the global torch RNG is left untouched).
+    constrain_cells
+        Constrained decoding of cell sentences
+        (:class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint`): inside
+        ``<cell> ... </cell>`` only measured genes not yet in that cell, or ``</cell>``. Needs a
+        tokenizer with one token per gene (not ``genes_as_text``). Text outside cells is
+        unaffected; log-probabilities stay those of the unconstrained model.
     """
 
     max_new_tokens: int = 256
@@ -44,6 +50,7 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    constrain_cells: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -74,7 +81,7 @@ class Completion:
         The answer, without padding or end-of-turn tokens.
     logprob
         Sum of the model's log-probabilities of the answer's tokens (end token included when
-        reached), before temperature or top-k / top-p reshaping.
+        reached), before temperature, top-k / top-p reshaping or the cell constraint.
     n_tokens
         Tokens generated.
     finished
@@ -88,11 +95,22 @@ class Completion:
 
 
 class ChatGenerator:
-    """Generate and score chat answers with a causal LM and its chat-template tokenizer."""
+    """Generate and score chat answers with a causal LM and its chat-template tokenizer.
 
-    def __init__(self, model, tokenizer):
+    Parameters
+    ----------
+    model, tokenizer
+        The causal LM and its chat-template tokenizer.
+    cell_genes
+        The genes a generated cell may contain (the model's gene vocabulary); needed only for
+        ``GenerationSettings(constrain_cells=True)``.
+    """
+
+    def __init__(self, model, tokenizer, *, cell_genes=None):
         self.model = model
         self.tokenizer = tokenizer
+        self.cell_genes = cell_genes
+        self._constraint = None
         stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         stop += list(gen_eos) if isinstance(gen_eos, (list, tuple)) else [gen_eos]
@@ -139,6 +157,23 @@ class ChatGenerator:
         )
         return {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
+    def logits_processors(self, settings: GenerationSettings):
+        """The ``logits_processor`` list for ``generate`` (empty unless ``constrain_cells``)."""
+        from transformers import LogitsProcessorList
+
+        if not settings.constrain_cells:
+            return LogitsProcessorList()
+        if self._constraint is None:
+            from cellrlhf.cell2text.sentence_constraints import CellSentenceConstraint
+
+            if self.cell_genes is None:
+                raise ValueError(
+                    "constrain_cells=True needs the model's genes: build the ChatGenerator with "
+                    "cell_genes=<GeneVocab> (CellLM does)."
+                )
+            self._constraint = CellSentenceConstraint(self.tokenizer, self.cell_genes)
+        return LogitsProcessorList([self._constraint])
+
     def _rng(self):
         import torch
 
@@ -179,6 +214,7 @@ class ChatGenerator:
                     eos_token_id=self.stop_ids,
                     return_dict_in_generate=True,
                     output_logits=logprobs,
+                    logits_processor=self.logits_processors(settings),
                     **settings.generate_kwargs(),
                 )
                 new = result.sequences[:, enc["input_ids"].shape[1] :]
@@ -209,6 +245,7 @@ class ChatGenerator:
         import torch
 
         streamer = _AnswerStreamer(self)
+        processors = self.logits_processors(settings)
         enc = self._encode([self.prompt_text(conversation)], padding_side="left")
         budget = self._budget(enc, settings.max_new_tokens)
         failure: list[BaseException] = []
@@ -223,6 +260,7 @@ class ChatGenerator:
                         pad_token_id=self.pad_id,
                         eos_token_id=self.stop_ids,
                         streamer=streamer,
+                        logits_processor=processors,
                         **settings.generate_kwargs(),
                     )
             except BaseException as err:  # surfaced in the consumer's thread

@@ -277,6 +277,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy answers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--constrain-cells",
+        action="store_true",
+        help="constrained decoding of generated cells: only the model's genes, each at most "
+        "once per cell (needs gene tokens; default: off, the model's own answers)",
+    )
+    p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="run code shipped with the model (only for models you trust)",
@@ -295,6 +301,7 @@ def load_session(args):
         device_map=args.device_map,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
+        constrain_cells=args.constrain_cells,
     )
     adata = None
     if args.adata:

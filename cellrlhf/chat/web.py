@@ -338,6 +338,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device-map", default=None, help="e.g. auto (GPUs via accelerate)")
     p.add_argument("--dtype", default=None, help="weight dtype, e.g. bfloat16 or auto")
     p.add_argument(
+        "--constrain-cells",
+        action="store_true",
+        help="constrained decoding of generated cells: only the model's genes, each at most "
+        "once per cell (needs gene tokens; default: off, the model's own answers)",
+    )
+    p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="run code shipped with the model (only for models you trust)",
@@ -363,6 +369,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
             device_map=args.device_map,
             dtype=args.dtype,
             trust_remote_code=args.trust_remote_code,
+            constrain_cells=args.constrain_cells,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"cellrlhf serve: {err}", file=sys.stderr)

@@ -165,6 +165,15 @@ class CellSFTConfig(SFTConfig):
             "answers (cell type) are always greedy."
         },
     )
+    eval_generation_constrained: bool = field(
+        default=False,
+        metadata={
+            "help": "Also generate the held-out cell answers under constrained decoding (inside <cell> ... "
+            "</cell> only measured genes, each at most once, then </cell>) and log their validity as "
+            "gen_constrained_* beside the unconstrained gen_* (which is what RL sees). Needs gene tokens "
+            "(not tokenizer_mode genes_as_text). Doubles the generation time of cell answers."
+        },
+    )
     eval_fidelity_perturbations: int = field(
         default=4,
         metadata={

@@ -11,6 +11,13 @@ are. On a fixed, seeded slice of held-out examples the model answers by generati
   the real pseudo-bulk, both relative to the decoded control (pseudo-bulks need >= 64 cells to be
   stable; fewer gives noisy figures).
 
+With ``constrain_cells=True`` cell answers are generated a second time under constrained decoding
+(:class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint`: inside a cell, only
+measured genes not yet written, or ``</cell>``) and reported as ``gen_constrained_*`` beside the
+unconstrained ``gen_*``. The unconstrained figures are what the RL stage sees (its trainers
+sample without the constraint, since TRL recomputes log-probabilities without logits
+processors); the constrained ones are what users get with ``CellLM(constrain_cells=True)``.
+
 Work is split over processes and gathered, so it runs unchanged under DDP and DeepSpeed (ZeRO-3
 generation uses ``synced_gpus``).
 """
@@ -223,6 +230,16 @@ class GenerationEvaluator:
     fidelity_perturbations, fidelity_cells
         How many perturbation groups get a fidelity figure, and how many cells are sampled for
         each pseudo-bulk.
+    constrain_cells
+        Also generate cell answers under constrained decoding and report their validity as
+        ``gen_constrained_*`` (same prompts, same seed). Needs a tokenizer with one token per
+        gene; a ``genes_as_text`` tokenizer raises ``ValueError``. Fidelity stays unconstrained.
+
+    Attributes
+    ----------
+    last_cell_answers
+        The cell answers of the last call (keys ``"unconstrained"`` and, with
+        ``constrain_cells``, ``"constrained"``), in the order of the cell-answer examples.
     """
 
     def __init__(
@@ -238,6 +255,7 @@ class GenerationEvaluator:
         references: dict | None = None,
         fidelity_perturbations: int = 0,
         fidelity_cells: int = 64,
+        constrain_cells: bool = False,
     ) -> None:
         self.examples = list(examples)
         # a private copy: padded calls leave their padding settings in the backend tokenizer,
@@ -254,6 +272,17 @@ class GenerationEvaluator:
         self.fidelity_cells = int(fidelity_cells)
         if self.decoder is None and any(e.answers_with_cell for e in self.examples):
             logger.warning("no expression decoder: generated cell sentences are not scored.")
+        self.last_cell_answers: dict[str, list[str]] = {}
+        self.constraint = None
+        if constrain_cells:
+            if self.decoder is None:
+                raise ValueError(
+                    "constrain_cells=True needs the expression decoder (its genes are the ones a "
+                    "cell may contain)."
+                )
+            from cellrlhf.cell2text.sentence_constraints import CellSentenceConstraint
+
+            self.constraint = CellSentenceConstraint(self.tokenizer, self.decoder.vocab)
 
     # ------------------------------------------------------------------ public
     def __call__(self, model, accelerator=None) -> dict[str, float]:
@@ -274,6 +303,24 @@ class GenerationEvaluator:
                     model, accelerator, cells, do_sample=self.temperature > 0
                 )
                 metrics.update(cell_answer_metrics(cells, answers, self.decoder))
+                self.last_cell_answers = {"unconstrained": answers}
+                if self.constraint is not None:
+                    held = self._generate_distributed(
+                        model,
+                        accelerator,
+                        cells,
+                        do_sample=self.temperature > 0,
+                        constrained=True,
+                    )
+                    self.last_cell_answers["constrained"] = held
+                    constrained = cell_answer_metrics(cells, held, self.decoder)
+                    metrics.update(
+                        {
+                            k.replace("gen_", "gen_constrained_", 1): v
+                            for k, v in constrained.items()
+                            if k != "gen_reference_mean_length"
+                        }
+                    )
             if self.fidelity_groups and self.decoder is not None:
                 metrics.update(self._fidelity(model, accelerator))
         finally:
@@ -314,11 +361,17 @@ class GenerationEvaluator:
         }
 
     # ------------------------------------------------------------------ generation
-    def _generate_distributed(self, model, accelerator, examples, *, do_sample: bool) -> list[str]:
+    def _generate_distributed(
+        self, model, accelerator, examples, *, do_sample: bool, constrained: bool = False
+    ) -> list[str]:
         n = len(examples)
         if accelerator is None or accelerator.num_processes == 1:
             return self._generate(
-                model, examples, do_sample=do_sample, device=_device_of(model, accelerator)
+                model,
+                examples,
+                do_sample=do_sample,
+                device=_device_of(model, accelerator),
+                constrained=constrained,
             )
         from accelerate.utils import gather_object
 
@@ -331,6 +384,7 @@ class GenerationEvaluator:
                 device=accelerator.device,
                 synced=_zero3_enabled(),
                 rank=accelerator.process_index,
+                constrained=constrained,
             )
             pairs = list(zip(mine, local, strict=True))
         gathered = gather_object(pairs)
@@ -339,8 +393,11 @@ class GenerationEvaluator:
             answers.setdefault(i, text)
         return [answers[i] for i in range(n)]
 
-    def _generate(self, model, examples, *, do_sample, device, synced=False, rank=0) -> list[str]:
+    def _generate(
+        self, model, examples, *, do_sample, device, synced=False, rank=0, constrained=False
+    ) -> list[str]:
         import torch
+        from transformers import LogitsProcessorList
 
         tok = self.tokenizer
         eos = _stop_ids(tok)
@@ -359,6 +416,8 @@ class GenerationEvaluator:
                     k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
                 }
                 kwargs = {"do_sample": do_sample}
+                if constrained:
+                    kwargs["logits_processor"] = LogitsProcessorList([self.constraint])
                 if do_sample:
                     kwargs.update(temperature=self.temperature, top_k=0, top_p=1.0)
                 generated = model.generate(

@@ -102,6 +102,7 @@ def train_stage(
             references=references,
             fidelity_perturbations=training_args.eval_fidelity_perturbations,
             fidelity_cells=training_args.eval_fidelity_cells,
+            constrain_cells=training_args.eval_generation_constrained,
         )
 
     dropout, callbacks = None, list(callbacks)

@@ -112,3 +112,65 @@ def test_fidelity_references_from_rl_rows():
 def test_perplexity_is_exp_loss_and_finite():
     assert perplexity(np.log(7.0)) == pytest.approx(7.0)
     assert np.isfinite(perplexity(1e6))
+
+
+def _random_cell_lm(genes):
+    """A random 1-layer Llama with the cell tokenizer: it writes any token, often repeated."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cellrlhf.cell2text.tokenizer import build_cell_tokenizer
+
+    tok = build_cell_tokenizer(GeneVocab(genes), texts=["A cell of type T cell:"] * 4)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return LlamaForCausalLM(config), tok
+
+
+def test_constrained_generation_metrics_beside_unconstrained():
+    from cellrlhf.sft.evaluation import GenerationEvaluator
+
+    genes = tuple(f"G{i}" for i in range(12))
+    model, tok = _random_cell_lm(genes)
+    decoder = ExpressionDecoder(GeneVocab(genes), intercept=2.0, slope=-1.0)
+    examples = [
+        GenerationExample(prompt="A cell of type T cell: <cell>", reference="<cell> G1 G2 </cell>",
+                          task="pretrain")
+    ] * 8  # fmt: skip
+    kwargs = {"max_new_tokens": 16, "batch_size": 4, "temperature": 1.0, "seed": 0}
+    plain = GenerationEvaluator(examples, tok, decoder, **kwargs)(model)
+    evaluator = GenerationEvaluator(examples, tok, decoder, constrain_cells=True, **kwargs)
+    both = evaluator(model)
+    answers = evaluator.last_cell_answers
+    assert set(answers) == {"unconstrained", "constrained"}
+    assert len(answers["constrained"]) == len(answers["unconstrained"]) == len(examples)
+    for answer in answers["constrained"]:
+        words = answer.split("</cell>")[0].split()[1:]  # after the "<cell>" the prompt opened
+        assert len(set(words)) == len(words) and set(words) <= set(genes), answer
+    assert not any(k.startswith("gen_constrained_") for k in plain)
+    for key, value in plain.items():  # the unconstrained figures are unchanged (same seed)
+        assert both[key] == pytest.approx(value, nan_ok=True), key
+    assert plain["gen_valid_gene_fraction"] < 0.9  # a random model writes anything
+    assert both["gen_constrained_valid_gene_fraction"] == 1.0
+    assert both["gen_constrained_duplicate_fraction"] == 0.0
+    assert both["gen_constrained_unknown_fraction"] == 0.0
+    assert "gen_constrained_reference_mean_length" not in both
+
+
+def test_constrained_evaluation_needs_a_decoder():
+    from cellrlhf.sft.evaluation import GenerationEvaluator
+
+    _, tok = _random_cell_lm(("A", "B"))
+    with pytest.raises(ValueError, match="decoder"):
+        GenerationEvaluator([], tok, None, constrain_cells=True)

@@ -1,0 +1,188 @@
+"""Constrained decoding of cell sentences: valid, duplicate-free cells by construction.
+
+A model asked for a cell writes ``<cell> G1 G2 ... </cell>``. Unconstrained, a small or
+undertrained model repeats genes and drifts into prose inside the cell; the decoder then drops
+those words (valid gene fraction < 1). :class:`CellSentenceConstraint` is a ``transformers``
+logits processor that, at each step and for each sequence of the batch:
+
+- outside a cell (no ``<cell>`` since the last ``</cell>``, prompt included) does nothing;
+- inside an open cell allows only the measured genes' tokens not yet written in this cell,
+  ``</cell>``, and a single whitespace token between words (the cell tokenizer writes
+  ``" </cell>"`` as ``"▁"`` then ``</cell>``); everything else, the end of turn included, gets
+  ``-inf``. ``</cell>`` is always allowed, so a row never runs out of tokens.
+
+The state is read from the whole ``input_ids`` at every step (prompt included, so a prompt that
+ends in ``<cell>`` continues an open cell) with tensor operations, which makes it correct for
+batches with left padding and for beam search.
+
+It needs one token per gene: tokenizers of mode ``"gene_tokens"`` or ``"added_gene_tokens"``
+(:mod:`cellrlhf.cell2text.tokenizer`). For ``"genes_as_text"`` tokenizers (genes are several
+word pieces) it raises ``ValueError`` rather than silently doing nothing.
+
+Constrained decoding is for users and evaluation only. RL trainers (TRL PPO / GRPO / RLOO) must
+generate unconstrained: they recompute the policy's log-probabilities without the processor, so
+a constrained sample would be scored as if drawn from the unconstrained policy (biased
+importance ratios and KL), and the reward must see the policy's own mistakes to correct them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+
+from cellrlhf.cell2text.markup import CELL_END, CELL_START
+from cellrlhf.cell2text.vocab import GeneVocab
+
+__all__ = ["CellSentenceConstraint", "cell_sentence_processors"]
+
+logger = logging.getLogger(__name__)
+
+
+class CellSentenceConstraint:
+    """Logits processor: inside ``<cell> ... </cell>``, only unused gene tokens or ``</cell>``.
+
+    Parameters
+    ----------
+    tokenizer
+        The model's tokenizer, one token per gene (modes ``"gene_tokens"`` /
+        ``"added_gene_tokens"``), with ``<cell>`` and ``</cell>`` as single tokens.
+    genes
+        The genes a cell may contain: the measured genes (the model's ``gene_vocab.json``).
+        Genes without a single token are skipped with a warning.
+
+    Raises
+    ------
+    ValueError
+        For a ``"genes_as_text"`` tokenizer, markup that is not one token each, or no gene
+        with a single token.
+
+    Notes
+    -----
+    Call as ``processor(input_ids, scores)`` with ``input_ids`` ``(batch, length)`` and
+    ``scores`` ``(batch, vocab)``; returns new scores (banned entries ``-inf``, the others
+    unchanged). Pass it in ``model.generate(..., logits_processor=LogitsProcessorList([p]))``.
+    """
+
+    def __init__(self, tokenizer, genes: GeneVocab | Iterable[str]):
+        from cellrlhf.cell2text.tokenizer import gene_token_ids, tokenizer_mode
+
+        mode = tokenizer_mode(tokenizer)
+        if mode == "genes_as_text":
+            raise ValueError(
+                "constrained cell decoding needs one token per gene; this tokenizer reads genes "
+                "as text (mode 'genes_as_text'), so a gene cannot be banned as one token. "
+                "Generate unconstrained, or use a model with gene tokens."
+            )
+        self.cell_start_id = _single_token(tokenizer, CELL_START)
+        self.cell_end_id = _single_token(tokenizer, CELL_END)
+        symbols = list(genes.genes if isinstance(genes, GeneVocab) else genes)
+        ids = gene_token_ids(tokenizer, symbols)
+        missing = [g for g, i in zip(symbols, ids, strict=True) if i < 0]
+        self.gene_ids = sorted({i for i in ids if i >= 0})
+        if not self.gene_ids:
+            raise ValueError(
+                f"none of the {len(symbols)} genes is a single token of this tokenizer (mode "
+                f"{mode!r}); constrained cell decoding needs gene tokens."
+            )
+        if missing:
+            logger.warning(
+                "%d gene(s) have no single token and can never be generated in a cell (e.g. %s)",
+                len(missing),
+                missing[:5],
+            )
+        self.space_ids = _whitespace_token_ids(tokenizer, self.gene_ids[0])
+        self._masks: dict[tuple[int, str], tuple] = {}
+
+    def _vocab_masks(self, n_vocab: int, device):
+        """``(is_gene, allowed_inside, is_space)`` boolean vectors of length ``n_vocab``."""
+        import torch
+
+        key = (n_vocab, str(device))
+        if key not in self._masks:
+            top = max(self.cell_end_id, self.gene_ids[-1])
+            if n_vocab <= top:
+                raise ValueError(
+                    f"the scores have {n_vocab} columns but the tokenizer's cell tokens go up to "
+                    f"id {top}; the model and tokenizer do not match."
+                )
+            is_gene = torch.zeros(n_vocab, dtype=torch.bool, device=device)
+            is_gene[self.gene_ids] = True
+            is_space = torch.zeros(n_vocab, dtype=torch.bool, device=device)
+            is_space[[i for i in self.space_ids if i < n_vocab]] = True
+            allowed = is_gene | is_space
+            allowed[self.cell_end_id] = True
+            self._masks[key] = (is_gene, allowed, is_space)
+        return self._masks[key]
+
+    def open_cells(self, input_ids):
+        """``(batch,)`` bool: whether each row is inside an unclosed ``<cell>``, and the
+        ``(batch,)`` position of its last ``<cell>`` (``-1`` where none)."""
+        import torch
+
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        none = torch.full_like(input_ids, -1)
+        last_open = torch.where(input_ids == self.cell_start_id, positions, none).amax(dim=1)
+        last_close = torch.where(input_ids == self.cell_end_id, positions, none).amax(dim=1)
+        return last_open > last_close, last_open
+
+    def banned(self, input_ids, n_vocab: int):
+        """``(batch, n_vocab)`` bool: the tokens each row may not write next."""
+        import torch
+
+        is_gene, allowed, is_space = self._vocab_masks(n_vocab, input_ids.device)
+        is_open, last_open = self.open_cells(input_ids)  # no host sync: stays on the device
+        batch = input_ids.shape[0]
+        ids = input_ids.clamp(min=0, max=n_vocab - 1)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        in_span = positions[None, :] > last_open[:, None]
+        used = (in_span & is_gene[ids]).to(torch.int32)
+        counts = torch.zeros((batch, n_vocab), dtype=torch.int32, device=input_ids.device)
+        banned = counts.scatter_add_(1, ids, used) > 0  # genes already in this cell
+        banned |= ~allowed[None, :]
+        after_space = is_space[ids[:, -1]]
+        banned |= after_space[:, None] & is_space[None, :]  # one separator between words
+        return banned & is_open[:, None]
+
+    def __call__(self, input_ids, scores):
+        banned = self.banned(input_ids, scores.shape[-1])
+        return scores.masked_fill(banned, -math.inf)
+
+
+def cell_sentence_processors(tokenizer, genes: GeneVocab | Iterable[str]):
+    """A ``transformers.LogitsProcessorList`` holding one :class:`CellSentenceConstraint`."""
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList([CellSentenceConstraint(tokenizer, genes)])
+
+
+def _single_token(tokenizer, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"{text!r} is {len(ids)} tokens for this tokenizer; constrained cell decoding needs "
+            "the cell markup as single tokens (build the tokenizer with markup tokens)."
+        )
+    return int(ids[0])
+
+
+def _whitespace_token_ids(tokenizer, word_id: int) -> list[int]:
+    """Ids whose text after a word is only whitespace (``"▁"``, ``"Ġ"``, ``"\\n"``...).
+
+    Decoded after a word token, so that tokenizers which drop a leading space on decode
+    (SentencePiece-style) still show it.
+    """
+    special = set(tokenizer.all_special_ids)
+    prefix = tokenizer.decode([word_id], clean_up_tokenization_spaces=False)
+    candidates = [i for i in range(len(tokenizer)) if i not in special]
+    texts = tokenizer.batch_decode(
+        [[word_id, i] for i in candidates],
+        skip_special_tokens=False,
+        clean_up_tokenization_spaces=False,
+    )
+    out = []
+    for token_id, text in zip(candidates, texts, strict=True):
+        rest = text[len(prefix) :] if text.startswith(prefix) else ""
+        if rest and not rest.strip():
+            out.append(token_id)
+    return out
