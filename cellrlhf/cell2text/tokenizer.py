@@ -197,10 +197,31 @@ def _text_pieces(texts: Iterable[str], vocab_size: int) -> list[tuple[str, float
     trained.train_from_iterator(corpus, trainer)
     vocab = json.loads(trained.to_str())["model"]["vocab"]
     piece_set = {p for p, _ in vocab if p != UNK_TOKEN} | set(alphabet)
-    scores = _viterbi_em_scores(sorted(piece_set), _word_counts(corpus))
+    words = _word_counts(corpus)
+    piece_set |= _whole_words(words, room=int(vocab_size) - len(piece_set))
+    scores = _viterbi_em_scores(sorted(piece_set), words)
     top = max(scores.values())
     shift = top + 1e-3 if top >= 0.0 else 0.0  # every text piece strictly below the genes' 0.0
     return sorted(((p, s - shift) for p, s in scores.items()), key=lambda ps: (-ps[1], ps[0]))
+
+
+_MAX_WORD_PIECE = 24  # longer "words" (URLs, long identifiers) stay split into pieces
+
+
+def _whole_words(words: Sequence[tuple[str, int]], room: int) -> set[str]:
+    """The most frequent whole words of the texts, as many as ``room`` allows.
+
+    Prompt templates are few distinct texts, so most of their words occur only a handful of times
+    and the Unigram trainer alone splits common words into characters (``"Y ou a re"``): prompts
+    then cost ~2.5x the tokens, which every forward pass of SFT and RL pays. A template vocabulary
+    is small, so every word of it gets its own piece when the budget allows.
+    """
+    if room <= 0:
+        return set()
+    ranked = sorted(
+        (wc for wc in words if 1 < len(wc[0]) <= _MAX_WORD_PIECE), key=lambda wc: (-wc[1], wc[0])
+    )
+    return {word for word, _ in ranked[:room]}
 
 
 def _metaspace():

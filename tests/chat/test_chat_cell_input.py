@@ -27,7 +27,7 @@ def _adata(X, genes, names=None, **var):
 def test_anndata_rows_are_ranked_and_spelled_as_the_model(caplog):
     # lower-case names and a gene the model does not know (dropped)
     adata = _adata([[5, 0, 1, 3, 0], [0, 2, 0, 0, 9]], ["cd3e", "CD8A", "ms4a1", "XIST", "nkg7"])
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="cellrlhf"):
         enc = encode_cells(adata, VOCAB)
     assert enc.ids == ["c0", "c1"]
     assert enc.sentences == ["CD3E MS4A1", "NKG7 CD8A"]
