@@ -17,9 +17,12 @@ ORDER = (
     "cell2text_decode_tokenizer",
     "data_build",
     "sft",
+    "sft_validity",
     "reward_metrics",
     "reward_model",
     "ppo",
+    "rl_eval",
+    "demo",
 )
 
 HEADER = """# Benchmarks and results
