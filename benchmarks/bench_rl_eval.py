@@ -55,6 +55,12 @@ def seed_table(summary: pd.DataFrame, context: str, kind: str) -> pd.DataFrame:
     for _, row in rows.iterrows():
         family, seed = family_of(row.method)
         families.setdefault(family, []).append((seed, row))
+    # a run whose kept policy is its last one writes no last/ directory: its last row is the kept one
+    for family in [f for f in families if not f.endswith("_last") and f != "sft"]:
+        last = families.setdefault(f"{family}_last", [])
+        have = {seed for seed, _ in last}
+        last += [(seed, row) for seed, row in families[family] if seed not in have]
+        last.sort(key=lambda m: m[0] or 0)
     for family, members in families.items():
         entry = {"method": family, "seeds": len(members)}
         for column, label in METRICS.items():
