@@ -33,6 +33,7 @@ METRICS = {
     "mae": "MAE",
     "distinct_sentence_fraction": "distinct sentences",
 }
+HAND_WRITTEN = "## Reading these figures"
 SEED_RE = re.compile(r"^(?P<family>.+)_seed(?P<seed>\d+)$")
 
 
@@ -121,7 +122,8 @@ def plot_histories(curves: dict[str, list[tuple[int, float]]], path: Path, refs:
         ax.plot(
             steps,
             values,
-            marker="o",
+            marker="osd^v"[(seed or 0) % 5],
+            linestyle=("-", "--", "-.", ":")[(seed or 0) % 4],
             color=colours.get(family, "tab:gray"),
             alpha=0.8,
             label=f"{family.upper()} seed {seed}",
@@ -216,7 +218,10 @@ def main() -> int:
             "additive baseline."
         )
     text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    if out.exists() and HAND_WRITTEN in out.read_text():  # keep the hand-written reading
+        text += "\n" + HAND_WRITTEN + out.read_text().split(HAND_WRITTEN, 1)[1]
+    out.write_text(text)
     print(text)
     print(f"plot: {plot}")
     return 0
