@@ -301,11 +301,25 @@ def _timings_section(art: RunArtifacts, out_dir: Path) -> Section:
     if not seconds:
         sec.text("No stage has finished yet.")
         return sec
+    cpu = {name: art.markers[name].get("cpu_seconds") for name in seconds}
     frame = pd.DataFrame(
-        {"stage": list(seconds), "seconds": [round(v, 1) for v in seconds.values()]}
+        {
+            "stage": list(seconds),
+            "seconds": [round(v, 1) for v in seconds.values()],
+            "CPU seconds": [None if v is None else round(float(v), 1) for v in cpu.values()],
+        }
     )
     sec.table(frame)
-    sec.text(f"Total: {sum(seconds.values()) / 60:.1f} min.")
+    total_cpu = [float(v) for v in cpu.values() if v is not None]
+    sec.text(
+        f"Total: {sum(seconds.values()) / 60:.1f} min wall"
+        + (
+            f", {sum(total_cpu) / 60:.1f} min CPU (user + system of the stage processes; CPU "
+            "well below wall x cores means the machine was shared)."
+            if len(total_cpu) == len(cpu)
+            else "."
+        )
+    )
     png = plot_timings(seconds, out_dir / "timings.png")
     if png:
         sec.image(png, "seconds per stage")

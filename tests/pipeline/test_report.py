@@ -47,6 +47,7 @@ def test_report_has_every_section_and_nonempty_plots(finished_run):
     assert curves.stat().st_size > 1000 and timings.stat().st_size > 1000
     assert page.count("data:image/png;base64,") == 2
     assert "-m cellrlhf --version" in md
+    assert "CPU seconds" in md and "min CPU" in md  # the runner recorded CPU time per stage
 
 
 def test_report_on_a_run_that_has_not_started(tmp_path):
