@@ -226,6 +226,27 @@ class RankedCells:
 
 
 # --------------------------------------------------------------------------- kernels
+VALUE_ZERO = -1  # value_kind of 0.0 / -0.0: not expressed
+VALUE_EXPRESSED = 0  # a finite positive value
+# other kinds are invalid-value flags: 1 NaN, 2 infinite, 4 negative (OR-ed per row)
+
+
+@njit(inline="always")
+def value_kind(bits):
+    """Classify one float32 by its bits: zero, expressed, or the invalid-value flag it raises."""
+    b = np.int64(bits)
+    a = b & 0x7FFFFFFF
+    if a == 0:
+        return VALUE_ZERO
+    if b < 0x7F800000:
+        return VALUE_EXPRESSED
+    if a > 0x7F800000:
+        return 1
+    if a == 0x7F800000:
+        return 2
+    return 4
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _scan_rows(indptr, vbits, top_k):
     """Per row: number of ranked genes (expressed, capped by top_k) and invalid-value flags.
@@ -239,19 +260,11 @@ def _scan_rows(indptr, vbits, top_k):
         c = 0
         f = 0
         for j in range(indptr[r], indptr[r + 1]):
-            b = np.int64(vbits[j])
-            a = b & 0x7FFFFFFF
-            if a == 0:
-                continue
-            if b >= 0x7F800000:
-                if a > 0x7F800000:
-                    f |= 1
-                elif a == 0x7F800000:
-                    f |= 2
-                else:
-                    f |= 4
-            else:
+            kind = value_kind(vbits[j])
+            if kind == VALUE_EXPRESSED:
                 c += 1
+            elif kind > 0:
+                f |= kind
         counts[r] = c if top_k < 0 or c < top_k else top_k
         flags[r] = f
     return counts, flags

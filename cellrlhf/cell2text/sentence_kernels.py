@@ -23,6 +23,7 @@ from numba.extending import intrinsic
 
 from cellrlhf.cell2text.ranking import (
     ROWS_PER_TASK,
+    VALUE_EXPRESSED,
     csr_parts,
     float32_bits,
     kernel_threads,
@@ -30,6 +31,7 @@ from cellrlhf.cell2text.ranking import (
     row_scratch,
     sort_row,
     task_rows,
+    value_kind,
 )
 
 __all__ = [
@@ -118,20 +120,12 @@ def _scan_sentence_rows(indptr, vbits, indices, name_lengths):
         total = 0
         f = 0
         for j in range(indptr[r], indptr[r + 1]):
-            b = np.int64(vbits[j])
-            a = b & 0x7FFFFFFF
-            if a == 0:
-                continue
-            if b >= 0x7F800000:
-                if a > 0x7F800000:
-                    f |= 1
-                elif a == 0x7F800000:
-                    f |= 2
-                else:
-                    f |= 4
-            else:
+            kind = value_kind(vbits[j])
+            if kind == VALUE_EXPRESSED:
                 c += 1
                 total += name_lengths[indices[j]]
+            elif kind > 0:
+                f |= kind
         counts[r] = c
         lengths[r] = total + c - 1 if c > 0 else 0
         flags[r] = f
