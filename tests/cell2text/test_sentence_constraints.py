@@ -152,22 +152,9 @@ def test_banned_matches_the_rule(tok, constraint, rows):
 # ---------------------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def tiny_model(tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_llama import random_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return random_llama(tok).eval()
 
 
 class _Favour:

@@ -199,8 +199,8 @@ def write_sft_model(
     out = Path(out)
     torch.manual_seed(seed)
     chats = list(load_from_disk(str(dataset_dir / "sft_chats"))["messages"])
-    # no text corpus: the Unigram trainer of `tokenizers` is not deterministic across runs, and
-    # the tests compare numbers between runs; plain text is spelled by characters instead
+    # no text corpus: plain text is spelled by characters, which keeps this tokenizer (and the
+    # numbers the tests compare between runs) independent of the text-piece fitting
     tokenizer = build_cell_tokenizer(
         GeneVocab.load(dataset_dir), extra_genes=TRAIN_TARGETS + TEST_TARGETS
     )

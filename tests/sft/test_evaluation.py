@@ -116,26 +116,12 @@ def test_perplexity_is_exp_loss_and_finite():
 
 def _random_cell_lm(genes):
     """A random 1-layer Llama with the cell tokenizer: it writes any token, often repeated."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_llama import random_llama
 
     from cellrlhf.cell2text.tokenizer import build_cell_tokenizer
 
     tok = build_cell_tokenizer(GeneVocab(genes), texts=["A cell of type T cell:"] * 4)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return LlamaForCausalLM(config), tok
+    return random_llama(tok), tok
 
 
 def test_constrained_generation_metrics_beside_unconstrained():
