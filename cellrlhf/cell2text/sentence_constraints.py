@@ -65,7 +65,7 @@ class CellSentenceConstraint:
     """
 
     def __init__(self, tokenizer, genes: GeneVocab | Iterable[str]):
-        from cellrlhf.cell2text.tokenizer import gene_token_ids, tokenizer_mode
+        from cellrlhf.cell2text.tokenizer import gene_token_ids, markup_token_id, tokenizer_mode
 
         mode = tokenizer_mode(tokenizer)
         if mode == "genes_as_text":
@@ -74,8 +74,12 @@ class CellSentenceConstraint:
                 "as text (mode 'genes_as_text'), so a gene cannot be banned as one token. "
                 "Generate unconstrained, or use a model with gene tokens."
             )
-        self.cell_start_id = _single_token(tokenizer, CELL_START)
-        self.cell_end_id = _single_token(tokenizer, CELL_END)
+        self.cell_start_id = markup_token_id(
+            tokenizer, CELL_START, needed_by="constrained cell decoding"
+        )
+        self.cell_end_id = markup_token_id(
+            tokenizer, CELL_END, needed_by="constrained cell decoding"
+        )
         symbols = list(genes.genes if isinstance(genes, GeneVocab) else genes)
         ids = gene_token_ids(tokenizer, symbols)
         missing = [g for g, i in zip(symbols, ids, strict=True) if i < 0]
@@ -154,16 +158,6 @@ def cell_sentence_processors(tokenizer, genes: GeneVocab | Iterable[str]):
     from transformers import LogitsProcessorList
 
     return LogitsProcessorList([CellSentenceConstraint(tokenizer, genes)])
-
-
-def _single_token(tokenizer, text: str) -> int:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"{text!r} is {len(ids)} tokens for this tokenizer; constrained cell decoding needs "
-            "the cell markup as single tokens (build the tokenizer with markup tokens)."
-        )
-    return int(ids[0])
 
 
 def _whitespace_token_ids(tokenizer, word_id: int) -> list[int]:

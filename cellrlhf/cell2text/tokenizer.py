@@ -39,6 +39,7 @@ from cellrlhf.cell2text.markup import MARKUP_TOKENS
 from cellrlhf.cell2text.vocab import GeneVocab
 
 __all__ = [
+    "markup_token_id",
     "BOS_TOKEN",
     "EOS_TOKEN",
     "PAD_TOKEN",
@@ -555,6 +556,21 @@ def load_cell_tokenizer(path: str | Path):
             "genes_as_text_tokenizer and save it with save_pretrained."
         )
     return tokenizer
+
+
+def markup_token_id(tokenizer, text: str, *, needed_by: str) -> int:
+    """The id of a markup token (``<cell>``, ``</pert>``...), which must be a single token.
+
+    ``needed_by`` names the feature in the error raised when it is not (e.g. a tokenizer that
+    was not built by :mod:`cellrlhf.cell2text.tokenizer`).
+    """
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"{text!r} is not a single token of this tokenizer (it encodes to {ids}); {needed_by} needs the "
+            "cellrlhf markup as single tokens. Build the tokenizer with cellrlhf.cell2text.tokenizer."
+        )
+    return int(ids[0])
 
 
 def gene_token_ids(tokenizer, genes: GeneVocab | Iterable[str]) -> list[int]:

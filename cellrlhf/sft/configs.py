@@ -143,6 +143,15 @@ class CellSFTConfig(SFTConfig):
             "<unk_pert>, so the model learns a response for targets it has never seen. Resampled every epoch."
         },
     )
+    repeat_unlikelihood_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an unlikelihood loss against writing a gene twice in one cell (Welleck "
+            "et al., 2020): at each trained position inside <cell> ... </cell>, -log(1 - probability "
+            "of the genes already written). Duplicates are small models' main invalid output; this "
+            "raises the model's own valid gene fraction. 0 turns it off. Needs one token per gene."
+        },
+    )
     eval_generation_samples: int = field(
         default=32,
         metadata={
@@ -199,7 +208,21 @@ class CellSFTConfig(SFTConfig):
     def __post_init__(self) -> None:
         if self.bf16 is None and not self.fp16:
             self.bf16 = _cuda_available()
+        if self.repeat_unlikelihood_weight > 0 and self.loss_type is None:
+            self.loss_type = "nll"  # the repeat term reads the logits, which chunked_nll skips
         super().__post_init__()
+        if self.repeat_unlikelihood_weight > 0 and (
+            self.loss_type == "chunked_nll" or self.use_liger_kernel
+        ):
+            raise ValueError(
+                "repeat_unlikelihood_weight > 0 needs the model's logits: set loss_type: nll and "
+                "use_liger_kernel: false, or repeat_unlikelihood_weight: 0."
+            )
+        if not self.repeat_unlikelihood_weight >= 0.0:
+            raise ValueError(
+                f"repeat_unlikelihood_weight={self.repeat_unlikelihood_weight}; it must be >= 0 "
+                "(0 turns the repeat penalty off)."
+            )
         if not 0.0 <= self.perturbation_dropout < 1.0:
             raise ValueError(
                 f"perturbation_dropout={self.perturbation_dropout}; it must be in [0, 1)."

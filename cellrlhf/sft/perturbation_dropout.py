@@ -23,6 +23,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from cellrlhf.cell2text.markup import CONTROL_PERT, PERT_END, PERT_START, UNK_PERT
+from cellrlhf.cell2text.tokenizer import markup_token_id
 
 __all__ = ["PerturbationDropout", "PerturbationDropoutCollator", "PerturbationDropoutCallback"]
 
@@ -52,9 +53,9 @@ class PerturbationDropout:
         self.probability = float(probability)
         self.seed = int(seed)
         self.epoch = 0
-        self._start = _single_token_id(tokenizer, PERT_START)
-        self._end = _single_token_id(tokenizer, PERT_END)
-        self._unk = _single_token_id(tokenizer, UNK_PERT)
+        self._start = markup_token_id(tokenizer, PERT_START, needed_by="perturbation dropout")
+        self._end = markup_token_id(tokenizer, PERT_END, needed_by="perturbation dropout")
+        self._unk = markup_token_id(tokenizer, UNK_PERT, needed_by="perturbation dropout")
         self._keep = {t.lower() for t in (UNK_PERT, CONTROL_PERT, PERT_START, PERT_END)}
 
     def check_round_trip(self, targets: Sequence[str]) -> None:
@@ -164,13 +165,3 @@ class PerturbationDropoutCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dropout.epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
-
-
-def _single_token_id(tokenizer, token: str) -> int:
-    ids = tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"{token!r} is not a single token of this tokenizer (encodes to {ids}); perturbation dropout "
-            "needs the cellrlhf markup tokens. Build the tokenizer with cellrlhf.cell2text.tokenizer."
-        )
-    return ids[0]

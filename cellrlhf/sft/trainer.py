@@ -4,7 +4,9 @@
 - evaluation adds ``eval_perplexity`` and the generation metrics of
   :class:`~cellrlhf.sft.evaluation.GenerationEvaluator`, logged through the trainer's ``log`` so
   every ``report_to`` backend (tensorboard, wandb, ...) receives them;
-- perturbation dropout on training batches only (:mod:`cellrlhf.sft.perturbation_dropout`).
+- perturbation dropout on training batches only (:mod:`cellrlhf.sft.perturbation_dropout`);
+- an optional unlikelihood term against repeated genes in a cell
+  (:mod:`cellrlhf.sft.repeat_unlikelihood`), logged as ``repeat_mass`` / ``repeat_unlikelihood``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from trl import SFTTrainer
 
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME, publish_checkpoint, write_checkpoint_marker
 from cellrlhf.sft.perturbation_dropout import PerturbationDropout, PerturbationDropoutCollator
+from cellrlhf.sft.repeat_unlikelihood import RepeatUnlikelihood
 
 __all__ = ["CellSFTTrainer", "perplexity"]
 
@@ -40,6 +43,9 @@ class CellSFTTrainer(SFTTrainer):
         with the ``eval_`` prefix. ``None`` turns generation metrics off.
     perturbation_dropout
         Applied to training batches (never to evaluation batches). ``None`` turns it off.
+    repeat_unlikelihood
+        Added to the training loss with its weight; at evaluation only its ``repeat_mass`` is
+        logged, so ``eval_loss`` and perplexity stay plain cross-entropy. ``None`` turns it off.
     **kwargs
         Everything :class:`trl.SFTTrainer` takes.
     """
@@ -49,9 +55,11 @@ class CellSFTTrainer(SFTTrainer):
         *args,
         generation_evaluator=None,
         perturbation_dropout: PerturbationDropout | None = None,
+        repeat_unlikelihood: RepeatUnlikelihood | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.repeat_unlikelihood = repeat_unlikelihood
         self.generation_evaluator = generation_evaluator
         self.perturbation_dropout = perturbation_dropout
         self._pending_eval_logs: dict[str, float] = {}
@@ -67,6 +75,40 @@ class CellSFTTrainer(SFTTrainer):
             return super().get_train_dataloader()
         finally:
             self.data_collator = plain
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.repeat_unlikelihood is None:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        input_ids, labels = inputs["input_ids"], inputs.get("labels")
+        position_ids = inputs.get("position_ids")
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        if getattr(outputs, "logits", None) is None:
+            raise ValueError(
+                "repeat_unlikelihood_weight needs the model's logits, which this loss path does not "
+                "return (use_liger_kernel or a chunked loss); turn one of them off."
+            )
+        terms = self.repeat_unlikelihood.terms(
+            outputs.logits, input_ids, labels=labels, position_ids=position_ids
+        )
+        mode = "train" if self.model.training else "eval"
+        if terms.positions:
+            self._metrics[mode]["repeat_mass"].append(float(terms.repeat_mass) / terms.positions)
+            self._metrics[mode]["repeat_unlikelihood"].append(
+                float(terms.unlikelihood.detach()) / terms.positions
+            )
+        if self.model.training:
+            # normalised like the cross-entropy: per trained token of the (accumulated) batch
+            if num_items_in_batch is not None:
+                denominator = num_items_in_batch
+            else:
+                denominator = max(1, int((labels != -100).sum())) if labels is not None else 1
+            loss = loss + self.repeat_unlikelihood.weight * terms.unlikelihood / denominator
+        return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):

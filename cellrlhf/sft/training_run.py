@@ -59,6 +59,7 @@ def train_stage(
     from cellrlhf.sft.model_dir import run_config_dict, save_model_dir
     from cellrlhf.sft.model_factory import build_model_and_tokenizer, peft_config_for
     from cellrlhf.sft.perturbation_dropout import PerturbationDropout, PerturbationDropoutCallback
+    from cellrlhf.sft.repeat_unlikelihood import RepeatUnlikelihood
     from cellrlhf.sft.trainer import CellSFTTrainer
 
     _setup_logging(training_args)
@@ -115,6 +116,12 @@ def train_stage(
         dropout.check_round_trip(bundle.gene_examples)
         callbacks.append(PerturbationDropoutCallback(dropout))
 
+    repeat_term = None
+    if training_args.repeat_unlikelihood_weight > 0:
+        repeat_term = RepeatUnlikelihood(
+            bundle.tokenizer, dataset.vocab(), training_args.repeat_unlikelihood_weight
+        )
+
     trainer = CellSFTTrainer(
         model=bundle.model,
         args=training_args,
@@ -125,6 +132,7 @@ def train_stage(
         callbacks=callbacks,
         generation_evaluator=evaluator,
         perturbation_dropout=dropout,
+        repeat_unlikelihood=repeat_term,
     )
 
     if trainer.args.should_save:
