@@ -21,7 +21,14 @@ from cellrlhf.cell2text.markup import CELL_END, CELL_START
 from cellrlhf.sft.checkpoints import clear_staging, resolve_resume_checkpoint
 from cellrlhf.sft.dataset_dir import CellDatasetDir, DatasetDirError, open_dataset_dir
 
-__all__ = ["StageResult", "run_training", "train_stage", "load_training_splits", "tokenizer_texts"]
+__all__ = [
+    "StageResult",
+    "run_training",
+    "train_stage",
+    "final_evaluation",
+    "load_training_splits",
+    "tokenizer_texts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +150,7 @@ def train_stage(
 
     metrics = {}
     if evaluation is not None:
-        metrics = trainer.evaluate()
+        metrics = final_evaluation(trainer)
         trainer.save_metrics("eval", metrics)
 
     info = {
@@ -164,6 +171,25 @@ def train_stage(
         peft_save=training_args.peft_save,
     )
     return StageResult(trainer, output_dir, metrics)
+
+
+def final_evaluation(trainer) -> dict[str, float]:
+    """Evaluation metrics of the trained model.
+
+    When the trainer already evaluated after its last step (``eval_strategy`` epoch or steps
+    ending there) and the weights were not swapped since (no ``load_best_model_at_end``), that
+    evaluation is returned instead of running the same one again; generation metrics make an
+    evaluation cost minutes on CPU.
+    """
+    if not trainer.args.load_best_model_at_end:
+        step = trainer.state.global_step
+        for entry in reversed(trainer.state.log_history):
+            if entry.get("step") != step:
+                break
+            if "eval_loss" in entry:
+                logger.info("final evaluation: reusing the evaluation of step %d", step)
+                return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
+    return trainer.evaluate()
 
 
 def load_training_splits(stage: Stage, dataset: CellDatasetDir, script_args, *, seed: int):

@@ -111,6 +111,41 @@ def test_sft_logs_generation_metrics(sft_run):
     assert logged and all("eval_gen_valid_gene_fraction" in e for e in logged)
 
 
+def test_final_evaluation_reuses_the_evaluation_of_the_last_step(sft_run):
+    """eval_steps == max_steps: the trainer evaluated after its last step; no second run."""
+    history = json.loads((sft_run.output_dir / "trainer_state.json").read_text())["log_history"]
+    last = max(e["step"] for e in history)
+    at_last = [e for e in history if e["step"] == last and "eval_loss" in e]
+    assert len(at_last) == 1
+    saved = json.loads((sft_run.output_dir / "eval_results.json").read_text())
+    for key, value in at_last[0].items():
+        if key.startswith("eval_"):
+            assert saved[key] == pytest.approx(value), key
+    assert sft_run.metrics["eval_loss"] == pytest.approx(at_last[0]["eval_loss"])
+
+
+def test_final_evaluation_evaluates_when_the_last_step_was_not_evaluated():
+    from types import SimpleNamespace
+
+    from cellrlhf.sft.training_run import final_evaluation
+
+    calls = []
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(load_best_model_at_end=False),
+        state=SimpleNamespace(
+            global_step=10,
+            log_history=[{"step": 5, "eval_loss": 2.0}, {"step": 10, "loss": 1.0}],
+        ),
+        evaluate=lambda: calls.append(1) or {"eval_loss": 1.5},
+    )
+    assert final_evaluation(trainer) == {"eval_loss": 1.5} and calls == [1]
+    trainer.state.log_history.append({"step": 10, "eval_loss": 1.4, "eval_x": 0.5, "epoch": 1.0})
+    assert final_evaluation(trainer) == {"eval_loss": 1.4, "eval_x": 0.5, "epoch": 1.0}
+    assert calls == [1]
+    trainer.args.load_best_model_at_end = True  # weights swapped after the last step
+    assert final_evaluation(trainer) == {"eval_loss": 1.5} and calls == [1, 1]
+
+
 def test_save_load_gives_identical_logits(sft_run):
     model = sft_run.trainer.model
     loaded, tokenizer, info = load_cell_model(sft_run.output_dir)
