@@ -14,6 +14,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from cellrlhf.pipeline.run import add_jobs_argument
+
 __all__ = ["choose_data_config", "make_parser", "cli", "DEMO_PIPELINE"]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accelerate-config", help="accelerate YAML (default: single CPU)")
     parser.add_argument("--pipeline", default=DEMO_PIPELINE, help="pipeline YAML to run")
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
+    add_jobs_argument(parser)
     return parser
 
 
@@ -106,7 +109,7 @@ def cli(argv: list[str]) -> int:
     spec = load_pipeline(args.pipeline, overrides=overrides)
     env = {"CELLRLHF_DATA_DIR": args.data_dir} if args.data_dir else None
     try:
-        run_pipeline(spec, force=args.force, env=env)
+        run_pipeline(spec, force=args.force, env=env, max_parallel=args.jobs)
     except StageFailed as err:
         logger.error("%s", err)
         return 1

@@ -293,6 +293,28 @@ def _images_section(
     return sec
 
 
+def _busy_seconds(spans: list[tuple[float, float]]) -> tuple[float, bool]:
+    """Seconds during which at least one stage ran (union of the spans), and whether any overlap.
+
+    The union, not last end minus first start, so stages re-run in a later invocation do not
+    count the days between the two runs.
+    """
+    busy, overlapped = 0.0, False
+    cur_start, cur_end = None, None
+    for start, end in sorted(spans):
+        if cur_end is not None and start < cur_end - 0.5:  # half a second: not a hand-over
+            overlapped = True
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        busy += cur_end - cur_start
+    return busy, overlapped
+
+
 def _timings_section(art: RunArtifacts, out_dir: Path) -> Section:
     sec = Section("Timings")
     seconds = {name: float(m.get("seconds", 0.0)) for name, m in art.markers.items()}
@@ -301,25 +323,39 @@ def _timings_section(art: RunArtifacts, out_dir: Path) -> Section:
     if not seconds:
         sec.text("No stage has finished yet.")
         return sec
-    cpu = {name: art.markers[name].get("cpu_seconds") for name in seconds}
-    frame = pd.DataFrame(
-        {
-            "stage": list(seconds),
-            "seconds": [round(v, 1) for v in seconds.values()],
-            "CPU seconds": [None if v is None else round(float(v), 1) for v in cpu.values()],
-        }
-    )
-    sec.table(frame)
+    markers = {name: art.markers[name] for name in seconds}
+    cpu = {name: m.get("cpu_seconds") for name, m in markers.items()}
+    spans = {
+        name: (float(m["started_at"]), float(m["ended_at"]))
+        for name, m in markers.items()
+        if m.get("started_at") is not None and m.get("ended_at") is not None
+    }
+    columns = {
+        "stage": list(seconds),
+        "seconds": [round(v, 1) for v in seconds.values()],
+        "CPU seconds": [None if v is None else round(float(v), 1) for v in cpu.values()],
+    }
+    if len(spans) == len(seconds):
+        first = min(start for start, _ in spans.values())
+        columns["started at (s)"] = [round(spans[name][0] - first, 1) for name in seconds]
+        wall, parallel = _busy_seconds(list(spans.values()))
+    else:  # markers written before start/end times were recorded
+        wall, parallel = sum(seconds.values()), False
+    sec.table(pd.DataFrame(columns))
     total_cpu = [float(v) for v in cpu.values() if v is not None]
-    sec.text(
-        f"Total: {sum(seconds.values()) / 60:.1f} min wall"
-        + (
-            f", {sum(total_cpu) / 60:.1f} min CPU (user + system of the stage processes; CPU "
-            "well below wall x cores means the machine was shared)."
-            if len(total_cpu) == len(cpu)
-            else "."
+    text = f"Total: {wall / 60:.1f} min wall"
+    if parallel:
+        text += (
+            f" (stages ran in parallel: their times add up to {sum(seconds.values()) / 60:.1f} min)"
         )
-    )
+    if len(total_cpu) == len(cpu):
+        text += (
+            f", {sum(total_cpu) / 60:.1f} min CPU (sum over stages of user + system time of the "
+            "stage processes; CPU well below wall x cores means the machine was shared)."
+        )
+    else:
+        text += "."
+    sec.text(text)
     png = plot_timings(seconds, out_dir / "timings.png")
     if png:
         sec.image(png, "seconds per stage")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-__all__ = ["make_parser", "parse_overrides", "cli"]
+__all__ = ["make_parser", "parse_overrides", "add_jobs_argument", "cli"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +25,31 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
     parser.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
+    add_jobs_argument(parser)
     parser.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown report")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    """``--jobs N``: how many stages whose needs are met may run at once."""
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive_int,
+        metavar="N",
+        help="run up to N independent stages at once (default: the pipeline file's max_parallel; "
+        "stages wait for their `needs`)",
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -50,7 +73,7 @@ def cli(argv: list[str]) -> int:
         overrides["run_dir"] = args.run_dir
     spec = load_pipeline(args.config, overrides=overrides)
     try:
-        run_pipeline(spec, force=args.force, only=args.only)
+        run_pipeline(spec, force=args.force, only=args.only, max_parallel=args.jobs)
     except StageFailed as err:
         logger.error("%s", err)
         return 1

@@ -1,26 +1,43 @@
-"""Run a pipeline's stages in order, skipping finished ones and resuming killed training."""
+"""Run a pipeline's stages, skipping finished ones and resuming killed training.
+
+Stages start as soon as the stages they need have finished, up to ``max_parallel`` at once (in
+file order among the ready ones), like ``make -j``; without ``needs`` every stage waits for all
+earlier ones, so a pipeline runs strictly in order.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import queue
 import re
-import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from cellrlhf.pipeline.spec import PipelineSpec, StageSpec
+from cellrlhf.pipeline.stage_graph import selected_needs, threads_per_stage
 from cellrlhf.pipeline.stage_marker import is_finished, marker_path, write_marker
+from cellrlhf.pipeline.stage_process import StageProcess, StageResult, TerminalEcho
 
-__all__ = ["StageFailed", "run_pipeline", "stage_argv", "latest_checkpoint", "stage_summary"]
+__all__ = [
+    "StageFailed",
+    "run_pipeline",
+    "stage_argv",
+    "latest_checkpoint",
+    "stage_summary",
+    "available_cpus",
+]
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# seconds a stage gets to exit after SIGTERM (on Ctrl-C) before it is killed
+TERMINATE_GRACE_S = 10.0
+# how often the scheduler wakes up while waiting, so Ctrl-C is handled promptly
+_POLL_S = 0.5
 
 
 class StageFailed(RuntimeError):
@@ -78,25 +95,235 @@ def stage_summary(stage: StageSpec, limit: int = 6) -> str:
     return ", ".join(items[:limit])
 
 
-def _children_cpu_seconds() -> float:
-    """User + system CPU seconds of every finished child process (and theirs) so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def available_cpus() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
-def _run_logged(argv: list[str], log_path: Path, env: dict[str, str]) -> int:
-    """Run ``argv``, copying its output to the terminal (progress bars too) and to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        log.write(f"\n$ {' '.join(argv)}\n".encode())
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read1(4096):
-            log.write(chunk)
-            log.flush()  # users tail the stage log while it runs
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.buffer.flush()
-        return proc.wait()
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_bytes()[-20_000:].decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+class _Scheduler:
+    """Starts ready stages, collects finished ones, and stops everything on Ctrl-C."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        selected: list[StageSpec],
+        *,
+        max_parallel: int,
+        force: bool,
+        env: dict[str, str] | None,
+        on_stage_end: Callable[[StageSpec, float, bool], None] | None,
+    ) -> None:
+        self.spec, self.selected, self.max_parallel = spec, selected, max_parallel
+        self.force, self.on_stage_end = force, on_stage_end
+        self.needs = selected_needs(spec, selected)
+        self.env = {**os.environ, **(env or {})}
+        self.env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.user_threads = "OMP_NUM_THREADS" in self.env
+        self.threads: dict[str, int] = {}
+        self.total = len(selected)
+        self.number: dict[str, int] = {}
+        self.finished: set[str] = set()
+        self.pending: list[StageSpec] = []
+        self.running: dict[str, StageProcess] = {}  # in start order
+        self.argv: dict[str, list[str]] = {}
+        self.failures: dict[str, str] = {}  # stage -> why it failed
+        self.timings: dict[str, float] = {}
+        self.done: queue.Queue[StageResult] = queue.Queue()
+        self.echo = TerminalEcho()
+
+    def _number(self, stage: StageSpec) -> str:
+        if stage.name not in self.number:
+            self.number[stage.name] = len(self.number) + 1
+        return f"[{self.number[stage.name]}/{self.total}]"
+
+    def run(self) -> dict[str, float]:
+        self._skip_finished()
+        if not self.user_threads:
+            self.threads = threads_per_stage(
+                {s.name: self.needs[s.name] for s in self.pending},
+                cpu_count=available_cpus(),
+                max_parallel=self.max_parallel,
+            )
+        try:
+            while True:
+                if not self.failures:
+                    self._start_ready()
+                if not self.running:
+                    break
+                try:
+                    result = self.done.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                self._finish(result)
+        except BaseException as err:
+            self._stop_all(err)
+            raise
+        if self.failures:
+            not_started = [s.name for s in self.pending]
+            order = [s.name for s in self.selected]
+            raise StageFailed(
+                " ".join(self.failures[name] for name in order if name in self.failures)
+                + (f" Not started: {not_started}." if not_started else "")
+                + " Fix the cause and run the same command again: finished stages are skipped."
+            )
+        if self.pending:  # cannot happen: needs only name earlier stages
+            raise RuntimeError(f"stages {[s.name for s in self.pending]} could never start")
+        return self.timings
+
+    def _skip_finished(self) -> None:
+        for stage in self.selected:
+            finished, reason = is_finished(self.spec.run_dir, stage)
+            if finished and not self.force:
+                logger.info("%s %s: skipped (%s)", self._number(stage), stage.name, reason)
+                self.finished.add(stage.name)
+                if self.on_stage_end:
+                    self.on_stage_end(stage, 0.0, True)
+            else:
+                self.pending.append(stage)
+
+    def _start_ready(self) -> None:
+        for stage in list(self.pending):
+            if len(self.running) >= self.max_parallel:
+                return
+            if all(need in self.finished for need in self.needs[stage.name]):
+                self._launch(stage)
+
+    def _launch(self, stage: StageSpec) -> None:
+        run_dir = self.spec.run_dir
+        if self.force and marker_path(run_dir, stage).exists():
+            marker_path(run_dir, stage).unlink()
+        resume_from = (
+            latest_checkpoint(stage.output_dir) if stage.resumable and not self.force else None
+        )
+        argv = stage_argv(stage, resume_from=resume_from)
+        env = dict(self.env)
+        notes = [f"resuming from {resume_from}"] if resume_from else []
+        if not self.user_threads:
+            env["OMP_NUM_THREADS"] = str(self.threads[stage.name])
+            if self.max_parallel > 1:
+                notes.append(f"OMP_NUM_THREADS={self.threads[stage.name]}")
+        log_path = run_dir / "logs" / f"{stage.name}.log"
+        if self.echo.attached is None:
+            self.echo.attach(stage.name)  # before start: no output is lost
+        else:
+            notes.append(f"alongside {list(self.running)}; output in {log_path}")
+        logger.info(
+            "%s %s: running%s",
+            self._number(stage),
+            stage.name,
+            f" ({'; '.join(notes)})" if notes else "",
+        )
+        process = StageProcess(stage.name, argv, log_path, env, echo=self.echo, done=self.done)
+        self.running[stage.name] = process  # first, so Ctrl-C during the start stops it too
+        self.argv[stage.name] = argv
+        self.pending.remove(stage)
+        try:
+            process.start()
+        except BaseException:
+            del self.running[stage.name]
+            if self.echo.attached == stage.name:
+                self.echo.attach(None)
+            raise
+
+    def _finish(self, result: StageResult) -> None:
+        process = self.running.pop(result.name)
+        stage = self.spec.stage(result.name)
+        message = self._failure(stage, result, process.log_path)
+        if message:
+            self.failures[stage.name] = message
+            logger.error("%s %s", self._number(stage), message)
+            if self.echo.missed_output(stage.name):
+                logger.error("last lines of %s:\n%s", process.log_path, _log_tail(process.log_path))
+            if self.running:
+                logger.warning(
+                    "starting no new stage; waiting for %s to finish (their work is kept)",
+                    list(self.running),
+                )
+        else:
+            write_marker(
+                self.spec.run_dir,
+                stage,
+                seconds=result.seconds,
+                argv=self.argv[stage.name],
+                cpu_seconds=result.cpu_seconds,
+                started_at=result.started_at,
+                ended_at=result.ended_at,
+            )
+            self.timings[stage.name] = result.seconds
+            self.finished.add(stage.name)
+            summary = stage_summary(stage)
+            logger.info(
+                "%s %s done in %.1f s (%.1f CPU s)%s",
+                self._number(stage),
+                stage.name,
+                result.seconds,
+                result.cpu_seconds,
+                f": {summary}" if summary else "",
+            )
+        if self.echo.attached == stage.name:
+            self._attach_next()
+        if not message and self.on_stage_end:
+            self.on_stage_end(stage, result.seconds, False)
+
+    @staticmethod
+    def _failure(stage: StageSpec, result: StageResult, log_path: Path) -> str | None:
+        if result.error:
+            return (
+                f"stage {stage.name!r}: its output could not be written to {log_path} "
+                f"({result.error})."
+            )
+        if result.exit_code != 0:
+            return (
+                f"stage {stage.name!r} failed (exit {result.exit_code}) after "
+                f"{result.seconds:.0f} s; see {log_path}."
+            )
+        missing = [o for o in stage.outputs if not Path(o).exists()]
+        if missing:
+            return f"stage {stage.name!r} exited 0 but did not write {missing}; see {log_path}."
+        return None
+
+    def _attach_next(self) -> None:
+        if not self.running:
+            self.echo.attach(None)
+            return
+        name, process = next(iter(self.running.items()))
+        logger.info(
+            "[%s] output follows (started %s ago; full log: %s)",
+            name,
+            _duration(process.running_seconds),
+            process.log_path,
+        )
+        self.echo.attach(name)
+
+    def _stop_all(self, err: BaseException) -> None:
+        if not self.running:
+            return
+        self.echo.attach(None)
+        logger.warning(
+            "%s: stopping %s (SIGTERM, SIGKILL after %.0f s)",
+            "interrupted" if isinstance(err, KeyboardInterrupt) else f"runner error ({err!r})",
+            list(self.running),
+            TERMINATE_GRACE_S,
+        )
+        for process in self.running.values():
+            process.send_terminate()
+        deadline = time.monotonic() + TERMINATE_GRACE_S
+        for process in self.running.values():
+            process.kill_after(deadline)
 
 
 def run_pipeline(
@@ -106,8 +333,15 @@ def run_pipeline(
     only: list[str] | None = None,
     env: dict[str, str] | None = None,
     on_stage_end: Callable[[StageSpec, float, bool], None] | None = None,
+    max_parallel: int | None = None,
 ) -> dict[str, float]:
     """Run every stage of ``spec`` that has not finished yet.
+
+    A stage starts once every stage it needs (see :class:`~cellrlhf.pipeline.spec.StageSpec`)
+    has finished in this call or was skipped as finished; up to ``max_parallel`` stages run at
+    once. Each stage's output goes to ``run_dir/logs/<stage>.log``; one running stage at a time
+    is echoed to the terminal. When several stages may overlap, each gets an equal share of the
+    cores as ``OMP_NUM_THREADS`` unless that variable is already set.
 
     Parameters
     ----------
@@ -116,72 +350,37 @@ def run_pipeline(
     force
         Re-run finished stages too.
     only
-        Run just these stages (by name), in pipeline order.
+        Run just these stages (by name); their needs on stages outside this list are taken as
+        met.
     env
         Extra environment variables for the stage processes.
     on_stage_end
-        Called with ``(stage, seconds, skipped)`` after each stage.
+        Called with ``(stage, seconds, skipped)`` after each stage that finished or was skipped.
+    max_parallel
+        Most stages running at once; ``None`` takes the pipeline file's ``max_parallel``.
 
     Returns
     -------
     Seconds spent per stage that ran in this call.
+
+    Raises
+    ------
+    StageFailed
+        After a stage failed and the stages running beside it finished (their markers are
+        written); names every failed stage.
     """
-    run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
     if only:
         unknown = set(only) - {s.name for s in spec.stages}
         if unknown:
             raise KeyError(
                 f"unknown stage(s) {sorted(unknown)}; stages: {[s.name for s in spec.stages]}"
             )
-    child_env = {**os.environ, **(env or {})}
-    child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1))))
-    child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    timings: dict[str, float] = {}
-    stages = [s for s in spec.stages if not only or s.name in only]
-    for index, stage in enumerate(stages, start=1):
-        finished, reason = is_finished(run_dir, stage)
-        if finished and not force:
-            logger.info("[%d/%d] %s: skipped (%s)", index, len(stages), stage.name, reason)
-            if on_stage_end:
-                on_stage_end(stage, 0.0, True)
-            continue
-        if force and marker_path(run_dir, stage).exists():
-            marker_path(run_dir, stage).unlink()
-        resume_from = latest_checkpoint(stage.output_dir) if stage.resumable and not force else None
-        argv = stage_argv(stage, resume_from=resume_from)
-        logger.info(
-            "[%d/%d] %s: running%s",
-            index,
-            len(stages),
-            stage.name,
-            f" (resuming from {resume_from})" if resume_from else "",
-        )
-        log_path = run_dir / "logs" / f"{stage.name}.log"
-        start, cpu_start = time.perf_counter(), _children_cpu_seconds()
-        code = _run_logged(argv, log_path, child_env)
-        seconds = time.perf_counter() - start
-        cpu_seconds = _children_cpu_seconds() - cpu_start
-        if code != 0:
-            raise StageFailed(
-                f"stage {stage.name!r} failed (exit {code}) after {seconds:.0f} s; see {log_path}. "
-                "Fix the cause and run the same command again: finished stages are skipped."
-            )
-        missing = [o for o in stage.outputs if not Path(o).exists()]
-        if missing:
-            raise StageFailed(
-                f"stage {stage.name!r} exited 0 but did not write {missing}; see {log_path}."
-            )
-        write_marker(run_dir, stage, seconds=seconds, argv=argv, cpu_seconds=cpu_seconds)
-        timings[stage.name] = seconds
-        summary = stage_summary(stage)
-        logger.info(
-            "%s done in %.1f s (%.1f CPU s)%s",
-            stage.name,
-            seconds,
-            cpu_seconds,
-            f": {summary}" if summary else "",
-        )
-        if on_stage_end:
-            on_stage_end(stage, seconds, False)
-    return timings
+    jobs = spec.max_parallel if max_parallel is None else max_parallel
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"max_parallel must be an integer >= 1, got {jobs!r}")
+    selected = [s for s in spec.stages if not only or s.name in only]
+    scheduler = _Scheduler(
+        spec, selected, max_parallel=jobs, force=force, env=env, on_stage_end=on_stage_end
+    )
+    return scheduler.run()

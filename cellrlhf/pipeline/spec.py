@@ -17,6 +17,10 @@ an accelerate config, so a GPU user swaps model size or hardware by editing YAML
         resumable: true
 
 ``{name}`` placeholders are filled from ``run_dir`` and ``variables`` (command-line overrides win).
+
+Stages run in file order by default: a stage without ``needs`` waits for every earlier stage. A
+stage with ``needs: [data, sft]`` waits only for those (earlier) stages, and the top-level
+``max_parallel: N`` lets up to N ready stages run at once, like ``make -j N``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class StageSpec:
         The stage's output directory (for checkpoint discovery and the report).
     summary
         Optional file (JSON) whose top-level numbers form the stage's one-line summary.
+    needs
+        Names of the earlier stages this one waits for; ``None`` (the default) means every
+        earlier stage.
     """
 
     name: str
@@ -65,23 +72,35 @@ class StageSpec:
     resumable: bool = False
     output_dir: str | None = None
     summary: str | None = None
+    needs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """A parsed, placeholder-resolved pipeline."""
+    """A parsed, placeholder-resolved pipeline.
+
+    ``max_parallel`` is how many stages whose needs are met may run at the same time.
+    """
 
     run_dir: Path
     stages: tuple[StageSpec, ...]
     variables: dict[str, str] = field(default_factory=dict)
     source: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    max_parallel: int = 1
 
     def stage(self, name: str) -> StageSpec:
         for stage in self.stages:
             if stage.name == name:
                 return stage
         raise KeyError(f"no stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+    def needs_of(self, stage: StageSpec) -> tuple[str, ...]:
+        """The stages ``stage`` waits for: its ``needs``, or every earlier stage by default."""
+        if stage.needs is not None:
+            return stage.needs
+        names = [s.name for s in self.stages]
+        return tuple(names[: names.index(stage.name)])
 
 
 _STAGE_KEYS = {
@@ -92,7 +111,9 @@ _STAGE_KEYS = {
     "resumable",
     "output_dir",
     "summary",
+    "needs",
 }
+_TOP_LEVEL_KEYS = {"run_dir", "variables", "stages", "description", "max_parallel"}
 
 
 def _fill(value: str, variables: dict[str, str], where: str) -> str:
@@ -128,9 +149,10 @@ def load_pipeline(
         raise PipelineConfigError(
             f"{origin}: a pipeline file is a mapping with run_dir and stages."
         )
-    unknown = set(raw) - {"run_dir", "variables", "stages", "description"}
+    unknown = set(raw) - _TOP_LEVEL_KEYS
     if unknown:
         raise PipelineConfigError(f"{origin}: unknown top-level keys {sorted(unknown)}.")
+    max_parallel = _max_parallel(raw.get("max_parallel", 1), origin)
     overrides = dict(overrides or {})
     variables = {str(k): str(v) for k, v in (raw.get("variables") or {}).items()}
     variables.update({k: v for k, v in overrides.items() if k != "run_dir"})
@@ -147,6 +169,7 @@ def load_pipeline(
         raise PipelineConfigError(f"{origin}: 'stages' must be a non-empty list.")
     stages: list[StageSpec] = []
     seen: set[str] = set()
+    all_names = {str(e["name"]) for e in stages_raw if isinstance(e, dict) and "name" in e}
     for i, entry in enumerate(stages_raw):
         where = f"{origin or 'pipeline'}: stages[{i}]"
         if not isinstance(entry, dict) or "name" not in entry or "command" not in entry:
@@ -159,7 +182,6 @@ def load_pipeline(
         name = str(entry["name"])
         if name in seen:
             raise PipelineConfigError(f"{where}: stage name {name!r} is used twice.")
-        seen.add(name)
         command = entry["command"]
         if isinstance(command, str) or not isinstance(command, list) or not command:
             raise PipelineConfigError(f"{where}: 'command' must be a non-empty list of arguments.")
@@ -178,7 +200,48 @@ def load_pipeline(
                 command=tuple(fill(a) for a in command),
                 outputs=tuple(fill(o) for o in entry.get("outputs") or ()),
                 resumable=bool(entry.get("resumable", False)),
+                needs=_needs(entry, name, seen, all_names, where),
                 **optional,
             )
         )
-    return PipelineSpec(Path(variables["run_dir"]), tuple(stages), variables, origin, raw)
+        seen.add(name)
+    return PipelineSpec(
+        Path(variables["run_dir"]),
+        tuple(stages),
+        variables,
+        max_parallel=max_parallel,
+        source=origin,
+        raw=raw,
+    )
+
+
+def _max_parallel(value: object, origin: str | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PipelineConfigError(
+            f"{origin or 'pipeline'}: 'max_parallel' must be an integer >= 1 (how many stages may "
+            f"run at once), got {value!r}."
+        )
+    return value
+
+
+def _needs(
+    entry: dict, name: str, earlier: set[str], all_names: set[str], where: str
+) -> tuple[str, ...] | None:
+    """Validate a stage's ``needs``: a list of names of stages defined earlier in the file."""
+    if "needs" not in entry or entry["needs"] is None:
+        return None
+    needs = entry["needs"]
+    if isinstance(needs, str) or not isinstance(needs, list):
+        raise PipelineConfigError(
+            f"{where} ({name!r}): 'needs' must be a list of stage names, got {needs!r}."
+        )
+    for need in needs:
+        if str(need) == name:
+            raise PipelineConfigError(f"{where} ({name!r}): a stage cannot need itself.")
+        if str(need) not in earlier:
+            problem = "comes later in the file" if str(need) in all_names else "is no stage"
+            raise PipelineConfigError(
+                f"{where} ({name!r}): needs {str(need)!r}, which {problem}; a stage may only "
+                f"need stages above it: {sorted(earlier)}."
+            )
+    return tuple(dict.fromkeys(str(n) for n in needs))

@@ -50,9 +50,12 @@ def write_marker(
     seconds: float,
     argv: list[str],
     cpu_seconds: float | None = None,
+    started_at: float | None = None,
+    ended_at: float | None = None,
 ) -> Path:
     """Record that ``stage`` finished: wall ``seconds`` and, when known, the CPU seconds (user +
-    system) of its processes, which tell how loaded the machine was (CPU / wall ~ cores used)."""
+    system) of its processes, which tell how loaded the machine was (CPU / wall ~ cores used),
+    and when it started and ended (unix time), which tells which stages ran side by side."""
     path = marker_path(run_dir, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -62,6 +65,8 @@ def write_marker(
         "seconds": round(seconds, 2),
         "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started_at": None if started_at is None else round(started_at, 3),
+        "ended_at": None if ended_at is None else round(ended_at, 3),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1))

@@ -43,3 +43,26 @@ def test_demo_pipeline_file_names_every_stage_and_existing_configs():
         for stage in spec.stages:
             config = stage.command[stage.command.index("--config") + 1]
             assert (root / config).exists(), f"{stage.name} ({flavour}): {config} is missing"
+
+
+def test_demo_runs_the_grpo_lane_beside_the_reward_lane_on_two_cores():
+    from cellrlhf.pipeline.stage_graph import selected_needs, threads_per_stage
+
+    root = Path(__file__).resolve().parents[2]
+    spec = load_pipeline(root / DEMO_PIPELINE, overrides={"run_dir": "r"})
+    assert spec.max_parallel == 2
+    needs = selected_needs(spec, list(spec.stages))
+    assert needs["grpo"] == ("data", "sft") and needs["ppo"] == ("data", "sft", "reward")
+    assert needs["sft"] == ("data", "pretrain"), "stages without needs wait for all earlier ones"
+    threads = threads_per_stage(needs, cpu_count=2, max_parallel=spec.max_parallel)
+    # stages that run alone keep both cores; the two RL lanes get one thread each
+    assert threads == {
+        "data": 2,
+        "pretrain": 2,
+        "sft": 2,
+        "preferences": 1,
+        "reward": 1,
+        "ppo": 1,
+        "grpo": 1,
+        "evaluate": 2,
+    }

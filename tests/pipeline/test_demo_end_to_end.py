@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,11 @@ def test_demo_runs_every_stage_and_labels_simulated_data(demo_run):
         assert not list((run_dir / model_stage).glob("*.bin")), "no pickle weights are written"
     assert "SIMULATED" in result.stderr
     assert f"cellrlhf chat --model {run_dir}/ppo" in result.stderr
+    # demo.yaml: max_parallel 2, GRPO needs only data and SFT, so it runs beside the reward lane
+    marker = {s: json.loads((run_dir / ".pipeline" / f"{s}.json").read_text()) for s in STAGES}
+    grpo, prefs = marker["grpo"], marker["preferences"]
+    assert grpo["started_at"] < prefs["ended_at"] and prefs["started_at"] < grpo["ended_at"]
+    assert marker["evaluate"]["started_at"] >= max(marker[s]["ended_at"] for s in ("ppo", "grpo"))
 
 
 @pytest.mark.slow

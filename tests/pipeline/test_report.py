@@ -126,3 +126,64 @@ def test_evaluation_section_shows_table_plots_and_validity(tmp_path):
     assert f"<h2>{EVALUATION_TITLE}</h2>" in page and "<td>0.512</td>" in page
     # the long per-perturbation table is not repeated in the generic sections
     assert "eval/metrics.csv" not in md
+
+
+def _timings(md):
+    return md.split("## Timings")[1].split("\n## ")[0]
+
+
+def test_timings_of_overlapping_stages_show_the_real_elapsed_time(tmp_path):
+    from cellrlhf.pipeline.stage_marker import write_marker
+
+    run = tmp_path / "run"
+    names = ("sft", "ppo", "grpo", "evaluate")
+    spec = load_pipeline(
+        {"run_dir": str(run), "stages": [{"name": n, "command": ["--version"]} for n in names]}
+    )
+    t0 = 1_700_000_000.0
+    spans = {"sft": (0, 60), "ppo": (60, 660), "grpo": (60, 360), "evaluate": (660, 720)}
+    for name, (start, end) in spans.items():
+        write_marker(
+            run,
+            spec.stage(name),
+            seconds=end - start,
+            argv=["x"],
+            cpu_seconds=(end - start) / 2,
+            started_at=t0 + start,
+            ended_at=t0 + end,
+        )
+    section = _timings(write_report(spec)["markdown"].read_text())
+    # 12 min elapsed from the first start to the last end; the stage times add up to 17 min
+    assert (
+        "Total: 12.0 min wall (stages ran in parallel: their times add up to 17.0 min)" in section
+    )
+    assert "8.5 min CPU" in section
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in section.splitlines()[4:8]}
+    assert "started at (s)" in section
+    assert [float(v) for v in rows["grpo"]] == [300, 150, 60]
+    assert [float(v) for v in rows["evaluate"]] == [60, 30, 660]
+    # a stage re-run a day later adds its own time, not the day in between
+    write_marker(
+        run,
+        spec.stage("evaluate"),
+        seconds=60,
+        argv=["x"],
+        cpu_seconds=30,
+        started_at=t0 + 86_400,
+        ended_at=t0 + 86_460,
+    )
+    assert "Total: 12.0 min wall" in _timings(write_report(spec)["markdown"].read_text())
+
+
+def test_timings_without_start_times_add_up_stage_seconds(tmp_path):
+    from cellrlhf.pipeline.stage_marker import write_marker
+
+    run = tmp_path / "run"
+    spec = load_pipeline(
+        {"run_dir": str(run), "stages": [{"name": n, "command": ["x"]} for n in ("a", "b")]}
+    )
+    for name in ("a", "b"):
+        write_marker(run, spec.stage(name), seconds=90, argv=["x"], cpu_seconds=90)
+    section = _timings(write_report(spec)["markdown"].read_text())
+    assert "Total: 3.0 min wall, 3.0 min CPU" in section and "in parallel" not in section
+    assert "started at (s)" not in section

@@ -50,6 +50,29 @@ def test_placeholders_resolve_and_overrides_win():
             "used twice",
         ),
         ({**_raw(), "stagez": []}, "unknown top-level keys"),
+        (
+            _raw(
+                stages=[
+                    {"name": "a", "command": ["x"], "needs": ["b"]},
+                    {"name": "b", "command": ["y"]},
+                ]
+            ),
+            r"stages\[0\] \('a'\): needs 'b', which comes later in the file",
+        ),
+        (
+            _raw(
+                stages=[
+                    {"name": "a", "command": ["x"]},
+                    {"name": "b", "command": ["y"], "needs": ["c"]},
+                ]
+            ),
+            r"stages\[1\] \('b'\): needs 'c', which is no stage; .*\['a'\]",
+        ),
+        (_raw(stages=[{"name": "a", "command": ["x"], "needs": ["a"]}]), "cannot need itself"),
+        (_raw(stages=[{"name": "a", "command": ["x"], "needs": "data"}]), "list of stage names"),
+        ({**_raw(), "max_parallel": 0}, "'max_parallel' must be an integer >= 1"),
+        ({**_raw(), "max_parallel": "2"}, "'max_parallel' must be an integer >= 1"),
+        ({**_raw(), "max_parallel": True}, "'max_parallel' must be an integer >= 1"),
     ],
 )
 def test_bad_pipeline_files_are_explained(raw, match):
@@ -60,3 +83,18 @@ def test_bad_pipeline_files_are_explained(raw, match):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/pipeline"):
         load_pipeline(tmp_path / "nope.yaml")
+
+
+def test_needs_default_to_every_earlier_stage():
+    raw = _raw(max_parallel=3)
+    raw["stages"].append({"name": "eval", "command": ["evaluate"], "needs": ["data", "data"]})
+    spec = load_pipeline(raw)
+    assert spec.max_parallel == 3
+    assert spec.stage("data").needs is None and spec.needs_of(spec.stage("data")) == ()
+    assert spec.needs_of(spec.stage("sft")) == ("data",)
+    assert spec.stage("eval").needs == ("data",)
+    assert load_pipeline(_raw()).max_parallel == 1
+    assert (
+        load_pipeline(_raw(stages=[{"name": "a", "command": ["x"], "needs": []}])).stages[0].needs
+        == ()
+    )
