@@ -152,12 +152,6 @@ class _Scheduler:
 
     def run(self) -> dict[str, float]:
         self._skip_finished()
-        if not self.user_threads:
-            self.threads = threads_per_stage(
-                {s.name: self.needs[s.name] for s in self.pending},
-                cpu_count=available_cpus(),
-                max_parallel=self.max_parallel,
-            )
         try:
             while True:
                 if not self.failures:
@@ -202,6 +196,19 @@ class _Scheduler:
             if all(need in self.finished for need in self.needs[stage.name]):
                 self._launch(stage)
 
+    def _threads_for(self, stage: StageSpec) -> int:
+        """Threads for ``stage`` now: only stages that have not finished can still run beside it,
+        so a stage whose possible partners are all done gets every core."""
+        live = {s.name for s in self.pending} | set(self.running)
+        needs = {
+            s.name: tuple(n for n in self.needs[s.name] if n in live)
+            for s in self.selected
+            if s.name in live
+        }
+        return threads_per_stage(needs, cpu_count=available_cpus(), max_parallel=self.max_parallel)[
+            stage.name
+        ]
+
     def _launch(self, stage: StageSpec) -> None:
         run_dir = self.spec.run_dir
         if self.force and marker_path(run_dir, stage).exists():
@@ -213,6 +220,7 @@ class _Scheduler:
         env = dict(self.env)
         notes = [f"resuming from {resume_from}"] if resume_from else []
         if not self.user_threads:
+            self.threads[stage.name] = self._threads_for(stage)
             env["OMP_NUM_THREADS"] = str(self.threads[stage.name])
             if self.max_parallel > 1:
                 notes.append(f"OMP_NUM_THREADS={self.threads[stage.name]}")

@@ -211,6 +211,24 @@ def test_threads_are_shared_only_where_stages_can_overlap(tmp_path, script_stage
     assert omp == {"root": "4", "left": "2", "right": "2", "join": "4"}
 
 
+def test_a_stage_whose_partners_are_done_gets_every_core(tmp_path, script_stages, monkeypatch):
+    """``after`` could overlap ``quick`` by the graph, but ``quick`` is done when it starts."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner, "available_cpus", lambda: 4)
+    stages = [
+        _stage("root"),
+        _stage("quick", "sleep=0", needs=["root"]),
+        _stage("slow", "sleep=1.0", needs=["root"]),
+        _stage("after", needs=["slow"]),
+    ]
+    run_pipeline(_spec(tmp_path, stages, max_parallel=2))
+    omp = {
+        name: json.loads((script_stages / f"{name}.json").read_text())["omp"]
+        for name in ("root", "quick", "slow", "after")
+    }
+    assert omp == {"root": "4", "quick": "2", "slow": "2", "after": "4"}
+
+
 def test_the_users_omp_num_threads_is_respected(tmp_path, script_stages, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setattr(runner, "available_cpus", lambda: 4)
