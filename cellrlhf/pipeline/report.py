@@ -315,6 +315,26 @@ def _busy_seconds(spans: list[tuple[float, float]]) -> tuple[float, bool]:
     return busy, overlapped
 
 
+def _busy_offsets(spans: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Each stage's start in seconds of busy time since the first start: time when no stage
+    ran (e.g. the day between a run and a later re-run of one stage) is left out."""
+    starts = sorted(start for start, _ in spans.values())
+    idle_before: list[tuple[float, float]] = []  # (start of a busy block, idle seconds before it)
+    idle, block_end = 0.0, None
+    for start, end in sorted(spans.values()):
+        if block_end is not None and start > block_end:
+            idle += start - block_end
+        if block_end is None or start > block_end:
+            idle_before.append((start, idle))
+        block_end = end if block_end is None else max(block_end, end)
+
+    def idle_until(t: float) -> float:
+        return max((gap for block, gap in idle_before if block <= t), default=0.0)
+
+    first = starts[0]
+    return {name: start - first - idle_until(start) for name, (start, _) in spans.items()}
+
+
 def _timings_section(art: RunArtifacts, out_dir: Path) -> Section:
     sec = Section("Timings")
     seconds = {name: float(m.get("seconds", 0.0)) for name, m in art.markers.items()}
@@ -336,8 +356,8 @@ def _timings_section(art: RunArtifacts, out_dir: Path) -> Section:
         "CPU seconds": [None if v is None else round(float(v), 1) for v in cpu.values()],
     }
     if len(spans) == len(seconds):
-        first = min(start for start, _ in spans.values())
-        columns["started at (s)"] = [round(spans[name][0] - first, 1) for name in seconds]
+        offsets = _busy_offsets(spans)
+        columns["started at (s)"] = [round(offsets[name], 1) for name in seconds]
         wall, parallel = _busy_seconds(list(spans.values()))
     else:  # markers written before start/end times were recorded
         wall, parallel = sum(seconds.values()), False
@@ -356,9 +376,10 @@ def _timings_section(art: RunArtifacts, out_dir: Path) -> Section:
     else:
         text += "."
     sec.text(text)
-    png = plot_timings(seconds, out_dir / "timings.png")
+    starts = _busy_offsets(spans) if parallel else None
+    png = plot_timings(seconds, out_dir / "timings.png", starts=starts)
     if png:
-        sec.image(png, "seconds per stage")
+        sec.image(png, "stage timeline" if starts else "seconds per stage")
     return sec
 
 

@@ -63,19 +63,24 @@ def plot_history(history: Iterable[dict], title: str, path: Path) -> Path | None
     return path
 
 
-def plot_timings(seconds: dict[str, float], path: Path) -> Path | None:
-    """Horizontal bars of seconds per stage."""
+def plot_timings(
+    seconds: dict[str, float], path: Path, starts: dict[str, float] | None = None
+) -> Path | None:
+    """Horizontal bars of seconds per stage; with ``starts`` (seconds since the run began), a
+    timeline whose bars begin where each stage began, so stages that ran side by side show."""
     if not seconds:
         return None
     plt = _pyplot()
     names = list(seconds)
+    left = [starts[n] for n in names] if starts else [0.0] * len(names)
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1))
-    ax.barh(names, [seconds[n] for n in names], color="#4c72b0")
+    ax.barh(names, [seconds[n] for n in names], left=left, color="#4c72b0")
     ax.invert_yaxis()
-    ax.set_xlabel("seconds")
-    ax.set_title("time per stage")
+    ax.set_xlabel("seconds since the run started" if starts else "seconds")
+    ax.set_title("stage timeline" if starts else "time per stage")
     for i, name in enumerate(names):
-        ax.text(seconds[name], i, f" {seconds[name]:.0f}s", va="center", fontsize=8)
+        ax.text(left[i] + seconds[name], i, f" {seconds[name]:.0f}s", va="center", fontsize=8)
+    ax.set_xlim(0, max(x + seconds[n] for x, n in zip(left, names, strict=True)) * 1.15)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

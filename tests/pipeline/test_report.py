@@ -172,7 +172,12 @@ def test_timings_of_overlapping_stages_show_the_real_elapsed_time(tmp_path):
         started_at=t0 + 86_400,
         ended_at=t0 + 86_460,
     )
-    assert "Total: 12.0 min wall" in _timings(write_report(spec)["markdown"].read_text())
+    section = _timings(write_report(spec)["markdown"].read_text())
+    assert "Total: 12.0 min wall" in section
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in section.splitlines()[4:8]}
+    # the idle day is left out of the start times (and of the timeline plot) too
+    assert float(rows["evaluate"][2]) == 660
+    assert "![stage timeline](timings.png)" in section
 
 
 def test_timings_without_start_times_add_up_stage_seconds(tmp_path):
