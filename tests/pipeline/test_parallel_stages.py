@@ -237,7 +237,13 @@ def test_the_users_omp_num_threads_is_respected(tmp_path, script_stages, monkeyp
         assert json.loads((script_stages / f"{name}.json").read_text())["omp"] == "3"
 
 
-def test_one_stage_at_a_time_reaches_the_terminal(tmp_path, script_stages, capfd, caplog):
+def test_one_stage_at_a_time_reaches_the_terminal(
+    tmp_path, script_stages, capfd, caplog, monkeypatch
+):
+    # a CLI test earlier in the suite may have configured the package's loggers
+    for name in ("cellrlhf", "cellrlhf.pipeline", "cellrlhf.pipeline.runner"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
     stages = [
         _stage("first", "print=FIRST-OUT", "sleep=1.0"),
         _stage("second", "print=SECOND-EARLY", "sleep=1.6", "print=SECOND-LATE", needs=[]),
