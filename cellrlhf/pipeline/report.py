@@ -318,21 +318,17 @@ def _busy_seconds(spans: list[tuple[float, float]]) -> tuple[float, bool]:
 def _busy_offsets(spans: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Each stage's start in seconds of busy time since the first start: time when no stage
     ran (e.g. the day between a run and a later re-run of one stage) is left out."""
-    starts = sorted(start for start, _ in spans.values())
-    idle_before: list[tuple[float, float]] = []  # (start of a busy block, idle seconds before it)
-    idle, block_end = 0.0, None
+    blocks: list[list[float]] = []  # merged [start, end] of busy time, in order
     for start, end in sorted(spans.values()):
-        if block_end is not None and start > block_end:
-            idle += start - block_end
-        if block_end is None or start > block_end:
-            idle_before.append((start, idle))
-        block_end = end if block_end is None else max(block_end, end)
+        if blocks and start <= blocks[-1][1]:
+            blocks[-1][1] = max(blocks[-1][1], end)
+        else:
+            blocks.append([start, end])
 
-    def idle_until(t: float) -> float:
-        return max((gap for block, gap in idle_before if block <= t), default=0.0)
+    def busy_before(t: float) -> float:
+        return sum(min(end, t) - start for start, end in blocks if start <= t)
 
-    first = starts[0]
-    return {name: start - first - idle_until(start) for name, (start, _) in spans.items()}
+    return {name: busy_before(start) for name, (start, _) in spans.items()}
 
 
 def _timings_section(art: RunArtifacts, out_dir: Path) -> Section:
