@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,17 @@ import pytest
 # Two cores in CI: one thread per process keeps tiny runs fast (oversubscription costs 20-50x).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _restore_package_logger():
+    """Undo what a CLI run in one test does to the ``cellrlhf`` logger (level, handlers)."""
+    logger = logging.getLogger("cellrlhf")
+    saved = (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate, logger.disabled = saved[2], saved[3]
 
 
 @pytest.fixture(scope="session")

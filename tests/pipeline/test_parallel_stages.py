@@ -139,7 +139,7 @@ def test_a_failure_lets_the_other_lane_finish_then_names_the_failed_stage(
         _stage("free", needs=["root"]),
     ]
     spec = _spec(tmp_path, stages, max_parallel=2)
-    with caplog.at_level(logging.INFO), pytest.raises(StageFailed) as err:
+    with caplog.at_level(logging.INFO, logger="cellrlhf"), pytest.raises(StageFailed) as err:
         run_pipeline(spec)
     message = str(err.value)
     assert "stage 'bad' failed (exit 3)" in message and "bad.log" in message
@@ -240,15 +240,11 @@ def test_the_users_omp_num_threads_is_respected(tmp_path, script_stages, monkeyp
 def test_one_stage_at_a_time_reaches_the_terminal(
     tmp_path, script_stages, capfd, caplog, monkeypatch
 ):
-    # a CLI test earlier in the suite may have configured the package's loggers
-    for name in ("cellrlhf", "cellrlhf.pipeline", "cellrlhf.pipeline.runner"):
-        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
-        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
     stages = [
         _stage("first", "print=FIRST-OUT", "sleep=1.0"),
         _stage("second", "print=SECOND-EARLY", "sleep=1.6", "print=SECOND-LATE", needs=[]),
     ]
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="cellrlhf"):
         run_pipeline(_spec(tmp_path, stages, max_parallel=2))
     terminal = capfd.readouterr().err
     assert "FIRST-OUT" in terminal and "SECOND-LATE" in terminal

@@ -217,6 +217,7 @@ def write_sft_model(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
+    torch.manual_seed(seed)  # initial weights independent of the tests that ran before
     model = LlamaForCausalLM(config)
     losses = _train_lm(model, tokenizer, chats, steps=steps, seed=seed)
     out.mkdir(parents=True, exist_ok=True)

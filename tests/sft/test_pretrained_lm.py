@@ -49,6 +49,7 @@ def text_lm(tmp_path_factory):
         eos_token_id=tokenizer.eos_token_id,
     )
     path = tmp_path_factory.mktemp("text_lm") / "lm"
+    torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
