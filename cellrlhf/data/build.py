@@ -179,9 +179,25 @@ def _prepare(config: DataBuildConfig, source: DataSource) -> _Prepared:
     seed = config.seed
     pretrain_rows = plan_pretrain(config.pretrain, table, seed) if config.pretrain.enabled else None
     sft_specs = plan_sft(config, table, groups, seed) if config.sft.enabled else []
-    rl_specs, rl_skipped = plan_rl(config, table, groups, seed) if config.rl.enabled else ([], [])
+    rl_specs, rl_skipped = (
+        plan_rl(
+            config,
+            table,
+            groups,
+            seed,
+            validation_perturbations=assignment.validation_perturbations,
+        )
+        if config.rl.enabled
+        else ([], [])
+    )
     if config.rl.enabled and has_perturbed and not any(s.split == "test" for s in rl_specs):
         logger.warning("no RL test prompt: every test group was skipped (%s).", rl_skipped[:3])
+    if assignment.validation_perturbations and not any(s.split == "validation" for s in rl_specs):
+        logger.warning(
+            "no RL validation prompt: every validation perturbation's group was skipped (%s); "
+            "the RL stage will select its policy on test.",
+            [s for s in rl_skipped if s["split"] == "validation"][:3],
+        )
     decoder_cells = plan_decoder_cells(table, config.decoder.max_cells, seed)
     if len(decoder_cells) == 0:
         raise BuildError("the training split has no cells to fit the expression decoder on.")

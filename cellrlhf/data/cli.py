@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build pretrain / sft / rl datasets from a data config")
     build.add_argument("--config", required=True, help="data config YAML (configs/data/*.yaml)")
     build.add_argument("--out", help="output directory (overrides output.dir)")
-    build.add_argument("--split", help="split kind (overrides split.kind)")
+    build.add_argument(
+        "--split",
+        help="split kind (overrides split.kind; kinds other than unseen_single / unseen_combo also "
+        "turn validation perturbations off)",
+    )
     build.add_argument("--seed", type=int, help="build seed (overrides seed)")
     build.add_argument("--data-dir", help="directory searched first for registered data sets")
     build.add_argument("--cache-dir", help="download cache for registered data sets")
@@ -73,6 +77,12 @@ def _build(args) -> int:
     overrides = list(args.overrides)
     if args.split:
         overrides.append(f"split.kind={args.split}")
+        if args.split not in ("unseen_single", "unseen_combo"):
+            # validation perturbations exist only for these kinds; the flag switches them off
+            overrides += [
+                "split.n_validation_perturbations=0",
+                "split.validation_perturbations=null",
+            ]
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.no_progress:

@@ -9,6 +9,8 @@ Checked on what downstream stages will read (the saved directory), not on build 
    validation row - SFT examples, RL prompts and their references - is about a held-out
    perturbation or context, whether by its ``perturbation`` / ``cell_context`` columns or by a
    ``<pert> ... </pert>`` written in its text (pretraining metadata prefixes included).
+3. Validation perturbations (when held out): no training row (pretraining, SFT train, RL train)
+   is about one of them, by the same rules.
 """
 
 from __future__ import annotations
@@ -34,14 +36,17 @@ def _mentioned_targets(text: str) -> list[list[str]]:
 
 
 class _HeldOut:
-    def __init__(self, splits: dict):
+    """The perturbations (or contexts) of one held-out set: ``test`` or ``validation``."""
+
+    def __init__(self, splits: dict, which: str = "test"):
+        self.label = "held-out" if which == "test" else "held-out validation"
         self.kind = splits["kind"]
-        self.targets = {t.upper() for t in splits.get("test_targets", [])}
-        self.perts = set(splits.get("test_perturbations", []))
+        self.targets = {t.upper() for t in splits.get(f"{which}_targets", [])}
+        self.perts = set(splits.get(f"{which}_perturbations", []))
         self.combo_sets = {
             frozenset(t.upper() for t in p.split("+")) for p in self.perts if "+" in p
         }
-        self.contexts = set(splits.get("test_contexts", []))
+        self.contexts = set(splits.get(f"{which}_contexts", []))
         self.excluded = set(splits.get("excluded_perturbations", []))
 
     def pert_label(self, perturbation: str, context: str) -> bool:
@@ -63,9 +68,26 @@ class _HeldOut:
         for words in _mentioned_targets(text):
             upper = {w.upper() for w in words}
             if self.kind == "unseen_single" and upper & self.targets:
-                return f"names held-out target(s) {sorted(upper & self.targets)}"
+                return f"names {self.label} target(s) {sorted(upper & self.targets)}"
             if self.kind == "unseen_combo" and frozenset(upper) in self.combo_sets:
-                return f"names held-out combination {sorted(upper)}"
+                return f"names {self.label} combination {sorted(upper)}"
+        return None
+
+
+class _AnyOf:
+    """Held out when any of the sets holds it out (training rows: test and validation)."""
+
+    def __init__(self, *held: _HeldOut):
+        self.held = held
+
+    def pert_label(self, perturbation: str, context: str) -> bool:
+        return any(h.pert_label(perturbation, context) for h in self.held)
+
+    def text(self, text: str) -> str | None:
+        for h in self.held:
+            why = h.text(text)
+            if why:
+                return why
         return None
 
 
@@ -99,7 +121,9 @@ def check_no_leakage(built) -> dict:
     cells = splits["cells"]
     test_cells = set(cells.get("test", [])) | set(cells.get("excluded", []))
     validation_cells = set(cells.get("validation", []))
-    held = _HeldOut(splits)
+    test_held = _HeldOut(splits, "test")
+    validation_held = _HeldOut(splits, "validation")
+    held = _AnyOf(test_held, *([validation_held] if validation_held.perts else []))
     problems: list[str] = []
     checked = {"pretrain_rows": 0, "sft_rows": 0, "rl_rows": 0}
 
@@ -129,6 +153,7 @@ def check_no_leakage(built) -> dict:
             check_cells(ids, f"sft/{split}", test_cells, "test")
             if split == "train":
                 check_cells(ids, "sft/train", validation_cells, "validation")
+            rule = held if split == "train" else test_held
             for i, (pert, context, messages) in enumerate(
                 zip(
                     _column(data, "perturbation"),
@@ -138,13 +163,13 @@ def check_no_leakage(built) -> dict:
                 )
             ):
                 checked["sft_rows"] += 1
-                if held.pert_label(pert, context):
+                if rule.pert_label(pert, context):
                     problems.append(
                         f"sft/{split} row {i} is about held-out {pert!r} in {context!r}"
                     )
                     continue
                 for message in messages:
-                    why = held.text(message["content"])
+                    why = rule.text(message["content"])
                     if why:
                         problems.append(f"sft/{split} row {i} {why}")
                         break
@@ -174,6 +199,16 @@ def check_no_leakage(built) -> dict:
             bad = [s for s in _column(data, "control_split") if s != "train"]
             if bad:
                 problems.append(f"{len(bad)} rl/train row(s) use controls of split(s) {set(bad)}")
+    if built.rl is not None and "validation" in built.rl:
+        data = built.rl["validation"]
+        ids = [c for row in _column(data, "reference_cell_ids") for c in row]
+        check_cells(ids, "rl/validation references", test_cells, "test")
+        for i, (pert, context) in enumerate(
+            zip(_column(data, "perturbation"), _column(data, "cell_context"), strict=True)
+        ):
+            checked["rl_rows"] += 1
+            if test_held.pert_label(pert, context):
+                problems.append(f"rl/validation row {i} is about test {pert!r} in {context!r}")
     _fail(problems)
     checked["test_cells"] = len(test_cells)
     checked["validation_cells"] = len(validation_cells)

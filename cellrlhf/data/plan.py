@@ -7,6 +7,7 @@ to produce the planned cells' sentences and the groups' sums.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -308,18 +309,29 @@ def _plan_effect(table, groups, split, task_config, limit, rng) -> list[ExampleS
 
 
 def plan_rl(
-    config, table: CellTable, groups: GroupIndex, seed: int
+    config,
+    table: CellTable,
+    groups: GroupIndex,
+    seed: int,
+    *,
+    validation_perturbations: Collection[str] = (),
 ) -> tuple[list[RLGroupSpec], list[dict]]:
     """RL prompts for every (perturbation, context) group of train and test with enough cells.
 
+    Groups of the held-out ``validation_perturbations`` get prompts too (split ``validation``);
+    validation cells of training perturbations do not (RL trains on those perturbations).
     Returns the planned prompts and the skipped groups (with the reason).
     """
+    validation_perturbations = set(validation_perturbations)
     rl = config.rl
     specs: list[RLGroupSpec] = []
     skipped: list[dict] = []
     control_samples: dict[int, np.ndarray] = {}
     for gid, (split, pert, context) in enumerate(groups.keys):
-        if split not in ("train", "test") or pert == CONTROL_LABEL:
+        if pert == CONTROL_LABEL or not (
+            split in ("train", "test")
+            or (split == "validation" and pert in validation_perturbations)
+        ):
             continue
         n = int(groups.sizes[gid])
         control_group = groups.control_group(split, context)

@@ -99,11 +99,14 @@ def sft_rows(specs, table, references, writer, seed: int) -> dict[str, list[dict
 
 
 def rl_rows(specs, table, references, writer, seed: int) -> dict[str, list[dict]]:
-    """RL prompts with their references, by split (``train``, ``test``)."""
+    """RL prompts with their references, by split (``train``, ``test``; ``validation`` when
+    validation perturbations were held out)."""
     rngs = _RenderRngs(seed)
     sentences = references.scan.sentences
     groups = references.groups
     out: dict[str, list[dict]] = {"train": [], "test": []}
+    if any(spec.split == "validation" for spec in specs):
+        out = {"train": [], "validation": [], "test": []}
     for spec in specs:
         control_sentence = None
         if spec.context_mode == "control_cell":

@@ -16,7 +16,12 @@ Split kinds
     Held-out cell contexts: every cell of a test context (controls included) is in test.
 
 Validation takes ``validation_fraction`` of the remaining training cells at random within
-groups (an in-distribution validation set for SFT); RL sets have train and test only.
+groups (an in-distribution validation set for SFT). ``unseen_single`` and ``unseen_combo`` can
+also hold out *validation perturbations* (``n_validation_perturbations`` drawn like the test
+ones, or ``validation_perturbations`` named): every cell of them is in validation and no
+training row names them, so they are unseen in the same way as test. The data stage writes RL
+prompts for them (``rl/validation``), and the RL stage picks its policy on those, leaving the
+test perturbations untouched for the final evaluation.
 
 Controls used as inputs (prompts, control pseudo-bulks) for a split's examples come from that
 split's own control cells when it has some in the context, else from the training controls:
@@ -77,7 +82,15 @@ class SplitConfig:
     test_contexts, n_test_contexts
         ``unseen_context``: explicit held-out contexts, or how many to draw.
     combos_with_test_targets
-        ``unseen_single``: ``"exclude"`` or ``"test"``.
+        ``unseen_single``: ``"exclude"`` or ``"test"`` (validation targets follow the same rule:
+        their combinations are excluded, or put in validation).
+    n_validation_perturbations
+        ``unseen_single`` / ``unseen_combo``: how many perturbations to hold out for validation,
+        drawn among the candidates left after test (single perturbations; combinations whose
+        singles are measured in the same contexts).
+    validation_perturbations
+        Explicit validation perturbations, overriding ``n_validation_perturbations``
+        (``unseen_combo`` accepts any combination here, also one whose singles are not measured).
     seed
         Seed of the split.
     """
@@ -89,6 +102,8 @@ class SplitConfig:
     test_contexts: tuple[str, ...] | None = None
     n_test_contexts: int = 1
     combos_with_test_targets: str = "exclude"
+    n_validation_perturbations: int = 0
+    validation_perturbations: tuple[str, ...] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -104,6 +119,21 @@ class SplitConfig:
             raise SplitError("split.combos_with_test_targets must be 'exclude' or 'test'.")
         if self.n_test_contexts < 1:
             raise SplitError("split.n_test_contexts must be >= 1.")
+        if self.n_validation_perturbations < 0:
+            raise SplitError("split.n_validation_perturbations must be >= 0.")
+        if self.holds_out_validation_perturbations and self.kind not in (
+            "unseen_single",
+            "unseen_combo",
+        ):
+            raise SplitError(
+                f"split.kind={self.kind!r} cannot hold out validation perturbations; they exist "
+                "for unseen_single and unseen_combo. Remove n_validation_perturbations / "
+                "validation_perturbations, or change the kind."
+            )
+
+    @property
+    def holds_out_validation_perturbations(self) -> bool:
+        return bool(self.validation_perturbations) or self.n_validation_perturbations > 0
 
     @classmethod
     def from_dict(cls, spec: Mapping | None) -> SplitConfig:
@@ -114,7 +144,7 @@ class SplitConfig:
             raise SplitError(
                 f"unknown key(s) {sorted(unknown)} in 'split'; known: {sorted(known)}."
             )
-        for key in ("test_perturbations", "test_contexts"):
+        for key in ("test_perturbations", "test_contexts", "validation_perturbations"):
             if spec.get(key) is not None:
                 value = spec[key]
                 spec[key] = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
@@ -138,7 +168,11 @@ class SplitAssignment:
     test_contexts
         ``unseen_context``: held-out contexts.
     excluded_perturbations
-        Perturbations left out of every split (combinations with a test target).
+        Perturbations left out of every split (combinations with a test or validation target).
+    validation_perturbations
+        Held-out validation perturbations (every cell in validation).
+    validation_targets
+        ``unseen_single``: target genes of the validation singles.
     """
 
     config: SplitConfig
@@ -147,6 +181,8 @@ class SplitAssignment:
     test_targets: list[str] = field(default_factory=list)
     test_contexts: list[str] = field(default_factory=list)
     excluded_perturbations: list[str] = field(default_factory=list)
+    validation_perturbations: list[str] = field(default_factory=list)
+    validation_targets: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -186,6 +222,8 @@ class SplitAssignment:
             "test_targets": self.test_targets,
             "test_contexts": self.test_contexts,
             "excluded_perturbations": self.excluded_perturbations,
+            "validation_perturbations": self.validation_perturbations,
+            "validation_targets": self.validation_targets,
             "counts": self.counts(),
             "cells": {name: cell_ids[self.rows(name)].tolist() for name in SPLIT_NAMES},
         }
@@ -296,6 +334,10 @@ def make_splits(obs: pd.DataFrame, config: SplitConfig) -> SplitAssignment:
             assignment.test_perturbations = sorted(set(perts[held]))
         else:
             assignment.excluded_perturbations = sorted(set(perts[combos_hit]))
+        if config.holds_out_validation_perturbations:
+            _validation_singles(
+                assignment, singles, present, (perts, unique_perts, pert_codes), rng
+            )
 
     elif config.kind == "unseen_combo":
         eligible = _eligible_combos(perts, contexts)
@@ -324,6 +366,8 @@ def make_splits(obs: pd.DataFrame, config: SplitConfig) -> SplitAssignment:
         assignment.test_perturbations = sorted(chosen)
         held = np.isin(perts, chosen)
         labels[held] = "test"
+        if config.holds_out_validation_perturbations:
+            _validation_combos(assignment, eligible, present, perts, rng)
 
     elif config.kind == "unseen_context":
         all_contexts = sorted(set(contexts))
@@ -352,6 +396,86 @@ def make_splits(obs: pd.DataFrame, config: SplitConfig) -> SplitAssignment:
         labels[_stratified_pick(train_rows, codes, config.validation_fraction, rng)] = "validation"
     logger.info("split %s: %s", config.kind, assignment.counts())
     return assignment
+
+
+def _validation_choice(
+    assignment: SplitAssignment,
+    candidates: list[str],
+    present: list[str],
+    rng: np.random.Generator,
+    what: str,
+) -> list[str]:
+    """The named validation perturbations (checked), or a seeded draw among ``candidates``."""
+    config = assignment.config
+    test = set(assignment.test_perturbations) | set(assignment.excluded_perturbations)
+    if config.validation_perturbations:
+        chosen = list(config.validation_perturbations)
+        _check_known(chosen, present, "split.validation_perturbations")
+        clash = sorted(set(chosen) & test)
+        if clash:
+            raise SplitError(
+                f"split.validation_perturbations {clash} are held out for test already; choose "
+                "other perturbations for validation."
+            )
+        return sorted(chosen)
+    n = config.n_validation_perturbations
+    if n > len(candidates):
+        raise SplitError(
+            f"split.n_validation_perturbations={n}, but only {len(candidates)} {what} are left "
+            f"after test ({candidates[:20]}); lower it, or name split.validation_perturbations."
+        )
+    return sorted(str(x) for x in rng.choice(sorted(candidates), size=n, replace=False))
+
+
+def _validation_singles(assignment, singles, present, coded, rng) -> None:
+    """Hold out single perturbations (and what names their targets) for validation."""
+    config, labels = assignment.config, assignment.labels
+    perts, unique_perts, pert_codes = coded
+    is_combo = np.array(["+" in p for p in unique_perts], dtype=bool)[pert_codes]
+    candidates = [p for p in singles if p not in set(assignment.test_perturbations)]
+    chosen = _validation_choice(assignment, candidates, present, rng, "single perturbations")
+    combos = [p for p in chosen if "+" in p]
+    if combos:
+        raise SplitError(
+            f"unseen_single holds out single perturbations; {combos} are combinations."
+        )
+    if len(chosen) >= len(candidates):
+        raise SplitError(
+            f"validation perturbations {chosen} would leave no single perturbation to train on."
+        )
+    targets = sorted({t for p in chosen for t in perturbation_targets(p)})
+    upper = {t.upper() for t in targets}
+    names = np.array(
+        [any(t.upper() in upper for t in perturbation_targets(p)) for p in unique_perts],
+        dtype=bool,
+    )
+    hit = names[pert_codes] & (labels == "train")
+    labels[hit & ~is_combo] = "validation"
+    combos_hit = hit & is_combo
+    if config.combos_with_test_targets == "test":
+        labels[combos_hit] = "validation"
+    else:
+        labels[combos_hit] = "excluded"
+        assignment.excluded_perturbations = sorted(
+            set(assignment.excluded_perturbations) | set(perts[combos_hit])
+        )
+    assignment.validation_perturbations = sorted(set(perts[labels == "validation"]))
+    assignment.validation_targets = targets
+
+
+def _validation_combos(assignment, eligible, present, perts, rng) -> None:
+    """Hold out combinations for validation (named ones may have unmeasured singles)."""
+    candidates = [p for p in eligible if p not in set(assignment.test_perturbations)]
+    chosen = _validation_choice(
+        assignment, candidates, present, rng, "eligible combinations (singles measured)"
+    )
+    singles = [p for p in chosen if "+" not in p]
+    if singles:
+        raise SplitError(
+            f"unseen_combo holds out combinations; {singles} are single perturbations."
+        )
+    assignment.labels[np.isin(perts, chosen) & (assignment.labels == "train")] = "validation"
+    assignment.validation_perturbations = chosen
 
 
 def _check_known(chosen: list[str], known: list[str], where: str) -> None:

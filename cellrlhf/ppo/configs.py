@@ -54,10 +54,13 @@ class CellRLScriptArguments(ScriptArguments):
     dataset_train_split: str = field(
         default="train", metadata={"help": "rl/ split whose prompts are trained on."}
     )
-    dataset_test_split: str = field(
-        default="test",
+    dataset_test_split: str | None = field(
+        default=None,
         metadata={
-            "help": "rl/ split of held-out perturbations used by the monitor (never trained on)."
+            "help": "rl/ split of held-out perturbations the monitor evaluates and selects the policy on "
+            "(never trained on). Default: `validation` when the data set holds out validation "
+            "perturbations (data config `split.n_validation_perturbations`), else `test`, whose "
+            "kept-policy figures are then optimistic (chosen on the perturbations they report)."
         },
     )
     max_train_prompts: int | None = field(

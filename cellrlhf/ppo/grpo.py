@@ -144,11 +144,12 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
     )
     trainer_cls = CellGRPOTrainer if script_args.trainer == "grpo" else CellRLOOTrainer
     logger.info(
-        "%s on %d prompts x %d generations (%d held out), rewards %s%s",
+        "%s on %d prompts x %d generations (%d held out in rl/%s), rewards %s%s",
         script_args.trainer.upper(),
         len(train),
         training_args.num_generations,
-        len(data.test),
+        len(data.heldout),
+        data.heldout_split,
         script_args.rewards,
         f" weighted {training_args.reward_weights}" if training_args.reward_weights else "",
     )

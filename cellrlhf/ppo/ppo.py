@@ -87,7 +87,7 @@ def build_run(
 
     train = tokenize_prompts(data.train, tokenizer, max_prompt_length=script_args.max_prompt_length)
     _check_enough_prompts(len(train), training_args)
-    heldout = tokenize_prompts(data.test, tokenizer)
+    heldout = tokenize_prompts(data.heldout, tokenizer)
     stop_id = (
         training_args.stop_token_id if training_args.stop_token != "eos" else tokenizer.eos_token_id
     )
@@ -101,9 +101,10 @@ def build_run(
         output_dir=training_args.output_dir,
     )
     logger.info(
-        "PPO on %d prompts (%d held out), policy %s, reward model %s%s",
+        "PPO on %d prompts (%d held out in rl/%s), policy %s, reward model %s%s",
         len(train),
-        len(data.test),
+        len(data.heldout),
+        data.heldout_split,
         sft_dir,
         training_args.reward_model_path,
         " (LoRA)" if peft_config is not None else "",

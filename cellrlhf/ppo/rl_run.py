@@ -31,12 +31,16 @@ TIMING_FILENAME = "phase_timing.json"
 
 @dataclass
 class RLData:
-    """The ``rl/`` splits of a data set directory and its expression decoder."""
+    """The ``rl/`` splits of a data set directory and its expression decoder.
+
+    ``heldout`` is the split the monitor evaluates and selects on (``heldout_split``).
+    """
 
     dataset: CellDatasetDir
     train: object
-    test: object
+    heldout: object
     decoder: object
+    heldout_split: str = "test"
 
 
 @dataclass
@@ -85,7 +89,8 @@ def open_rl_data(script_args: CellRLScriptArguments, *, seed: int) -> RLData:
             f"{dataset.path} has no rl/ data (prompts with real reference profiles); build it with "
             "`cellrlhf data build` on perturbation data."
         )
-    for split in (script_args.dataset_train_split, script_args.dataset_test_split):
+    heldout_split = script_args.dataset_test_split or _default_heldout_split(rl, dataset.path)
+    for split in (script_args.dataset_train_split, heldout_split):
         if split not in rl:
             raise DatasetDirError(f"{dataset.path}/rl has no {split!r} split (has {list(rl)}).")
     decoder = dataset.decoder()
@@ -100,7 +105,21 @@ def open_rl_data(script_args: CellRLScriptArguments, *, seed: int) -> RLData:
         train = train.select(rows.tolist())
     if len(train) == 0:
         raise DatasetDirError(f"the {script_args.dataset_train_split!r} split has no prompts.")
-    return RLData(dataset, train, rl[script_args.dataset_test_split], decoder)
+    return RLData(dataset, train, rl[heldout_split], decoder, heldout_split)
+
+
+def _default_heldout_split(rl, path) -> str:
+    """``validation`` (held-out validation perturbations) when there is one, else ``test``."""
+    if "validation" in rl and len(rl["validation"]) > 0:
+        logger.info("the held-out monitor selects the policy on rl/validation of %s.", path)
+        return "validation"
+    logger.warning(
+        "%s has no RL validation perturbations: the held-out monitor selects the policy on the "
+        "test perturbations, so the kept policy's test figures are optimistic. Hold some out "
+        "with split.n_validation_perturbations in the data config.",
+        path,
+    )
+    return "test"
 
 
 def build_heldout_monitor(
@@ -126,7 +145,7 @@ def build_heldout_monitor(
     from cellrlhf.ppo.policy_output import BEST_DIRNAME
 
     prompts = heldout_prompts_from_dataset(
-        data.test, max_prompts=script_args.heldout_max_prompts, seed=script_args.heldout_seed
+        data.heldout, max_prompts=script_args.heldout_max_prompts, seed=script_args.heldout_seed
     )
     settings = HeldoutSettings(
         every_steps=script_args.heldout_every_steps,
@@ -192,6 +211,7 @@ def finish_run(run: RLRun) -> dict:
         **run.info,
         "selection": {
             "metric": FIDELITY_KEY,
+            "heldout_split": run.data.heldout_split,
             "rule": "best held-out fidelity with diversity intact"
             if selected is not None
             else "last",
@@ -217,6 +237,7 @@ def finish_run(run: RLRun) -> dict:
         "output_dir": str(output_dir),
         "selected_step": selected if selected is not None else last_step,
         "last_step": last_step,
+        "heldout_split": run.data.heldout_split,
         "heldout": kept_metrics,
         "timing": timing_summary(trainer.phase_timer.history),
     }

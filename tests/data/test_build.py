@@ -351,3 +351,46 @@ def test_metadata_prefixes():
     )
     assert two.tolist() == ["cell_context: K562; perturbation: <pert> A B </pert>;"]
     assert cell_prefixes({}, 2).tolist() == ["", ""]
+
+
+def test_validation_perturbations_get_rl_prompts_and_stay_out_of_training(tmp_path):
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    split = {
+        "kind": "unseen_single",
+        "test_fraction": 0.3,
+        "validation_fraction": 0.1,
+        "n_validation_perturbations": 2,
+    }
+    result = build_datasets(small_config(split=split), out_dir=tmp_path / "built")
+    built = load_built_dataset(result.path)
+    splits = built.splits
+    held = set(splits["validation_perturbations"])
+    assert len(splits["validation_targets"]) == 2 and held
+    assert not held & set(splits["test_perturbations"])
+    assert set(built.rl) == {"train", "validation", "test"}
+    assert set(built.rl["validation"]["perturbation"]) <= held
+    assert built.rl["validation"].num_rows > 0
+    for name in ("train", "test"):
+        assert not held & set(built.rl[name]["perturbation"])
+    assert not held & set(built.sft["train"]["perturbation"])
+    assert held & set(built.sft["validation"]["perturbation"])  # SFT validates on them too
+    check_no_leakage(built)
+
+    # a training chat naming a validation target is a leak
+    copy = tmp_path / "leaky"
+    shutil.copytree(result.path, copy)
+    built = load_built_dataset(copy)
+    target = splits["validation_targets"][0]
+    row = dict(built.sft["train"][0])
+    row["messages"] = [{"role": "user", "content": f"what does <pert> {target} </pert> do?"}]
+    row["perturbation"] = ""
+    train = concatenate_datasets(
+        [built.sft["train"], Dataset.from_list([row], features=built.sft["train"].features)]
+    )
+    sft = DatasetDict(
+        {"train": train, "validation": built.sft["validation"], "test": built.sft["test"]}
+    )
+    _replace(sft, copy / "sft")
+    with pytest.raises(LeakageError, match="held-out validation target"):
+        check_no_leakage(load_built_dataset(copy))

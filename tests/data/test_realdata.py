@@ -22,6 +22,7 @@ LIMITS = [
 ]
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+NO_VALIDATION = "split.n_validation_perturbations=0"
 
 
 @pytest.mark.parametrize(
@@ -29,8 +30,9 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
     [
         ("unseen_single", ["de.method=wilcoxon"]),
         ("unseen_combo", ["split.test_fraction=0.6", "de.method=welch"]),
-        ("unseen_context", ["split.test_contexts=[U87MG]", "de.method=welch"]),
-        ("random_cells", ["de.method=welch"]),
+        # validation perturbations exist only for unseen_single / unseen_combo
+        ("unseen_context", ["split.test_contexts=[U87MG]", "de.method=welch", NO_VALIDATION]),
+        ("random_cells", ["de.method=welch", NO_VALIDATION]),
     ],
 )
 def test_norman_mcfaline_every_task_and_split(real_data_dir, tmp_path, kind, extra):
@@ -57,6 +59,11 @@ def test_norman_mcfaline_every_task_and_split(real_data_dir, tmp_path, kind, ext
     if kind == "unseen_single":
         held = set(manifest["split"]["test_targets"])
         assert held and not held & set(built.rl["train"]["perturbation"])
+        # the config holds out two validation singles: RL selects its policy on them
+        validation = set(built.splits["validation_targets"])
+        assert len(validation) == 2 and not validation & held
+        assert set(built.rl["validation"]["perturbation"]) <= validation
+        assert not validation & set(built.rl["train"]["perturbation"])
         # CRISPRa of KLF1 drives erythroid genes: a real DE answer when KLF1 is held out or not
         de = {
             r["perturbation"]: r["de_genes_up"]

@@ -134,3 +134,122 @@ def test_manifest_lists_every_cell_once():
     assert payload["groups"]["test"] == [
         {"perturbation": "C", "cell_context": "K562", "n_cells": 20}
     ]
+
+
+def test_unseen_single_holds_out_validation_singles_like_test():
+    config = SplitConfig(
+        kind="unseen_single",
+        test_perturbations=("A",),
+        validation_perturbations=("C",),
+        validation_fraction=0.1,
+    )
+    a = make_splits(SCREEN, config)
+    assert a.validation_perturbations == ["C"] and a.validation_targets == ["C"]
+    # every C cell is in validation; the C+D combination names C, so it is excluded like A+B
+    c_cells = SCREEN["perturbation"].to_numpy() == "C"
+    assert set(a.labels[c_cells]) == {"validation"}
+    assert a.excluded_perturbations == ["A+B", "A+E", "C+D"]
+    assert not any("C" in p.split("+") for p in _perts(SCREEN, a, "train"))
+    # random validation cells of the training perturbations are still drawn
+    assert {"B", "D"} <= _perts(SCREEN, a, "validation")
+    payload = a.to_dict(SCREEN.index)
+    assert payload["validation_perturbations"] == ["C"]
+
+
+def test_validation_combos_can_follow_test_rule_into_validation():
+    config = SplitConfig(
+        kind="unseen_single",
+        test_perturbations=("A",),
+        validation_perturbations=("D",),
+        combos_with_test_targets="test",
+    )
+    a = make_splits(SCREEN, config)
+    assert a.validation_perturbations == ["C+D", "D"]
+    assert _perts(SCREEN, a, "test") == {"A", "A+B", "A+E"}  # A+E stays test, not validation
+
+
+def test_validation_perturbations_drawn_with_the_seed():
+    draws = set()
+    for seed in range(6):
+        config = SplitConfig(
+            kind="unseen_single", test_perturbations=("A",), n_validation_perturbations=1, seed=seed
+        )
+        a = make_splits(SCREEN, config)
+        again = make_splits(SCREEN, config)
+        assert a.validation_perturbations == again.validation_perturbations
+        (chosen,) = a.validation_targets
+        assert chosen in {"B", "C", "D"}  # never the test single
+        draws.add(chosen)
+    assert len(draws) > 1
+    # without validation perturbations, validation is random cells of training perturbations
+    plain = make_splits(SCREEN, SplitConfig(kind="unseen_single", test_perturbations=("A",)))
+    assert plain.validation_perturbations == []
+    assert _perts(SCREEN, plain, "validation") <= _perts(SCREEN, plain, "train")
+
+
+def test_unseen_combo_validation_combinations():
+    eligible_draw = make_splits(
+        SCREEN,
+        SplitConfig(kind="unseen_combo", test_perturbations=("A+B",), n_validation_perturbations=1),
+    )
+    assert eligible_draw.validation_perturbations == ["C+D"]  # the only eligible one left
+    named = make_splits(
+        SCREEN,
+        SplitConfig(
+            kind="unseen_combo", test_perturbations=("A+B",), validation_perturbations=("A+E",)
+        ),
+    )
+    assert _perts(SCREEN, named, "validation") >= {"A+E"}
+    assert "A+E" not in _perts(SCREEN, named, "train") and "A" in _perts(SCREEN, named, "train")
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ({"kind": "random_cells", "n_validation_perturbations": 1}, "cannot hold out validation"),
+        (
+            {
+                "kind": "unseen_single",
+                "test_perturbations": ["A"],
+                "validation_perturbations": ["A"],
+            },
+            "held out for test",
+        ),
+        (
+            {
+                "kind": "unseen_single",
+                "test_perturbations": ["A"],
+                "validation_perturbations": ["Z"],
+            },
+            "not in the data",
+        ),
+        (
+            {"kind": "unseen_single", "test_perturbations": ["A"], "n_validation_perturbations": 3},
+            "no single perturbation to train on",
+        ),
+        (
+            {"kind": "unseen_single", "test_perturbations": ["A"], "n_validation_perturbations": 4},
+            "only 3 single perturbations are left",
+        ),
+        (
+            {
+                "kind": "unseen_combo",
+                "test_perturbations": ["A+B"],
+                "validation_perturbations": ["C"],
+            },
+            "are single perturbations",
+        ),
+        (
+            {
+                "kind": "unseen_combo",
+                "test_perturbations": ["A+B", "C+D"],
+                "n_validation_perturbations": 1,
+            },
+            "name split.validation_perturbations",
+        ),
+        ({"kind": "unseen_single", "n_validation_perturbations": -1}, ">= 0"),
+    ],
+)
+def test_validation_perturbation_errors(spec, fragment):
+    with pytest.raises(SplitError, match=fragment):
+        make_splits(SCREEN, SplitConfig.from_dict(spec))

@@ -93,6 +93,8 @@ def test_kept_policy_follows_heldout_fidelity_and_reloads(grpo):
     )
     model, _, info = load_cell_model(out)
     assert info["stage"] == "grpo" and info["rewards"] == ["fidelity"]
+    # the tiny data set holds out no validation perturbations: selected on test, and it says so
+    assert summary["heldout_split"] == info["selection"]["heldout_split"] == "test"
     assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3).shape[1] > 3
 
 
