@@ -146,9 +146,10 @@ def heldout_table(art: RunArtifacts) -> pd.DataFrame:
         picks = [("start (SFT)", evaluations[0])]
         picks += [("best", e) for e in evaluations if e.get("step") == best_step][:1]
         picks.append(("last", evaluations[-1]))
+        split = (payload.get("settings") or {}).get("split", "test")
         for label, entry in picks:
             metrics = entry.get("metrics", {})
-            row = {"model": f"{stage} {label}", "step": entry.get("step")}
+            row = {"model": f"{stage} {label}", "split": split, "step": entry.get("step")}
             row.update({k.split("/", 1)[1]: metrics.get(k) for k in _HELDOUT_KEYS if k in metrics})
             rows.append(row)
     return pd.DataFrame(rows)
@@ -160,7 +161,10 @@ def _metrics_section(art: RunArtifacts) -> Section:
     if len(table):
         sec.text(
             "True group-level fidelity on held-out perturbations, measured by each RL stage's "
-            "monitor (generated cells decoded, pseudo-bulk against the decoded control):"
+            "monitor (generated cells decoded, pseudo-bulk against the decoded control) on the "
+            "`rl/` split in the `split` column. The best row is the policy the stage kept; when "
+            "the split is `test`, that choice was made on the test perturbations and is "
+            "optimistic (hold out validation perturbations in the data config):"
         )
         sec.table(table.round(4))
     for name, frame in art.metric_tables.items():

@@ -76,6 +76,8 @@ class HeldoutSettings:
         Sampling seed, reused at every evaluation (common random numbers across steps).
     top_k_de, distance
         Top-DE gene count and distance to real cells (``"energy"`` / ``"mmd"``).
+    split
+        The ``rl/`` split the prompts come from (``validation`` or ``test``), for the record.
     """
 
     every_steps: int
@@ -86,6 +88,7 @@ class HeldoutSettings:
     seed: int = 1234
     top_k_de: int = 20
     distance: str = "energy"
+    split: str = "test"
 
 
 class HeldoutMonitor(TrainerCallback):

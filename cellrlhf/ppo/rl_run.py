@@ -156,6 +156,7 @@ def build_heldout_monitor(
         seed=script_args.heldout_seed,
         top_k_de=script_args.heldout_top_k_de,
         distance=script_args.heldout_distance,
+        split=data.heldout_split,
     )
     selector = BestPolicySelector(
         min_distinct_ratio=script_args.min_distinct_ratio,

@@ -192,3 +192,39 @@ def test_timings_without_start_times_add_up_stage_seconds(tmp_path):
     section = _timings(write_report(spec)["markdown"].read_text())
     assert "Total: 3.0 min wall, 3.0 min CPU" in section and "in parallel" not in section
     assert "started at (s)" not in section
+
+
+def test_heldout_table_names_the_split_each_policy_was_selected_on(tmp_path):
+    from cellrlhf.pipeline.report import heldout_table
+    from cellrlhf.pipeline.report_data import RunArtifacts
+
+    def history(split, fidelities, best):
+        return {
+            "settings": {"split": split},
+            "selection": {"best_step": best},
+            "evaluations": [
+                {"step": 10 * i, "metrics": {"heldout/pearson_delta": f}}
+                for i, f in enumerate(fidelities)
+            ],
+        }
+
+    spec = load_pipeline({"run_dir": str(tmp_path), "stages": [{"name": "a", "command": ["x"]}]})
+    art = RunArtifacts(
+        spec,
+        json_results={
+            "grpo/heldout_eval_history.json": history("validation", [0.5, 0.7, 0.6], 10),
+            "ppo/heldout_eval_history.json": {  # written before the split was recorded
+                **history("test", [0.4, 0.3], 0),
+                "settings": {},
+            },
+        },
+    )
+    table = heldout_table(art)
+    assert table[["model", "split", "step", "pearson_delta"]].values.tolist() == [
+        ["grpo start (SFT)", "validation", 0, 0.5],
+        ["grpo best", "validation", 10, 0.7],
+        ["grpo last", "validation", 20, 0.6],
+        ["ppo start (SFT)", "test", 0, 0.4],
+        ["ppo best", "test", 0, 0.4],
+        ["ppo last", "test", 10, 0.3],
+    ]

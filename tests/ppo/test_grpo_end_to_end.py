@@ -95,6 +95,7 @@ def test_kept_policy_follows_heldout_fidelity_and_reloads(grpo):
     assert info["stage"] == "grpo" and info["rewards"] == ["fidelity"]
     # the tiny data set holds out no validation perturbations: selected on test, and it says so
     assert summary["heldout_split"] == info["selection"]["heldout_split"] == "test"
+    assert history["settings"]["split"] == "test"
     assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3).shape[1] > 3
 
 
