@@ -244,7 +244,7 @@ def test_no_leakage_in_any_split(built_by_kind, kind):
 
 
 def test_leakage_check_catches_planted_leaks(built_by_kind, tmp_path):
-    from datasets import Dataset, DatasetDict, concatenate_datasets
+    from datasets import Dataset, concatenate_datasets
 
     source = built_by_kind["unseen_single"].path
     copy = tmp_path / "leaky"
@@ -267,6 +267,15 @@ def test_leakage_check_catches_planted_leaks(built_by_kind, tmp_path):
     shutil.copytree(source / "pretrain", copy / "pretrain")
     built = load_built_dataset(copy)
     target = built.splits["test_targets"][0]
+    _plant_sft_chat_naming(built, target, copy)
+    with pytest.raises(LeakageError, match="held-out target"):
+        check_no_leakage(load_built_dataset(copy))
+
+
+def _plant_sft_chat_naming(built, target: str, copy) -> None:
+    """Add a training chat that names ``target`` to the copied data set at ``copy``."""
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
     row = dict(built.sft["train"][0])
     row["messages"] = [{"role": "user", "content": f"what does <pert> {target} </pert> do?"}]
     row["perturbation"] = ""
@@ -277,8 +286,6 @@ def test_leakage_check_catches_planted_leaks(built_by_kind, tmp_path):
         {"train": train, "validation": built.sft["validation"], "test": built.sft["test"]}
     )
     _replace(sft, copy / "sft")
-    with pytest.raises(LeakageError, match="held-out target"):
-        check_no_leakage(load_built_dataset(copy))
 
 
 def _replace(dataset, path):
@@ -354,7 +361,6 @@ def test_metadata_prefixes():
 
 
 def test_validation_perturbations_get_rl_prompts_and_stay_out_of_training(tmp_path):
-    from datasets import Dataset, DatasetDict, concatenate_datasets
 
     split = {
         "kind": "unseen_single",
@@ -382,15 +388,6 @@ def test_validation_perturbations_get_rl_prompts_and_stay_out_of_training(tmp_pa
     shutil.copytree(result.path, copy)
     built = load_built_dataset(copy)
     target = splits["validation_targets"][0]
-    row = dict(built.sft["train"][0])
-    row["messages"] = [{"role": "user", "content": f"what does <pert> {target} </pert> do?"}]
-    row["perturbation"] = ""
-    train = concatenate_datasets(
-        [built.sft["train"], Dataset.from_list([row], features=built.sft["train"].features)]
-    )
-    sft = DatasetDict(
-        {"train": train, "validation": built.sft["validation"], "test": built.sft["test"]}
-    )
-    _replace(sft, copy / "sft")
+    _plant_sft_chat_naming(built, target, copy)
     with pytest.raises(LeakageError, match="held-out validation target"):
         check_no_leakage(load_built_dataset(copy))
