@@ -104,9 +104,9 @@ def rl_rows(specs, table, references, writer, seed: int) -> dict[str, list[dict]
     rngs = _RenderRngs(seed)
     sentences = references.scan.sentences
     groups = references.groups
-    out: dict[str, list[dict]] = {"train": [], "test": []}
-    if any(spec.split == "validation" for spec in specs):
-        out = {"train": [], "validation": [], "test": []}
+    has_validation = any(spec.split == "validation" for spec in specs)
+    splits = ("train", "validation", "test") if has_validation else ("train", "test")
+    out: dict[str, list[dict]] = {split: [] for split in splits}
     for spec in specs:
         control_sentence = None
         if spec.context_mode == "control_cell":

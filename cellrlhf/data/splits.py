@@ -335,9 +335,8 @@ def make_splits(obs: pd.DataFrame, config: SplitConfig) -> SplitAssignment:
         else:
             assignment.excluded_perturbations = sorted(set(perts[combos_hit]))
         if config.holds_out_validation_perturbations:
-            _validation_singles(
-                assignment, singles, present, (perts, unique_perts, pert_codes), rng
-            )
+            coded = (perts, unique_perts, pert_codes, is_combo)
+            _validation_singles(assignment, singles, present, coded, rng)
 
     elif config.kind == "unseen_combo":
         eligible = _eligible_combos(perts, contexts)
@@ -430,9 +429,9 @@ def _validation_choice(
 def _validation_singles(assignment, singles, present, coded, rng) -> None:
     """Hold out single perturbations (and what names their targets) for validation."""
     config, labels = assignment.config, assignment.labels
-    perts, unique_perts, pert_codes = coded
-    is_combo = np.array(["+" in p for p in unique_perts], dtype=bool)[pert_codes]
-    candidates = [p for p in singles if p not in set(assignment.test_perturbations)]
+    perts, unique_perts, pert_codes, is_combo = coded
+    test = set(assignment.test_perturbations)
+    candidates = [p for p in singles if p not in test]
     chosen = _validation_choice(assignment, candidates, present, rng, "single perturbations")
     combos = [p for p in chosen if "+" in p]
     if combos:
@@ -465,7 +464,8 @@ def _validation_singles(assignment, singles, present, coded, rng) -> None:
 
 def _validation_combos(assignment, eligible, present, perts, rng) -> None:
     """Hold out combinations for validation (named ones may have unmeasured singles)."""
-    candidates = [p for p in eligible if p not in set(assignment.test_perturbations)]
+    test = set(assignment.test_perturbations)
+    candidates = [p for p in eligible if p not in test]
     chosen = _validation_choice(
         assignment, candidates, present, rng, "eligible combinations (singles measured)"
     )
