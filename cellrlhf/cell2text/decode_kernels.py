@@ -2,7 +2,10 @@
 
 :func:`decode_ascii` reads ASCII texts straight from one byte buffer: it splits on whitespace
 (exactly the characters ``str.split()`` uses), looks every word up case-insensitively in a
-:class:`GeneLookup` hash table and writes CSR rows, in one pass. Words are read eight bytes at a
+:class:`GeneLookup` hash table and writes each text's row into its room (:func:`layout_rooms`),
+in one pass; :func:`gather_rows` then copies the rows, contiguous, into the output (the rooms and
+the text buffer are reused from batch to batch, see ``ExpressionDecoder.decode``). Words are read
+eight bytes at a
 time (SWAR): the first whitespace byte, the upper-casing of ``a-z`` and the packed key are computed
 on 64-bit integers, so a typical gene symbol costs a few dozen instructions and one table probe.
 Matches are exact: the stored symbol's bytes (not only a hash) are compared.
@@ -34,8 +37,11 @@ __all__ = [
     "decode_ascii",
     "decode_ascii_parallel",
     "decoding_model",
+    "gather_rows",
+    "layout_rooms",
     "little_endian",
     "padded_words",
+    "words_buffer",
 ]
 
 _U64 = np.uint64
@@ -75,14 +81,34 @@ class GeneLookup:
         return cls(_fill_table(key_bytes, offsets, bits), bits, key_bytes, offsets)
 
 
-def ascii_words(texts: list[str]) -> np.ndarray:
-    """The ASCII ``texts`` joined, as little-endian ``uint64`` words (read-only) with at least
-    16 zero bytes of padding: the same words as ``padded_words("".join(texts).encode())``,
-    built with one join and one encode instead of further copies."""
+def ascii_words(texts: list[str], buffer: np.ndarray | None = None) -> np.ndarray:
+    """The ASCII ``texts`` joined, as little-endian ``uint64`` words with at least 16 zero bytes of
+    padding: the same words as ``padded_words("".join(texts).encode())``.
+
+    The bytes are copied text by text into ``buffer`` (``uint64``) when it is large enough, and
+    the result is a view of it: a decoder reuses one buffer for all its batches, so the text
+    lands on memory pages that are already mapped (first touches of fresh pages cost more than
+    the copy on virtual machines). A new buffer is allocated otherwise; pass the returned
+    array's ``base`` back (see :func:`words_buffer`).
+    """
     n_bytes = sum(map(len, texts))
     n_words = (n_bytes + 16) // 8 + 1
-    pad = "\0" * (n_words * 8 - n_bytes)
-    return np.frombuffer("".join([*texts, pad]).encode("ascii"), dtype=np.uint64)
+    if buffer is None or len(buffer) < n_words:
+        buffer = np.empty(n_words, dtype=np.uint64)
+    raw = buffer.view(np.uint8)
+    view = memoryview(raw)
+    pos = 0
+    for text in texts:
+        n = len(text)
+        view[pos : pos + n] = text.encode("ascii")
+        pos += n
+    raw[pos : n_words * 8] = 0
+    return buffer[:n_words]
+
+
+def words_buffer(words: np.ndarray) -> np.ndarray:
+    """The whole buffer behind an :func:`ascii_words` result (to reuse for the next batch)."""
+    return words if words.base is None else words.base
 
 
 def padded_words(data: bytes) -> np.ndarray:
@@ -233,8 +259,9 @@ def _gather(room_start, cols, vals, counts):
 
 
 @numba.njit(cache=True)
-def _layout(bounds, cap):
-    """Room for each sentence's entries (at most one per two bytes, at most ``cap``)."""
+def layout_rooms(bounds, cap):
+    """Room for each sentence's entries (at most one per two bytes, at most ``cap``): the
+    ``(n + 1,)`` room starts and the most words one sentence can hold."""
     n = len(bounds) - 1
     room_start = np.zeros(n + 1, dtype=np.int64)
     longest = 0
@@ -334,53 +361,86 @@ def _decode_range(
 
 # ---------------------------------------------------------------------- kernels
 _CHUNK = 64  # sentences per parallel task
+_PARALLEL_GATHER_BYTES = 1 << 22  # copy rooms to the output in parallel from 4 MB
 
 
-@numba.njit(cache=True)
-def decode_ascii(words, bounds, slots, bits_in_table, key_bytes, key_offsets, n_genes, model):
-    """Decode the ASCII texts ``bytes[bounds[i]:bounds[i + 1]]`` of ``words`` (see module doc).
+@numba.njit(cache=True, nogil=True)
+def decode_ascii(
+    words, bounds, slots, bits_in_table, key_bytes, key_offsets, n_genes, model, room_start,
+    longest, cols, vals,
+):  # fmt: skip
+    """Decode the ASCII texts ``bytes[bounds[i]:bounds[i + 1]]`` of ``words`` (see module doc)
+    into their rooms of ``cols``/``vals`` (:func:`layout_rooms`; at least ``room_start[-1]``
+    long, reusable between calls).
 
-    Returns ``indptr, cols, vals, counts`` with ``counts`` rows: words, valid, unknown,
-    duplicates, truncated (one column per text).
+    Returns ``counts``, ``(6, n)`` ``int32``: words, valid, unknown, duplicates, truncated and
+    stored entries of each text; :func:`gather_rows` makes the rooms CSR rows.
     """
     n = len(bounds) - 1
-    room_start, longest = _layout(bounds, model[0])
-    cols = np.empty(room_start[n], dtype=np.int32)
-    vals = np.empty(room_start[n], dtype=np.float32)
     counts = np.zeros((6, n), dtype=np.int32)
     seen = np.zeros((n_genes + 63) // 64, dtype=np.uint64)
     row_values = np.zeros(max(n_genes, 1), dtype=np.float32)
-    genes = np.empty(longest, dtype=np.int32)
+    genes = np.empty(max(longest, 1), dtype=np.int32)
     _decode_range(
         0, n, words, bounds, slots, bits_in_table, key_bytes, key_offsets, model,
         room_start, cols, vals, counts, seen, row_values, genes,
     )  # fmt: skip
-    return _gather(room_start, cols, vals, counts)
+    return counts
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def decode_ascii_parallel(
-    words, bounds, slots, bits_in_table, key_bytes, key_offsets, n_genes, model
+    words, bounds, slots, bits_in_table, key_bytes, key_offsets, n_genes, model, room_start,
+    longest, cols, vals,
 ):  # fmt: skip
     """:func:`decode_ascii` over chunks of texts in parallel threads (same output).
 
     Worth it for large inputs only: starting the threads costs milliseconds.
     """
     n = len(bounds) - 1
-    room_start, longest = _layout(bounds, model[0])
-    cols = np.empty(room_start[n], dtype=np.int32)
-    vals = np.empty(room_start[n], dtype=np.float32)
     counts = np.zeros((6, n), dtype=np.int32)
     for chunk in numba.prange((n + _CHUNK - 1) // _CHUNK):
         seen = np.zeros((n_genes + 63) // 64, dtype=np.uint64)
         row_values = np.zeros(max(n_genes, 1), dtype=np.float32)
-        genes = np.empty(longest, dtype=np.int32)
+        genes = np.empty(max(longest, 1), dtype=np.int32)
         _decode_range(
             chunk * _CHUNK, min(n, (chunk + 1) * _CHUNK), words, bounds, slots, bits_in_table,
             key_bytes, key_offsets, model, room_start, cols, vals, counts, seen, row_values,
             genes,
         )  # fmt: skip
-    return _gather(room_start, cols, vals, counts)
+    return counts
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _gather_rows_parallel(room_start, cols, vals, stored, out_cols, out_vals, dst):
+    for i in numba.prange(len(stored)):
+        src = room_start[i]
+        k = stored[i]
+        out_cols[dst[i] : dst[i] + k] = cols[src : src + k]
+        out_vals[dst[i] : dst[i] + k] = vals[src : src + k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_rows_serial(room_start, cols, vals, stored, out_cols, out_vals, dst):
+    for i in range(len(stored)):
+        src = room_start[i]
+        k = stored[i]
+        out_cols[dst[i] : dst[i] + k] = cols[src : src + k]
+        out_vals[dst[i] : dst[i] + k] = vals[src : src + k]
+
+
+def gather_rows(room_start, cols, vals, stored, out_cols, out_vals, offset: int) -> None:
+    """Copy each text's ``stored[i]`` entries from its room into ``out_cols``/``out_vals``,
+    contiguously from ``offset`` (CSR order); in parallel threads for large batches."""
+    stored = np.ascontiguousarray(stored, dtype=np.int64)
+    dst = np.empty(len(stored), dtype=np.int64)
+    if len(stored):
+        dst[0] = offset
+        np.cumsum(stored[:-1], out=dst[1:])
+        dst[1:] += offset
+    parallel = numba.get_num_threads() > 1 and int(stored.sum()) * 8 >= _PARALLEL_GATHER_BYTES
+    kernel = _gather_rows_parallel if parallel else _gather_rows_serial
+    kernel(room_start, cols, vals, stored, out_cols, out_vals, dst)
 
 
 @numba.njit(cache=True)

@@ -35,6 +35,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from cellrlhf.cell2text.csr_rows import CsrRowBuilder
 from cellrlhf.cell2text.decode_kernels import (
     GeneLookup,
     ascii_words,
@@ -42,7 +43,10 @@ from cellrlhf.cell2text.decode_kernels import (
     decode_ascii,
     decode_ascii_parallel,
     decoding_model,
+    gather_rows,
+    layout_rooms,
     little_endian,
+    words_buffer,
 )
 from cellrlhf.cell2text.decode_report import DecodeReport
 from cellrlhf.cell2text.markup import CELL_START, extract_cell
@@ -300,44 +304,52 @@ class ExpressionDecoder:
             raise ValueError(f"max_genes={max_genes} must be >= 0.")
         cap = min(cap, len(self.vocab))
         model = decoding_model(self.intercept, self.slope, cap)
-        blocks: list[sp.csr_matrix] = []
+        rows = CsrRowBuilder(len(self.vocab), len(items))
+        scratch = _DecodeScratch()
         reports: list[DecodeReport] = []
         batch_size = max(int(batch_size), 1)
         batches = range(0, len(items), batch_size)
         for start in tqdm(batches, desc="decode", unit="batch", disable=not progress):
             batch = items[start : start + batch_size]
-            block, report = self._decode_batch(batch, model)
-            blocks.append(block)
-            reports.append(report)
-        if not blocks:
+            reports.append(self._decode_batch(batch, model, rows, scratch))
+        if not reports:
             return sp.csr_matrix((0, len(self.vocab)), dtype=np.float32), DecodeReport.empty_report(
                 0
             )
-        return _stack_rows(blocks, len(self.vocab)), DecodeReport.concatenate(reports)
+        return rows.to_csr(), DecodeReport.concatenate(reports)
 
-    def _decode_batch(self, batch, model):
+    def _decode_batch(self, batch, model, rows: CsrRowBuilder, scratch: _DecodeScratch):
+        """Decode ``batch`` onto ``rows``; returns its report."""
         n = len(batch)
         texts, marked, closed, not_text = _prepare_texts(batch)
         is_ascii = np.fromiter((t.isascii() for t in texts), dtype=bool, count=n)
         if not little_endian():
             is_ascii[:] = False
-        parts = []
-        rows = []
-        if is_ascii.any():
-            rows.append(np.flatnonzero(is_ascii))
-            parts.append(self._decode_ascii([texts[i] for i in rows[-1]], model))
-        if not is_ascii.all():
-            rows.append(np.flatnonzero(~is_ascii))
-            parts.append(self._decode_unicode([texts[i] for i in rows[-1]], model))
-        if len(parts) == 1:
-            matrix, counts = parts[0]
+        if is_ascii.all():  # the usual case: rooms straight into the output
+            room_start, counts = self._decode_ascii(texts, model, scratch)
+            rows.append_rooms(room_start, scratch.cols, scratch.vals, counts[5])
         else:
-            order = np.argsort(np.concatenate(rows), kind="stable")
-            matrix = sp.vstack([p[0] for p in parts], format="csr")[order]
-            counts = np.concatenate([p[1] for p in parts], axis=1)[:, order]
-        matrix.has_sorted_indices = True
-        n_words, n_valid, n_unknown, n_dup, n_trunc = counts
-        report = DecodeReport(
+            parts, order = [], []
+            if is_ascii.any():
+                order.append(np.flatnonzero(is_ascii))
+                room_start, counts = self._decode_ascii(
+                    [texts[i] for i in order[-1]], model, scratch
+                )
+                parts.append(
+                    (_rooms_to_csr(room_start, scratch, counts, len(self.vocab)), counts[:5])
+                )
+            order.append(np.flatnonzero(~is_ascii))
+            parts.append(self._decode_unicode([texts[i] for i in order[-1]], model))
+            if len(parts) == 1:
+                matrix, counts = parts[0]
+            else:
+                rank = np.argsort(np.concatenate(order), kind="stable")
+                matrix = sp.vstack([p[0] for p in parts], format="csr")[rank]
+                counts = np.concatenate([p[1] for p in parts], axis=1)[:, rank]
+            matrix.sort_indices()
+            rows.append_csr(matrix)
+        n_words, n_valid, n_unknown, n_dup, n_trunc = counts[:5]
+        return DecodeReport(
             n_words=n_words,
             n_valid=n_valid,
             n_unknown=n_unknown,
@@ -348,18 +360,21 @@ class ExpressionDecoder:
             closed=closed,
             not_text=not_text,
         )
-        return matrix, report
 
-    def _decode_ascii(self, texts: list[str], model: tuple):
+    def _decode_ascii(self, texts: list[str], model: tuple, scratch: _DecodeScratch):
+        """Decode ASCII ``texts`` into ``scratch``'s rooms; returns room starts and counts."""
         lookup = self._lookup()
         bounds = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=bounds[1:])
-        words = ascii_words(texts)
+        words = ascii_words(texts, scratch.words)
+        scratch.words = words_buffer(words)
+        room_start, longest = layout_rooms(bounds, model[0])
+        scratch.reserve_rooms(int(room_start[-1]))
         threads = numba.get_num_threads()
         kernel = (
             decode_ascii_parallel if threads > 1 and bounds[-1] >= _PARALLEL_BYTES else decode_ascii
         )
-        indptr, cols, vals, counts = kernel(
+        counts = kernel(
             words,
             bounds,
             lookup.slots,
@@ -368,9 +383,12 @@ class ExpressionDecoder:
             lookup.key_offsets,
             len(self.vocab),
             model,
+            room_start,
+            longest,
+            scratch.cols,
+            scratch.vals,
         )
-        matrix = sp.csr_matrix((vals, cols, indptr), shape=(len(texts), len(self.vocab)))
-        return matrix, counts
+        return room_start, counts
 
     def _decode_unicode(self, texts: list[str], model: tuple):
         words = [t.upper().split() for t in texts]
@@ -539,26 +557,30 @@ def _r_squared(stats: np.ndarray, intercept: np.ndarray, slope: np.ndarray) -> f
 
 
 # ---------------------------------------------------------------------- decode helpers
-def _stack_rows(blocks: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
-    """Row blocks (canonical CSR) stacked: one copy of the values, no re-validation."""
-    if len(blocks) == 1:
-        return blocks[0]
-    nnz = np.cumsum([0] + [b.nnz for b in blocks])
-    indptr = np.concatenate(
-        [blocks[0].indptr[:1].astype(np.int64)]
-        + [b.indptr[1:].astype(np.int64) + start for b, start in zip(blocks, nnz[:-1], strict=True)]
-    )
-    index_dtype = np.int32 if nnz[-1] <= np.iinfo(np.int32).max else np.int64
-    matrix = sp.csr_matrix(
-        (
-            np.concatenate([b.data for b in blocks]),
-            np.concatenate([b.indices for b in blocks]).astype(index_dtype, copy=False),
-            indptr.astype(index_dtype, copy=False),
-        ),
-        shape=(int(sum(b.shape[0] for b in blocks)), n_cols),
-    )
-    matrix.has_sorted_indices = True
-    return matrix
+class _DecodeScratch:
+    """Buffers one ``decode`` call reuses across its batches (text words, rooms)."""
+
+    def __init__(self) -> None:
+        self.words: np.ndarray | None = None
+        self.cols = np.empty(0, dtype=np.int32)
+        self.vals = np.empty(0, dtype=np.float32)
+
+    def reserve_rooms(self, size: int) -> None:
+        if size > len(self.cols):
+            size += size // 4
+            self.cols = np.empty(size, dtype=np.int32)
+            self.vals = np.empty(size, dtype=np.float32)
+
+
+def _rooms_to_csr(room_start, scratch: _DecodeScratch, counts, n_cols: int) -> sp.csr_matrix:
+    """The rows held in ``scratch``'s rooms as their own CSR matrix."""
+    stored = counts[5].astype(np.int64)
+    indptr = np.zeros(len(stored) + 1, dtype=np.int64)
+    np.cumsum(stored, out=indptr[1:])
+    cols = np.empty(int(indptr[-1]), dtype=np.int32)
+    vals = np.empty(int(indptr[-1]), dtype=np.float32)
+    gather_rows(room_start, scratch.cols, scratch.vals, stored, cols, vals, 0)
+    return sp.csr_matrix((vals, cols, indptr), shape=(len(stored), n_cols))
 
 
 def _prepare_texts(batch: list[object]):

@@ -541,25 +541,46 @@ def test_pbmc_decoder_handles_generated_text(pbmc):
     assert report.n_valid[1] == 5 and matrix[1].nnz == 5
 
 
-def test_stacked_batches_equal_scipy_vstack_and_kernel_words_equal_padded_bytes():
-    from cellrlhf.cell2text.decode_kernels import ascii_words, padded_words
-    from cellrlhf.cell2text.decoder import _stack_rows
+def test_row_builder_equals_scipy_vstack_and_kernel_words_equal_padded_bytes():
+    from cellrlhf.cell2text.csr_rows import CsrRowBuilder
+    from cellrlhf.cell2text.decode_kernels import ascii_words, padded_words, words_buffer
 
     texts = ["CD3E CD8A", "", "MS4A1 GNLY CD3E", "x" * 13]
     assert np.array_equal(ascii_words(texts), padded_words("".join(texts).encode()))
     assert len(ascii_words([])) >= 2 and not ascii_words([]).any()
+    # a reused buffer: stale bytes of a longer earlier batch never leak into the padding
+    buffer = words_buffer(ascii_words(["Z" * 200]))
+    reused = ascii_words(texts, buffer)
+    assert np.shares_memory(reused, buffer)
+    assert np.array_equal(reused, padded_words("".join(texts).encode()))
     rng = np.random.default_rng(0)
     blocks = [
         sp.random(n, 9, density=0.4, format="csr", dtype=np.float32, random_state=rng)
-        for n in (3, 0, 5, 1)
+        for n in (3, 0, 5, 1, 40)
     ]
     for block in blocks:
         block.sort_indices()
-    stacked, expected = _stack_rows(blocks, 9), sp.vstack(blocks, format="csr")
+    builder = CsrRowBuilder(9, n_rows_expected=12)  # under-estimated: the arrays must grow
+    for block in blocks[:3]:
+        builder.append_csr(block)
+    # the same rows as rooms with gaps between them
+    for block in blocks[3:]:
+        lengths = np.diff(block.indptr)
+        room_start = np.concatenate([[0], np.cumsum(lengths + 2)])
+        cols = np.full(room_start[-1], -1, dtype=np.int32)
+        vals = np.full(room_start[-1], np.nan, dtype=np.float32)
+        for i, start in enumerate(room_start[:-1]):
+            row = block[i]
+            cols[start : start + row.nnz] = row.indices
+            vals[start : start + row.nnz] = row.data
+        builder.append_rooms(room_start, cols, vals, lengths)
+    stacked, expected = builder.to_csr(), sp.vstack(blocks, format="csr")
     assert stacked.shape == expected.shape and stacked.has_sorted_indices
     for name in ("indptr", "indices", "data"):
         np.testing.assert_array_equal(getattr(stacked, name), getattr(expected, name))
         assert getattr(stacked, name).dtype == getattr(expected, name).dtype
+    with pytest.raises(ValueError, match="columns"):
+        CsrRowBuilder(4).append_csr(blocks[0])
 
 
 def test_truncated_and_clipped_values_leave_no_stray_entries():
