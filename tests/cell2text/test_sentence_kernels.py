@@ -133,3 +133,45 @@ def test_permuted_name_bytes_equal_the_names_encoded_in_that_order(factories):
     direct = GeneNameBytes.from_genes([genes[i] for i in order])
     for name in ("data", "offsets", "lengths", "words"):
         np.testing.assert_array_equal(getattr(permuted, name), getattr(direct, name))
+
+
+SPECIAL_BITS = [
+    0x00000000,  # 0.0
+    0x80000000,  # -0.0
+    0x00000001,  # smallest subnormal
+    0x3F800000,  # 1.0
+    0x7F7FFFFF,  # largest finite
+    0x7F800000,  # inf
+    0xFF800000,  # -inf
+    0x7FC00000,  # NaN
+    0xFFC00000,  # negative NaN
+    0x80000001,  # negative subnormal
+    0xBF800000,  # -1.0
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(SPECIAL_BITS), max_size=12), min_size=1, max_size=6))
+def test_branch_free_scan_classifies_values_like_value_kind(rows):
+    from cellrlhf.cell2text.ranking import VALUE_EXPRESSED, value_kind
+    from cellrlhf.cell2text.sentence_kernels import _scan_sentence_rows
+
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    vbits = np.array([b for r in rows for b in r], dtype=np.uint32)
+    indices = np.array([j for r in rows for j in range(len(r))], dtype=np.int32)
+    name_lengths = np.arange(1, 13, dtype=np.int32)
+    expected_counts, expected_lengths, expected_flags = [], [], []
+    for r in rows:
+        kinds = [value_kind(b) for b in r]
+        expressed = [j for j, k in enumerate(kinds) if k == VALUE_EXPRESSED]
+        expected_counts.append(len(expressed))
+        total = sum(int(name_lengths[j]) for j in expressed)
+        expected_lengths.append(total + len(expressed) - 1 if expressed else 0)
+        flags = 0
+        for k in kinds:
+            flags |= max(k, 0)
+        expected_flags.append(flags)
+    counts, lengths, flags = _scan_sentence_rows(indptr, vbits, indices, name_lengths)
+    assert counts.tolist() == expected_counts
+    assert lengths.tolist() == expected_lengths
+    assert flags.tolist() == expected_flags
