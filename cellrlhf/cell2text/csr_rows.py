@@ -41,10 +41,6 @@ class CsrRowBuilder:
         self._row_nnz: list[np.ndarray] = []
         self._n_rows = 0
 
-    @property
-    def n_rows(self) -> int:
-        return self._n_rows
-
     def _reserve(self, extra: int, new_rows: int) -> None:
         needed = self.nnz + int(extra)
         if needed <= len(self.cols):

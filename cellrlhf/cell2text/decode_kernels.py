@@ -30,6 +30,8 @@ import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
+from cellrlhf.cell2text.ranking import kernel_threads
+
 __all__ = [
     "GeneLookup",
     "ascii_words",
@@ -37,6 +39,7 @@ __all__ = [
     "decode_ascii",
     "decode_ascii_parallel",
     "decoding_model",
+    "gather_csr",
     "gather_rows",
     "layout_rooms",
     "little_endian",
@@ -242,8 +245,9 @@ def _room(n_words_max, cap):
 
 
 @numba.njit(cache=True)
-def _gather(room_start, cols, vals, counts):
-    """Each sentence's stored entries (``counts[5]``), made contiguous: CSR arrays."""
+def gather_csr(room_start, cols, vals, counts):
+    """Each sentence's stored entries (``counts[5]``) copied out of its room, contiguous:
+    ``indptr, cols, vals`` of a new CSR matrix, and ``counts[:5]``."""
     n = len(room_start) - 1
     indptr = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
@@ -361,7 +365,6 @@ def _decode_range(
 
 # ---------------------------------------------------------------------- kernels
 _CHUNK = 64  # sentences per parallel task
-_PARALLEL_GATHER_BYTES = 1 << 22  # copy rooms to the output in parallel from 4 MB
 
 
 @numba.njit(cache=True, nogil=True)
@@ -412,17 +415,8 @@ def decode_ascii_parallel(
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _gather_rows_parallel(room_start, cols, vals, stored, out_cols, out_vals, dst):
+def _gather_rows(room_start, cols, vals, stored, out_cols, out_vals, dst):
     for i in numba.prange(len(stored)):
-        src = room_start[i]
-        k = stored[i]
-        out_cols[dst[i] : dst[i] + k] = cols[src : src + k]
-        out_vals[dst[i] : dst[i] + k] = vals[src : src + k]
-
-
-@numba.njit(cache=True, nogil=True)
-def _gather_rows_serial(room_start, cols, vals, stored, out_cols, out_vals, dst):
-    for i in range(len(stored)):
         src = room_start[i]
         k = stored[i]
         out_cols[dst[i] : dst[i] + k] = cols[src : src + k]
@@ -438,9 +432,8 @@ def gather_rows(room_start, cols, vals, stored, out_cols, out_vals, offset: int)
         dst[0] = offset
         np.cumsum(stored[:-1], out=dst[1:])
         dst[1:] += offset
-    parallel = numba.get_num_threads() > 1 and int(stored.sum()) * 8 >= _PARALLEL_GATHER_BYTES
-    kernel = _gather_rows_parallel if parallel else _gather_rows_serial
-    kernel(room_start, cols, vals, stored, out_cols, out_vals, dst)
+    with kernel_threads(int(stored.sum())):
+        _gather_rows(room_start, cols, vals, stored, out_cols, out_vals, dst)
 
 
 @numba.njit(cache=True)
@@ -465,7 +458,7 @@ def assemble_rows(word_genes, starts, ends, n_genes, model):
             cols, vals, room_start[i], counts, i,
         )  # fmt: skip
         counts[5, i] = k - room_start[i]
-    return _gather(room_start, cols, vals, counts)
+    return gather_csr(room_start, cols, vals, counts)
 
 
 def decoding_model(intercept, slope, cap: int) -> tuple:

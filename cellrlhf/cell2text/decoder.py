@@ -43,7 +43,7 @@ from cellrlhf.cell2text.decode_kernels import (
     decode_ascii,
     decode_ascii_parallel,
     decoding_model,
-    gather_rows,
+    gather_csr,
     layout_rooms,
     little_endian,
     words_buffer,
@@ -346,7 +346,7 @@ class ExpressionDecoder:
                 rank = np.argsort(np.concatenate(order), kind="stable")
                 matrix = sp.vstack([p[0] for p in parts], format="csr")[rank]
                 counts = np.concatenate([p[1] for p in parts], axis=1)[:, rank]
-            matrix.sort_indices()
+            matrix.has_sorted_indices = True  # every part's rows are sorted
             rows.append_csr(matrix)
         n_words, n_valid, n_unknown, n_dup, n_trunc = counts[:5]
         return DecodeReport(
@@ -574,13 +574,8 @@ class _DecodeScratch:
 
 def _rooms_to_csr(room_start, scratch: _DecodeScratch, counts, n_cols: int) -> sp.csr_matrix:
     """The rows held in ``scratch``'s rooms as their own CSR matrix."""
-    stored = counts[5].astype(np.int64)
-    indptr = np.zeros(len(stored) + 1, dtype=np.int64)
-    np.cumsum(stored, out=indptr[1:])
-    cols = np.empty(int(indptr[-1]), dtype=np.int32)
-    vals = np.empty(int(indptr[-1]), dtype=np.float32)
-    gather_rows(room_start, scratch.cols, scratch.vals, stored, cols, vals, 0)
-    return sp.csr_matrix((vals, cols, indptr), shape=(len(stored), n_cols))
+    indptr, cols, vals, _ = gather_csr(room_start, scratch.cols, scratch.vals, counts)
+    return sp.csr_matrix((vals, cols, indptr), shape=(len(room_start) - 1, n_cols))
 
 
 def _prepare_texts(batch: list[object]):
