@@ -14,7 +14,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from cellrlhf.pipeline.run import add_jobs_argument
+from cellrlhf.pipeline.run import add_jobs_argument, print_verdict
 
 __all__ = ["choose_data_config", "make_parser", "cli", "DEMO_PIPELINE"]
 
@@ -124,4 +124,5 @@ def cli(argv: list[str]) -> int:
         spec.run_dir,
         spec.run_dir,
     )
+    print_verdict(spec.run_dir)  # the last lines: did SFT / RL beat the baselines, with intervals
     return 0

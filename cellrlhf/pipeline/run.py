@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
-__all__ = ["make_parser", "parse_overrides", "add_jobs_argument", "cli"]
+__all__ = ["make_parser", "parse_overrides", "add_jobs_argument", "print_verdict", "cli"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
     add_jobs_argument(parser)
     parser.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown report")
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        action="store_true",
+        help="print the stages (sweep expanded), what each waits for and its command; run none",
+    )
     return parser
 
 
@@ -72,6 +79,11 @@ def cli(argv: list[str]) -> int:
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     spec = load_pipeline(args.config, overrides=overrides)
+    if args.dry_run:
+        from cellrlhf.pipeline.plan import plan_lines
+
+        print("\n".join(plan_lines(spec, only=args.only)))
+        return 0
     try:
         run_pipeline(spec, force=args.force, only=args.only, max_parallel=args.jobs)
     except StageFailed as err:
@@ -82,4 +94,30 @@ def cli(argv: list[str]) -> int:
 
         paths = write_report(spec)
         logger.info("report: %s", paths["html"])
+    print_verdict(spec.run_dir)
     return 0
+
+
+def print_verdict(run_dir: str | Path) -> list[str]:
+    """Print the run's verdict (one table and sentence per setting) as the terminal's last lines.
+
+    Uses :func:`cellrlhf.evaluation.verdict.verdict_lines`; prints nothing when that module or
+    the run's aggregate results are not there.
+
+    Returns
+    -------
+    The printed lines.
+    """
+    try:
+        from cellrlhf.evaluation.verdict import verdict_lines
+    except ImportError:
+        logger.debug("no verdict: cellrlhf.evaluation.verdict is not available")
+        return []
+    try:
+        lines = list(verdict_lines(Path(run_dir)))
+    except FileNotFoundError as err:
+        logger.info("no verdict: %s", err)
+        return []
+    if lines:
+        print("\n".join(["", "Verdict", *lines]), flush=True)
+    return lines
