@@ -70,7 +70,14 @@ def make_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="a model to evaluate (repeat: --model sft=DIR --model ppo=DIR)",
+        help="a model to evaluate (repeat: --model sft=DIR --model ppo=DIR); an RL run's last "
+        "policy (DIR/last, when it is not the kept one) is evaluated too, as NAME_last",
+    )
+    parser.add_argument(
+        "--no-last-policies",
+        "--no_last_policies",
+        action="store_true",
+        help="evaluate only the named directories, not their last policies (DIR/last)",
     )
     parser.add_argument("--out", "--output_dir", required=True, help="output directory")
     parser.add_argument(
@@ -100,7 +107,7 @@ def run_reporting_errors(run: Callable[[], T]) -> T | None:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     from cellrlhf.evaluation.evaluate import evaluate_models
-    from cellrlhf.evaluation.model_dirs import parse_model_args
+    from cellrlhf.evaluation.model_dirs import parse_model_args, with_last_policies
 
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -108,9 +115,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
         parser.error("name at least one model: --model NAME=DIR")
 
     def run():
+        models = parse_model_args(args.model)
+        if not args.no_last_policies:
+            models = with_last_policies(models)
         return evaluate_models(
             args.dataset_dir,
-            parse_model_args(args.model),
+            models,
             args.out,
             settings=settings_from_args(args),
             data_dir=args.data_dir,

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["ModelDirError", "parse_model_args", "resolve_model_dirs"]
+__all__ = [
+    "ModelDirError",
+    "LAST_SUFFIX",
+    "parse_model_args",
+    "with_last_policies",
+    "resolve_model_dirs",
+]
 
 logger = logging.getLogger(__name__)
 
+# ``--model grpo=DIR`` also evaluates DIR/last as ``grpo_last``
+LAST_SUFFIX = "_last"
 # a model directory is complete when a stage has written these
 _REQUIRED = ("config.json", "model.safetensors", "gene_vocab.json", "expression_decoder.json")
 
@@ -29,6 +38,53 @@ def parse_model_args(values: Iterable[str]) -> dict[str, str]:
         if name in out:
             raise ValueError(f"--model name {name!r} is given twice.")
         out[name] = path
+    return out
+
+
+def _selected_step(path: Path) -> object:
+    from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME
+
+    try:
+        return json.loads((path / MODEL_INFO_FILENAME).read_text()).get("selected_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def with_last_policies(models: Mapping[str, str | os.PathLike]) -> dict[str, str | os.PathLike]:
+    """``models`` with each RL run's last policy after it, as ``<name>_last``.
+
+    An RL stage keeps the policy that did best on the validation perturbations in its output
+    directory and writes the last policy to ``<output_dir>/last`` when that is a different one
+    (:func:`cellrlhf.ppo.policy_output.save_policy_dir`). Evaluating both shows what training did
+    and what selection kept. A ``last`` directory is added when it is a complete model directory
+    whose ``selected_step`` differs from the kept one's (a stale copy of the kept policy is not),
+    and ``<name>_last`` is not named already.
+
+    Parameters
+    ----------
+    models
+        Name -> model directory, in the order given.
+
+    Returns
+    -------
+    Name -> directory, each ``<name>_last`` right after ``<name>``.
+    """
+    from cellrlhf.ppo.policy_output import LAST_DIRNAME
+
+    out: dict[str, str | os.PathLike] = {}
+    for name, path in models.items():
+        out[name] = path
+        last, last_name = Path(path) / LAST_DIRNAME, name + LAST_SUFFIX
+        if last_name in models or not last.is_dir():
+            continue
+        problem = _problem(last)
+        if problem is not None:
+            logger.warning("model %r: its last policy %s %s; left out.", name, last, problem)
+        elif _selected_step(last) == _selected_step(Path(path)):
+            logger.info("model %r: %s is the kept policy itself; not evaluated twice.", name, last)
+        else:
+            out[last_name] = last
+            logger.info("model %r: its last policy %s is evaluated as %r.", name, last, last_name)
     return out
 
 

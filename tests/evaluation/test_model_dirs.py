@@ -1,0 +1,63 @@
+"""``cellrlhf evaluate --model grpo=DIR`` also evaluates the RL run's last policy (``DIR/last``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cellrlhf.evaluation import cli as evaluation_cli
+from cellrlhf.evaluation.model_dirs import with_last_policies
+
+
+def _model(path: Path, step: int | None) -> Path:
+    path.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "gene_vocab.json", "expression_decoder.json"):
+        (path / name).write_text("{}")
+    info = {"format": "cellrlhf.model", "stage": "grpo", "selected_step": step}
+    (path / "cellrlhf.json").write_text(json.dumps(info))
+    return path
+
+
+def test_a_different_last_policy_follows_its_kept_one(tmp_path):
+    grpo = _model(tmp_path / "grpo", 20)
+    _model(grpo / "last", 60)
+    sft = _model(tmp_path / "sft", None)
+    models = {"sft": str(sft), "grpo": str(grpo), "ppo": str(tmp_path / "not_run")}
+    got = with_last_policies(models)
+    assert list(got) == ["sft", "grpo", "grpo_last", "ppo"]
+    assert got["grpo_last"] == grpo / "last" and got["ppo"] == str(tmp_path / "not_run")
+
+
+def test_a_last_policy_that_is_the_kept_one_or_incomplete_or_named_is_not_added(tmp_path, caplog):
+    same = _model(tmp_path / "same", 60)
+    _model(same / "last", 60)  # a stale copy of the kept policy
+    broken = _model(tmp_path / "broken", 10)
+    (broken / "last").mkdir()
+    named = _model(tmp_path / "named", 10)
+    _model(named / "last", 30)
+    models = {"same": same, "broken": broken, "named": named, "named_last": tmp_path / "mine"}
+    with caplog.at_level(logging.WARNING):
+        assert with_last_policies(models) == models
+    assert "'broken': its last policy" in caplog.text and "lacks" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], ["grpo", "grpo_last"]), (["--no-last-policies"], ["grpo"])]
+)
+def test_the_cli_adds_last_policies_unless_told_not_to(tmp_path, monkeypatch, flag, expected):
+    grpo = _model(tmp_path / "grpo", 20)
+    _model(grpo / "last", 60)
+    seen = {}
+
+    def evaluate_models(dataset_dir, models, out, **kwargs):
+        seen["models"] = models
+        return SimpleNamespace(paths={"markdown": Path(out) / "summary.md"})
+
+    monkeypatch.setattr("cellrlhf.evaluation.evaluate.evaluate_models", evaluate_models)
+    argv = ["--dataset_dir", str(tmp_path), "--model", f"grpo={grpo}", "--out", str(tmp_path / "o")]
+    assert evaluation_cli.cli(argv + flag) == 0
+    assert list(seen["models"]) == expected
