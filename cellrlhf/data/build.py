@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cellrlhf.data.config import DataBuildConfig
+from cellrlhf.data.input_checks import check_transform_fits, drop_empty_cells
 from cellrlhf.data.layout import (
     MANIFEST_FILENAME,
     SPLITS_FILENAME,
@@ -107,6 +108,7 @@ class _Prepared:
     rl_skipped: list
     decoder_cells: np.ndarray
     wilcoxon_cells: np.ndarray | None
+    n_empty_dropped: int = 0
 
 
 def _selected_rows(source: DataSource, query: str | None) -> np.ndarray:
@@ -160,6 +162,11 @@ def _prepare(config: DataBuildConfig, source: DataSource) -> _Prepared:
             "source of %r is SIMULATED data; the datasets are marked simulated.", config.name
         )
     rows = _selected_rows(source, config.source.obs_query)
+    expression = source.expression
+    check_transform_fits(expression.matrix, config.expression.transform, expression.layer_name)
+    rows, n_empty = drop_empty_cells(expression.matrix, rows, expression.layer_name)
+    if len(rows) == 0:
+        raise BuildError("every selected cell has no expressed gene: nothing to build from.")
     needs_control = config.rl.enabled or any(
         task.enabled for name, task in config.sft.tasks.items() if name.startswith("perturbation_")
     )
@@ -220,6 +227,7 @@ def _prepare(config: DataBuildConfig, source: DataSource) -> _Prepared:
         rl_skipped,
         decoder_cells,
         wilcoxon,
+        n_empty,
     )
 
 
@@ -387,6 +395,7 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
         n_genes=scan.n_genes,
         rl_skipped=prep.rl_skipped,
     )
+    manifest["source"]["n_cells_dropped_no_expression"] = prep.n_empty_dropped
     (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
     return manifest
 

@@ -9,13 +9,23 @@ with ``transform="log1p_cp10k"``, which does not change any cell's ranking.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ExpressionBlock", "iter_expression_blocks", "transform_block", "log1p_scale"]
+__all__ = [
+    "ExpressionBlock",
+    "Float32Rows",
+    "as_supported_dtype",
+    "iter_expression_blocks",
+    "transform_block",
+    "log1p_scale",
+]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,46 @@ class ExpressionBlock:
             return block
         scale = self.log1p_scale if rows is None else self.log1p_scale[rows]
         return _log1p_scaled(block, scale)
+
+
+class Float32Rows:
+    """A dense matrix whose rows are read as float32 (for float16 data scipy cannot hold).
+
+    Parameters
+    ----------
+    matrix
+        A dense numpy array or h5py dataset; row slices are converted when read.
+    """
+
+    format = "dense"
+
+    def __init__(self, matrix) -> None:
+        self.matrix = matrix
+        self.shape = tuple(matrix.shape)
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, index):
+        return np.asarray(self.matrix[index], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def as_supported_dtype(matrix, layer_name: str = "X"):
+    """``matrix`` itself, or read as float32 when its dtype is float16 (with a log line).
+
+    scipy's sparse matrices have no float16; dense float16 rows are converted as they are read,
+    sparse float16 matrices (in memory) once.
+    """
+    dtype = getattr(matrix, "dtype", None)
+    if dtype is None or np.dtype(dtype) != np.float16:
+        return matrix
+    logger.info("%s is float16: reading its values as float32.", layer_name)
+    if sp.issparse(matrix):
+        return matrix.astype(np.float32)
+    if getattr(matrix, "format", None) in {"csr", "csc"}:  # a sparse dataset on disk
+        return matrix.to_memory().astype(np.float32)
+    return Float32Rows(matrix)
 
 
 def log1p_scale(totals: np.ndarray) -> np.ndarray:

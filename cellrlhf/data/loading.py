@@ -172,6 +172,7 @@ def _read_simulated_flag(path: Path) -> bool:
 def _attach_expression(source: DataSource, layer: str | None) -> DataSource:
     """Open the expression matrix (cell2text's reader) for the duration of the build."""
     from cellrlhf.cell2text.stream import open_expression
+    from cellrlhf.data.expression import as_supported_dtype
 
     stack = contextlib.ExitStack()
     try:
@@ -181,6 +182,8 @@ def _attach_expression(source: DataSource, layer: str | None) -> DataSource:
         stack.close()
         raise
     source._stack = stack
+    expression = source.expression
+    expression.matrix = as_supported_dtype(expression.matrix, expression.layer_name)
     if source.adata is None:  # metadata read once, by the reader
         source.obs = source.expression.adata.obs
         source.var = source.expression.adata.var

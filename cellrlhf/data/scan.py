@@ -207,7 +207,7 @@ def scan_cells(
             if len(local):
                 wilcoxon_blocks.append((cells[local], values[local]))
             if writer is not None:
-                batch = _pretrain_batch(plan, cells, texts, cell_ids, schema)
+                batch = _pretrain_batch(plan, cells, texts, lengths, cell_ids, schema)
                 if batch is not None:
                     writer.write_batch(batch)
                     hasher.update(batch)
@@ -232,12 +232,15 @@ def scan_cells(
     )
 
 
-def _pretrain_batch(plan: ScanPlan, cells, texts, cell_ids, schema):
-    """The block's pretraining rows (Arrow compute: no per-cell Python work)."""
+def _pretrain_batch(plan: ScanPlan, cells, texts, lengths, cell_ids, schema):
+    """The block's pretraining rows (Arrow compute: no per-cell Python work).
+
+    Cells whose sentence is empty (no expressed vocabulary gene) are left out.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    counts = plan.pretrain_counts[cells]
+    counts = np.where(np.asarray(lengths) > 0, plan.pretrain_counts[cells], 0)
     local = np.repeat(np.arange(len(cells)), counts)
     if len(local) == 0:
         return None
