@@ -44,6 +44,7 @@ __all__ = [
     "PredictedDeltas",
     "control_baseline",
     "mean_baseline",
+    "training_mean_delta",
     "additive_baseline",
     "ridge_baseline",
     "nearest_baseline",
@@ -104,6 +105,18 @@ def control_baseline(
     """Predict no change for every perturbation."""
     bulks = _train_bulks(train, pert_col, control, layer)
     return _result(perturbations, np.zeros((len(perturbations), len(bulks.genes))), bulks)
+
+
+def training_mean_delta(
+    train, *, pert_col="perturbation", control="control", layer=None
+) -> pd.Series:
+    """Mean change from control over the training perturbations (each weighs 1), by gene.
+
+    The reference of the perturbation-specific metrics
+    (:func:`~cellrlhf.reward.metrics.pearson_specific`) and the ``mean`` baseline's prediction.
+    """
+    bulks = _train_bulks(train, pert_col, control, layer)
+    return pd.Series(bulks.deltas.mean(axis=0), index=pd.Index(bulks.genes.astype(str)))
 
 
 def mean_baseline(

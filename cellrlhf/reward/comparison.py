@@ -20,6 +20,7 @@ from cellrlhf.reward.baselines import (
     prediction_adata,
     representation_ceiling,
     split_half,
+    training_mean_delta,
 )
 from cellrlhf.reward.evaluate import Evaluation, evaluate_predictions
 
@@ -54,7 +55,9 @@ def compare_methods(
     predictions
         Method name -> prediction AnnData (see :func:`evaluate_predictions`).
     train
-        Training cells for the baselines (``None``: no baselines).
+        Training cells for the baselines and for the reference of the perturbation-specific
+        metrics (their mean training change); ``None``: no baselines, and ``pearson_specific``
+        is NaN.
     baselines
         Which baselines (:data:`~cellrlhf.reward.baselines.BASELINES`).
     split_half_ceiling
@@ -72,6 +75,11 @@ def compare_methods(
         Passed to :func:`evaluate_predictions` (``top_k``, ``de``, ``distances``...).
     """
     kwargs = dict(pert_col=pert_col, control=control, **evaluate_kwargs)
+    if train is not None:
+        # the reference of the perturbation-specific metrics, the same for every method
+        kwargs["reference_delta"] = training_mean_delta(
+            train, pert_col=pert_col, control=control, layer=layer
+        )
     labels = real.obs[pert_col].astype(str).to_numpy()
     perturbations = [p for p in dict.fromkeys(labels) if p != control]
     results: dict[str, Evaluation] = {}

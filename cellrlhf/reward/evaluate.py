@@ -10,6 +10,9 @@ Per perturbation (rows of :attr:`Evaluation.per_perturbation`):
 
 - ``pearson_delta``, ``pearson_delta_top{k}``, ``mae``, ``mse``, ``mae_delta``, ``mse_delta``
   (:mod:`cellrlhf.reward.metrics`);
+- ``pearson_specific``, ``pearson_specific_top{k}``: the same correlations on the change
+  relative to the mean training change of the context (``reference_delta=``; NaN without it);
+  the ``mean`` baseline scores 0 on them (:func:`cellrlhf.reward.metrics.pearson_specific`);
 - ``discrimination_score_{l1,l2,cosine}``: rank of the true perturbation among all real
   perturbations in ``real`` (:mod:`cellrlhf.reward.discrimination`);
 - with ``de=True``: ``overlap_at_N``, ``overlap_at_{k}``, ``precision_at_N``,
@@ -55,6 +58,9 @@ from cellrlhf.reward.metrics import (
     mse,
     pearson_delta,
     pearson_delta_top_k,
+    pearson_specific_rows,
+    pearson_specific_top_k,
+    specific_change,
 )
 from cellrlhf.reward.pseudobulk import group_codes, group_means
 
@@ -63,9 +69,11 @@ __all__ = [
     "Evaluation",
     "evaluate_predictions",
     "perturbation_kind",
+    "perturbation_kinds",
     "summarize",
     "spearman_brown",
     "SPEARMAN_BROWN_METRICS",
+    "is_correlation_metric",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,6 +90,17 @@ SPEARMAN_BROWN_METRICS = (
     "de_direction_match",
     "de_sig_genes_recall",
 )
+# column families (``<prefix><k>``) that are correlations too
+_CORRELATION_PREFIXES = ("pearson_delta_top", "pearson_specific")
+
+
+def is_correlation_metric(column: str) -> bool:
+    """Whether the split-half ceiling of ``column`` is corrected by Spearman-Brown.
+
+    True for :data:`SPEARMAN_BROWN_METRICS` and the Pearson families
+    (``pearson_delta_top{k}``, ``pearson_specific``, ``pearson_specific_top{k}``).
+    """
+    return column in SPEARMAN_BROWN_METRICS or column.startswith(_CORRELATION_PREFIXES)
 
 
 def perturbation_kind(perturbation: str, *, sep: str = "+") -> str:
@@ -228,6 +247,7 @@ def evaluate_predictions(
     distances: tuple[str, ...] = DISTANCE_METRICS,
     is_log1p: bool = True,
     kind_col: str | None = None,
+    reference_delta=None,
     progress: bool = False,
 ) -> Evaluation:
     """Metric table of predicted vs real perturbation responses.
@@ -259,6 +279,11 @@ def evaluate_predictions(
     kind_col
         ``obs`` column of ``real`` giving each perturbation's kind; default: ``"combo"`` when the
         label has several targets (``A+B``), else ``"single"``.
+    reference_delta
+        The mean training change of the cell context (what the ``mean`` baseline predicts),
+        for ``pearson_specific`` and ``pearson_specific_top{k}``: a :class:`pandas.Series`
+        indexed by gene name, or a 1-D array in the order of ``real.var_names``. ``None``:
+        those columns are NaN.
     progress
         Progress bar over perturbations.
     """
@@ -294,16 +319,27 @@ def evaluate_predictions(
     p_bulk, r_bulk = pred_bulk[pred_rows], real_bulk[real_rows]
     p_delta = change_from_control(p_bulk, pred_ctrl)
     r_delta = change_from_control(r_bulk, real_ctrl)
+    specific = np.full(len(perts), np.nan), np.full(len(perts), np.nan)
+    reference = _reference_on_genes(reference_delta, real, real_genes)
+    if reference is not None:
+        p_specific = specific_change(p_bulk, pred_ctrl, reference)
+        r_specific = specific_change(r_bulk, real_ctrl, reference)
+        specific = (
+            pearson_specific_rows(p_specific, r_specific),
+            pearson_specific_top_k(p_specific, r_specific, top_k),
+        )
     n_pred = np.bincount(pred_codes, minlength=len(pred_cats))[pred_rows]
     n_real = np.bincount(real_codes, minlength=len(real_cats))[real_rows]
     table = pd.DataFrame(
         {
             "perturbation": perts,
-            "kind": _kinds(real, perts, pert_col, kind_col),
+            "kind": perturbation_kinds(real, perts, pert_col=pert_col, kind_col=kind_col),
             "n_pred": n_pred,
             "n_real": n_real,
             "pearson_delta": pearson_delta(p_bulk, pred_ctrl, r_bulk, real_ctrl),
             f"pearson_delta_top{top_k}": pearson_delta_top_k(p_delta, r_delta, top_k),
+            "pearson_specific": specific[0],
+            f"pearson_specific_top{top_k}": specific[1],
             "mae": mae(p_bulk, r_bulk),
             "mse": mse(p_bulk, r_bulk),
             "mae_delta": mae(p_delta, r_delta),
@@ -381,6 +417,7 @@ def evaluate_predictions(
         "distances": list(distances),
         "n_genes": len(genes),
         "n_candidates": len(candidates),
+        "specific_reference": reference is not None,
     }
     return Evaluation(
         per_perturbation=table.reset_index(drop=True),
@@ -391,7 +428,39 @@ def evaluate_predictions(
     )
 
 
-def _kinds(real, perts: np.ndarray, pert_col: str, kind_col: str | None) -> list[str]:
+def _reference_on_genes(reference_delta, real, real_genes: np.ndarray) -> np.ndarray | None:
+    """``reference_delta`` on the evaluation genes (``None`` when not given)."""
+    if reference_delta is None:
+        return None
+    names = np.asarray(real.var_names, dtype=object)[real_genes]
+    if isinstance(reference_delta, pd.Series):
+        index = pd.Index(reference_delta.index.astype(str))
+        pos = index.get_indexer([str(g) for g in names])
+        if (pos < 0).any():
+            missing = [str(g) for g, i in zip(names, pos, strict=True) if i < 0]
+            raise ValueError(
+                f"reference_delta has no value for {len(missing)} evaluation gene(s), e.g. "
+                f"{missing[:5]}; compute it on the genes of the real AnnData."
+            )
+        values = reference_delta.to_numpy(dtype=np.float64)[pos]
+    else:
+        values = np.asarray(reference_delta, dtype=np.float64)
+        if values.shape != (real.n_vars,):
+            raise ValueError(
+                f"reference_delta has shape {values.shape}; expected ({real.n_vars},), one value "
+                "per gene of the real AnnData in its var_names order (or pass a pandas Series "
+                "indexed by gene name)."
+            )
+        values = values[real_genes]
+    if not np.all(np.isfinite(values)):
+        raise ValueError("reference_delta contains NaN or infinite values.")
+    return values
+
+
+def perturbation_kinds(
+    real, perts, *, pert_col: str = "perturbation", kind_col: str | None = None
+) -> list[str]:
+    """Kind of each perturbation: ``real.obs[kind_col]`` or :func:`perturbation_kind`."""
     if kind_col is None:
         return [perturbation_kind(str(p)) for p in perts]
     if kind_col not in real.obs.columns:

@@ -15,6 +15,17 @@ Definitions (``cell-eval`` 0.8.2 names; tested against it in ``tests/reward``):
 - ``pearson_delta_top_k`` (not in ``cell-eval``): ``pearson_delta`` restricted to the ``k``
   genes with the largest real change ``|real - real_control|`` (GEARS' "top DE genes" reading,
   computable from pseudo-bulks alone, so the same number in evaluation and in the reward).
+- ``pearson_specific`` (not in ``cell-eval``; the idea of Systema, Vinas Torne et al. 2025):
+  ``pearson_delta`` on the change *relative to the mean training response* of the same cell
+  context. With ``m`` the mean over training perturbations (each weighs 1) of their change from
+  the training control (what the ``mean`` baseline predicts), the specific change of a profile
+  ``x`` with control ``c`` is ``x - max(c + m, 0)`` (the ``mean`` baseline's prediction on that
+  control, clipped at 0 as expression is; ``= (x - c) - m`` where nothing clips). Predicted and
+  real changes share their control, so on a near-null perturbation any prediction of the average
+  response correlates with the real change; subtracting ``m`` removes that shared part. A
+  predicted specific change that is exactly 0 (the ``mean`` baseline) scores 0: it predicts
+  nothing specific. ``pearson_specific_top_k`` restricts it to the ``k`` genes of largest
+  ``|real specific change|``.
 
 A correlation with a constant vector is undefined: it is NaN here (as ``scipy.stats.pearsonr``
 gives in ``cell-eval``) unless ``zero_variance=`` names a value, which rewards do. Changes from
@@ -32,6 +43,10 @@ __all__ = [
     "pearson_rows",
     "pearson_delta",
     "pearson_delta_top_k",
+    "specific_change",
+    "pearson_specific",
+    "pearson_specific_rows",
+    "pearson_specific_top_k",
     "top_k_changed_genes",
     "mae",
     "mse",
@@ -137,6 +152,86 @@ def pearson_delta_top_k(
     idx = top_k_changed_genes(r, k)
     rows = np.arange(p.shape[0])[:, None]
     return _result(pearson_rows(p[rows, idx], r[rows, idx], zero_variance=zero_variance), one_d)
+
+
+def specific_change(
+    values: np.ndarray, control: np.ndarray, reference_delta: np.ndarray
+) -> np.ndarray:
+    """Change of ``values`` from ``max(control + reference_delta, 0)``, rounding set to 0.
+
+    ``reference_delta`` is the mean training change of the context (the ``mean`` baseline's
+    prediction); the result is ``(values - control) - reference_delta`` wherever the reference
+    profile stays >= 0. Arguments broadcast like ``values - control``.
+    """
+    control = np.asarray(control, dtype=np.float64)
+    reference = np.maximum(control + np.asarray(reference_delta, dtype=np.float64), 0.0)
+    return change_from_control(values, np.broadcast_to(reference, np.shape(values)))
+
+
+def pearson_specific_rows(
+    pred_specific: np.ndarray, real_specific: np.ndarray, *, zero_variance: float = np.nan
+):
+    """Pearson correlation of specific changes, row by row.
+
+    A predicted row that is exactly 0 everywhere predicts nothing specific and scores 0 (where
+    the real row varies); a constant real row gives ``zero_variance`` (default NaN), as does a
+    constant non-zero prediction.
+    """
+    one_d, (p, r) = _as_2d(pred_specific, real_specific)
+    out = np.asarray(pearson_rows(p, r, zero_variance=zero_variance), dtype=np.float64)
+    # pearson_rows(r, r) is finite exactly where the real row varies (same rounding guard)
+    real_varies = np.isfinite(np.asarray(pearson_rows(r, r), dtype=np.float64))
+    nothing_specific = ~np.any(p != 0.0, axis=1)
+    out = np.where(nothing_specific & real_varies, 0.0, out)
+    return _result(out, one_d)
+
+
+def pearson_specific(
+    pred: np.ndarray,
+    pred_control: np.ndarray,
+    real: np.ndarray,
+    real_control: np.ndarray,
+    reference_delta: np.ndarray,
+    *,
+    zero_variance: float = np.nan,
+):
+    """Pearson correlation of predicted and real changes relative to the mean training change.
+
+    Parameters
+    ----------
+    pred, real
+        Pseudo-bulks (1-D, or one row per perturbation).
+    pred_control, real_control
+        The control each side is measured against (as in :func:`pearson_delta`).
+    reference_delta
+        The mean training change of the cell context (1-D over the genes, or one row per
+        perturbation).
+    zero_variance
+        Value where the real specific change is constant.
+    """
+    return pearson_specific_rows(
+        specific_change(pred, pred_control, reference_delta),
+        specific_change(real, real_control, reference_delta),
+        zero_variance=zero_variance,
+    )
+
+
+def pearson_specific_top_k(
+    pred_specific: np.ndarray,
+    real_specific: np.ndarray,
+    k: int = 20,
+    *,
+    zero_variance: float = np.nan,
+):
+    """``pearson_specific`` on the ``k`` genes of largest ``|real specific change|``.
+
+    Takes specific changes (:func:`specific_change` of each side).
+    """
+    one_d, (p, r) = _as_2d(pred_specific, real_specific)
+    idx = top_k_changed_genes(r, k)
+    rows = np.arange(p.shape[0])[:, None]
+    got = pearson_specific_rows(p[rows, idx], r[rows, idx], zero_variance=zero_variance)
+    return _result(np.atleast_1d(got), one_d)
 
 
 def mae(pred: np.ndarray, real: np.ndarray):

@@ -111,3 +111,34 @@ def test_collapsed_generator_shows_in_distinct_fraction(perturbation_adata):
     t = evaluate_predictions(pred, real, de=False).per_perturbation.set_index("perturbation")
     assert t.loc["KLF1", "distinct_fraction"] == pytest.approx(1 / 40)
     assert t.loc["CEBPA", "distinct_fraction"] == 1.0
+
+
+def test_specific_metrics_need_the_reference_and_score_the_mean_baseline_zero(perturbation_adata):
+    from cellrlhf.reward.baselines import mean_baseline, prediction_adata, training_mean_delta
+
+    train = perturbation_adata(seed=3, perturbations=("control", "G1", "KLF1", "MAPK1"))
+    real = perturbation_adata(seed=1, perturbations=("control", "CEBPA", "KLF1+CEBPA"))
+    plain = evaluate_predictions(real, real, de=False).per_perturbation
+    assert plain["pearson_specific"].isna().all() and plain["pearson_specific_top20"].isna().all()
+    reference = training_mean_delta(train)
+    # real against itself: perfect on the specific change too
+    own = evaluate_predictions(real, real, de=False, reference_delta=reference).per_perturbation
+    np.testing.assert_allclose(own["pearson_specific"], 1.0)
+    np.testing.assert_allclose(own["pearson_specific_top20"], 1.0)
+    # the mean baseline predicts nothing specific: exactly 0 on both
+    pred = prediction_adata(mean_baseline(train, ["CEBPA", "KLF1+CEBPA"]), real)
+    t = evaluate_predictions(pred, real, de=False, reference_delta=reference).per_perturbation
+    assert (t["pearson_specific"] == 0.0).all() and (t["pearson_specific_top20"] == 0.0).all()
+    assert (t["pearson_delta"].abs() > 0.0).all()
+    # the reference as an array in real.var_names order, shuffled Series: same numbers
+    as_array = evaluate_predictions(
+        pred, real, de=False, reference_delta=reference.to_numpy()
+    ).per_perturbation
+    shuffled = reference.sample(frac=1.0, random_state=0)
+    as_series = evaluate_predictions(pred, real, de=False, reference_delta=shuffled)
+    pd.testing.assert_frame_equal(as_array, t)
+    pd.testing.assert_frame_equal(as_series.per_perturbation, t)
+    with pytest.raises(ValueError, match="no value for 1 evaluation gene"):
+        evaluate_predictions(pred, real, de=False, reference_delta=reference.iloc[1:])
+    with pytest.raises(ValueError, match="expected \\(30,\\)"):
+        evaluate_predictions(pred, real, de=False, reference_delta=np.zeros(3))

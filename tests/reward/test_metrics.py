@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from scipy.stats import pearsonr
 
 from cellrlhf.reward.metrics import (
@@ -10,6 +12,9 @@ from cellrlhf.reward.metrics import (
     pearson_delta,
     pearson_delta_top_k,
     pearson_rows,
+    pearson_specific,
+    pearson_specific_top_k,
+    specific_change,
     top_k_changed_genes,
 )
 
@@ -71,3 +76,91 @@ def test_errors_hand_computed():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="share one shape"):
         mae(np.zeros(3), np.zeros(4))
+
+
+# ---------------------------------------------------------------- perturbation-specific metrics
+
+
+def test_pearson_specific_hand_computed():
+    # deltas: pred [1, 0, -1], real [2, 0, 1]; mean training change m = [1, 1, 0]
+    # specific: pred [0, -1, -1], real [1, -1, 1] -> centred [2, -1, -1] / 3 and [2, -4, 2] / 3
+    # r = (4 + 4 - 2) / sqrt(6 * 24) = 0.5
+    m = np.array([1.0, 1.0, 0.0])
+    got = pearson_specific([2, 1, 0], [1, 1, 1], [3, 1, 2], [1, 1, 1], m)
+    assert got == pytest.approx(0.5)
+    # with m = 0 it is pearson_delta: [1, 0, -1] vs [2, 0, 1] -> 3 / sqrt(2 * 14 / 3)
+    assert pearson_specific([2, 1, 0], [1, 1, 1], [3, 1, 2], [1, 1, 1], 0 * m) == pytest.approx(
+        pearson_delta([2, 1, 0], [1, 1, 1], [3, 1, 2], [1, 1, 1])
+    )
+
+
+def test_mean_baseline_scores_zero_and_constant_truth_is_undefined():
+    m = np.array([1.0, 1.0, 0.0])
+    ctrl = np.array([1.0, 2.0, 3.0])
+    real = np.array([4.0, 2.0, 3.0])
+    # the mean baseline predicts control + m: nothing specific -> 0, not NaN
+    assert pearson_specific(ctrl + m, ctrl, real, ctrl, m) == 0.0
+    # float32 rounding of that prediction is still "nothing"
+    assert pearson_specific((ctrl + m).astype(np.float32), ctrl, real, ctrl, m) == 0.0
+    # the reference profile is clipped at 0 as expression is: control 0.2, m -0.5 -> 0
+    low_ctrl, low_m = np.array([0.2, 1.0, 1.0]), np.array([-0.5, 1.0, 0.0])
+    assert pearson_specific([0.0, 2.0, 1.0], low_ctrl, real, low_ctrl, low_m) == 0.0
+    np.testing.assert_allclose(specific_change([0.0, 2.0, 1.0], low_ctrl, low_m), 0.0)
+    # a real response that is exactly the mean response is constant (0) -> undefined
+    assert np.isnan(pearson_specific([5.0, 1.0, 0.0], ctrl, ctrl + m, ctrl, m))
+    # a constant, non-zero predicted specific change is undefined too
+    assert np.isnan(pearson_specific(ctrl + m + 1.0, ctrl, real, ctrl, m))
+    # the control baseline predicts -m: defined (it says "less than the average response")
+    assert np.isfinite(pearson_specific(ctrl, ctrl, real, ctrl, m))
+
+
+def test_pearson_specific_matches_numpy_corrcoef():
+    rng = np.random.default_rng(1)
+    ctrl = rng.uniform(5, 6, 50)  # high enough that nothing clips
+    m = rng.normal(0, 0.5, 50)
+    pred, real = ctrl + rng.normal(0, 1, (4, 50)), ctrl + rng.normal(0, 1, (4, 50))
+    got = pearson_specific(pred, ctrl, real, ctrl, m)
+    want = [np.corrcoef(p - ctrl - m, r - ctrl - m)[0, 1] for p, r in zip(pred, real, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    # top-k: the k genes of largest |real specific change|, then np.corrcoef on them
+    ps, rs = specific_change(pred, ctrl, m), specific_change(real, ctrl, m)
+    top = pearson_specific_top_k(ps, rs, k=10)
+    for i in range(4):
+        idx = np.argsort(-np.abs(rs[i]), kind="stable")[:10]
+        assert top[i] == pytest.approx(np.corrcoef(ps[i, idx], rs[i, idx])[0, 1], rel=1e-10)
+
+
+def test_pearson_specific_top_k_hand_computed():
+    real_specific = np.array([0.1, -5.0, 3.0, 0.2, 0.0])
+    pred_specific = np.array([9.0, -1.0, 1.0, -9.0, 0.0])  # right on genes 1, 2 only
+    assert pearson_specific_top_k(pred_specific, real_specific, k=2) == pytest.approx(1.0)
+    # nothing specific on the top genes -> 0
+    assert pearson_specific_top_k(np.array([9.0, 0, 0, 1, 0]), real_specific, k=2) == 0.0
+
+
+_eighths = st.integers(-40, 40).map(lambda i: i / 8.0)  # exact in binary: no rounding
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(_eighths, _eighths, _eighths), min_size=3, max_size=12),
+)
+def test_specific_change_properties(rows):
+    pred_delta, real_delta, m = (np.asarray(col) for col in zip(*rows, strict=True))
+    assume(np.ptp(real_delta) > 0)
+    ctrl = np.full(len(m), 64.0)  # no clipping
+    # adding the mean response to both sides leaves the specific version = pearson_delta
+    shifted = pearson_specific(ctrl + pred_delta + m, ctrl, ctrl + real_delta + m, ctrl, m)
+    plain = pearson_delta(ctrl + pred_delta, ctrl, ctrl + real_delta, ctrl)
+    if not pred_delta.any():
+        assert shifted == 0.0  # nothing specific predicted (pearson_delta: undefined)
+    elif np.isnan(plain):
+        assert np.isnan(shifted)  # a constant prediction stays undefined
+    else:
+        assert shifted == pytest.approx(plain, abs=1e-9)
+    # the mean baseline scores exactly 0 whenever the truth varies around the mean
+    real = ctrl + real_delta
+    if np.ptp(real_delta - m) > 0:
+        assert pearson_specific(ctrl + m, ctrl, real, ctrl, m) == 0.0
+    # the specific change is the change minus the reference
+    np.testing.assert_allclose(specific_change(real, ctrl, m), real_delta - m, atol=1e-12)
