@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("cellrlhf.reward.eval_cli", "evaluate perturbation predictions against baselines"),
     "predict": ("cellrlhf.evaluation.predict_cli", "sample a model's cells for held-out prompts"),
     "evaluate": ("cellrlhf.evaluation.cli", "models vs baselines and ceilings on held-out data"),
+    "aggregate": ("cellrlhf.evaluation.aggregate_cli", "pool evaluations: intervals and verdict"),
     "chat": ("cellrlhf.chat.repl", "chat with a model about your cells in the terminal"),
     "serve": ("cellrlhf.chat.web", "serve a chat web app (gradio) on 127.0.0.1"),
     "push": ("cellrlhf.hub.push", "share a model or dataset on the Hugging Face Hub"),

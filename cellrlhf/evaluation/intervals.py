@@ -1,0 +1,224 @@
+"""Percentile bootstrap intervals that resample perturbations, not cells or runs.
+
+The unit of replication of a held-out evaluation is the perturbation: its cells, its cell
+contexts, the seeds and the folds that scored it are not independent draws, so every row of one
+perturbation (a *cluster*) moves together. Each function first averages the rows of a cluster
+(over seeds, runs and cell contexts), then resamples the cluster means with replacement
+(:func:`scipy.stats.bootstrap`, percentile method, seeded):
+
+- :func:`bootstrap_mean`: the pooled mean of a metric and its interval;
+- :func:`paired_difference`: ``left - right`` per (run, cell context, perturbation), averaged
+  per perturbation, then bootstrapped over perturbations.
+
+NaN handling is explicit: a row whose value is NaN (an undefined metric, e.g. a correlation of a
+constant prediction, or a baseline that does not apply) is left out; a perturbation with no
+defined row drops out of the estimate and is counted in :attr:`Interval.n_dropped`. With fewer
+than two perturbations there is no interval (``low`` and ``high`` are NaN).
+
+Worked example: per-perturbation differences ``[0.1, 0.1, 0.1]`` give the interval
+``[0.1, 0.1]`` (every resample has the same mean); two seeds of the same perturbation that agree
+give exactly the interval of one seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "CONFIDENCE_LEVEL",
+    "Interval",
+    "bootstrap_mean",
+    "cluster_means",
+    "paired_difference",
+    "percentile_interval",
+]
+
+CONFIDENCE_LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over perturbations and its percentile bootstrap interval.
+
+    Attributes
+    ----------
+    estimate
+        Mean of the per-perturbation means (NaN without any defined perturbation).
+    low, high
+        Interval bounds (NaN with fewer than two perturbations).
+    n_clusters
+        Perturbations with a defined value (those averaged).
+    n_dropped
+        Perturbations present but without a defined value (left out).
+    confidence_level
+        Coverage of the interval (0.95: a 95% interval).
+    """
+
+    estimate: float
+    low: float
+    high: float
+    n_clusters: int
+    n_dropped: int = 0
+    confidence_level: float = CONFIDENCE_LEVEL
+
+    @property
+    def defined(self) -> bool:
+        """Whether any perturbation had a defined value."""
+        return self.n_clusters > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentile_interval(
+    values: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = 2000,
+    confidence_level: float = CONFIDENCE_LEVEL,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of independent values by the percentile bootstrap.
+
+    Parameters
+    ----------
+    values
+        One value per cluster (e.g. per perturbation), all finite.
+    n_boot
+        Bootstrap resamples.
+    confidence_level
+        Coverage (0.95).
+    seed
+        Seed of the resampling: the same values and seed give the same interval.
+
+    Returns
+    -------
+    The mean and the interval; ``(nan, nan, nan)`` without values, ``(mean, nan, nan)`` with one.
+    """
+    from scipy.stats import bootstrap
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or not np.isfinite(x).all():
+        raise ValueError("percentile_interval needs a 1-D array of finite values (drop NaN first).")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be positive, got {n_boot}.")
+    if len(x) == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, np.nan, np.nan
+    if np.ptp(x) == 0:  # every resample has the same mean
+        return mean, mean, mean
+    result = bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=int(n_boot),
+        confidence_level=confidence_level,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    ci = result.confidence_interval
+    return mean, float(ci.low), float(ci.high)
+
+
+def cluster_means(values, clusters) -> tuple[pd.Series, int]:
+    """Mean of the defined values of every cluster, and how many clusters had none.
+
+    Parameters
+    ----------
+    values
+        One value per row (NaN: undefined).
+    clusters
+        The cluster (perturbation) of every row.
+
+    Returns
+    -------
+    ``(means, n_dropped)``: means indexed by cluster label (sorted), clusters without any defined
+    value left out and counted.
+    """
+    frame = pd.DataFrame(
+        {"value": np.asarray(values, dtype=np.float64), "cluster": np.asarray(clusters)}
+    )
+    if frame.empty:
+        return pd.Series(dtype=np.float64), 0
+    all_clusters = frame["cluster"].nunique()
+    means = frame.dropna(subset=["value"]).groupby("cluster", sort=True)["value"].mean()
+    return means, int(all_clusters - len(means))
+
+
+def bootstrap_mean(
+    values,
+    clusters,
+    *,
+    n_boot: int = 2000,
+    confidence_level: float = CONFIDENCE_LEVEL,
+    seed: int = 0,
+) -> Interval:
+    """Pooled mean of a metric over clusters (perturbations) with its bootstrap interval.
+
+    Rows of one cluster (its seeds, folds, cell contexts) are averaged first, so duplicated runs
+    do not narrow the interval.
+    """
+    means, dropped = cluster_means(values, clusters)
+    est, low, high = percentile_interval(
+        means.to_numpy(), n_boot=n_boot, confidence_level=confidence_level, seed=seed
+    )
+    return Interval(est, low, high, len(means), dropped, confidence_level)
+
+
+def paired_difference(
+    table: pd.DataFrame,
+    left: str,
+    right: str,
+    *,
+    value: str,
+    method: str = "method",
+    cluster: str = "perturbation",
+    within: Sequence[str] = ("run", "cell_context"),
+    n_boot: int = 2000,
+    confidence_level: float = CONFIDENCE_LEVEL,
+    seed: int = 0,
+) -> Interval:
+    """``left - right`` on ``value``, paired per row, averaged per cluster, bootstrapped.
+
+    Parameters
+    ----------
+    table
+        Long table: one row per (method, *within, cluster) with the ``value`` column.
+    left, right
+        The two methods (values of the ``method`` column).
+    value
+        The metric column.
+    within
+        Columns that, with ``cluster``, identify the rows to pair (the run, i.e. fold and seed,
+        and the cell context): a model of seed 1 is compared with SFT of seed 1 on the same
+        perturbation in the same context.
+
+    Returns
+    -------
+    The mean paired difference over perturbations; perturbations where either side is
+    undefined in every pair drop out and are counted in ``n_dropped``.
+    """
+    keys = [*within, cluster]
+    missing = [c for c in (method, value, *keys) if c not in table.columns]
+    if missing:
+        raise ValueError(f"paired_difference: the table lacks column(s) {missing}.")
+    sides = []
+    for name in (left, right):
+        part = table.loc[table[method] == name, [*keys, value]]
+        if part.duplicated(keys).any():
+            raise ValueError(
+                f"paired_difference: method {name!r} has several rows per {keys}; give each "
+                "run its own label."
+            )
+        sides.append(part.set_index(keys)[value])
+    pairs = pd.concat(sides, axis=1, keys=["left", "right"], join="outer")
+    diff = pairs["left"] - pairs["right"]
+    clusters = pairs.index.get_level_values(cluster)
+    return bootstrap_mean(
+        diff.to_numpy(), clusters, n_boot=n_boot, confidence_level=confidence_level, seed=seed
+    )

@@ -1,0 +1,371 @@
+"""The verdict of an aggregate: per setting, the best model, the best baseline, the ceiling, the
+paired differences with their intervals, and plain sentences.
+
+A paired difference ``left - right`` with a 95% interval reads (for a metric where higher is
+better; the reverse for ``mae``/``mse``):
+
+- ``improved`` (a model over SFT) / ``beat`` (a model over the best baseline): the interval lies
+  above 0, e.g. "GRPO improved held-out perturbation-specific fidelity over SFT by +0.06 (95% CI
+  0.02 to 0.10, 24 perturbations).";
+- ``not_improved``: the interval contains 0: "GRPO did not improve ... over SFT (-0.01, 95% CI
+  -0.05 to 0.03, 24 perturbations).";
+- ``worse``: the interval lies below 0;
+- ``no_interval``: one perturbation only, no interval and no verdict;
+- ``undefined``: no perturbation where both sides are defined.
+
+The headline metric is the aggregate's (``pearson_specific`` when the evaluations have it, else
+``pearson_delta``); the verdict reads kind ``all`` (every held-out perturbation of the setting).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cellrlhf.evaluation.aggregate import (
+    ALL,
+    REFERENCE_MODEL,
+    SPEARMAN_BROWN_SUFFIX,
+    SPLIT_HALF,
+    Aggregate,
+    best_baselines,
+    higher_is_better,
+)
+
+__all__ = [
+    "Comparison",
+    "MethodScore",
+    "SettingVerdict",
+    "compare_sentence",
+    "display_name",
+    "metric_phrase",
+    "setting_verdicts",
+    "verdict_json",
+    "verdict_markdown",
+    "verdict_table",
+]
+
+METRIC_PHRASES = {
+    "pearson_specific": "perturbation-specific fidelity",
+    "pearson_specific_top20": "perturbation-specific fidelity on the top 20 genes",
+    "pearson_delta": "fidelity of the change from control",
+    "pearson_delta_top20": "fidelity of the change from control on the top 20 genes",
+    "discrimination_score_l1": "perturbation discrimination",
+    "overlap_at_N": "DE-gene overlap",
+    "mae": "mean absolute error",
+}
+_MODEL_NAMES = {"sft": "SFT", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO"}
+REPRESENTATION = "representation_decoder"
+SIMULATED_WARNING = "SIMULATED DATA: these numbers describe the simulator, not biology."
+
+
+def metric_phrase(metric: str) -> str:
+    """Plain words for a metric (``pearson_specific`` -> "perturbation-specific fidelity")."""
+    return METRIC_PHRASES.get(metric, metric)
+
+
+def display_name(method: str) -> str:
+    """``grpo`` -> ``GRPO``, ``grpo_last`` -> ``GRPO (last)``; other names unchanged."""
+    head, _, rest = method.partition("_")
+    if head.lower() not in _MODEL_NAMES:
+        return method
+    return _MODEL_NAMES[head.lower()] + (f" ({rest.replace('_', ' ')})" if rest else "")
+
+
+@dataclass
+class MethodScore:
+    """A method's pooled mean with its interval."""
+
+    method: str
+    mean: float
+    ci_low: float
+    ci_high: float
+    n_perturbations: int
+
+
+@dataclass
+class Comparison:
+    """A paired difference ``left - right`` and what it says."""
+
+    label: str
+    left: str
+    right: str
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    n_perturbations: int
+    n_dropped: int
+    status: str
+    sentence: str
+
+
+@dataclass
+class SettingVerdict:
+    """The verdict of one setting (held-out kind x data set) on one metric."""
+
+    setting: str
+    metric: str
+    kind: str
+    simulated: bool
+    best_model: MethodScore | None
+    best_baseline: MethodScore | None
+    ceiling: MethodScore | None
+    representation: MethodScore | None
+    comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sentences(self) -> list[str]:
+        """The comparisons' sentences, then the notes (a simulated-data warning first)."""
+        warning = [SIMULATED_WARNING] if self.simulated else []
+        return warning + [c.sentence for c in self.comparisons] + list(self.notes)
+
+
+def _digits(*values: float) -> int:
+    """2 decimals, 3 when a nonzero value would print as 0.00."""
+    small = any(v != 0 and abs(v) < 0.005 for v in values if math.isfinite(v))
+    return 3 if small else 2
+
+
+def compare_sentence(
+    left: str,
+    right: str,
+    diff: float,
+    low: float,
+    high: float,
+    n: int,
+    *,
+    metric: str,
+    against_baseline: bool = False,
+    confidence_level: float = 0.95,
+) -> tuple[str, str]:
+    """``(status, sentence)`` for the paired difference ``left - right`` (see the module doc).
+
+    ``right`` is the baseline's name when ``against_baseline`` (the sentence then says "the best
+    baseline (mean)").
+    """
+    a = display_name(left)
+    b = f"the best baseline ({right})" if against_baseline else display_name(right)
+    what = f"held-out {metric_phrase(metric)}"
+    if n == 0 or not math.isfinite(diff):
+        return (
+            "undefined",
+            f"undefined: {a} vs {b} on {what}: no perturbation where both are defined.",
+        )
+    d = _digits(diff, low, high)
+    level = f"{confidence_level:.0%} CI"
+    count = f"{n} perturbation{'s' if n != 1 else ''}"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no_interval", (
+            f"{a} vs {b} on {what}: {diff:+.{d}f} on {count}, too few for an interval (no verdict)."
+        )
+    ci = f"{level} {low:.{d}f} to {high:.{d}f}, {count}"
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    better, worse = sign * low > 0, sign * high < 0
+    if against_baseline:
+        if better:
+            return "improved", f"{a} beat {b} on {what} by {diff:+.{d}f} ({ci})."
+        if worse:
+            return "worse", f"{a} was worse than {b} on {what} by {diff:+.{d}f} ({ci})."
+        return "not_improved", f"{a} did not beat {b} on {what} ({diff:+.{d}f}, {ci})."
+    if better:
+        return "improved", f"{a} improved {what} over {b} by {diff:+.{d}f} ({ci})."
+    if worse:
+        return "worse", f"{a} was worse than {b} on {what} by {diff:+.{d}f} ({ci})."
+    return "not_improved", f"{a} did not improve {what} over {b} ({diff:+.{d}f}, {ci})."
+
+
+def _score(pooled: pd.DataFrame, method: str | None) -> MethodScore | None:
+    if method is None:
+        return None
+    row = pooled[pooled["method"] == method]
+    if row.empty or not row["mean"].notna().any():
+        return None
+    r = row.iloc[0]
+    return MethodScore(
+        method, float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]), int(r["n_perturbations"])
+    )
+
+
+def _best_model(pooled: pd.DataFrame, metric: str) -> str | None:
+    models = pooled[(pooled["method_type"] == "model") & pooled["mean"].notna()]
+    if models.empty:
+        return None
+    order = models["mean"] if higher_is_better(metric) else -models["mean"]
+    return str(models.loc[order.idxmax(), "method"])
+
+
+def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: SettingVerdict):
+    notes = []
+    base, ceil = verdict.best_baseline, verdict.ceiling
+    if base and ceil and higher_is_better(metric) and base.mean > ceil.mean:
+        notes.append(
+            f"The best baseline ({base.method}, {base.mean:.2f}) scores above the split-half "
+            f"ceiling ({ceil.mean:.2f}) on {metric}: the ceiling is how well half of the real "
+            "cells predicts the other half, and on perturbations with little effect a prediction "
+            "that carries the average response correlates with the real change more than two "
+            "noisy halves do. That is the systematic effect, not signal specific to a "
+            "perturbation" + ("; read pearson_specific." if metric != "pearson_specific" else ".")
+        )
+    flat = agg.flat_metrics
+    mine = (flat["setting"] == setting) & (flat["metric"] == metric) & (flat["kind"] == kind)
+    if len(flat) and mine.any():
+        notes.append(
+            f"{metric} has the same value for every method on these data: it cannot separate them."
+        )
+    for group in agg.identical_models.get(setting, []):
+        notes.append(
+            f"{', '.join(display_name(g) for g in group)} have identical weights in at least one "
+            "run (an RL stage kept its starting policy), so their rows agree there."
+        )
+    na = agg.not_applicable
+    if len(na):
+        na = na[(na["setting"] == setting) & (na["kind"] != ALL)]
+        for method, part in na.groupby("method", sort=True):
+            kinds = " or ".join(sorted(part["kind"]))
+            notes.append(
+                f"Baseline {method} applies to none of the held-out {kinds} perturbations "
+                "(it predicts nothing for them) and is left out."
+            )
+    return notes
+
+
+def setting_verdicts(
+    agg: Aggregate, *, metric: str | None = None, kind: str = ALL
+) -> list[SettingVerdict]:
+    """One verdict per setting on ``metric`` (default: the aggregate's headline) and ``kind``."""
+    metric = metric or agg.headline
+    best = best_baselines(agg.pooled)
+    out = []
+    for setting in agg.settings:
+        pooled = agg.pooled[
+            (agg.pooled["setting"] == setting)
+            & (agg.pooled["kind"] == kind)
+            & (agg.pooled["metric"] == metric)
+        ]
+        ceiling = _score(pooled, SPLIT_HALF + SPEARMAN_BROWN_SUFFIX) or _score(pooled, SPLIT_HALF)
+        runs = agg.runs[agg.runs["setting"] == setting]
+        verdict = SettingVerdict(
+            setting=setting,
+            metric=metric,
+            kind=kind,
+            simulated=bool(runs["simulated"].any()),
+            best_model=_score(pooled, _best_model(pooled, metric)),
+            best_baseline=_score(pooled, best.get((setting, kind, metric))),
+            ceiling=ceiling,
+            representation=_score(pooled, REPRESENTATION),
+        )
+        paired = agg.paired[
+            (agg.paired["setting"] == setting)
+            & (agg.paired["kind"] == kind)
+            & (agg.paired["metric"] == metric)
+        ]
+        # RL vs SFT first, then models vs the best baseline
+        paired = paired.assign(_vs_base=paired["comparison"].str.contains("best baseline"))
+        for _, row in paired.sort_values("_vs_base", kind="stable").iterrows():
+            status, sentence = compare_sentence(
+                row["left"],
+                row["right"],
+                float(row["mean_diff"]),
+                float(row["ci_low"]),
+                float(row["ci_high"]),
+                int(row["n_perturbations"]),
+                metric=metric,
+                against_baseline=bool(row["_vs_base"]),
+                confidence_level=agg.confidence_level,
+            )
+            verdict.comparisons.append(
+                Comparison(
+                    row["comparison"],
+                    row["left"],
+                    row["right"],
+                    float(row["mean_diff"]),
+                    float(row["ci_low"]),
+                    float(row["ci_high"]),
+                    int(row["n_perturbations"]),
+                    int(row["n_dropped"]),
+                    status,
+                    sentence,
+                )
+            )
+        verdict.notes = _notes(agg, setting, metric, kind, verdict)
+        out.append(verdict)
+    return out
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _ci(low: float, high: float) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "-"
+    return f"{_fmt(low)} to {_fmt(high)}"
+
+
+def verdict_table(verdict: SettingVerdict) -> pd.DataFrame:
+    """The verdict's table: best model, best baseline, ceilings, then the paired differences."""
+    rows = []
+    for role, score in (
+        ("best model", verdict.best_model),
+        ("best baseline", verdict.best_baseline),
+        ("ceiling (split-half)", verdict.ceiling),
+        ("ceiling (decoder)", verdict.representation),
+    ):
+        if score is not None:
+            rows.append(
+                (role, score.method, _fmt(score.mean), _ci(score.ci_low, score.ci_high),
+                 score.n_perturbations)
+            )  # fmt: skip
+    for c in verdict.comparisons:
+        rows.append(
+            (f"difference ({c.status.replace('_', ' ')})", c.label,
+             "-" if not math.isfinite(c.mean_diff) else f"{c.mean_diff:+.3f}",
+             _ci(c.ci_low, c.ci_high), c.n_perturbations)
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=["", "method", verdict.metric, "95% CI", "perturbations"])
+
+
+def verdict_markdown(verdicts: list[SettingVerdict]) -> str:
+    """Markdown: per setting a heading, the table and the sentences."""
+    lines = ["# Verdict", ""]
+    for v in verdicts:
+        lines += [
+            f"## {v.setting}",
+            "",
+            verdict_table(v).to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+        lines += [f"- {s}" for s in v.sentences] + [""]
+    return "\n".join(lines)
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def verdict_json(verdicts: list[SettingVerdict]) -> dict:
+    """JSON-ready verdicts (NaN as ``null``), each with its ``sentences``."""
+    return {
+        "format": "cellrlhf.verdict",
+        "version": 1,
+        "reference_model": REFERENCE_MODEL,
+        "settings": [_clean({**asdict(v), "sentences": v.sentences}) for v in verdicts],
+    }
+
+
+def read_verdict_sentences(path: str | os.PathLike) -> list[str]:
+    """``[setting] sentence`` lines of a ``verdict.json``."""
+    payload = json.loads(Path(path).read_text())
+    return [f"[{s['setting']}] {line}" for s in payload["settings"] for line in s["sentences"]]
