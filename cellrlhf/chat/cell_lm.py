@@ -230,17 +230,30 @@ class CellLM:
                 return str(value[0])
             if isinstance(value, str) and value:
                 return value
-        config = self.data_manifest.get("config")
-        schema = config.get("schema") if isinstance(config, Mapping) else None
-        columns = schema.get("columns") if isinstance(schema, Mapping) else None
-        spec = columns.get("perturbation_type") if isinstance(columns, Mapping) else None
+        spec = self._perturbation_type_source()
         if isinstance(spec, Mapping) and spec.get("value"):
             return str(spec["value"])
         return None
 
+    def _perturbation_type_source(self):
+        """The data config's ``schema.columns.perturbation_type``: an obs column name, a
+        ``{value: ...}`` constant, or ``None``."""
+        config = self.data_manifest.get("config")
+        schema = config.get("schema") if isinstance(config, Mapping) else None
+        columns = schema.get("columns") if isinstance(schema, Mapping) else None
+        return columns.get("perturbation_type") if isinstance(columns, Mapping) else None
+
     def _perturbation_type(self, given: str | None) -> str | None:
         ptype = given or self._default_perturbation_type()
-        if ptype is None:
+        column = self._perturbation_type_source()
+        if ptype is None and isinstance(column, str):
+            logger.info(
+                "the training data took perturbation types from obs[%r], but this model's data "
+                "manifest predates the recorded type counts; the prompt says 'perturbation of'. "
+                "Pass perturbation_type= (type=... in the chat) for the type's own wording.",
+                column,
+            )
+        elif ptype is None:
             logger.warning(
                 "the perturbation type is not given and the model's data manifest does not say "
                 "it; the prompt says 'perturbation of'. Pass perturbation_type= (CRISPRa, "

@@ -249,6 +249,7 @@ class ChatGenerator:
         enc = self._encode([self.prompt_text(conversation)], padding_side="left")
         budget = self._budget(enc, settings.max_new_tokens)
         failure: list[BaseException] = []
+        cancel = threading.Event()  # set when the consumer stops reading (Ctrl-C, closed)
 
         def run() -> None:
             try:
@@ -261,6 +262,7 @@ class ChatGenerator:
                         eos_token_id=self.stop_ids,
                         streamer=streamer,
                         logits_processor=processors,
+                        stopping_criteria=_cancellation(cancel),
                         **settings.generate_kwargs(),
                     )
             except BaseException as err:  # surfaced in the consumer's thread
@@ -269,7 +271,10 @@ class ChatGenerator:
 
         thread = threading.Thread(target=run, name="cellrlhf-generate", daemon=True)
         thread.start()
-        yield from streamer
+        try:
+            yield from streamer
+        finally:
+            cancel.set()  # a cancelled answer stops generating at the next token
         thread.join()
         if failure:
             raise failure[0]
@@ -320,6 +325,18 @@ class ChatGenerator:
                     (token_lp * mask).sum(-1).cpu().numpy()
                 )
         return scores
+
+
+def _cancellation(event: threading.Event):
+    """A ``stopping_criteria`` list that ends generation once ``event`` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), device=input_ids.device)
+
+    return StoppingCriteriaList([_Cancelled()])
 
 
 def _token_logprobs(scores, new_tokens) -> np.ndarray:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cellrlhf.cell2text.markup import (
+    CELL_END,
+    CELL_START,
     CONTROL_PERT,
     PERT_END,
     PERT_START,
@@ -34,11 +36,18 @@ __all__ = [
     "parse_effect",
     "parse_perturbation",
     "CONTROL_WORDS",
+    "MarkupTidier",
+    "mentions_a_cell",
 ]
 
 logger = logging.getLogger(__name__)
 
 CONTROL_WORDS = frozenset({"control", "ctrl", "none", "", CONTROL_PERT})
+_CELL_REFERENCE_RE = re.compile(r"\b(this|that|the|these|those|my|selected)\s+cells?\b", re.I)
+_PAIRED_RE = re.compile(
+    "|".join(re.escape(t) for t in (CELL_START, CELL_END, PERT_START, PERT_END))
+)
+_OPENING = {CELL_END: CELL_START, PERT_END: PERT_START}
 _PERT_RE = re.compile(re.escape(PERT_START) + r"(.*?)(?:" + re.escape(PERT_END) + r"|$)", re.S)
 
 
@@ -224,6 +233,42 @@ class TaskPrompts:
     @property
     def empty_list_word(self) -> str:
         return str(self.templates["perturbation_effect"].extra.get("empty_list", "none"))
+
+
+def mentions_a_cell(question: str) -> bool:
+    """Whether ``question`` is about a particular cell ("this cell", "the cells", ...): such a
+    question needs a selected cell, or the model answers about nothing."""
+    return _CELL_REFERENCE_RE.search(str(question)) is not None
+
+
+class MarkupTidier:
+    """Drop closing markup (``</cell>``, ``</pert>``) that has no opening tag before it.
+
+    A model asked without a cell can end its answer with a stray ``</pert>`` (``"No changes
+    </pert>"``): markup of its training answers, meaningless to a reader. Feed the answer's text
+    pieces in order (streamed answers arrive in whole words and tags); a balanced
+    ``<cell> ... </cell>`` or ``<pert> ... </pert>`` is kept as it is.
+    """
+
+    def __init__(self) -> None:
+        self._open = {CELL_START: False, PERT_START: False}
+
+    def feed(self, piece: str) -> str:
+        """The tidied ``piece``."""
+        out, pos = [], 0
+        for match in _PAIRED_RE.finditer(piece):
+            out.append(piece[pos : match.start()])
+            pos = match.end()
+            tag = match.group()
+            opener = _OPENING.get(tag)
+            if opener is None:
+                self._open[tag] = True
+                out.append(tag)
+            elif self._open[opener]:
+                self._open[opener] = False
+                out.append(tag)
+        out.append(piece[pos:])
+        return "".join(out)
 
 
 # ---------------------------------------------------------------------- parsing

@@ -19,11 +19,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from cellrlhf.chat.session import MAX_GENERATED, MAX_SAMPLES, CellSelectionError, check_count
+
 __all__ = ["cli", "Repl", "HELP"]
 
 logger = logging.getLogger(__name__)
 
-HELP = """\
+HELP = f"""\
 Commands (anything else is a question to the model about the selected cell):
   /cell INDEX|NAME          select a cell of the data (0-based index or obs name)
   /genes G1 G2 ...          select a cell typed as genes, highest expressed first
@@ -32,13 +34,16 @@ Commands (anything else is a question to the model about the selected cell):
   /show                     show the selected cell's sentence
   /annotate                 the model's cell type for the selected cell, with its score
   /perturb TARGETS [context=C] [type=T] [samples=N] [seed=S]
-                            predict the selected cell after perturbing TARGETS (KLF1 or KLF1+CEBPA)
-  /generate CELL_TYPE [N]   generate N cells of a type (quote types with spaces: "T cell")
+                            predict the selected cell after perturbing TARGETS (KLF1 or KLF1+CEBPA);
+                            samples at most {MAX_SAMPLES}
+  /generate CELL_TYPE [N]   generate N cells of a type (quote types with spaces: "T cell"),
+                            N at most {MAX_GENERATED}
   /save FILE.h5ad           save the last prediction or generated cells as AnnData
   /history                  show the conversation
   /clear                    start a new conversation about the same cell
   /help                     this help
-  /quit                     leave (or Ctrl-D)"""
+  /quit                     leave (or Ctrl-D)
+Ctrl-C cancels a running answer or command; the conversation is kept."""
 
 
 def _options(args: list[str], allowed: dict[str, Callable]) -> tuple[list[str], dict]:
@@ -126,10 +131,11 @@ class Repl:
 
     def _guard(self, fn, arg) -> None:
         from cellrlhf.chat.cell_input import UnknownGenesError
-        from cellrlhf.chat.session import CellSelectionError
 
         try:
             fn(arg)
+        except KeyboardInterrupt:  # Ctrl-C cancels the command, not the REPL
+            self.say("\n(cancelled; the conversation and the selected cell are kept)")
         except (CellSelectionError, UnknownGenesError, ValueError, KeyError, OSError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             self.say(f"error: {message}")
@@ -158,7 +164,7 @@ class Repl:
                 self.out.write(piece)
                 self.out.flush()
         except KeyboardInterrupt:
-            self.say("\n(answer interrupted)")
+            self.say("\n(answer cancelled; the conversation before it is kept)")
             return
         self.say()
 
@@ -210,12 +216,14 @@ class Repl:
         words, opts = _options(args, {"context": str, "type": str, "samples": int, "seed": int})
         if len(words) != 1:
             raise ValueError("usage: /perturb TARGETS [context=C] [type=T] [samples=N] [seed=S]")
-        self.say(f"predicting {words[0]} ...")
+        samples = opts.get("samples", 1)
+        check_count("samples", samples, MAX_SAMPLES)
+        self.say(f"predicting {words[0]} ... (Ctrl-C cancels)")
         pred = self.session.predict(
             words[0],
             cell_context=opts.get("context"),
             perturbation_type=opts.get("type"),
-            n_samples=opts.get("samples", 1),
+            n_samples=samples,
             seed=opts.get("seed", 0),
         )
         ctx = pred.adata.obs["cell_context"].iloc[0]
@@ -235,7 +243,12 @@ class Repl:
         words, opts = _options(args, {"seed": int, "temperature": float})
         if not words or len(words) > 2:
             raise ValueError('usage: /generate CELL_TYPE [N]   (quote types with spaces: "T cell")')
-        n = int(words[1]) if len(words) == 2 else 1
+        try:
+            n = int(words[1]) if len(words) == 2 else 1
+        except ValueError:
+            raise ValueError(f"N={words[1]!r} is not a whole number of cells.") from None
+        check_count("N", n, MAX_GENERATED)
+        self.say(f"generating {n} {words[0]} cell(s) ... (Ctrl-C cancels)")
         adata = self.session.generate(words[0], n, **opts)
         self.say(
             f"{adata.n_obs} {words[0]} cell(s), mean valid gene fraction "

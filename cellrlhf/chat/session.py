@@ -13,9 +13,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SelectedCell", "CellSelectionError", "ChatSession"]
+__all__ = [
+    "SelectedCell",
+    "CellSelectionError",
+    "ChatSession",
+    "MAX_SAMPLES",
+    "MAX_GENERATED",
+    "check_count",
+]
 
 logger = logging.getLogger(__name__)
+
+MAX_SAMPLES = 16  # predicted cells per /perturb (the web app's slider stops here too)
+MAX_GENERATED = 1000  # cells per /generate
+
+
+def check_count(name: str, value: int, maximum: int) -> None:
+    """Raise ``ValueError`` unless ``1 <= value <= maximum`` (samples, cells to generate)."""
+    if not 1 <= int(value) <= maximum:
+        raise ValueError(
+            f"{name}={value} is out of range: give 1..{maximum} (the chat apps' limit; for more, "
+            "call CellLM from Python in a script)."
+        )
 
 
 class CellSelectionError(LookupError):
@@ -125,11 +144,22 @@ class ChatSession:
         """Answer ``question`` (about the selected cell, if any); yields text pieces.
 
         The question and the complete answer are appended to the conversation once the answer
-        is finished.
+        is finished (a cancelled answer leaves the conversation as it was). Closing markup with
+        no opening tag is dropped from the text shown (:class:`~cellrlhf.chat.prompts.
+        MarkupTidier`); the conversation keeps the model's own words. A question about "this
+        cell" with no cell selected raises ``ValueError`` saying a cell is needed.
         """
+        from cellrlhf.chat.prompts import MarkupTidier, mentions_a_cell
+
         question = question.strip()
         if not question:
             raise ValueError("empty question.")
+        if self.cell is None and mentions_a_cell(question):
+            raise ValueError(
+                "this question is about a cell, but no cell is selected: /cell INDEX_OR_NAME "
+                "picks one of the data's cells (a control cell for a perturbation question), "
+                "/genes G1 G2 ... types one; /perturb TARGETS then predicts its response."
+            )
         if not self.messages:
             sentence = self.cell.sentence if self.cell is not None else None
             content = self.lm.prompts.question(sentence, question)[-1]["content"]
@@ -137,13 +167,14 @@ class ChatSession:
             content = question
         conversation = [*self.messages, {"role": "user", "content": content}]
         pieces: list[str] = []
+        tidier = MarkupTidier()  # stray closing tags are not shown to the user
         if stream:
             for piece in self.lm.chat(conversation, stream=True, **generation):
                 pieces.append(piece)
-                yield piece
+                yield tidier.feed(piece)
         else:
             pieces.append(self.lm.chat(conversation, **generation))
-            yield pieces[0]
+            yield tidier.feed(pieces[0])
         self.messages = [*conversation, {"role": "assistant", "content": "".join(pieces)}]
 
     def annotate(self):
@@ -153,6 +184,7 @@ class ChatSession:
     def predict(self, perturbation: str, **kwargs):
         """Predicted response of the selected cell to ``perturbation`` (kept for saving)."""
         cell = self._require_cell()
+        check_count("samples", kwargs.get("n_samples", 1), MAX_SAMPLES)
         prediction = self.lm.predict_perturbation(cell.sentence, perturbation, **kwargs)
         adata = prediction.adata
         adata.obs["input_cell"] = cell.cell_id
@@ -162,7 +194,9 @@ class ChatSession:
         return prediction
 
     def generate(self, cell_type: str, n: int = 1, **kwargs):
-        """Generate ``n`` cells of ``cell_type`` (kept for saving)."""
+        """Generate ``n`` cells of ``cell_type`` (kept for saving; at most
+        :data:`MAX_GENERATED`)."""
+        check_count("N", n, MAX_GENERATED)
         adata = self.lm.generate_cells(cell_type, n, **kwargs)
         self.last_result = adata
         return adata

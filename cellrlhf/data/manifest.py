@@ -96,6 +96,7 @@ def make_manifest(
         "perturbation_targets": targets,
         "perturbation_targets_unmeasured": [t for t in targets if t not in vocab],
         "perturbations": sorted(set(table.perts.tolist())),
+        "perturbation_types": _type_counts(table),
         "cell_contexts": sorted(set(table.contexts.tolist())),
         "expression": {
             "layer": expression.layer,
@@ -121,3 +122,9 @@ def make_manifest(
         },
         "leakage_check": {"passed": True, **leakage},
     }
+
+
+def _type_counts(table) -> dict[str, int]:
+    """Perturbed cells per perturbation type (the chat's default type is the most common)."""
+    types, counts = np.unique(table.types[~table.is_control].astype(str), return_counts=True)
+    return {str(t): int(n) for t, n in zip(types, counts, strict=True)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cellrlhf.chat.prompts import TaskPrompts, parse_effect, parse_label, parse_perturbation
@@ -108,3 +110,36 @@ def test_free_question_puts_the_cell_on_its_own_line(prompts):
     assert msgs[0]["role"] == "system" and "<cell>" in msgs[0]["content"]
     assert msgs[1]["content"] == "What is this cell?\n<cell> CD3E CD8A </cell>"
     assert prompts.question(None, "hi")[1]["content"] == "hi"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        (["No ", "changes ", "</pert>"], "No changes"),  # the leak seen with no cell selected
+        (["<cell> ", "CD3E ", "CD8A ", "</cell>"], "<cell> CD3E CD8A </cell>"),
+        (["</cell> ", "<pert> ", "KLF1 ", "</pert> ", "</pert>"], "<pert> KLF1 </pert>"),
+        (["Up: A\nDown: B"], "Up: A\nDown: B"),
+    ],
+)
+def test_markup_tidier_drops_only_closing_tags_without_their_opening(pieces, expected):
+    from cellrlhf.chat.prompts import MarkupTidier
+
+    tidier = MarkupTidier()
+    text = "".join(tidier.feed(p) for p in pieces)
+    assert re.sub(" +", " ", text).strip() == expected
+
+
+@pytest.mark.parametrize(
+    ("question", "about_a_cell"),
+    [
+        ("What happens to this cell if KLF1 is activated?", True),
+        ("What type are these cells?", True),
+        ("Is the cell cycling?", True),
+        ("Generate a K562 cell.", False),
+        ("Which genes go up after KLF1 activation in K562?", False),
+    ],
+)
+def test_questions_about_a_selected_cell_are_recognised(question, about_a_cell):
+    from cellrlhf.chat.prompts import mentions_a_cell
+
+    assert mentions_a_cell(question) is about_a_cell

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 
 import pytest
 from tiny_cell_model import TARGETS
@@ -80,6 +81,45 @@ def test_repl_program_end_to_end(tiny_model_dir, pbmc_file, pbmc, tmp_path):
     assert saved.obs["input_cell"].iloc[0] == pbmc.obs_names[5]
 
 
+def _spawn_repl(pexpect, model_dir, data_file):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TERM": "dumb"}
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "cellrlhf", "chat", "--model", str(model_dir), "--adata", str(data_file)],
+        env=env,
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(50, 200),
+    )
+
+
+@pytest.mark.slow
+def test_repl_ctrl_c_cancels_the_generation_and_keeps_the_conversation(tiny_model_dir, pbmc_file):
+    pexpect = pytest.importorskip("pexpect")
+    child = _spawn_repl(pexpect, tiny_model_dir, pbmc_file)
+    try:
+        child.expect(r"\[no cell\] > ")
+        child.sendline("/cell 3")
+        child.expect(PROMPT)
+        child.sendline("What cell type is this cell?")
+        child.expect(PROMPT)
+        child.sendline('/generate "CD19+ B" 1000')
+        child.expect(r"generate:\s+\d+%")  # the progress bar: generation has started
+        time.sleep(0.5)
+        child.sendintr()  # Ctrl-C
+        child.expect(r"cancelled")
+        child.expect(PROMPT)
+        child.sendline("/history")
+        child.expect(r"user: What cell type is this cell\?")
+        child.expect(r"assistant: ")
+        child.expect(PROMPT)
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
 def test_repl_program_reports_a_bad_model_path(tmp_path):
     import subprocess
 
@@ -139,3 +179,71 @@ def test_repl_generate_and_save(repl, tmp_path):
     assert "use a .h5ad file name" in out.getvalue()
     r.handle(f"/save {tmp_path / 'gen.h5ad'}")
     assert (tmp_path / "gen.h5ad").is_file()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("/perturb SPI1 context=B samples=100000", "samples=100000 is out of range: give 1..16"),
+        ("/perturb SPI1 context=B samples=0", "samples=0 is out of range: give 1..16"),
+        ('/generate "CD19+ B" 100000', "N=100000 is out of range: give 1..1000"),
+    ],
+)
+def test_repl_caps_samples_and_generated_cells(repl, line, message):
+    r, out = repl
+    r.handle("/cell 2")
+    r.handle(line)
+    assert f"error: {message}" in out.getvalue()
+    assert r.session.last_result is None  # nothing was generated
+
+
+def test_repl_question_about_a_cell_without_one_says_a_cell_is_needed(repl):
+    r, out = repl
+    r.handle("What happens to this cell if KLF1 is activated?")
+    text = out.getvalue()
+    assert "error: this question is about a cell, but no cell is selected" in text
+    assert "</pert>" not in text and "</cell>" not in text
+    assert r.session.messages == []
+
+
+def _lm_with_manifest(lm, **changes):
+    from cellrlhf.chat import CellLM
+
+    manifest = {**lm.data_manifest, **changes}
+    return CellLM(
+        lm.model, lm.tokenizer, lm.vocab, lm.decoder, info=lm.info, data_manifest=manifest
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected_type"),
+    [
+        # a data config mapping perturbation_type to a column, with the counts the build records
+        (
+            {
+                "config": {"schema": {"columns": {"perturbation_type": "screen_kind"}}},
+                "perturbation_types": {"CRISPRi": 3, "CRISPRa": 40},
+            },
+            "CRISPRa",
+        ),
+        # the same mapping in a manifest from before the counts were recorded
+        ({"config": {"schema": {"columns": {"perturbation_type": "screen_kind"}}}}, "other"),
+    ],
+)
+def test_perturb_does_not_call_a_mapped_perturbation_type_unknown(
+    lm, pbmc, caplog, changes, expected_type
+):
+    import logging
+
+    from cellrlhf.chat.repl import Repl
+    from cellrlhf.chat.session import ChatSession
+
+    out = io.StringIO()
+    r = Repl(ChatSession(_lm_with_manifest(lm, **changes), pbmc), out=out)
+    r.handle("/cell 1")
+    with caplog.at_level(logging.INFO, logger="cellrlhf"):
+        r.handle(f"/perturb {TARGETS[0]} context=B")
+    assert "valid gene fraction" in out.getvalue()
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    params = r.session.last_result.uns["cellrlhf_prediction"]["params"]
+    assert (params["perturbation_type"] or "other") == expected_type
