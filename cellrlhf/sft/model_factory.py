@@ -29,6 +29,7 @@ from cellrlhf.sft.gene_embedding_init import init_gene_embeddings
 
 __all__ = [
     "ModelBundle",
+    "check_model_fields",
     "read_model_fields",
     "load_model_config",
     "build_model_and_tokenizer",
@@ -78,6 +79,7 @@ def load_model_config(path: str | Path, tokenizer):
     for reserved in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
         if reserved in fields:
             raise ValueError(f"{path} sets {reserved}; it comes from the tokenizer, remove it.")
+    check_model_fields(path, model_type, fields)
     return AutoConfig.for_model(
         model_type,
         vocab_size=len(tokenizer),
@@ -86,6 +88,56 @@ def load_model_config(path: str | Path, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         **fields,
     )
+
+
+def check_model_fields(path: str | Path, model_type: str, fields: dict) -> None:
+    """Refuse keys the ``model_type``'s config class does not know and values it rejects.
+
+    ``transformers`` configs keep unknown keyword arguments as attributes, so a typo such as
+    ``hiden_size`` would silently train the default size and land in ``config.json``.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown keys (and the known ones) or the key with the wrong type.
+    """
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"{path}: unknown model_type {model_type!r}; e.g. llama, qwen2, gpt2 "
+            "(any transformers architecture)."
+        )
+    config_class = CONFIG_MAPPING[model_type]
+    defaults = config_class().to_dict()
+    # keys the class consumes (rope_theta -> rope_parameters, ...) leave no attribute behind;
+    # a key it does not know stays as a new attribute
+    try:
+        built = config_class(**fields).to_dict()
+    except (TypeError, ValueError, StrictDataclassError) as err:
+        message = " ".join(str(err).split())
+        hint = (
+            " (YAML reads 1e-5 as text: write 1.0e-5)"
+            if any(isinstance(v, str) and _is_number(v) for v in fields.values())
+            else ""
+        )
+        raise ValueError(f"{path}: {message}{hint}") from None
+    unknown = sorted(k for k in fields if k in built and k not in defaults)
+    if unknown:
+        known = sorted(k for k in defaults if not k.startswith("_") and k != "transformers_version")
+        raise ValueError(
+            f"{path}: unknown model config key(s) {unknown} for model_type {model_type!r}; "
+            f"known keys: {known}."
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_model_fields(path: str | Path) -> dict:

@@ -193,3 +193,37 @@ def test_deepspeed_settings_validate_with_deepspeeds_own_config(name, stage, off
 
 def _device(offload) -> str:
     return str(getattr(offload.device, "value", offload.device))
+
+
+class _Tok:
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __len__(self):
+        return 100
+
+
+def test_model_config_typo_is_an_error_naming_the_known_keys(tmp_path):
+    from cellrlhf.sft.model_factory import load_model_config
+
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("model_type: llama\nhiden_size: 64\nnum_hidden_layers: 2\n")
+    with pytest.raises(ValueError, match=r"unknown model config key\(s\) \['hiden_size'\]") as err:
+        load_model_config(bad, _Tok())
+    assert "hidden_size" in str(err.value) and "num_hidden_layers" in str(err.value)
+
+
+def test_model_config_legacy_keys_and_types(tmp_path):
+    from cellrlhf.sft.model_factory import load_model_config
+
+    good = tmp_path / "good.yaml"
+    good.write_text("model_type: llama\nhidden_size: 32\nrope_theta: 500000.0\n")
+    config = load_model_config(good, _Tok())
+    assert config.hidden_size == 32 and config.rope_parameters["rope_theta"] == 500000.0
+    assert "rope_theta" not in config.to_dict()
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("model_type: llama\nnum_hidden_layers: '2'\n")
+    with pytest.raises(ValueError, match="'num_hidden_layers' expected int, got str"):
+        load_model_config(wrong, _Tok())
+    wrong.write_text("model_type: llama\nrms_norm_eps: 1e-5\n")  # YAML: a string
+    with pytest.raises(ValueError, match=r"expected float.*write 1.0e-5"):
+        load_model_config(wrong, _Tok())
