@@ -193,13 +193,15 @@ def _prepare(config: DataBuildConfig, source: DataSource) -> _Prepared:
             groups,
             seed,
             validation_perturbations=assignment.validation_perturbations,
+            validation_pairs=assignment.validation_pairs,
         )
         if config.rl.enabled
         else ([], [])
     )
     if config.rl.enabled and has_perturbed and not any(s.split == "test" for s in rl_specs):
         logger.warning("no RL test prompt: every test group was skipped (%s).", rl_skipped[:3])
-    if assignment.validation_perturbations and not any(s.split == "validation" for s in rl_specs):
+    held_validation = assignment.validation_perturbations or assignment.validation_pairs
+    if held_validation and not any(s.split == "validation" for s in rl_specs):
         logger.warning(
             "no RL validation prompt: every validation perturbation's group was skipped (%s); "
             "the RL stage will select its policy on test.",

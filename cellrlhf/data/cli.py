@@ -3,7 +3,7 @@
 ::
 
     cellrlhf data build --config configs/data/simulated.yaml [--out DIR] [--split KIND]
-                        [--seed N] [--data-dir DIR] [--set section.key=value ...]
+                        [--fold I] [--seed N] [--data-dir DIR] [--set section.key=value ...]
     cellrlhf data list
     cellrlhf data fetch perturbench_devel [--data-dir DIR]
     cellrlhf data check outputs/data/simulated
@@ -33,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", help="output directory (overrides output.dir)")
     build.add_argument(
         "--split",
-        help="split kind (overrides split.kind; kinds other than unseen_single / unseen_combo also "
-        "turn validation perturbations off)",
+        help="split kind (overrides split.kind; it also turns off the settings the kind does not "
+        "have: validation perturbations outside unseen_single / unseen_combo, pairs outside "
+        "unseen_pair, folds for random_cells / unseen_context)",
+    )
+    build.add_argument(
+        "--fold",
+        type=int,
+        help="build fold I (0-based) of a config with split.folds (overrides split.fold)",
     )
     build.add_argument("--seed", type=int, help="build seed (overrides seed)")
     build.add_argument("--data-dir", help="directory searched first for registered data sets")
@@ -70,19 +76,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_kind_overrides(kind: str) -> list[str]:
+    """``--split KIND``: the kind, and off for the settings that kind does not have."""
+    from cellrlhf.data.split_config import FOLD_KINDS
+
+    overrides = [f"split.kind={kind}"]
+    if kind not in ("unseen_single", "unseen_combo"):
+        overrides += ["split.n_validation_perturbations=0", "split.validation_perturbations=null"]
+    if kind != "unseen_pair":
+        overrides += [
+            "split.n_validation_pairs=0",
+            "split.validation_pairs=null",
+            "split.test_pairs=null",
+        ]
+    else:
+        overrides.append("split.test_perturbations=null")
+    if kind not in FOLD_KINDS:
+        overrides += ["split.folds=null", "split.fold=null"]
+    return overrides
+
+
+def _check_fold_flag(path, overrides: list[str], fold: int) -> None:
+    """``--fold`` needs a config with ``split.folds``: say so plainly instead of a key error."""
+    from cellrlhf.data.config import ConfigError, load_config
+
+    config = load_config(path, overrides)
+    if config.split.folds is None:
+        raise ConfigError(
+            f"--fold {fold} needs a config with split.folds (folds of held-out units); "
+            f"{path} has none. Add split.folds: K to it (or --set split.folds=K), or drop --fold."
+        )
+
+
 def _build(args) -> int:
     from cellrlhf.data.build import build_datasets
     from cellrlhf.data.config import load_config
 
     overrides = list(args.overrides)
     if args.split:
-        overrides.append(f"split.kind={args.split}")
-        if args.split not in ("unseen_single", "unseen_combo"):
-            # validation perturbations exist only for these kinds; the flag switches them off
-            overrides += [
-                "split.n_validation_perturbations=0",
-                "split.validation_perturbations=null",
-            ]
+        overrides += _split_kind_overrides(args.split)
+    if args.fold is not None:
+        _check_fold_flag(args.config, overrides, args.fold)
+        overrides.append(f"split.fold={args.fold}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.no_progress:
@@ -99,6 +134,8 @@ def _build(args) -> int:
                 "fingerprint": manifest["fingerprint"],
                 "simulated": manifest["simulated"],
                 "split": manifest["split"]["kind"],
+                "fold": manifest["split"].get("fold"),
+                "folds": manifest["split"].get("folds"),
                 "counts": manifest["counts"],
                 "seconds": round(result.timings.get("total_s", 0.0), 2),
             },

@@ -5,25 +5,36 @@ Checked on what downstream stages will read (the saved directory), not on build 
 1. Cells: no test or excluded cell appears in the pretraining corpus, in SFT train or validation
    examples (answers or prompts), or among RL training reference cells; no validation cell
    appears in training data.
-2. Perturbations (``unseen_single``, ``unseen_combo``, ``unseen_context``): no training or
-   validation row - SFT examples, RL prompts and their references - is about a held-out
-   perturbation or context, whether by its ``perturbation`` / ``cell_context`` columns or by a
-   ``<pert> ... </pert>`` written in its text (pretraining metadata prefixes included).
-3. Validation perturbations (when held out): no training row (pretraining, SFT train, RL train)
-   is about one of them, by the same rules.
+2. Perturbations (``unseen_single``, ``unseen_combo``, ``unseen_context``, ``unseen_pair``): no
+   training or validation row - SFT examples, RL prompts and their references - is about a
+   held-out perturbation or context, whether by its ``perturbation`` / ``cell_context`` columns
+   or by a ``<pert> ... </pert>`` written in its text (pretraining metadata prefixes included).
+   For ``unseen_pair`` a row is about a held-out pair when it names that perturbation (or, for
+   a held-out single, any combination with its target) *in that pair's context* (the row's
+   ``cell_context``; for pretraining text, its ``cell_context:`` prefix); the same perturbation
+   in another context is allowed.
+3. Validation perturbations or pairs (when held out): no training row (pretraining, SFT train,
+   RL train) is about one of them, by the same rules.
 """
 
 from __future__ import annotations
 
 import re
 
-from cellrlhf.cell2text.markup import CONTROL_PERT, PERT_END, PERT_START
+from cellrlhf.cell2text.markup import CELL_START, CONTROL_PERT, PERT_END, PERT_START
 from cellrlhf.data.schema import CONTROL_LABEL
 from cellrlhf.data.splits import LeakageError
 
 __all__ = ["check_no_leakage", "LeakageError"]
 
 _PERT_RE = re.compile(re.escape(PERT_START) + r"(.*?)" + re.escape(PERT_END), re.S)
+_CONTEXT_PREFIX_RE = re.compile(r"(?:^|;\s*)cell_context: ([^;]*);")
+
+
+def _prefix_context(text: str) -> str | None:
+    """The ``cell_context: X;`` metadata prefix of a pretraining text, if it has one."""
+    match = _CONTEXT_PREFIX_RE.search(text.split(CELL_START, 1)[0])
+    return match.group(1).strip() if match else None
 
 
 def _mentioned_targets(text: str) -> list[list[str]]:
@@ -36,7 +47,7 @@ def _mentioned_targets(text: str) -> list[list[str]]:
 
 
 class _HeldOut:
-    """The perturbations (or contexts) of one held-out set: ``test`` or ``validation``."""
+    """The perturbations (or contexts, or pairs) of one held-out set: ``test`` or ``validation``."""
 
     def __init__(self, splits: dict, which: str = "test"):
         self.label = "held-out" if which == "test" else "held-out validation"
@@ -48,6 +59,22 @@ class _HeldOut:
         }
         self.contexts = set(splits.get(f"{which}_contexts", []))
         self.excluded = set(splits.get("excluded_perturbations", []))
+        pairs = [(r["perturbation"], r["cell_context"]) for r in splits.get(f"{which}_pairs", [])]
+        pairs += [(r["perturbation"], r["cell_context"]) for r in splits.get("excluded_pairs", [])]
+        self.pairs = set(pairs)
+        # per context: targets of held-out singles, target sets of held-out combinations
+        self.pair_targets: dict[str, set[str]] = {}
+        self.pair_combos: dict[str, set[frozenset]] = {}
+        for p, c in self.pairs:
+            upper = frozenset(t.upper() for t in p.split("+") if t)
+            if "+" in p:
+                self.pair_combos.setdefault(c, set()).add(upper)
+            else:
+                self.pair_targets.setdefault(c, set()).update(upper)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.perts or self.pairs or self.contexts or self.targets)
 
     def pert_label(self, perturbation: str, context: str) -> bool:
         if perturbation in self.excluded:
@@ -60,10 +87,22 @@ class _HeldOut:
             return any(t.upper() in self.targets for t in perturbation.split("+"))
         if self.kind == "unseen_combo":
             return perturbation in self.perts
+        if self.kind == "unseen_pair":
+            if (perturbation, context) in self.pairs:
+                return True
+            if perturbation in ("", CONTROL_LABEL):
+                return False
+            held = self.pair_targets.get(context, set())
+            return any(t.upper() in held for t in perturbation.split("+"))
         return False
 
-    def text(self, text: str) -> str | None:
-        if self.kind not in ("unseen_single", "unseen_combo") or PERT_START not in text:
+    def text(self, text: str, context: str | None = None) -> str | None:
+        """Why ``text`` (a row in ``context``) names a held-out perturbation, else None."""
+        if PERT_START not in text:
+            return None
+        if self.kind == "unseen_pair":
+            return self._pair_text(text, context)
+        if self.kind not in ("unseen_single", "unseen_combo"):
             return None
         for words in _mentioned_targets(text):
             upper = {w.upper() for w in words}
@@ -71,6 +110,18 @@ class _HeldOut:
                 return f"names {self.label} target(s) {sorted(upper & self.targets)}"
             if self.kind == "unseen_combo" and frozenset(upper) in self.combo_sets:
                 return f"names {self.label} combination {sorted(upper)}"
+        return None
+
+    def _pair_text(self, text: str, context: str | None) -> str | None:
+        if not context:  # the same perturbation is allowed in other contexts: cannot judge
+            return None
+        targets = self.pair_targets.get(context, set())
+        combos = self.pair_combos.get(context, set())
+        for words in _mentioned_targets(text):
+            upper = {w.upper() for w in words}
+            if upper & targets or frozenset(upper) in combos:
+                named = sorted(upper & targets) or sorted(upper)
+                return f"names {self.label} pair {named} in context {context!r}"
         return None
 
 
@@ -83,9 +134,9 @@ class _AnyOf:
     def pert_label(self, perturbation: str, context: str) -> bool:
         return any(h.pert_label(perturbation, context) for h in self.held)
 
-    def text(self, text: str) -> str | None:
+    def text(self, text: str, context: str | None = None) -> str | None:
         for h in self.held:
-            why = h.text(text)
+            why = h.text(text, context)
             if why:
                 return why
         return None
@@ -123,7 +174,7 @@ def check_no_leakage(built) -> dict:
     validation_cells = set(cells.get("validation", []))
     test_held = _HeldOut(splits, "test")
     validation_held = _HeldOut(splits, "validation")
-    held = _AnyOf(test_held, *([validation_held] if validation_held.perts else []))
+    held = _AnyOf(test_held, *([validation_held] if validation_held.active else []))
     problems: list[str] = []
     checked = {"pretrain_rows": 0, "sft_rows": 0, "rl_rows": 0}
 
@@ -139,7 +190,7 @@ def check_no_leakage(built) -> dict:
         checked["pretrain_rows"] = len(ids)
         for i, text in enumerate(_column(built.pretrain, "text")):
             if PERT_START in text:
-                why = held.text(text)
+                why = held.text(text, _prefix_context(text))
                 if why:
                     problems.append(f"pretrain row {i} {why}")
                     break
@@ -169,7 +220,7 @@ def check_no_leakage(built) -> dict:
                     )
                     continue
                 for message in messages:
-                    why = rule.text(message["content"])
+                    why = rule.text(message["content"], context)
                     if why:
                         problems.append(f"sft/{split} row {i} {why}")
                         break
@@ -191,7 +242,7 @@ def check_no_leakage(built) -> dict:
                 problems.append(f"rl/train row {i} is about held-out {pert!r} in {context!r}")
                 continue
             for message in prompt:
-                why = held.text(message["content"])
+                why = held.text(message["content"], context)
                 if why:
                     problems.append(f"rl/train row {i} {why}")
                     break

@@ -315,14 +315,17 @@ def plan_rl(
     seed: int,
     *,
     validation_perturbations: Collection[str] = (),
+    validation_pairs: Collection[tuple[str, str]] = (),
 ) -> tuple[list[RLGroupSpec], list[dict]]:
     """RL prompts for every (perturbation, context) group of train and test with enough cells.
 
-    Groups of the held-out ``validation_perturbations`` get prompts too (split ``validation``);
+    Groups of the held-out ``validation_perturbations`` (any context) and ``validation_pairs``
+    (``(perturbation, cell_context)``, ``unseen_pair``) get prompts too (split ``validation``);
     validation cells of training perturbations do not (RL trains on those perturbations).
     Returns the planned prompts and the skipped groups (with the reason).
     """
     validation_perturbations = set(validation_perturbations)
+    validation_pairs = {(str(p), str(c)) for p, c in validation_pairs}
     rl = config.rl
     specs: list[RLGroupSpec] = []
     skipped: list[dict] = []
@@ -330,7 +333,10 @@ def plan_rl(
     for gid, (split, pert, context) in enumerate(groups.keys):
         if pert == CONTROL_LABEL or not (
             split in ("train", "test")
-            or (split == "validation" and pert in validation_perturbations)
+            or (
+                split == "validation"
+                and (pert in validation_perturbations or (pert, context) in validation_pairs)
+            )
         ):
             continue
         n = int(groups.sizes[gid])

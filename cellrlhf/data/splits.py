@@ -14,14 +14,27 @@ Split kinds
     training: can the model compose known effects?
 ``unseen_context``
     Held-out cell contexts: every cell of a test context (controls included) is in test.
+``unseen_pair``
+    Held-out (perturbation, cell context) pairs (``"MAPK1@A172"``): every cell of a test pair is
+    in test, while that context's controls and other perturbations, and the same perturbation in
+    its other contexts, stay in training: what does a perturbation measured in some lines do in
+    another? Eligible pairs are those of perturbations measured in >= 2 contexts, and every
+    held-out perturbation stays trained in at least one context. Combinations naming a held-out
+    single's target in that context follow ``combos_with_test_targets``.
 
 Validation takes ``validation_fraction`` of the remaining training cells at random within
 groups (an in-distribution validation set for SFT). ``unseen_single`` and ``unseen_combo`` can
 also hold out *validation perturbations* (``n_validation_perturbations`` drawn like the test
-ones, or ``validation_perturbations`` named): every cell of them is in validation and no
-training row names them, so they are unseen in the same way as test. The data stage writes RL
-prompts for them (``rl/validation``), and the RL stage picks its policy on those, leaving the
-test perturbations untouched for the final evaluation.
+ones, or ``validation_perturbations`` named), and ``unseen_pair`` *validation pairs*
+(``n_validation_pairs`` / ``validation_pairs``): every cell of them is in validation and no
+training row names them (in that context, for pairs), so they are unseen in the same way as
+test. The data stage writes RL prompts for them (``rl/validation``), and the RL stage picks its
+policy on those, leaving the test units untouched for the final evaluation.
+
+Folds (``folds: K``, ``fold: i``; :mod:`cellrlhf.data.split_folds`) rotate the eligible units of
+``unseen_single`` / ``unseen_combo`` / ``unseen_pair`` over K seeded folds: fold i's units are
+test, every unit is test in exactly one fold, and validation units are drawn from the training
+part of each fold.
 
 Controls used as inputs (prompts, control pseudo-bulks) for a split's examples come from that
 split's own control cells when it has some in the context, else from the training controls:
@@ -31,16 +44,26 @@ controls are inputs, not answers, so that is not leakage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from cellrlhf.data.schema import CONTROL_LABEL, perturbation_targets
+from cellrlhf.data.split_config import (
+    FOLD_KINDS,
+    SPLIT_KINDS,
+    LeakageError,
+    SplitConfig,
+    SplitError,
+)
+from cellrlhf.data.split_folds import fold_partition
+from cellrlhf.data.split_pairs import Pair, single_targets_in, split_unseen_pair
 
 __all__ = [
     "SPLIT_KINDS",
+    "FOLD_KINDS",
     "SPLIT_NAMES",
     "SplitConfig",
     "SplitAssignment",
@@ -51,104 +74,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SPLIT_KINDS = ("random_cells", "unseen_single", "unseen_combo", "unseen_context")
 SPLIT_NAMES = ("train", "validation", "test", "excluded")
-
-
-class SplitError(ValueError):
-    """The data cannot be split as asked."""
-
-
-class LeakageError(AssertionError):
-    """Held-out information found in training data."""
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """The ``split:`` section of a data config.
-
-    Attributes
-    ----------
-    kind
-        One of :data:`SPLIT_KINDS`.
-    test_fraction
-        ``random_cells``: share of each group's cells; ``unseen_single`` / ``unseen_combo``:
-        share of the eligible perturbations (at least one).
-    validation_fraction
-        Share of the remaining training cells kept for validation.
-    test_perturbations
-        Explicit held-out perturbations (``unseen_single`` / ``unseen_combo``), overriding
-        ``test_fraction``.
-    test_contexts, n_test_contexts
-        ``unseen_context``: explicit held-out contexts, or how many to draw.
-    combos_with_test_targets
-        ``unseen_single``: ``"exclude"`` or ``"test"`` (validation targets follow the same rule:
-        their combinations are excluded, or put in validation).
-    n_validation_perturbations
-        ``unseen_single`` / ``unseen_combo``: how many perturbations to hold out for validation,
-        drawn among the candidates left after test (single perturbations; combinations whose
-        singles are measured in the same contexts).
-    validation_perturbations
-        Explicit validation perturbations, overriding ``n_validation_perturbations``
-        (``unseen_combo`` accepts any combination here, also one whose singles are not measured).
-    seed
-        Seed of the split.
-    """
-
-    kind: str = "random_cells"
-    test_fraction: float = 0.2
-    validation_fraction: float = 0.1
-    test_perturbations: tuple[str, ...] | None = None
-    test_contexts: tuple[str, ...] | None = None
-    n_test_contexts: int = 1
-    combos_with_test_targets: str = "exclude"
-    n_validation_perturbations: int = 0
-    validation_perturbations: tuple[str, ...] | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in SPLIT_KINDS:
-            raise SplitError(f"split.kind={self.kind!r}; choose one of {SPLIT_KINDS}.")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise SplitError(f"split.test_fraction must be in (0, 1), got {self.test_fraction}.")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise SplitError(
-                f"split.validation_fraction must be in [0, 1), got {self.validation_fraction}."
-            )
-        if self.combos_with_test_targets not in ("exclude", "test"):
-            raise SplitError("split.combos_with_test_targets must be 'exclude' or 'test'.")
-        if self.n_test_contexts < 1:
-            raise SplitError("split.n_test_contexts must be >= 1.")
-        if self.n_validation_perturbations < 0:
-            raise SplitError("split.n_validation_perturbations must be >= 0.")
-        if self.holds_out_validation_perturbations and self.kind not in (
-            "unseen_single",
-            "unseen_combo",
-        ):
-            raise SplitError(
-                f"split.kind={self.kind!r} cannot hold out validation perturbations; they exist "
-                "for unseen_single and unseen_combo. Remove n_validation_perturbations / "
-                "validation_perturbations, or change the kind."
-            )
-
-    @property
-    def holds_out_validation_perturbations(self) -> bool:
-        return bool(self.validation_perturbations) or self.n_validation_perturbations > 0
-
-    @classmethod
-    def from_dict(cls, spec: Mapping | None) -> SplitConfig:
-        spec = dict(spec or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = set(spec) - known
-        if unknown:
-            raise SplitError(
-                f"unknown key(s) {sorted(unknown)} in 'split'; known: {sorted(known)}."
-            )
-        for key in ("test_perturbations", "test_contexts", "validation_perturbations"):
-            if spec.get(key) is not None:
-                value = spec[key]
-                spec[key] = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
-        return cls(**spec)
 
 
 @dataclass
@@ -173,6 +99,14 @@ class SplitAssignment:
         Held-out validation perturbations (every cell in validation).
     validation_targets
         ``unseen_single``: target genes of the validation singles.
+    test_pairs, validation_pairs, excluded_pairs
+        ``unseen_pair``: held-out (perturbation, context) pairs of test and validation (combinations
+        put there by ``combos_with_test_targets="test"`` included), and pairs left out of every
+        split (combinations naming a held-out single's target in its context).
+    fold, folds
+        The fold built and the number of folds (None without folds).
+    fold_units
+        With folds: every fold's test units (names; pairs as ``"PERT@CONTEXT"``).
     """
 
     config: SplitConfig
@@ -183,6 +117,12 @@ class SplitAssignment:
     excluded_perturbations: list[str] = field(default_factory=list)
     validation_perturbations: list[str] = field(default_factory=list)
     validation_targets: list[str] = field(default_factory=list)
+    test_pairs: list[Pair] = field(default_factory=list)
+    validation_pairs: list[Pair] = field(default_factory=list)
+    excluded_pairs: list[Pair] = field(default_factory=list)
+    fold: int | None = None
+    folds: int | None = None
+    fold_units: list[list[str]] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -201,6 +141,11 @@ class SplitAssignment:
             return any(t.upper() in upper for t in perturbation_targets(perturbation))
         if self.kind == "unseen_combo":
             return perturbation in self.test_perturbations
+        if self.kind == "unseen_pair":
+            if (perturbation, cell_context) in set(self.test_pairs):
+                return True
+            upper = single_targets_in(self.test_pairs, cell_context)
+            return any(t.upper() in upper for t in perturbation_targets(perturbation))
         return False
 
     def counts(self) -> dict[str, int]:
@@ -209,7 +154,11 @@ class SplitAssignment:
         return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
 
     def to_dict(self, cell_ids: Sequence[str], obs: pd.DataFrame | None = None) -> dict:
-        """The split manifest (``splits.json``): parameters, held-out sets, cells per split."""
+        """The split manifest (``splits.json``): parameters, held-out sets, cells per split.
+
+        Pairs are lists of ``{"perturbation": ..., "cell_context": ...}``; ``fold`` / ``folds``
+        are null without folds, and ``fold_units`` lists every fold's test units.
+        """
         cell_ids = np.asarray(cell_ids, dtype=object)
         out = {
             "format": "cellrlhf.splits",
@@ -224,12 +173,22 @@ class SplitAssignment:
             "excluded_perturbations": self.excluded_perturbations,
             "validation_perturbations": self.validation_perturbations,
             "validation_targets": self.validation_targets,
+            "test_pairs": _pair_records(self.test_pairs),
+            "validation_pairs": _pair_records(self.validation_pairs),
+            "excluded_pairs": _pair_records(self.excluded_pairs),
+            "fold": self.fold,
+            "folds": self.folds,
+            "fold_units": self.fold_units,
             "counts": self.counts(),
             "cells": {name: cell_ids[self.rows(name)].tolist() for name in SPLIT_NAMES},
         }
         if obs is not None:
             out["groups"] = {name: _group_table(obs.iloc[self.rows(name)]) for name in SPLIT_NAMES}
         return out
+
+
+def _pair_records(pairs: list[Pair]) -> list[dict]:
+    return [{"perturbation": p, "cell_context": c} for p, c in pairs]
 
 
 def _group_table(obs: pd.DataFrame) -> list[dict]:
@@ -280,6 +239,33 @@ def _draw(items: list[str], fraction: float, rng: np.random.Generator, what: str
     return sorted(str(x) for x in rng.choice(sorted(items), size=n, replace=False))
 
 
+@dataclass
+class _Coded:
+    """Per-cell arrays the splitters share."""
+
+    perts: np.ndarray
+    contexts: np.ndarray
+    codes: np.ndarray
+    unique_perts: np.ndarray
+    pert_codes: np.ndarray
+    is_combo: np.ndarray
+    present: list[str]
+
+    @classmethod
+    def of(cls, obs: pd.DataFrame) -> _Coded:
+        perts = obs["perturbation"].astype(str).to_numpy()
+        unique_perts, pert_codes = _factorize(perts)
+        return cls(
+            perts=perts,
+            contexts=obs["cell_context"].astype(str).to_numpy(),
+            codes=_group_codes(obs)[0],
+            unique_perts=unique_perts,
+            pert_codes=pert_codes,
+            is_combo=np.array(["+" in p for p in unique_perts], dtype=bool)[pert_codes],
+            present=sorted(set(perts) - {CONTROL_LABEL}),
+        )
+
+
 def make_splits(obs: pd.DataFrame, config: SplitConfig) -> SplitAssignment:
     """Assign every cell to a split.
 
@@ -294,107 +280,141 @@ def make_splits(obs: pd.DataFrame, config: SplitConfig) -> SplitAssignment:
     -------
     The assignment; deterministic for the same ``obs`` and ``config``.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x5B117]))
-    perts = obs["perturbation"].astype(str).to_numpy()
-    contexts = obs["cell_context"].astype(str).to_numpy()
+    words = [config.seed, 0x5B117] + ([config.fold] if config.folds is not None else [])
+    rng = np.random.default_rng(np.random.SeedSequence(words))  # per fold: its own validation
+    data = _Coded.of(obs)
     labels = np.full(len(obs), "train", dtype=object)
-    assignment = SplitAssignment(config=config, labels=labels)
-    codes, _ = _group_codes(obs)
-    all_rows = np.arange(len(obs), dtype=np.int64)
-    unique_perts, pert_codes = _factorize(perts)
-    is_combo = np.array(["+" in p for p in unique_perts], dtype=bool)[pert_codes]
-    present = sorted(set(perts) - {CONTROL_LABEL})
-
-    if config.kind == "random_cells":
-        labels[_stratified_pick(all_rows, codes, config.test_fraction, rng)] = "test"
-
-    elif config.kind == "unseen_single":
-        singles = sorted({p for p in present if "+" not in p})
-        if config.test_perturbations is not None:
-            chosen = list(config.test_perturbations)
-            _check_known(chosen, present, "split.test_perturbations")
-            combos = [p for p in chosen if "+" in p]
-            if combos:
-                raise SplitError(
-                    f"unseen_single holds out single perturbations; {combos} are combinations "
-                    "(use kind: unseen_combo)."
-                )
-        else:
-            chosen = _draw(singles, config.test_fraction, rng, "single perturbations")
-        if len(chosen) >= len(singles):
-            raise SplitError("unseen_single would hold out every single perturbation.")
-        assignment.test_perturbations = sorted(chosen)
-        assignment.test_targets = sorted({t for p in chosen for t in perturbation_targets(p)})
-        held = np.array([assignment.is_held_out(p, "") for p in unique_perts], dtype=bool)
-        held = held[pert_codes]
-        labels[held & ~is_combo] = "test"
-        combos_hit = held & is_combo
-        labels[combos_hit] = "test" if config.combos_with_test_targets == "test" else "excluded"
-        if config.combos_with_test_targets == "test":
-            assignment.test_perturbations = sorted(set(perts[held]))
-        else:
-            assignment.excluded_perturbations = sorted(set(perts[combos_hit]))
-        if config.holds_out_validation_perturbations:
-            coded = (perts, unique_perts, pert_codes, is_combo)
-            _validation_singles(assignment, singles, present, coded, rng)
-
-    elif config.kind == "unseen_combo":
-        eligible = _eligible_combos(perts, contexts)
-        if config.test_perturbations is not None:
-            chosen = list(config.test_perturbations)
-            _check_known(chosen, present, "split.test_perturbations")
-            bad = [p for p in chosen if p not in eligible]
-            if bad:
-                raise SplitError(
-                    f"{bad} cannot be unseen combinations: each must be a combination whose "
-                    "singles are all measured in the same contexts. Eligible: "
-                    f"{eligible[:20]}."
-                )
-        else:
-            if not eligible:
-                raise SplitError(
-                    "unseen_combo needs combinations whose single perturbations are all measured "
-                    "in the same cell contexts; this data has none. Use unseen_single or "
-                    "random_cells."
-                )
-            chosen = (
-                _draw(eligible, config.test_fraction, rng, "eligible combinations")
-                if len(eligible) > 1
-                else list(eligible)
-            )
-        assignment.test_perturbations = sorted(chosen)
-        held = np.isin(perts, chosen)
-        labels[held] = "test"
-        if config.holds_out_validation_perturbations:
-            _validation_combos(assignment, eligible, present, perts, rng)
-
-    elif config.kind == "unseen_context":
-        all_contexts = sorted(set(contexts))
-        if config.test_contexts is not None:
-            chosen = list(config.test_contexts)
-            _check_known(chosen, all_contexts, "split.test_contexts")
-        else:
-            eligible = _contexts_sharing_perturbations(perts, contexts)
-            if not eligible:
-                raise SplitError(
-                    "unseen_context needs perturbations measured in several cell contexts; no "
-                    "context shares a perturbation with another. Name split.test_contexts "
-                    "explicitly to hold one out anyway."
-                )
-            n = min(config.n_test_contexts, len(all_contexts) - 1)
-            chosen = sorted(
-                str(c) for c in rng.choice(eligible, size=min(n, len(eligible)), replace=False)
-            )
-        if len(chosen) >= len(all_contexts):
-            raise SplitError(f"unseen_context would hold out every context {all_contexts}.")
-        assignment.test_contexts = sorted(chosen)
-        labels[np.isin(contexts, chosen)] = "test"
-
+    assignment = SplitAssignment(config=config, labels=labels, fold=config.fold, folds=config.folds)
+    _SPLITTERS[config.kind](assignment, data, rng)
     if config.validation_fraction > 0:
         train_rows = np.flatnonzero(labels == "train")
-        labels[_stratified_pick(train_rows, codes, config.validation_fraction, rng)] = "validation"
-    logger.info("split %s: %s", config.kind, assignment.counts())
+        pick = _stratified_pick(train_rows, data.codes, config.validation_fraction, rng)
+        labels[pick] = "validation"
+    if config.folds is not None:
+        logger.info(
+            "split %s fold %d of %d: %s",
+            config.kind,
+            config.fold,
+            config.folds,
+            assignment.counts(),
+        )
+    else:
+        logger.info("split %s: %s", config.kind, assignment.counts())
     return assignment
+
+
+def _fold_units(
+    assignment: SplitAssignment, units: list[str], what: str, group_of=None
+) -> list[str]:
+    """Fold ``config.fold``'s test units (records the whole partition on ``assignment``)."""
+    config = assignment.config
+    partition = fold_partition(units, config.folds, config.seed, group_of=group_of, what=what)
+    assignment.fold_units = partition
+    return list(partition[config.fold])
+
+
+def _split_random_cells(assignment: SplitAssignment, data: _Coded, rng) -> None:
+    rows = np.arange(len(data.perts), dtype=np.int64)
+    assignment.labels[_stratified_pick(rows, data.codes, assignment.config.test_fraction, rng)] = (
+        "test"
+    )
+
+
+def _split_unseen_single(assignment: SplitAssignment, data: _Coded, rng) -> None:
+    config, labels = assignment.config, assignment.labels
+    singles = sorted({p for p in data.present if "+" not in p})
+    if config.folds is not None:
+        chosen = _fold_units(assignment, singles, "single perturbations")
+    elif config.test_perturbations is not None:
+        chosen = list(config.test_perturbations)
+        _check_known(chosen, data.present, "split.test_perturbations")
+        combos = [p for p in chosen if "+" in p]
+        if combos:
+            raise SplitError(
+                f"unseen_single holds out single perturbations; {combos} are combinations "
+                "(use kind: unseen_combo)."
+            )
+    else:
+        chosen = _draw(singles, config.test_fraction, rng, "single perturbations")
+    if len(chosen) >= len(singles):
+        raise SplitError("unseen_single would hold out every single perturbation.")
+    assignment.test_perturbations = sorted(chosen)
+    assignment.test_targets = sorted({t for p in chosen for t in perturbation_targets(p)})
+    held = np.array([assignment.is_held_out(p, "") for p in data.unique_perts], dtype=bool)
+    held = held[data.pert_codes]
+    labels[held & ~data.is_combo] = "test"
+    combos_hit = held & data.is_combo
+    labels[combos_hit] = "test" if config.combos_with_test_targets == "test" else "excluded"
+    if config.combos_with_test_targets == "test":
+        assignment.test_perturbations = sorted(set(data.perts[held]))
+    else:
+        assignment.excluded_perturbations = sorted(set(data.perts[combos_hit]))
+    if config.holds_out_validation_perturbations:
+        coded = (data.perts, data.unique_perts, data.pert_codes, data.is_combo)
+        _validation_singles(assignment, singles, data.present, coded, rng)
+
+
+def _split_unseen_combo(assignment: SplitAssignment, data: _Coded, rng) -> None:
+    config = assignment.config
+    eligible = _eligible_combos(data.perts, data.contexts)
+    if not eligible and config.test_perturbations is None:
+        raise SplitError(
+            "unseen_combo needs combinations whose single perturbations are all measured "
+            "in the same cell contexts; this data has none. Use unseen_single or "
+            "random_cells."
+        )
+    if config.folds is not None:
+        chosen = _fold_units(assignment, eligible, "eligible combinations (singles measured)")
+    elif config.test_perturbations is not None:
+        chosen = list(config.test_perturbations)
+        _check_known(chosen, data.present, "split.test_perturbations")
+        bad = [p for p in chosen if p not in eligible]
+        if bad:
+            raise SplitError(
+                f"{bad} cannot be unseen combinations: each must be a combination whose "
+                f"singles are all measured in the same contexts. Eligible: {eligible[:20]}."
+            )
+    elif len(eligible) > 1:
+        chosen = _draw(eligible, config.test_fraction, rng, "eligible combinations")
+    else:
+        chosen = list(eligible)
+    assignment.test_perturbations = sorted(chosen)
+    assignment.labels[np.isin(data.perts, chosen)] = "test"
+    if config.holds_out_validation_perturbations:
+        _validation_combos(assignment, eligible, data.present, data.perts, rng)
+
+
+def _split_unseen_context(assignment: SplitAssignment, data: _Coded, rng) -> None:
+    config, contexts = assignment.config, data.contexts
+    all_contexts = sorted(set(contexts))
+    if config.test_contexts is not None:
+        chosen = list(config.test_contexts)
+        _check_known(chosen, all_contexts, "split.test_contexts")
+    else:
+        eligible = _contexts_sharing_perturbations(data.perts, contexts)
+        if not eligible:
+            raise SplitError(
+                "unseen_context needs perturbations measured in several cell contexts; no "
+                "context shares a perturbation with another. Name split.test_contexts "
+                "explicitly to hold one out anyway."
+            )
+        n = min(config.n_test_contexts, len(all_contexts) - 1)
+        chosen = sorted(
+            str(c) for c in rng.choice(eligible, size=min(n, len(eligible)), replace=False)
+        )
+    if len(chosen) >= len(all_contexts):
+        raise SplitError(f"unseen_context would hold out every context {all_contexts}.")
+    assignment.test_contexts = sorted(chosen)
+    assignment.labels[np.isin(contexts, chosen)] = "test"
+
+
+_SPLITTERS = {
+    "random_cells": _split_random_cells,
+    "unseen_single": _split_unseen_single,
+    "unseen_combo": _split_unseen_combo,
+    "unseen_context": _split_unseen_context,
+    "unseen_pair": split_unseen_pair,
+}
 
 
 def _validation_choice(

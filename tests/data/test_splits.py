@@ -253,3 +253,127 @@ def test_unseen_combo_validation_combinations():
 def test_validation_perturbation_errors(spec, fragment):
     with pytest.raises(SplitError, match=fragment):
         make_splits(SCREEN, SplitConfig.from_dict(spec))
+
+
+# ------------------------------------------------------------------ unseen_pair
+LINES = _obs(
+    {
+        **{(CONTROL_LABEL, c): 30 for c in ("L1", "L2", "L3")},
+        **{(p, c): 10 for p in ("A", "B", "C") for c in ("L1", "L2", "L3")},
+        ("D", "L1"): 10,  # measured in one line only: never eligible
+        ("E", "L1"): 10,
+        ("E", "L2"): 10,
+        ("A+B", "L1"): 10,  # names A: excluded where A is held out
+        ("A+B", "L2"): 10,
+    }
+)
+
+
+def _pair_cells(obs, pert, context):
+    return (obs["perturbation"].to_numpy() == pert) & (obs["cell_context"].to_numpy() == context)
+
+
+def test_unseen_pair_holds_out_the_pair_only():
+    config = SplitConfig.from_dict(
+        {"kind": "unseen_pair", "test_pairs": ["A@L1"], "validation_fraction": 0.0}
+    )
+    a = make_splits(LINES, config)
+    assert a.test_pairs == [("A", "L1")]
+    assert set(a.labels[_pair_cells(LINES, "A", "L1")]) == {"test"}
+    # A in the other lines, L1's controls and other perturbations stay in training
+    for pert, context in [("A", "L2"), ("A", "L3"), (CONTROL_LABEL, "L1"), ("B", "L1")]:
+        assert set(a.labels[_pair_cells(LINES, pert, context)]) == {"train"}, (pert, context)
+    # a combination naming A in L1 is excluded there, not in L2
+    assert a.excluded_pairs == [("A+B", "L1")]
+    assert set(a.labels[_pair_cells(LINES, "A+B", "L1")]) == {"excluded"}
+    assert set(a.labels[_pair_cells(LINES, "A+B", "L2")]) == {"train"}
+    assert a.counts() == {"test": 10, "excluded": 10, "train": len(LINES) - 20}
+    assert a.is_held_out("A", "L1") and a.is_held_out("A+B", "L1")
+    assert not a.is_held_out("A", "L2") and not a.is_held_out("B", "L1")
+    assert a.test_perturbations == []  # pairs, not perturbations, are held out
+    payload = a.to_dict(LINES.index, LINES)
+    assert payload["test_pairs"] == [{"perturbation": "A", "cell_context": "L1"}]
+    assert payload["excluded_pairs"] == [{"perturbation": "A+B", "cell_context": "L1"}]
+    assert payload["fold"] is None and payload["folds"] is None
+
+
+def test_unseen_pair_mapping_syntax_and_combos_to_test():
+    config = SplitConfig.from_dict(
+        {
+            "kind": "unseen_pair",
+            "test_pairs": [{"perturbation": "A", "cell_context": "L2"}, "B@L3"],
+            "combos_with_test_targets": "test",
+        }
+    )
+    assert config.test_pairs == ("A@L2", "B@L3")  # stored in one syntax
+    a = make_splits(LINES, config)
+    assert a.test_pairs == [("A", "L2"), ("A+B", "L2"), ("B", "L3")]
+    assert a.excluded_pairs == []
+
+
+def test_unseen_pair_validation_pairs_held_out_like_test():
+    config = SplitConfig.from_dict(
+        {
+            "kind": "unseen_pair",
+            "test_pairs": ["A@L1", "B@L2"],
+            "validation_pairs": ["C@L3"],
+            "validation_fraction": 0.2,
+        }
+    )
+    a = make_splits(LINES, config)
+    assert a.validation_pairs == [("C", "L3")]
+    assert set(a.labels[_pair_cells(LINES, "C", "L3")]) == {"validation"}
+    assert a.to_dict(LINES.index)["validation_pairs"] == [
+        {"perturbation": "C", "cell_context": "L3"}
+    ]
+    # random validation cells of training pairs are still drawn, C elsewhere still trains
+    assert "train" in set(a.labels[_pair_cells(LINES, "C", "L1")])
+
+
+def test_unseen_pair_drawn_pairs_keep_every_perturbation_trained():
+    eligible = {(p, c) for p in "ABC" for c in ("L1", "L2", "L3")}
+    eligible |= {("E", "L1"), ("E", "L2"), ("A+B", "L1"), ("A+B", "L2")}  # D: one line only
+    for seed in range(10):
+        config = SplitConfig(kind="unseen_pair", test_fraction=0.3, n_validation_pairs=3, seed=seed)
+        a = make_splits(LINES, config)
+        assert make_splits(LINES, config).test_pairs == a.test_pairs  # seeded
+        assert len(a.test_pairs) == round(0.3 * len(eligible)) == 4
+        assert set(a.test_pairs) <= eligible and len(a.validation_pairs) == 3
+        assert not set(a.test_pairs) & set(a.validation_pairs)
+        for pert in {p for p, _ in a.test_pairs + a.validation_pairs}:
+            trained = {
+                c for c in ("L1", "L2", "L3") if "train" in a.labels[_pair_cells(LINES, pert, c)]
+            }
+            assert trained, (seed, pert)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ({"test_pairs": ["D@L1"]}, "measured in one context only"),
+        ({"test_pairs": ["A@L9"]}, "not measured"),
+        ({"test_pairs": ["A@L1", "A@L2", "A@L3"]}, r"leave \['A'\] with no training context"),
+        ({"test_pairs": ["E@L1"], "validation_pairs": ["E@L2"]}, "no training context"),
+        # A+B is excluded in L1 (A held out there): holding it out in L2 leaves it untrained
+        ({"test_pairs": ["A@L1", "A+B@L2"]}, r"leave \['A\+B'\]"),
+        ({"test_pairs": ["A@L1"], "validation_pairs": ["A@L1"]}, "held out for test already"),
+        ({"test_pairs": ["A"]}, "PERTURBATION@CONTEXT"),
+        ({"test_pairs": ["A@L1@x"]}, "exactly one '@'"),
+        ({"test_pairs": [{"perturbation": "A"}]}, "'perturbation' and 'cell_context'"),
+        # after A@L1: one more of A, two of B and of C, one of E; A+B cannot go (excluded in L1)
+        ({"test_pairs": ["A@L1"], "n_validation_pairs": 7}, "cannot hold out 7 validation pairs"),
+        ({"test_perturbations": ["A"]}, "split.test_pairs"),
+        ({"n_validation_perturbations": 1}, "n_validation_pairs"),
+    ],
+)
+def test_unseen_pair_errors(spec, fragment):
+    with pytest.raises(SplitError, match=fragment):
+        make_splits(LINES, SplitConfig.from_dict({"kind": "unseen_pair", **spec}))
+
+
+def test_unseen_pair_needs_shared_perturbations_and_pair_keys_need_the_kind():
+    one_line = _obs({(CONTROL_LABEL, "X"): 5, ("A", "X"): 5, ("B", "X"): 5})
+    with pytest.raises(SplitError, match="at least two cell contexts"):
+        make_splits(one_line, SplitConfig(kind="unseen_pair"))
+    with pytest.raises(SplitError, match="belong to kind unseen_pair"):
+        SplitConfig.from_dict({"kind": "unseen_single", "test_pairs": ["A@X"]})
