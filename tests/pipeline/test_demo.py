@@ -32,15 +32,30 @@ def test_demo_pipeline_file_names_every_stage_and_existing_configs():
     root = Path(__file__).resolve().parents[2]
     spec = load_pipeline(root / DEMO_PIPELINE, overrides={"run_dir": "r"})
     names = [s.name for s in spec.stages]
-    assert names == ["data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo", "evaluate"]
+    assert names == [
+        *("data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo", "evaluate"),
+        "aggregate",
+    ]
     evaluate = spec.stage("evaluate").command
     models = [evaluate[i + 1] for i, a in enumerate(evaluate) if a == "--model"]
     assert models == ["sft=r/sft", "ppo=r/ppo", "grpo=r/grpo"]
     assert evaluate[evaluate.index("--dataset_dir") + 1] == "r/data"
     assert evaluate[evaluate.index("--out") + 1] == spec.stage("evaluate").output_dir == "r/eval"
+    assert "--no-last-policies" not in evaluate  # ppo/last and grpo/last are evaluated too
+    aggregate = spec.stage("aggregate")
+    assert aggregate.needs == ("evaluate",)
+    assert aggregate.command == (
+        "aggregate",
+        "--eval",
+        "fold0_seed0=r/eval",
+        "--out",
+        "r/aggregate",
+    )
     for flavour in ("tiny", "cpu_demo", "gpu"):
         spec = load_pipeline(root / DEMO_PIPELINE, overrides={"run_dir": "r", "flavour": flavour})
         for stage in spec.stages:
+            if "--config" not in stage.command:
+                continue
             config = stage.command[stage.command.index("--config") + 1]
             assert (root / config).exists(), f"{stage.name} ({flavour}): {config} is missing"
 
@@ -65,4 +80,5 @@ def test_demo_runs_the_grpo_lane_beside_the_reward_lane_on_two_cores():
         "ppo": 1,
         "grpo": 1,
         "evaluate": 2,
+        "aggregate": 2,
     }
