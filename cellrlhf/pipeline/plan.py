@@ -20,7 +20,8 @@ def plan_lines(spec: PipelineSpec, *, only: Sequence[str] | None = None) -> list
     spec
         The loaded (sweep-expanded) pipeline.
     only
-        Show just these stages, as ``--only`` would run them.
+        Show just these stages, as ``--only`` would run them (a name as written in the file
+        stands for all its folds and seeds).
 
     Returns
     -------
@@ -31,9 +32,7 @@ def plan_lines(spec: PipelineSpec, *, only: Sequence[str] | None = None) -> list
             cellrlhf data build --fold 0 --out runs/x/f0/data
     """
     if only:
-        unknown = sorted(set(only) - {s.name for s in spec.stages})
-        if unknown:
-            raise KeyError(f"unknown stage(s) {unknown}; stages: {[s.name for s in spec.stages]}")
+        only = spec.stage_names(only)
     selected = [s for s in spec.stages if not only or s.name in only]
     needs = selected_needs(spec, selected)
     sweep = ", ".join(f"{axis} {list(values)}" for axis, values in spec.sweep.items())

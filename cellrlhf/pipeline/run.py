@@ -25,7 +25,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="override a variable of the pipeline file (repeatable)",
     )
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
-    parser.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="STAGE",
+        help="run only these stages (in a swept file `sft` means every sft_f<fold>_s<seed>; "
+        "sft_f0_s1 one of them)",
+    )
     add_jobs_argument(parser)
     parser.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown report")
     parser.add_argument(
@@ -115,8 +121,8 @@ def print_verdict(run_dir: str | Path) -> list[str]:
         return []
     try:
         lines = list(verdict_lines(Path(run_dir)))
-    except FileNotFoundError as err:
-        logger.info("no verdict: %s", err)
+    except (OSError, ValueError, KeyError) as err:  # the run itself finished: say why, not crash
+        logger.warning("no verdict for %s: %s", run_dir, err)
         return []
     if lines:
         print("\n".join(["", "Verdict", *lines]), flush=True)

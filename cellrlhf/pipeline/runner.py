@@ -358,8 +358,8 @@ def run_pipeline(
     force
         Re-run finished stages too.
     only
-        Run just these stages (by name); their needs on stages outside this list are taken as
-        met.
+        Run just these stages (by name; a name as written in a swept file means all its folds
+        and seeds); their needs on stages outside this list are taken as met.
     env
         Extra environment variables for the stage processes.
     on_stage_end
@@ -379,11 +379,7 @@ def run_pipeline(
     """
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     if only:
-        unknown = set(only) - {s.name for s in spec.stages}
-        if unknown:
-            raise KeyError(
-                f"unknown stage(s) {sorted(unknown)}; stages: {[s.name for s in spec.stages]}"
-            )
+        only = spec.stage_names(only)
     jobs = spec.max_parallel if max_parallel is None else max_parallel
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"max_parallel must be an integer >= 1, got {jobs!r}")

@@ -30,6 +30,7 @@ A top-level ``sweep: {folds: K, seeds: [...]}`` and ``per: fold`` / ``per: seed`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,24 @@ class PipelineSpec:
             if stage.name == name:
                 return stage
         raise KeyError(f"no stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+    def stage_names(self, names: Sequence[str]) -> list[str]:
+        """Stage names for ``names`` (``--only``): a name as written in the file stands for all
+        its folds and seeds (``sft`` -> ``sft_f0_s0``, ``sft_f0_s1``, ...).
+
+        Raises
+        ------
+        KeyError
+            A name is neither a stage nor a stage as written in the file.
+        """
+        known = {s.name for s in self.stages}
+        out: list[str] = []
+        for name in names:
+            found = [name] if name in known else [s.name for s in self.stages if s.template == name]
+            if not found:
+                raise KeyError(f"unknown stage {name!r}; stages: {[s.name for s in self.stages]}")
+            out += found
+        return list(dict.fromkeys(out))
 
     def needs_of(self, stage: StageSpec) -> tuple[str, ...]:
         """The stages ``stage`` waits for: its ``needs``, or every earlier stage by default."""

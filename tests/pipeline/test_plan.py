@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import types
 
+import pytest
 import yaml
 
 from cellrlhf.pipeline.plan import plan_lines
@@ -55,6 +56,14 @@ def test_dry_run_lists_expanded_stages_needs_and_quoted_commands(tmp_path):
         "    needs sft_f0_s4, sft_f1_s4",
         "    cellrlhf aggregate --eval f0 --eval f1",
     ]
+    spec = load_pipeline(raw)
+    assert spec.stage_names(["sft", "data_f1", "sft_f0_s4"]) == [
+        "sft_f0_s4",
+        "sft_f1_s4",
+        "data_f1",
+    ]
+    with pytest.raises(KeyError, match="unknown stage 'sft_f2_s4'"):
+        spec.stage_names(["sft_f2_s4"])
     only = plan_lines(load_pipeline(raw), only=["data_f1", "aggregate"])
     assert only[1:] == [
         "[1/2] data_f1 (to run: not run yet)",
