@@ -16,7 +16,8 @@
     pooled_<setting>.png, paired_<setting>.png
     manifest.json       format ``cellrlhf.aggregate``: metrics, headline, n_boot, seed, files
 
-``read_aggregate(dir)`` reads it back into an :class:`~cellrlhf.evaluation.aggregate.Aggregate`.
+``read_aggregate(dir)`` reads it back into an :class:`~cellrlhf.evaluation.aggregate.Aggregate`;
+``find_aggregate_dir`` / ``find_evaluation_dirs`` find them in a run directory.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellrlhf.evaluation.aggregate import REFERENCE_MODEL, Aggregate, aggregate_evaluations
+from cellrlhf.evaluation.aggregate import REFERENCE_MODEL, Aggregate
 from cellrlhf.evaluation.aggregate_inputs import EVALUATION_FORMAT
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "find_evaluation_dirs",
     "read_aggregate",
     "safe_name",
-    "verdict_lines",
+    "find_aggregate_dir",
     "write_aggregate",
 ]
 
@@ -174,7 +175,9 @@ def find_evaluation_dirs(root: str | os.PathLike, *, max_depth: int = 3) -> dict
     return found
 
 
-def _find_aggregate_dir(root: Path, max_depth: int = 2) -> Path | None:
+def find_aggregate_dir(root: str | os.PathLike, max_depth: int = 2) -> Path | None:
+    """``root`` or the first directory below it (``max_depth`` levels) that is an aggregate."""
+    root = Path(root)
     if _format_of(root) == AGGREGATE_FORMAT:
         return root
     for depth in range(1, max_depth + 1):
@@ -182,26 +185,3 @@ def _find_aggregate_dir(root: Path, max_depth: int = 2) -> Path | None:
             if _format_of(manifest.parent) == AGGREGATE_FORMAT:
                 return manifest.parent
     return None
-
-
-def verdict_lines(path: str | os.PathLike, *, n_boot: int = 2000, seed: int = 0) -> list[str]:
-    """The verdict sentences of a run, prefixed ``[setting]``, for the terminal.
-
-    ``path`` is an aggregate directory, an evaluation directory, or a run directory holding
-    either (an aggregate directory is preferred; else every evaluation found is aggregated on
-    the fly). Without any, one line says so.
-    """
-    from cellrlhf.evaluation.verdict import read_verdict_sentences, setting_verdicts
-
-    root = Path(path)
-    found = _find_aggregate_dir(root) if root.is_dir() else None
-    if found is not None and (found / "verdict.json").is_file():
-        return read_verdict_sentences(found / "verdict.json")
-    evals = find_evaluation_dirs(root) if root.is_dir() else {}
-    if not evals:
-        return [f"No evaluation found under {root}: no verdict."]
-    try:
-        agg = aggregate_evaluations(evals, n_boot=n_boot, seed=seed)
-    except (FileNotFoundError, ValueError) as err:
-        return [f"No verdict: {err}"]
-    return [f"[{v.setting}] {line}" for v in setting_verdicts(agg) for line in v.sentences]

@@ -46,8 +46,10 @@ __all__ = [
     "metric_phrase",
     "setting_verdicts",
     "verdict_json",
+    "verdict_lines",
     "verdict_markdown",
     "verdict_table",
+    "verdict_text",
 ]
 
 METRIC_PHRASES = {
@@ -355,17 +357,61 @@ def _clean(value):
     return value
 
 
+def _table_json(verdict: SettingVerdict) -> dict:
+    table = verdict_table(verdict)
+    return {"columns": list(table.columns), "rows": table.values.tolist()}
+
+
 def verdict_json(verdicts: list[SettingVerdict]) -> dict:
     """JSON-ready verdicts (NaN as ``null``), each with its ``sentences``."""
     return {
         "format": "cellrlhf.verdict",
         "version": 1,
         "reference_model": REFERENCE_MODEL,
-        "settings": [_clean({**asdict(v), "sentences": v.sentences}) for v in verdicts],
+        "settings": [
+            _clean({**asdict(v), "sentences": v.sentences, "table": _table_json(v)})
+            for v in verdicts
+        ],
     }
 
 
-def read_verdict_sentences(path: str | os.PathLike) -> list[str]:
-    """``[setting] sentence`` lines of a ``verdict.json``."""
-    payload = json.loads(Path(path).read_text())
-    return [f"[{s['setting']}] {line}" for s in payload["settings"] for line in s["sentences"]]
+def verdict_text(setting: str, metric: str, table: pd.DataFrame, sentences) -> list[str]:
+    """Terminal lines of one setting's verdict: a heading, the table, the sentences."""
+    lines = [f"{setting}: {metric}, 95% bootstrap intervals over held-out perturbations"]
+    if len(table):
+        lines += ["  " + line for line in table.to_string(index=False).splitlines()]
+    return lines + [f"  - {s}" for s in sentences]
+
+
+def verdict_lines(path: str | os.PathLike, *, n_boot: int = 2000, seed: int = 0) -> list[str]:
+    """The verdict of a run for the terminal: per setting its table and sentences.
+
+    ``path`` is an aggregate directory (its ``verdict.json`` is read), an evaluation directory,
+    or a run directory holding either (an aggregate is preferred; else every evaluation found
+    is aggregated on the fly with ``n_boot`` and ``seed``). Without any, one line says so; an
+    aggregation error is one line too.
+    """
+    from cellrlhf.evaluation.aggregate import aggregate_evaluations
+    from cellrlhf.evaluation.aggregate_files import find_aggregate_dir, find_evaluation_dirs
+
+    root = Path(path)
+    found = find_aggregate_dir(root) if root.is_dir() else None
+    if found is not None and (found / "verdict.json").is_file():
+        payload = json.loads((found / "verdict.json").read_text())
+        lines = []
+        for s in payload["settings"]:
+            saved = s.get("table") or {"rows": [], "columns": []}
+            table = pd.DataFrame(saved["rows"], columns=saved["columns"])
+            lines += verdict_text(s["setting"], s["metric"], table, s["sentences"])
+        return lines
+    evals = find_evaluation_dirs(root) if root.is_dir() else {}
+    if not evals:
+        return [f"No evaluation found under {root}: no verdict."]
+    try:
+        agg = aggregate_evaluations(evals, n_boot=n_boot, seed=seed)
+    except (FileNotFoundError, ValueError) as err:
+        return [f"No verdict: {err}"]
+    lines = []
+    for v in setting_verdicts(agg):
+        lines += verdict_text(v.setting, v.metric, verdict_table(v), v.sentences)
+    return lines

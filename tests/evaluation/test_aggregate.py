@@ -1,0 +1,199 @@
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_evals import metrics_table, write_eval_dir
+
+from cellrlhf.evaluation.aggregate import aggregate_evaluations, higher_is_better
+from cellrlhf.evaluation.aggregate_cli import cli
+from cellrlhf.evaluation.aggregate_files import read_aggregate, write_aggregate
+from cellrlhf.evaluation.verdict import verdict_lines
+
+SFT = {0: [0.1, 0.2, 0.3], 1: [0.0, 0.1, 0.2]}
+PERTS = {0: ["P0", "P1", "P2"], 1: ["P3", "P4", "P5"]}
+SETTING = "unseen_single (norman)"
+
+
+def _fold_table(fold, *, grpo_gain=0.05):
+    sft = SFT[fold]
+    values = {
+        "sft": sft,
+        "grpo": [v + grpo_gain for v in sft],
+        "control": [np.nan] * 3,
+        "mean": [0.1] * 3,
+        "ridge": [0.12] * 3,
+        "split_half": [0.5] * 3,
+    }
+    extra = {
+        "mae": {"sft": [1.0] * 3, "grpo": [1.0] * 3, "control": [0.6] * 3, "mean": [0.5] * 3,
+                "ridge": [0.7] * 3, "split_half": [0.3] * 3},
+        "discrimination_score_l1": {m: [1.0] * 3 for m in values},
+    }  # fmt: skip
+    return metrics_table(values, perturbations=PERTS[fold], extra=extra)
+
+
+@pytest.fixture()
+def two_folds(tmp_path):
+    return {
+        f"fold{f}_seed0": write_eval_dir(
+            tmp_path / f"f{f}" / "eval", _fold_table(f), name=f"norman_fold{f}"
+        )
+        for f in (0, 1)
+    }
+
+
+def _row(table, **where):
+    mask = np.ones(len(table), dtype=bool)
+    for key, value in where.items():
+        mask &= table[key] == value
+    assert mask.sum() == 1, (where, mask.sum())
+    return table[mask].iloc[0]
+
+
+def test_pooled_and_per_fold_tables_by_hand(two_folds):
+    agg = aggregate_evaluations(two_folds, n_boot=300)
+    assert agg.settings == [SETTING] and agg.headline == "pearson_specific"
+    assert agg.runs[["label", "fold", "seed"]].values.tolist() == [
+        ["fold0_seed0", 0, 0],
+        ["fold1_seed0", 1, 0],
+    ]
+    sft = _row(agg.pooled, method="sft", kind="all", metric="pearson_specific")
+    assert sft["mean"] == pytest.approx(0.15)
+    assert sft["ci_low"] < 0.15 < sft["ci_high"]
+    assert (sft["n_perturbations"], sft["n_runs"], sft["method_type"]) == (6, 2, "model")
+    control = _row(agg.pooled, method="control", kind="all", metric="pearson_specific")
+    assert np.isnan(control["mean"]) and control["n_dropped"] == 6
+    sb = agg.pooled[agg.pooled["method"] == "split_half (Spearman-Brown)"]
+    assert "mae" not in set(sb["metric"]), "Spearman-Brown maps correlations, not errors"
+    folds = agg.per_fold[
+        (agg.per_fold["method"] == "sft")
+        & (agg.per_fold["kind"] == "all")
+        & (agg.per_fold["metric"] == "pearson_specific")
+    ]
+    assert folds["value"].tolist() == pytest.approx([0.2, 0.1])
+    assert set(folds["cell_context"]) == {"all"} and folds["n_perturbations"].tolist() == [3, 3]
+
+
+def test_paired_differences_rl_minus_sft_and_models_minus_best_baseline(two_folds):
+    agg = aggregate_evaluations(two_folds, n_boot=300)
+    paired = agg.paired[
+        (agg.paired["kind"] == "all") & (agg.paired["metric"] == "pearson_specific")
+    ]
+    assert paired["comparison"].tolist() == [
+        "grpo - sft",
+        "sft - best baseline (ridge)",
+        "grpo - best baseline (ridge)",
+    ]
+    rl = _row(paired, comparison="grpo - sft")
+    assert rl["mean_diff"] == pytest.approx(0.05)
+    assert rl["ci_low"] == pytest.approx(0.05) and rl["ci_high"] == pytest.approx(0.05)
+    base = _row(paired, comparison="sft - best baseline (ridge)")
+    assert base["mean_diff"] == pytest.approx(0.03) and base["n_perturbations"] == 6
+    # for an error metric the best baseline is the lowest
+    mae = agg.paired[(agg.paired["kind"] == "all") & (agg.paired["metric"] == "mae")]
+    assert "sft - best baseline (mean)" in set(mae["comparison"])
+    assert not higher_is_better("mae") and higher_is_better("pearson_specific")
+
+
+def test_spearman_brown_ceiling_not_applicable_baselines_and_flat_metrics(two_folds):
+    agg = aggregate_evaluations(two_folds, n_boot=300)
+    sb = _row(
+        agg.pooled,
+        method="split_half (Spearman-Brown)",
+        kind="all",
+        metric="discrimination_score_l1",
+    )
+    assert sb["mean"] == pytest.approx(1.0) and sb["method_type"] == "ceiling"
+    assert agg.not_applicable.values.tolist() == [[SETTING, "additive", "single"]]
+    flat = agg.flat_metrics
+    assert set(flat["metric"]) == {"discrimination_score_l1"} and set(flat["value"]) == {1.0}
+
+
+def test_seeds_of_one_fold_are_averaged_per_perturbation(tmp_path):
+    evals = {
+        f"fold0_seed{s}": write_eval_dir(tmp_path / f"s{s}", _fold_table(0, grpo_gain=gain))
+        for s, gain in ((0, 0.1), (1, 0.3))
+    }
+    agg = aggregate_evaluations(evals, n_boot=300)
+    rl = _row(agg.paired, comparison="grpo - sft", kind="all", metric="pearson_specific")
+    assert rl["mean_diff"] == pytest.approx(0.2) and rl["n_perturbations"] == 3
+    assert rl["ci_low"] == pytest.approx(0.2) and rl["ci_high"] == pytest.approx(0.2)
+    sft = _row(agg.pooled, method="sft", kind="all", metric="pearson_specific")
+    assert (sft["n_perturbations"], sft["n_runs"]) == (3, 2)
+
+
+def test_one_evaluation_gets_intervals_over_its_perturbations(two_folds):
+    agg = aggregate_evaluations({"demo": two_folds["fold0_seed0"]}, n_boot=300)
+    sft = _row(agg.pooled, method="sft", kind="all", metric="pearson_specific")
+    assert sft["mean"] == pytest.approx(0.2) and 0.1 <= sft["ci_low"] < sft["ci_high"] <= 0.3
+
+
+def test_fold_and_seed_from_the_manifest_win_over_the_label(tmp_path):
+    path = write_eval_dir(
+        tmp_path / "e", _fold_table(0), extra_manifest={"run": {"fold": 3, "seed": 7}}
+    )
+    agg = aggregate_evaluations({"fold0_seed0": path}, n_boot=50)
+    assert agg.runs[["fold", "seed"]].values.tolist() == [[3, 7]]
+
+
+def test_bad_inputs_get_one_clear_error(tmp_path, two_folds):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        aggregate_evaluations({"x": tmp_path / "missing"})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text(json.dumps({"format": "cellrlhf.dataset"}))
+    with pytest.raises(ValueError, match="not a `cellrlhf evaluate` output"):
+        aggregate_evaluations({"x": tmp_path / "other"})
+    with pytest.raises(ValueError, match="are both unseen_single \\(norman\\), fold 0, seed 0"):
+        aggregate_evaluations({"a": two_folds["fold0_seed0"], "b": two_folds["fold1_seed0"]})
+    with pytest.raises(ValueError, match=r"\['no_such'\] are in none.*pearson_specific"):
+        aggregate_evaluations(two_folds, metrics=["no_such"])
+    with pytest.raises(ValueError, match="at least one"):
+        aggregate_evaluations({})
+
+
+def test_write_read_round_trip_and_plots(tmp_path, two_folds):
+    agg = aggregate_evaluations(two_folds, n_boot=300, seed=4)
+    paths = write_aggregate(agg, tmp_path / "agg")
+    back = read_aggregate(tmp_path / "agg")
+    for name in ("per_fold", "pooled", "paired", "runs", "not_applicable", "flat_metrics"):
+        pd.testing.assert_frame_equal(
+            getattr(back, name), getattr(agg, name), check_dtype=False, obj=name
+        )
+    assert (back.headline, back.metrics, back.seed) == (agg.headline, agg.metrics, 4)
+    for key in (f"plot_pooled_{SETTING}", f"plot_paired_{SETTING}"):
+        assert paths[key].stat().st_size > 5000
+    verdict = json.loads(paths["verdict_json"].read_text())
+    assert verdict["settings"][0]["best_model"]["method"] == "grpo"
+    assert "GRPO improved held-out perturbation-specific fidelity over SFT by +0.05" in (
+        paths["verdict_md"].read_text()
+    )
+
+
+def test_cli_writes_the_aggregate_and_reports_bad_dirs(tmp_path, two_folds, caplog):
+    out = tmp_path / "agg"
+    argv = [a for label, p in two_folds.items() for a in ("--eval", f"{label}={p}")]
+    assert cli([*argv, "--out", str(out), "--n-boot", "200", "--metric", "pearson_specific"]) == 0
+    pooled = pd.read_csv(out / "pooled.csv")
+    assert set(pooled["metric"]) == {"pearson_specific"}
+    with caplog.at_level(logging.ERROR):
+        assert cli(["--eval", f"x={tmp_path / 'nope'}", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in caplog.text
+
+
+def test_verdict_lines_from_an_aggregate_dir_and_from_a_run_dir(tmp_path, two_folds):
+    lines = verdict_lines(tmp_path, n_boot=300)  # the run dir: aggregated on the fly
+    assert (
+        lines[0]
+        == f"{SETTING}: pearson_specific, 95% bootstrap intervals over held-out perturbations"
+    )
+    assert "best model" in lines[2] and "grpo" in lines[2]
+    assert any(
+        line.startswith("  - GRPO improved held-out perturbation-specific") for line in lines
+    )
+    write_aggregate(aggregate_evaluations(two_folds, n_boot=300), tmp_path / "aggregate")
+    assert verdict_lines(tmp_path) == verdict_lines(tmp_path / "aggregate") == lines
+    assert verdict_lines(tmp_path / "empty_nothing") == [
+        f"No evaluation found under {tmp_path / 'empty_nothing'}: no verdict."
+    ]
