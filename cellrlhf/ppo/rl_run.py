@@ -22,6 +22,8 @@ __all__ = [
     "build_heldout_monitor",
     "stage_info",
     "finish_run",
+    "resume_checkpoint",
+    "train_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class RLData:
 
 @dataclass
 class RLRun:
-    """A prepared RL run: train with ``run.trainer.train()``, then :func:`finish_run`.
+    """A prepared RL run: train with :func:`train_run`, then :func:`finish_run`.
 
     Attributes
     ----------
@@ -185,6 +187,45 @@ def stage_info(stage: str, sft_dir: Path, sft_info: dict, **extra) -> dict:
         "sft_model": str(sft_dir),
         **extra,
     }
+
+
+def resume_checkpoint(trainer) -> str | None:
+    """The checkpoint the run resumes from (``None``: from the start).
+
+    Like every training stage, a re-run resumes from the latest complete checkpoint of the output
+    directory unless ``--resume_from_checkpoint none`` (or ``--overwrite_output_dir``, where the
+    config has it) says to start over. A trainer whose ``train`` takes no checkpoint (TRL's PPO)
+    cannot resume: the log says that it starts at step 0.
+    """
+    import inspect
+
+    from cellrlhf.sft.checkpoints import list_checkpoints, resolve_resume_checkpoint
+
+    args = trainer.args
+    if "resume_from_checkpoint" not in inspect.signature(trainer.train).parameters:
+        if list_checkpoints(args.output_dir) or args.resume_from_checkpoint:
+            logger.warning(
+                "%s cannot resume from a checkpoint (TRL's trainer has none): training starts "
+                "at step 0 and the checkpoints in %s may be rotated away.",
+                type(trainer).__name__,
+                args.output_dir,
+            )
+        return None
+    return resolve_resume_checkpoint(
+        args.resume_from_checkpoint,
+        args.output_dir,
+        overwrite_output_dir=bool(getattr(args, "overwrite_output_dir", False)),
+        require_marker=False,
+    )
+
+
+def train_run(run: RLRun) -> None:
+    """Train, resuming from the latest complete checkpoint by default (:func:`resume_checkpoint`)."""
+    resume = resume_checkpoint(run.trainer)
+    if resume is None:
+        run.trainer.train()
+    else:
+        run.trainer.train(resume_from_checkpoint=resume)
 
 
 def finish_run(run: RLRun) -> dict:

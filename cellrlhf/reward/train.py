@@ -49,6 +49,13 @@ class CellRewardConfig(RewardConfig):
     Differences from TRL's defaults: ``bf16`` defaults to on only where a CUDA device is present.
     """
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over even when output_dir holds checkpoints (by default a run resumes "
+            "from the latest complete checkpoint there)."
+        },
+    )
     preferences_dir: str | None = field(
         default=None,
         metadata={
@@ -312,6 +319,7 @@ def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
     from trl import RewardTrainer
 
     from cellrlhf.reward.preferences import load_preference_pairs
+    from cellrlhf.sft.checkpoints import resolve_resume_checkpoint
     from cellrlhf.sft.model_dir import save_model_dir
 
     sft_dir = check_sft_model_dir(model_args.model_name_or_path)
@@ -376,7 +384,14 @@ def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
         peft_config=peft_config_for_reward(model_args),
     )
     check_kept_pairs(len(train), len(trainer.train_dataset), args.max_length)
-    trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
+    trainer.train(
+        resume_from_checkpoint=resolve_resume_checkpoint(
+            args.resume_from_checkpoint,
+            args.output_dir,
+            overwrite_output_dir=args.overwrite_output_dir,
+            require_marker=False,
+        )
+    )
 
     output_dir = Path(args.output_dir)
     if trainer.args.should_save:
@@ -418,15 +433,6 @@ def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
             )
     trainer.accelerator.wait_for_everyone()
     return result
-
-
-def _resume_value(value: str | bool | None) -> str | bool | None:
-    """``--resume_from_checkpoint``: a checkpoint path, or true/last/latest for the newest one."""
-    if value is None or value is False or str(value).strip().lower() in {"", "false", "no", "none"}:
-        return None
-    if value is True or str(value).strip().lower() in {"true", "last", "latest", "yes"}:
-        return True
-    return str(value)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,10 @@ sizes) and renamed to ``<output_dir>/checkpoint-N`` in one ``rename``. A run kil
 leaves at most a staging directory, which is never resumed from and is removed by the next run:
 ``checkpoint-N`` directories are always complete.
 
+A run resumes by default: when ``--resume_from_checkpoint`` is not given and the output
+directory holds a complete checkpoint, training continues from the latest one (and says so);
+``--resume_from_checkpoint none`` or ``--overwrite_output_dir`` start over.
+
 Resuming checks the marker again (every listed file present with its recorded size), so a
 checkpoint damaged later, or one copied half-way, is skipped with a warning when the latest is
 requested, and refused when named explicitly.
@@ -24,6 +28,7 @@ __all__ = [
     "CHECKPOINT_MARKER",
     "STAGING_DIRNAME",
     "LATEST_ALIASES",
+    "START_OVER",
     "CheckpointError",
     "write_checkpoint_marker",
     "checkpoint_problem",
@@ -39,6 +44,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_MARKER = "cellrlhf_checkpoint.json"
 STAGING_DIRNAME = ".staging"
 LATEST_ALIASES = {"true", "last", "latest", "yes", "1"}
+START_OVER = {"", "false", "no", "0", "none", "null"}
+TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -63,13 +70,28 @@ def write_checkpoint_marker(checkpoint: str | Path, *, step: int) -> Path:
     return marker
 
 
-def checkpoint_problem(checkpoint: str | Path) -> str | None:
-    """Why ``checkpoint`` cannot be resumed from, or ``None`` when it is complete."""
+def checkpoint_problem(checkpoint: str | Path, *, require_marker: bool = True) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or ``None`` when it is complete.
+
+    Parameters
+    ----------
+    checkpoint
+        A ``checkpoint-N`` directory.
+    require_marker
+        Checkpoints of cellrlhf's own trainer carry :data:`CHECKPOINT_MARKER`. Without it
+        (``False``: checkpoints written by a plain ``transformers`` / TRL trainer), a checkpoint
+        without a marker counts as complete when it holds ``trainer_state.json``, which the
+        Trainer writes last.
+    """
     root = Path(checkpoint)
     marker = root / CHECKPOINT_MARKER
     if not root.is_dir():
         return f"{root} is not a directory"
     if not marker.exists():
+        if not require_marker:
+            if (root / TRAINER_STATE).is_file():
+                return None
+            return f"{root} has no {TRAINER_STATE} (its save was interrupted)"
         return f"{root} has no {CHECKPOINT_MARKER} (its save was interrupted, or it was not written by cellrlhf)"
     try:
         files = json.loads(marker.read_text())["files"]
@@ -97,52 +119,100 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The highest-step complete checkpoint; incomplete ones are skipped with a warning."""
+def latest_complete_checkpoint(
+    output_dir: str | Path, *, require_marker: bool = True
+) -> Path | None:
+    """The highest-step complete checkpoint; incomplete ones are skipped with a warning.
+
+    The candidates are the ``checkpoint-N`` directories ``transformers``'
+    :func:`~transformers.trainer_utils.get_last_checkpoint` would consider, newest first, each
+    checked with :func:`checkpoint_problem`.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not Path(output_dir).is_dir() or get_last_checkpoint(str(output_dir)) is None:
+        return None
     for checkpoint in reversed(list_checkpoints(output_dir)):
-        problem = checkpoint_problem(checkpoint)
+        problem = checkpoint_problem(checkpoint, require_marker=require_marker)
         if problem is None:
             return checkpoint
         logger.warning("skipping checkpoint %s: %s", checkpoint.name, problem)
     return None
 
 
-def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path) -> str | None:
+def _is_start_over(value) -> bool:
+    return value is False or str(value).strip().lower() in START_OVER
+
+
+def _resuming(checkpoint: Path) -> str:
+    logger.info(
+        "resuming from %s (step %s); pass --resume_from_checkpoint none or "
+        "--overwrite_output_dir to start over",
+        checkpoint,
+        checkpoint.name.split("-")[-1],
+    )
+    return str(checkpoint)
+
+
+def resolve_resume_checkpoint(
+    value: str | bool | None,
+    output_dir: str | Path,
+    *,
+    overwrite_output_dir: bool = False,
+    require_marker: bool = True,
+) -> str | None:
     """Turn ``--resume_from_checkpoint`` into a checkpoint path (or ``None`` to start fresh).
 
     Parameters
     ----------
     value
-        ``None``/``""``/``false``: start fresh. ``true``/``last``/``latest``: the latest complete
-        checkpoint of ``output_dir`` (fresh start, with a warning, when there is none). A path:
-        that checkpoint, which must be complete.
+        ``None`` (the flag not given): the latest complete checkpoint of ``output_dir`` when
+        there is one (the log says so), else a fresh start. ``none``/``false``/``""``: start
+        fresh. ``true``/``last``/``latest``: the latest complete checkpoint (fresh start, with a
+        warning, when there is none). A path: that checkpoint, which must be complete.
     output_dir
         The run's output directory.
+    overwrite_output_dir
+        ``--overwrite_output_dir``: start fresh unless a checkpoint is named explicitly.
+    require_marker
+        See :func:`checkpoint_problem`.
 
     Raises
     ------
     CheckpointError
         When an explicitly named checkpoint is missing or incomplete.
     """
-    if (
-        value is None
-        or value is False
-        or str(value).strip().lower() in {"", "false", "no", "0", "none"}
-    ):
+    if value is None:
+        if overwrite_output_dir:
+            if list_checkpoints(output_dir):
+                logger.info("--overwrite_output_dir: starting over in %s", output_dir)
+            return None
+        latest = latest_complete_checkpoint(output_dir, require_marker=require_marker)
+        if latest is None:
+            if list_checkpoints(output_dir):
+                logger.warning(
+                    "no complete checkpoint in %s to resume from; training starts fresh.",
+                    output_dir,
+                )
+            return None
+        return _resuming(latest)
+    if _is_start_over(value):
         return None
     if value is True or str(value).strip().lower() in LATEST_ALIASES:
-        latest = latest_complete_checkpoint(output_dir)
+        latest = latest_complete_checkpoint(output_dir, require_marker=require_marker)
         if latest is None:
             logger.warning(
                 "no complete checkpoint in %s to resume from; training starts fresh.", output_dir
             )
             return None
-        logger.info("resuming from %s", latest)
-        return str(latest)
-    problem = checkpoint_problem(value)
+        return _resuming(latest)
+    problem = checkpoint_problem(value, require_marker=require_marker)
     if problem is not None:
+        parent = Path(value).parent
         latest = (
-            latest_complete_checkpoint(Path(value).parent) if Path(value).parent.is_dir() else None
+            latest_complete_checkpoint(parent, require_marker=require_marker)
+            if parent.is_dir()
+            else None
         )
         hint = f" The latest complete one is {latest}." if latest else ""
         raise CheckpointError(

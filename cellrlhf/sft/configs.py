@@ -130,6 +130,14 @@ class CellSFTConfig(SFTConfig):
     only) and ``bf16`` defaults to on only where a CUDA device is present.
     """
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over even when output_dir holds checkpoints (by default a run resumes "
+            "from the latest complete checkpoint there; --resume_from_checkpoint none does the "
+            "same as this flag)."
+        },
+    )
     assistant_only_loss: bool = field(
         default=True,
         metadata={

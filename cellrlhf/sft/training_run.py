@@ -4,8 +4,8 @@ Both stages share this flow (they differ in their data and defaults):
 
 1. open the dataset directory, load the training / evaluation splits;
 2. build the model and tokenizer (:mod:`cellrlhf.sft.model_factory`);
-3. train with :class:`~cellrlhf.sft.trainer.CellSFTTrainer` (TRL ``SFTTrainer``), resuming from a
-   checkpoint when asked;
+3. train with :class:`~cellrlhf.sft.trainer.CellSFTTrainer` (TRL ``SFTTrainer``), resuming from
+   the latest complete checkpoint of the output directory unless told to start over;
 4. evaluate (loss, perplexity, generation metrics) and save the model directory.
 """
 
@@ -82,7 +82,11 @@ def train_stage(
     )
 
     output_dir = Path(training_args.output_dir)
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    resume = resolve_resume_checkpoint(
+        training_args.resume_from_checkpoint,
+        output_dir,
+        overwrite_output_dir=training_args.overwrite_output_dir,
+    )
     bundle = build_model_and_tokenizer(
         model_args,
         training_args,

@@ -121,3 +121,96 @@ def test_death_during_a_save_leaves_no_checkpoint(tiny_data, tmp_path, monkeypat
         "checkpoint-6",
         "checkpoint-8",
     ]
+
+
+class _StopAt:
+    """A callback that stops training after ``step`` (a run cut short after a checkpoint)."""
+
+    def __new__(cls, step: int):
+        from transformers import TrainerCallback
+
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step >= step:
+                    control.should_training_stop = True
+
+        return Stop()
+
+
+class _FirstStep:
+    """Records the global step of the first optimizer step a run takes."""
+
+    def __new__(cls, seen: list):
+        from transformers import TrainerCallback
+
+        class First(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if not seen:
+                    seen.append(state.global_step)
+
+        return First()
+
+
+def _train_with(stage, argv, *callbacks):
+    from sft_helpers import parse
+
+    from cellrlhf.sft.training_run import train_stage
+
+    return train_stage(stage, *parse(stage, argv), callbacks=callbacks)
+
+
+def test_a_rerun_resumes_from_the_last_checkpoint_by_default(tiny_data, tmp_path, caplog):
+    out = tmp_path / "run"
+    run = ("--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2")
+    run = (*run, "--eval_generation_samples", "0")
+    argv = tiny_args("sft", tiny_data, out, *run)
+    stopped = _train_with("sft", argv, _StopAt(4))
+    assert stopped.trainer.state.global_step == 4
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+
+    seen: list[int] = []
+    with caplog.at_level("INFO", logger="cellrlhf.sft.checkpoints"):
+        resumed = _train_with("sft", argv, _FirstStep(seen))
+    assert seen == [5] and resumed.trainer.state.global_step == 6
+    assert f"resuming from {out / 'checkpoint-4'} (step 4)" in caplog.text
+    assert "--resume_from_checkpoint none or --overwrite_output_dir" in caplog.text
+    assert [p.name for p in list_checkpoints(out)] == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
+
+
+@pytest.mark.parametrize(
+    "start_over", [("--resume_from_checkpoint", "none"), ("--overwrite_output_dir",)]
+)
+def test_start_over_flags_train_from_step_zero(tiny_data, tmp_path, start_over, caplog):
+    out = tmp_path / "run"
+    run = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+    run = (*run, "--eval_generation_samples", "0")
+    _train_with("sft", tiny_args("sft", tiny_data, out, *run))
+    seen: list[int] = []
+    with caplog.at_level("INFO", logger="cellrlhf.sft.checkpoints"):
+        again = _train_with(
+            "sft", tiny_args("sft", tiny_data, out, *run, *start_over), _FirstStep(seen)
+        )
+    assert seen == [1] and again.trainer.state.global_step == 4
+    assert "resuming from" not in caplog.text
+
+
+def test_incomplete_checkpoints_are_skipped_by_the_default(tmp_path):
+    from cellrlhf.sft.checkpoints import resolve_resume_checkpoint, write_checkpoint_marker
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_text("x")
+    write_checkpoint_marker(tmp_path / "checkpoint-2", step=2)
+    assert resolve_resume_checkpoint(None, tmp_path) == str(tmp_path / "checkpoint-2")
+    assert resolve_resume_checkpoint("none", tmp_path) is None
+    assert resolve_resume_checkpoint(None, tmp_path, overwrite_output_dir=True) is None
+    # plain transformers checkpoints: complete when trainer_state.json was written
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    assert resolve_resume_checkpoint(None, tmp_path, require_marker=False) == str(
+        tmp_path / "checkpoint-4"
+    )
+    assert resolve_resume_checkpoint(None, tmp_path / "missing") is None
