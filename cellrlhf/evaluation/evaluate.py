@@ -147,8 +147,7 @@ def _context_evaluation(ctx, real_test, real_train, predictions, decoder, settin
 
 def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
     from cellrlhf.reward.comparison import SPLIT_HALF
-    from cellrlhf.reward.eval_report import combine, summary_table
-    from cellrlhf.reward.evaluate import summarize
+    from cellrlhf.reward.eval_report import combine, summarize_methods, summary_table
 
     metrics = pd.concat(
         [combine(evals).assign(cell_context=ctx) for ctx, evals in evaluations.items()],
@@ -158,9 +157,10 @@ def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
         summary_table(evals, spearman_brown_from=SPLIT_HALF).assign(cell_context=ctx)
         for ctx, evals in evaluations.items()
     ]
-    overall = summarize(metrics.drop(columns="cell_context"), by=("method",)).assign(
-        cell_context=ALL_CONTEXTS
-    )
+    # all contexts: the same means over every (context, perturbation), ceiling at full depth too
+    overall = summarize_methods(
+        metrics.drop(columns="cell_context"), spearman_brown_from=SPLIT_HALF
+    ).assign(cell_context=ALL_CONTEXTS)
     summary = pd.concat([overall, *per_context], ignore_index=True)
     summary.insert(1, "method_type", [method_type(m, models) for m in summary["method"]])
     lead = ["method", "method_type", "cell_context", "kind", "n_perturbations"]
@@ -191,7 +191,10 @@ def _markdown(summary, validity, manifest: dict, settings: EvalSettings, models,
         "control). Baselines learn from the training cells; `split_half` is the real-vs-real "
         "ceiling (Spearman-Brown: at full depth); `representation_decoder` is real cells through "
         "encode -> decode, the best any sentence model can do with this decoder. Model control "
-        "rows are the real control cells through the same decoder.",
+        "rows are the real control cells through the same decoder. `pearson_specific` scores "
+        "the change relative to the context's mean training change (the `mean` baseline scores "
+        "0 on it; a positive value is signal specific to the perturbation); definitions with "
+        "worked examples in docs/metrics.md.",
         "",
     ]
     for names in same:

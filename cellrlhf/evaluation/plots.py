@@ -10,7 +10,13 @@ import pandas as pd
 
 __all__ = ["BAR_METRICS", "plot_metric_bars", "plot_change_scatter", "plot_validity"]
 
-BAR_METRICS = ("pearson_delta", "discrimination_score_l1", "overlap_at_N", "mae")
+BAR_METRICS = (
+    "pearson_delta",
+    "pearson_specific",
+    "discrimination_score_l1",
+    "overlap_at_N",
+    "mae",
+)
 
 
 def _pyplot():

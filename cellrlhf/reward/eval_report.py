@@ -4,7 +4,10 @@
 
 - ``metrics.csv``: one row per (method, perturbation), every metric;
 - ``summary.csv``: mean per (method, kind) with ``kind`` in ``all`` / ``single`` / ``combo``;
-- ``metrics.md``: the summary as Markdown tables, one per kind, key metrics only;
+  with a split-half ceiling, a ``"<ceiling> (Spearman-Brown)"`` row maps every
+  correlation-like mean to full depth;
+- ``metrics.md``: the summary as Markdown tables, one per kind, key metrics only, followed by a
+  note wherever a method beats the ceiling (and why that happens);
 - ``metrics.png``: bars of the key metrics per method, one panel per metric, singles and
   combos side by side;
 - ``delta_scatter.png``: predicted vs real change from control for a few perturbations of one
@@ -22,19 +25,31 @@ import pandas as pd
 
 from cellrlhf.reward.evaluate import (
     KIND_ALL,
-    SPEARMAN_BROWN_METRICS,
     Evaluation,
+    is_correlation_metric,
     spearman_brown,
     summarize,
 )
 
-__all__ = ["KEY_METRICS", "combine", "summary_table", "write_report", "markdown_summary"]
+__all__ = [
+    "KEY_METRICS",
+    "combine",
+    "summarize_methods",
+    "summary_table",
+    "spearman_brown_name",
+    "is_ceiling",
+    "ceiling_notes",
+    "write_report",
+    "markdown_summary",
+]
 
 logger = logging.getLogger(__name__)
 
 KEY_METRICS = (
     "pearson_delta",
     "pearson_delta_top*",
+    "pearson_specific",
+    "pearson_specific_top*",
     "discrimination_score_l1",
     "overlap_at_N",
     "signed_overlap_at_N",
@@ -63,28 +78,118 @@ def combine(evaluations: Mapping[str, Evaluation]) -> pd.DataFrame:
     return table[["method", *[c for c in table.columns if c != "method"]]]
 
 
-def summary_table(
-    evaluations: Mapping[str, Evaluation], *, spearman_brown_from: str | None = None
+def spearman_brown_name(method: str) -> str:
+    """Name of the full-depth (Spearman-Brown) row of a split-half method."""
+    return f"{method} (Spearman-Brown)"
+
+
+def is_ceiling(method: str) -> bool:
+    """Whether a method name is a ceiling (split-half, representation), by its name."""
+    return method.startswith(("split_half", "representation_"))
+
+
+def summarize_methods(
+    table: pd.DataFrame, *, spearman_brown_from: str | None = None
 ) -> pd.DataFrame:
-    """Mean metrics per method and kind; optionally a Spearman-Brown row for a split-half method.
+    """Mean metrics per method and kind of a long table (a ``method`` column, as
+    :func:`combine` returns); optionally a Spearman-Brown row for a split-half method.
 
     ``spearman_brown_from`` names a split-half method: a row ``"<name> (Spearman-Brown)"`` is
-    added with its correlation-like means mapped to full depth (others NaN), as ``cell-eval``
-    reports its data ceiling.
+    added with every correlation-like mean
+    (:func:`~cellrlhf.reward.evaluate.is_correlation_metric`) mapped to full depth, ``2r / (1 +
+    r)``, and the other metrics NaN, as ``cell-eval`` reports its data ceiling.
     """
-    summary = summarize(combine(evaluations), by=("method",))
-    if spearman_brown_from is not None and spearman_brown_from in evaluations:
+    summary = summarize(table, by=("method",))
+    if spearman_brown_from is not None and (summary["method"] == spearman_brown_from).any():
         rows = summary[summary["method"] == spearman_brown_from].copy()
         for col in rows.columns:
             if col in ("method", "kind", "n_perturbations"):
                 continue
-            if col in SPEARMAN_BROWN_METRICS:
+            if is_correlation_metric(col):
                 rows[col] = spearman_brown(rows[col].to_numpy(dtype=float))
             else:
                 rows[col] = np.nan
-        rows["method"] = f"{spearman_brown_from} (Spearman-Brown)"
+        rows["method"] = spearman_brown_name(spearman_brown_from)
         summary = pd.concat([summary, rows], ignore_index=True)
     return summary
+
+
+def summary_table(
+    evaluations: Mapping[str, Evaluation], *, spearman_brown_from: str | None = None
+) -> pd.DataFrame:
+    """Mean metrics per method and kind (:func:`summarize_methods` of :func:`combine`)."""
+    return summarize_methods(combine(evaluations), spearman_brown_from=spearman_brown_from)
+
+
+_SHARED_CONTROL = (
+    "predicted and real changes share the same control mean, so on near-null perturbations the "
+    "average response correlates with any real change (the ceiling's halves have separate "
+    "controls); `pearson_specific` removes this shared part"
+)
+_NOISY_CEILING = (
+    "the ceiling is estimated from half of each perturbation's cells and is noisy with few "
+    "cells or near-null perturbations, so a method can exceed it by chance"
+)
+
+
+def _why(metric: str) -> str:
+    if metric.startswith("pearson_delta"):
+        return _SHARED_CONTROL
+    return _NOISY_CEILING
+
+
+def ceiling_notes(
+    summary: pd.DataFrame,
+    *,
+    ceiling: str | None = None,
+    metrics: Sequence[str] | None = None,
+) -> list[str]:
+    """One sentence per (method, metric) where a method scores above the ceiling, with why.
+
+    Parameters
+    ----------
+    summary
+        Rows of one cell context (``method``, ``kind`` and metric columns).
+    ceiling
+        The ceiling row's method (default: ``"split_half (Spearman-Brown)"`` when present,
+        else ``"split_half"``).
+    metrics
+        Columns to check (default: every correlation-like column); ``name*`` patterns allowed.
+    """
+    methods = set(summary["method"])
+    if ceiling is None:
+        ceiling = next(
+            (c for c in (spearman_brown_name("split_half"), "split_half") if c in methods), None
+        )
+    if ceiling is None or ceiling not in methods:
+        return []
+    columns = _resolve(metrics, list(summary.columns)) if metrics else list(summary.columns)
+    columns = [c for c in columns if is_correlation_metric(c)]
+    bound = summary[summary["method"] == ceiling].set_index("kind")
+    notes = []
+    for method in dict.fromkeys(summary["method"]):
+        if is_ceiling(method):
+            continue
+        rows = summary[summary["method"] == method].set_index("kind")
+        for metric in columns:
+            above = [
+                f"{kind} {_fmt(rows.at[kind, metric])} vs {_fmt(bound.at[kind, metric])}"
+                for kind in rows.index
+                if kind in bound.index
+                and np.isfinite(bound.at[kind, metric])
+                and rows.at[kind, metric] > bound.at[kind, metric]
+            ]
+            if not above:
+                continue
+            why = _why(metric)
+            if metric.startswith("pearson_delta") and "pearson_specific" in rows.columns:
+                specific = rows["pearson_specific"].get(KIND_ALL, np.nan)
+                why += f" ({method}: {_fmt(specific)})"
+            notes.append(
+                f"`{method}` exceeds the ceiling `{ceiling}` on `{metric}` "
+                f"({'; '.join(above)}): {why}."
+            )
+    return notes
 
 
 def _fmt(value) -> str:
@@ -95,8 +200,13 @@ def _fmt(value) -> str:
     return f"{float(value):.3f}"
 
 
-def markdown_summary(summary: pd.DataFrame, metrics: Sequence[str] = KEY_METRICS) -> str:
-    """Markdown tables (one per kind) of the key metrics, methods as rows."""
+def markdown_summary(
+    summary: pd.DataFrame, metrics: Sequence[str] = KEY_METRICS, *, notes: bool = True
+) -> str:
+    """Markdown tables (one per kind) of the key metrics, methods as rows.
+
+    With ``notes``, the tables are followed by :func:`ceiling_notes` on the metrics shown.
+    """
     cols = _resolve(metrics, list(summary.columns))
     lines: list[str] = []
     for kind in [
@@ -120,6 +230,9 @@ def markdown_summary(summary: pd.DataFrame, metrics: Sequence[str] = KEY_METRICS
             ]
             lines.append("| " + " | ".join(values) + " |")
         lines.append("")
+    above = ceiling_notes(summary, metrics=cols) if notes else []
+    if above:
+        lines += ["**Above the ceiling:**", "", *(f"- {note}" for note in above), ""]
     return "\n".join(lines)
 
 

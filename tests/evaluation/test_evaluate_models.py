@@ -85,3 +85,45 @@ def test_outputs_plots_predictions_and_manifest(evaluation, sim_dataset_dir):
     assert manifest["started"].endswith("Z") and manifest["seconds"] > 0
     for name in manifest["files"].values():
         assert (evaluation / name).exists()
+
+
+def _evaluation(rows):
+    import numpy as np
+
+    from cellrlhf.reward.evaluate import Evaluation
+
+    table = pd.DataFrame(
+        rows, columns=["perturbation", "kind", "pearson_delta", "pearson_specific"]
+    )
+    return Evaluation(table, {}, np.zeros((len(rows), 1)), np.zeros((len(rows), 1)), np.array([]))
+
+
+def test_all_contexts_summary_has_the_full_depth_ceiling_and_says_when_it_is_beaten():
+    from cellrlhf.evaluation.evaluate import _markdown, _summaries
+    from cellrlhf.evaluation.settings import EvalSettings
+
+    evaluations = {
+        "K562": {
+            "mean": _evaluation([("A", "single", 0.5, 0.0), ("B", "single", 0.5, 0.0)]),
+            "split_half": _evaluation([("A", "single", 0.2, 0.6), ("B", "single", 0.4, 0.4)]),
+        },
+        "RPE1": {
+            "mean": _evaluation([("C", "single", 0.1, 0.0)]),
+            "split_half": _evaluation([("C", "single", 0.6, 0.2)]),
+        },
+    }
+    _, summary = _summaries(evaluations, set(), pd.DataFrame())
+    s = summary.set_index(["cell_context", "method", "kind"])
+    ceiling = "split_half (Spearman-Brown)"
+    # all contexts: split-half means 0.4 and 0.4 over the 3 (context, perturbation) rows
+    assert s.loc[("all", ceiling, "all"), "pearson_delta"] == pytest.approx(0.8 / 1.4)
+    assert s.loc[("all", ceiling, "all"), "pearson_specific"] == pytest.approx(0.8 / 1.4)
+    assert s.loc[("K562", ceiling, "all"), "pearson_delta"] == pytest.approx(0.6 / 1.3)
+    assert s.loc[("RPE1", ceiling, "single"), "pearson_specific"] == pytest.approx(0.4 / 1.2)
+    assert s.loc[("all", ceiling, "all"), "method_type"] == "ceiling"
+    md = _markdown(summary, pd.DataFrame(), {"name": "x"}, EvalSettings(), [], [])
+    # K562: mean 0.5 > 0.462 on pearson_delta -> explained, not a contradiction; RPE1: below
+    k562 = md[md.index("## K562") : md.index("## RPE1")]
+    assert "`mean` exceeds the ceiling `split_half (Spearman-Brown)` on `pearson_delta`" in k562
+    assert "share the same control mean" in k562
+    assert "exceeds the ceiling" not in md[md.index("## RPE1") :]
