@@ -4,6 +4,7 @@
 
     cellrlhf data build --config configs/data/simulated.yaml [--out DIR] [--split KIND]
                         [--fold I] [--seed N] [--data-dir DIR] [--set section.key=value ...]
+    cellrlhf data init my.h5ad [--out my_data.yaml]
     cellrlhf data list
     cellrlhf data fetch perturbench_devel [--data-dir DIR]
     cellrlhf data check outputs/data/simulated
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    from cellrlhf.data.init_config import add_init_parser
+
+    add_init_parser(sub)
     sub.add_parser("list", help="list the registered public data sets")
 
     fetch = sub.add_parser("fetch", help="find or download a registered data set and verify it")
@@ -158,6 +162,10 @@ def cli(argv: list[str]) -> int:
     try:
         if args.command == "build":
             return _build(args)
+        if args.command == "init":
+            from cellrlhf.data.init_config import run_init
+
+            return run_init(args)
         if args.command == "list":
             from cellrlhf.data.registry import REGISTRY
 
