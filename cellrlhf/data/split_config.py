@@ -37,7 +37,8 @@ class SplitConfig:
         One of :data:`SPLIT_KINDS`.
     test_fraction
         ``random_cells``: share of each group's cells; ``unseen_single`` / ``unseen_combo`` /
-        ``unseen_pair``: share of the eligible units (at least one). Unused with ``folds``.
+        ``unseen_pair``: share of the eligible units (at least one; ``unseen_pair``: pairs of
+        single perturbations measured in >= 2 contexts). Unused with ``folds``.
     validation_fraction
         Share of the remaining training cells kept for validation.
     test_perturbations
@@ -66,8 +67,8 @@ class SplitConfig:
         pairs), or which.
     folds
         Rotate the held-out units (``unseen_single``: singles; ``unseen_combo``: combinations
-        whose singles are measured; ``unseen_pair``: pairs of perturbations measured in >= 2
-        contexts) over this many seeded folds; ``fold`` picks the one to build. Excludes named
+        whose singles are measured; ``unseen_pair``: pairs of single perturbations measured in
+        >= 2 contexts, each perturbation's pairs in different folds) over this many seeded folds; ``fold`` picks the one to build. Excludes named
         test or validation units.
     fold
         Which fold (0-based, default 0 when ``folds`` is set) holds its units out for test.

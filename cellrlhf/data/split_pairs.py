@@ -2,9 +2,11 @@
 
 A pair is written ``"PERT@CONTEXT"`` in configs and split manifests' fold lists (``"TP53@A172"``,
 ``"KLF1+MAP2K6@K562"``); configs also accept ``{perturbation: TP53, cell_context: A172}``.
-A pair is *eligible* when its perturbation is measured in at least two contexts, and a set of
-held-out pairs is *valid* when every perturbation it names stays trained in at least one
-context: the question is how a perturbation known elsewhere acts in a new context.
+A pair is *eligible* (drawn by ``test_fraction``, rotated over folds) when its perturbation is a
+single perturbation measured in at least two contexts; a combination measured in two contexts
+can still be named. A set of held-out pairs is *valid* when every perturbation it names stays
+trained in at least one context: the question is how a perturbation known elsewhere acts in a
+new context.
 """
 
 from __future__ import annotations
@@ -85,9 +87,19 @@ def contexts_by_perturbation(perts: np.ndarray, contexts: np.ndarray) -> dict[st
     return out
 
 
-def eligible_pairs(where: Mapping[str, set[str]]) -> list[Pair]:
-    """Pairs of the perturbations measured in at least two contexts, sorted."""
-    return sorted((p, c) for p, contexts in where.items() if len(contexts) >= 2 for c in contexts)
+def eligible_pairs(where: Mapping[str, set[str]], *, combos: bool = False) -> list[Pair]:
+    """Pairs of the perturbations measured in at least two contexts, sorted.
+
+    Single perturbations only unless ``combos``: a combination follows its singles (it is
+    excluded where a held-out single names its target), so drawing or rotating combination
+    pairs too would often leave a combination trained nowhere; name one in ``test_pairs``.
+    """
+    return sorted(
+        (p, c)
+        for p, contexts in where.items()
+        if len(contexts) >= 2 and (combos or "+" not in p)
+        for c in contexts
+    )
 
 
 def untrained_perturbations(held: Iterable[Pair], where: Mapping[str, set[str]]) -> list[str]:
@@ -188,8 +200,8 @@ def split_unseen_pair(assignment, data, rng: np.random.Generator) -> None:
     eligible = eligible_pairs(where)
     if not eligible:
         raise SplitError(
-            "unseen_pair needs perturbations measured in at least two cell contexts; this data "
-            "has none (each perturbation is in one context). Use unseen_single or unseen_context."
+            "unseen_pair needs single perturbations measured in at least two cell contexts; this "
+            "data has none. Use unseen_single or unseen_context."
         )
     if config.folds is not None:
         partition = fold_partition(
@@ -197,7 +209,7 @@ def split_unseen_pair(assignment, data, rng: np.random.Generator) -> None:
             config.folds,
             config.seed,
             group_of=lambda name: parse_pair(name)[0],
-            what="eligible pairs (perturbations in >= 2 contexts)",
+            what="eligible pairs (single perturbations in >= 2 contexts)",
             accept=lambda fold: not untrained_perturbations(map(parse_pair, fold), where),
         )
         assignment.fold_units = partition
@@ -233,7 +245,7 @@ def _named_pairs(names, where: dict[str, set[str]], key: str) -> list[Pair]:
     pairs = [parse_pair(n, key) for n in names]
     missing = [pair_name(p) for p in pairs if p[1] not in where.get(p[0], set())]
     if missing:
-        known = [pair_name(p) for p in eligible_pairs(where)]
+        known = [pair_name(p) for p in eligible_pairs(where, combos=True)]
         raise SplitError(
             f"{key} names {missing}, which are not measured (perturbation@context) in the data; "
             f"eligible pairs: {known[:30]}."

@@ -18,8 +18,9 @@ Split kinds
     Held-out (perturbation, cell context) pairs (``"MAPK1@A172"``): every cell of a test pair is
     in test, while that context's controls and other perturbations, and the same perturbation in
     its other contexts, stay in training: what does a perturbation measured in some lines do in
-    another? Eligible pairs are those of perturbations measured in >= 2 contexts, and every
-    held-out perturbation stays trained in at least one context. Combinations naming a held-out
+    another? Eligible pairs (drawn, rotated over folds) are those of single perturbations
+    measured in >= 2 contexts (a combination's pair can be named), and every held-out
+    perturbation stays trained in at least one context. Combinations naming a held-out
     single's target in that context follow ``combos_with_test_targets``.
 
 Validation takes ``validation_fraction`` of the remaining training cells at random within

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -391,3 +392,137 @@ def test_validation_perturbations_get_rl_prompts_and_stay_out_of_training(tmp_pa
     _plant_sft_chat_naming(built, target, copy)
     with pytest.raises(LeakageError, match="held-out validation target"):
         check_no_leakage(load_built_dataset(copy))
+
+
+# ------------------------------------------------------------------ unseen_pair, folds
+PAIR_SPLIT = {
+    "kind": "unseen_pair",
+    "folds": 3,  # 10 singles x 2 lines: 20 pairs, each single's 2 pairs in 2 different folds
+    "n_validation_pairs": 2,
+    "validation_fraction": 0.1,
+}
+
+
+@pytest.fixture(scope="module")
+def pair_fold_build(tmp_path_factory):
+    """Fold 1 of a 3-fold unseen_pair config on the simulator, built through the CLI."""
+    import yaml
+
+    from cellrlhf.data.cli import cli
+
+    root = tmp_path_factory.mktemp("pair")
+    config = root / "pair.yaml"
+    config.write_text(yaml.safe_dump(small_config(split=PAIR_SPLIT).to_dict()))
+    assert cli(["build", "--config", str(config), "--fold", "1", "--out", str(root / "f1")]) == 0
+    return root / "f1"
+
+
+def _pair_keys(dataset) -> set[tuple[str, str]]:
+    return set(zip(dataset["perturbation"], dataset["cell_context"], strict=True))
+
+
+def test_unseen_pair_fold_build(pair_fold_build):
+    built = load_built_dataset(pair_fold_build)
+    splits, manifest = built.splits, built.manifest
+    assert splits["kind"] == "unseen_pair" and splits["fold"] == 1 and splits["folds"] == 3
+    assert manifest["split"]["fold"] == 1 and manifest["split"]["folds"] == 3
+    test = {(r["perturbation"], r["cell_context"]) for r in splits["test_pairs"]}
+    validation = {(r["perturbation"], r["cell_context"]) for r in splits["validation_pairs"]}
+    assert manifest["split"]["test_pairs"] == splits["test_pairs"]
+    assert {f"{p}@{c}" for p, c in test} == set(splits["fold_units"][1])
+    assert len(validation) == 2 and not validation & test
+    # 20 single pairs over 3 folds: 6 or 7 test pairs, never two of one perturbation
+    assert len(test) in (6, 7) and len({p for p, _ in test}) == len(test)
+    assert sorted(len(f) for f in splits["fold_units"]) == [6, 7, 7]
+    assert all("+" not in p for p, _ in test)  # combinations follow their singles
+    rl_train, sft_train = _pair_keys(built.rl["train"]), _pair_keys(built.sft["train"])
+    assert _pair_keys(built.rl["test"]) == test
+    assert _pair_keys(built.rl["validation"]) == validation
+    assert not (test | validation) & (rl_train | sft_train)
+    # the same perturbation in its other line is trained on
+    assert {p for p, _ in test} <= {p for p, _ in rl_train}
+    summary = check_no_leakage(built)
+    assert summary["rl_rows"] > 0 and summary["pretrain_rows"] > 0
+
+
+def _plant_chat(built, copy, text: str, context: str, perturbation: str = "") -> None:
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    row = dict(built.sft["train"][0])
+    row.update(
+        messages=[{"role": "user", "content": text}],
+        perturbation=perturbation,
+        cell_context=context,
+        cell_ids=[],
+    )
+    train = concatenate_datasets(
+        [built.sft["train"], Dataset.from_list([row], features=built.sft["train"].features)]
+    )
+    sft = DatasetDict({**{k: built.sft[k] for k in built.sft}, "train": train})
+    _replace(sft, copy / "sft")
+
+
+def test_unseen_pair_leakage_check_catches_planted_leaks(pair_fold_build, tmp_path):
+    from datasets import Dataset, concatenate_datasets
+
+    splits = load_built_dataset(pair_fold_build).splits
+    pert, context = (splits["test_pairs"][0][k] for k in ("perturbation", "cell_context"))
+    other = next(
+        r["cell_context"]
+        for r in splits["groups"]["train"]
+        if r["perturbation"] == pert and r["cell_context"] != context
+    )
+    target = pert.split("+")[0]
+    cases = [
+        (f"<pert> {target} </pert> in {context}?", context, "", "held-out pair"),
+        ("a row", context, pert, f"held-out {pert!r} in {context!r}"),
+        (f"<pert> {target} </pert> in {other}?", other, "", None),  # other line: allowed
+        (f"<pert> {target} </pert> in {other}?", other, pert, None),
+    ]
+    val = splits["validation_pairs"][0]
+    cases.append(
+        (
+            f"<pert> {val['perturbation'].split('+')[0]} </pert>",
+            val["cell_context"],
+            "",
+            "held-out validation pair",
+        )
+    )
+    for i, (text, where, label, fragment) in enumerate(cases):
+        copy = tmp_path / f"leaky{i}"
+        shutil.copytree(pair_fold_build, copy)
+        _plant_chat(load_built_dataset(copy), copy, text, where, label)
+        if fragment is None:
+            check_no_leakage(load_built_dataset(copy))
+        else:
+            with pytest.raises(LeakageError, match=re.escape(fragment)):
+                check_no_leakage(load_built_dataset(copy))
+
+    # pretraining text: the context comes from its cell_context prefix
+    for where, leaks in ((context, True), (other, False)):
+        copy = tmp_path / f"pretrain-{where}"
+        shutil.copytree(pair_fold_build, copy)
+        built = load_built_dataset(copy)
+        text = f"cell_context: {where}; perturbation: <pert> {target} </pert>; <cell> A B </cell>"
+        planted = Dataset.from_dict(
+            {"text": [text], "cell_id": ["planted"]}, features=built.pretrain.features
+        )
+        _replace(concatenate_datasets([built.pretrain, planted]), copy / "pretrain")
+        if leaks:
+            with pytest.raises(LeakageError, match="pretrain row .* held-out pair"):
+                check_no_leakage(load_built_dataset(copy))
+        else:
+            check_no_leakage(load_built_dataset(copy))
+
+
+def test_fold_flag_needs_folds(tmp_path, capsys):
+    import yaml
+
+    from cellrlhf.data.cli import cli
+
+    config = tmp_path / "plain.yaml"
+    config.write_text(yaml.safe_dump(small_config().to_dict()))
+    assert cli(["build", "--config", str(config), "--fold", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--fold 1 needs a config with split.folds" in err and "Add split.folds: K" in err
+    assert not (tmp_path / "o").exists()
