@@ -7,9 +7,10 @@ logits processor that, at each step and for each sequence of the batch:
 
 - outside a cell (no ``<cell>`` since the last ``</cell>``, prompt included) does nothing;
 - inside an open cell allows only the measured genes' tokens not yet written in this cell,
-  ``</cell>``, and a single whitespace token between words (the cell tokenizer writes
-  ``" </cell>"`` as ``"▁"`` then ``</cell>``); everything else, the end of turn included, gets
-  ``-inf``. ``</cell>`` is always allowed, so a row never runs out of tokens.
+  ``</cell>`` once the cell has a gene, and a single whitespace token between words (the cell
+  tokenizer writes ``" </cell>"`` as ``"▁"`` then ``</cell>``); everything else, the end of
+  turn included, gets ``-inf``. A cell is never empty, and ``</cell>`` is allowed after its
+  first gene, so a row never runs out of tokens.
 
 The state is read from the whole ``input_ids`` at every step (prompt included, so a prompt that
 ends in ``<cell>`` continues an open cell) with tensor operations, which makes it correct for
@@ -19,10 +20,12 @@ It needs one token per gene: tokenizers of mode ``"gene_tokens"`` or ``"added_ge
 (:mod:`cellrlhf.cell2text.tokenizer`). For ``"genes_as_text"`` tokenizers (genes are several
 word pieces) it raises ``ValueError`` rather than silently doing nothing.
 
-Constrained decoding is for users and evaluation only. RL trainers (TRL PPO / GRPO / RLOO) must
-generate unconstrained: they recompute the policy's log-probabilities without the processor, so
-a constrained sample would be scored as if drawn from the unconstrained policy (biased
-importance ratios and KL), and the reward must see the policy's own mistakes to correct them.
+The same grammar gives the mask of every position of whole sequences at once
+(:meth:`CellSentenceConstraint.banned_after`), which RL uses to make the policy itself the
+constrained distribution (:mod:`cellrlhf.ppo.constrained_policy`): the mask is applied when
+sampling *and* when the trainer recomputes the log-probabilities of the policy, the old policy and
+the reference. Passing this processor to a trainer's ``generate`` alone would be wrong: the
+samples would be scored as if drawn from the unconstrained policy (biased ratios and KL).
 """
 
 from __future__ import annotations
@@ -132,21 +135,69 @@ class CellSentenceConstraint:
 
     def banned(self, input_ids, n_vocab: int):
         """``(batch, n_vocab)`` bool: the tokens each row may not write next."""
+        return self.banned_after(input_ids, n_vocab, 1)[:, 0]
+
+    def banned_after(self, input_ids, n_vocab: int, n_positions: int | None = None):
+        """The tokens banned after each of the last ``n_positions`` prefixes of every row.
+
+        Parameters
+        ----------
+        input_ids
+            ``(batch, length)`` token ids (prompt and completion, any padding).
+        n_vocab
+            Columns of the logits.
+        n_positions
+            How many prefixes, ending at positions ``length - n_positions .. length - 1``
+            (``None``: all ``length``). A causal LM's logits at position ``t`` predict token
+            ``t + 1``, so the mask of its last ``n`` logits is ``banned_after(ids, V, n)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, n_positions, n_vocab)`` bool, ``True`` where the token is banned after
+            the prefix ``input_ids[:, : t + 1]``: inside an open cell, genes already written in
+            it since its ``<cell>``, any token but a gene, ``</cell>`` or one whitespace
+            token, ``</cell>`` before the cell's first gene, and a whitespace token right after
+            another. Outside a cell, nothing.
+
+        Notes
+        -----
+        One pass of tensor operations, no loop over positions: a gene written at ``s`` is
+        banned for the prefixes ``t`` in ``[s, next <cell> after s)``; these ranges are added
+        into a difference array over the window and summed along positions.
+        """
         import torch
 
-        is_gene, allowed, is_space = self._vocab_masks(n_vocab, input_ids.device)
-        is_open, last_open = self.open_cells(input_ids)  # no host sync: stays on the device
-        batch = input_ids.shape[0]
+        batch, length = input_ids.shape
+        n = length if n_positions is None else int(n_positions)
+        if not 1 <= n <= length:
+            raise ValueError(f"n_positions={n_positions} for sequences of length {length}.")
+        device = input_ids.device
+        is_gene, allowed, is_space = self._vocab_masks(n_vocab, device)
+        first = length - n
         ids = input_ids.clamp(min=0, max=n_vocab - 1)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        in_span = positions[None, :] > last_open[:, None]
-        used = (in_span & is_gene[ids]).to(torch.int32)
-        counts = torch.zeros((batch, n_vocab), dtype=torch.int32, device=input_ids.device)
-        banned = counts.scatter_add_(1, ids, used) > 0  # genes already in this cell
-        banned |= ~allowed[None, :]
-        after_space = is_space[ids[:, -1]]
-        banned |= after_space[:, None] & is_space[None, :]  # one separator between words
-        return banned & is_open[:, None]
+        positions = torch.arange(length, device=device).expand(batch, length)
+        opens = input_ids == self.cell_start_id
+        last_open = torch.where(opens, positions, -1).cummax(dim=1).values
+        last_close = torch.where(input_ids == self.cell_end_id, positions, -1).cummax(dim=1).values
+        is_open = (last_open > last_close)[:, first:]
+        # first <cell> strictly after each position (length where none)
+        open_at = torch.where(opens, positions, length)
+        next_open = open_at.flip(1).cummin(dim=1).values.flip(1)
+        next_open = torch.cat([next_open[:, 1:], next_open.new_full((batch, 1), length)], dim=1)
+        # each gene bans itself for the prefixes [s, next_open(s)) (window coordinates)
+        lo = (positions - first).clamp(min=0)
+        hi = (next_open - first).clamp(min=0, max=n)
+        weight = (is_gene[ids] & (hi > lo)).to(torch.int32)
+        diff = torch.zeros((batch, (n + 1) * n_vocab), dtype=torch.int32, device=device)
+        diff.scatter_add_(1, lo * n_vocab + ids, weight)
+        diff.scatter_add_(1, hi * n_vocab + ids, -weight)
+        used = diff.view(batch, n + 1, n_vocab)[:, :n].cumsum(dim=1, dtype=torch.int32) > 0
+        after_space = is_space[ids[:, first:]]
+        banned = used | ~allowed[None, None, :]
+        banned[:, :, self.cell_end_id] |= ~used.any(dim=-1)  # a cell has at least one gene
+        banned |= after_space[:, :, None] & is_space[None, None, :]  # one separator between words
+        return banned & is_open[:, :, None]
 
     def __call__(self, input_ids, scores):
         banned = self.banned(input_ids, scores.shape[-1])

@@ -148,6 +148,17 @@ class CellRLScriptArguments(ScriptArguments):
         default=0.0,
         metadata={"help": "An evaluation is better only when fidelity rises by more than this."},
     )
+    constrain_cells: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the constrained policy: inside <cell> ... </cell> only measured genes not yet "
+            "written in the cell, or </cell> (the grammar of `chat --constrain-cells`), applied when "
+            "sampling and in every log-probability (policy, old policy, reference), so RL optimises "
+            "exactly the constrained distribution and every sampled cell is valid. Needs gene "
+            "tokens. Off by default: the saved policy is then a model whose own samples are valid "
+            "or not; with it on, sample the result with the constraint (chat --constrain-cells)."
+        },
+    )
     select_best: bool = field(
         default=True,
         metadata={

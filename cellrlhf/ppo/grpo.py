@@ -83,6 +83,7 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
     from cellrlhf.ppo.prompt_tokenization import check_rl_tokenizer
     from cellrlhf.ppo.reward_functions import build_reward_functions
     from cellrlhf.ppo.rl_run import RLRun, build_heldout_monitor, open_rl_data, stage_info
+    from cellrlhf.ppo.sample_checks import SampleChecks
     from cellrlhf.sft.model_dir import run_config_dict
 
     expected = CellGRPOConfig if script_args.trainer == "grpo" else CellRLOOConfig
@@ -143,6 +144,16 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
         output_dir=training_args.output_dir,
     )
     trainer_cls = CellGRPOTrainer if script_args.trainer == "grpo" else CellRLOOTrainer
+    cell_constraint = None
+    if script_args.constrain_cells:
+        from cellrlhf.ppo.constrained_policy import policy_cell_constraint
+
+        cell_constraint = policy_cell_constraint(tokenizer, data.dataset.vocab())
+    checks = SampleChecks(
+        data.decoder,
+        budget=training_args.max_completion_length,
+        end_ids=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+    )
     logger.info(
         "%s on %d prompts x %d generations (%d held out in rl/%s), rewards %s%s",
         script_args.trainer.upper(),
@@ -165,6 +176,8 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
         phase_timer=PhaseTimer(),
         monitor_reference_model=monitor_reference,
         monitor_reward_model=monitor_reward,
+        cell_constraint=cell_constraint,
+        sample_checks=checks,
     )
     if monitor is not None:
         monitor.bind(trainer)
@@ -176,6 +189,7 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
         reward_weights=training_args.reward_weights,
         reward_model=script_args.reward_model_path,
         trained_with="lora" if peft_config is not None else "full",
+        constrain_cells=bool(script_args.constrain_cells),
     )
     run_config = run_config_dict(script_args.trainer, script_args, training_args, model_args)
     return RLRun(trainer, monitor, script_args, run_config, sft_dir, data, info)

@@ -16,6 +16,12 @@ Timing (see :mod:`cellrlhf.ppo.phase_timing`), with exclusive phases around TRL'
 A step spans ``on_step_begin`` to ``on_step_end`` of one optimizer step (all its gradient
 accumulation micro-steps); the held-out monitor runs after the step is closed, so its time is
 not counted. Mean timings since the previous log are added to each training log line.
+
+With a ``cell_constraint`` the policy is the constrained distribution
+(:mod:`cellrlhf.ppo.constrained_policy`): generation runs under the cell grammar and every
+log-probability TRL computes (policy, old policy, reference) uses the same masked logits. With
+``sample_checks`` (:class:`~cellrlhf.ppo.sample_checks.SampleChecks`) each generation step logs
+``cells/fully_valid_fraction`` and ``cells/budget_hit_fraction`` and warns on cut answers.
 """
 
 from __future__ import annotations
@@ -58,6 +64,11 @@ class _CellRLMixin:
         full fine-tuning); prepared here for the accelerator.
     monitor_reward_model
         Learned reward model scored by the monitor when it is not one of the reward functions.
+    cell_constraint
+        A :class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint`: train the
+        constrained policy (``None``: the unconstrained one).
+    sample_checks
+        A :class:`~cellrlhf.ppo.sample_checks.SampleChecks` run on every generation step.
     """
 
     def __init__(
@@ -66,12 +77,23 @@ class _CellRLMixin:
         phase_timer: PhaseTimer | None = None,
         monitor_reference_model=None,
         monitor_reward_model=None,
+        cell_constraint=None,
+        sample_checks=None,
         **kwargs,
     ) -> None:
         self.phase_timer = phase_timer or PhaseTimer()
+        self.cell_constraint = cell_constraint
+        self.sample_checks = sample_checks
         # first callback: the step is closed before any other callback (the monitor) runs
         kwargs["callbacks"] = [_StepBoundaries(self.phase_timer), *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
+        if cell_constraint is not None and getattr(
+            self, "use_transformers_continuous_batching", False
+        ):
+            raise ValueError(
+                "constrain_cells needs transformers' generate (continuous batching takes no logits "
+                "processor); turn one of them off."
+            )
         self._monitor_reference_model = self._prepare_frozen(monitor_reference_model)
         self._monitor_reward_model = self._prepare_frozen(monitor_reward_model)
 
@@ -95,13 +117,35 @@ class _CellRLMixin:
         # tokens: rewards (and the reward model, trained on marked answers) read them.
         completion_ids = result[1]
         index = self._completions_index
+        texts = [self._answer_text(ids) for ids in completion_ids]
         result[index] = [
-            [{"role": "assistant", "content": self._answer_text(ids)}]
-            if isinstance(completion, list)
-            else self._answer_text(ids)
-            for completion, ids in zip(result[index], completion_ids, strict=True)
+            [{"role": "assistant", "content": text}] if isinstance(completion, list) else text
+            for completion, text in zip(result[index], texts, strict=True)
         ]
+        if self.sample_checks is not None:
+            mode = "train" if self.model.training else "eval"
+            for name, value in self.sample_checks(texts, completion_ids).items():
+                self._metrics[mode][name].append(value)
         return tuple(result)
+
+    # ------------------------------------------------------------------ constrained policy
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        if self.cell_constraint is None:
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        from transformers import LogitsProcessorList
+
+        from cellrlhf.ppo.constrained_policy import constrained_generation
+
+        policy = self.accelerator.unwrap_model(self.model_wrapped)
+        with constrained_generation(policy, LogitsProcessorList([self.cell_constraint])):
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        if self.cell_constraint is not None:
+            from cellrlhf.ppo.constrained_policy import ConstrainedLM
+
+            model = ConstrainedLM(model, self.cell_constraint)
+        return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     def _answer_text(self, ids) -> str:
         from cellrlhf.ppo.heldout_generation import answer_text

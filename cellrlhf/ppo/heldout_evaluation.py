@@ -133,6 +133,7 @@ def score_heldout_samples(
     distance
         ``"energy"`` or ``"mmd"``.
     """
+    from cellrlhf.ppo.sample_checks import fully_valid_cells
     from cellrlhf.reward.fidelity_reward import GroupFidelityReward
     from cellrlhf.reward.metrics import pearson_delta, pearson_delta_top_k
 
@@ -160,7 +161,7 @@ def score_heldout_samples(
     )
 
     # fidelity: cell-eval's pearson_delta on each prompt's pseudo-bulk
-    X, _ = decoder.decode(texts)
+    X, report = decoder.decode(texts)
     X = X.tocsr()
     pred = np.vstack([np.asarray(X[codes == i].mean(axis=0)).ravel() for i in range(len(prompts))])
     pred_ctrl = np.vstack([p.decoded_control for p in prompts])
@@ -188,6 +189,7 @@ def score_heldout_samples(
     ):
         if key in m:
             metrics[f"heldout/{key}"] = float(m[key])
+    metrics["heldout/fully_valid_fraction"] = float(fully_valid_cells(report).mean())
     first = np.searchsorted(codes, np.arange(len(prompts)))
     group_distance = np.asarray(breakdown.group_distribution, dtype=np.float64)[first]
     metrics[f"heldout/{distance}_to_real"] = _nanmean(group_distance)

@@ -6,6 +6,9 @@ cut after the first end token, and scored under the policy and the frozen refere
 Monte-Carlo estimate of ``KL(policy || reference)`` (``mean log pi - log pi_ref`` over the
 sampled answers, on temperature-scaled logits as TRL computes its KL term).
 
+With a ``constraint`` (a constrained policy, :mod:`cellrlhf.ppo.constrained_policy`) answers
+are sampled under the cell grammar and scored with the same masked logits.
+
 The caller places the models (accelerate); sampling runs in a forked RNG so the training
 random streams are untouched.
 """
@@ -68,6 +71,7 @@ def sample_answers(
     seed: int,
     device,
     progress: bool = False,
+    constraint=None,
 ) -> SampledAnswers:
     """Sample one answer for every entry of ``items`` (an index into ``prompt_ids``).
 
@@ -91,10 +95,13 @@ def sample_answers(
         Where the inputs go (the model's device).
     progress
         Show a progress bar.
+    constraint
+        A :class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint` to sample
+        under (``None``: unconstrained).
     """
     import torch
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     if temperature <= 0:
         raise ValueError(f"temperature={temperature}; sampling needs a temperature > 0.")
@@ -126,6 +133,7 @@ def sample_answers(
                     input_ids=ids.to(device),
                     attention_mask=mask.to(device),
                     generation_config=config,
+                    logits_processor=LogitsProcessorList([constraint] if constraint else []),
                 )
                 for row in out[:, ids.shape[1] :].tolist():
                     cut = next((k for k, t in enumerate(row) if t in stop), None)
@@ -147,13 +155,18 @@ def answer_logprobs(
     temperature: float,
     batch_size: int,
     device,
+    constraint=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probability of each answer given its prompt, and its number of tokens.
 
     Logits are divided by ``temperature`` (the distribution the answers were sampled from).
-    Positions follow the attention mask, so left-padded prompts score as unpadded ones.
+    Positions follow the attention mask, so left-padded prompts score as unpadded ones. With a
+    ``constraint`` the logits are those of the constrained policy
+    (:func:`~cellrlhf.ppo.constrained_policy.masked_logits`).
     """
     import torch
+
+    from cellrlhf.ppo.constrained_policy import masked_logits
 
     items = np.asarray(items, dtype=np.int64)
     total = np.zeros(len(items), dtype=np.float64)
@@ -174,6 +187,8 @@ def answer_logprobs(
                 mask = torch.cat([pmask, amask], dim=1).to(device)
                 position_ids = (mask.cumsum(1) - 1).clamp(min=0)
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+                if constraint is not None:
+                    logits = masked_logits(constraint, ids, logits)
                 width = prompts.shape[1]
                 logits = logits[:, width - 1 : -1].float() / float(temperature)
                 logp = torch.log_softmax(logits, dim=-1)

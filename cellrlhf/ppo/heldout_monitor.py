@@ -234,6 +234,7 @@ class HeldoutMonitor(TrainerCallback):
         device = accelerator.device
         seed = s.seed + 100_003 * accelerator.process_index
         reward_model = self.trainer.monitor_reward_model()
+        constraint = getattr(self.trainer, "cell_constraint", None)  # the constrained policy
         with self.trainer.monitor_policy() as policy:
             sampled = sample_answers(
                 policy,
@@ -246,12 +247,14 @@ class HeldoutMonitor(TrainerCallback):
                 batch_size=s.batch_size,
                 seed=seed,
                 device=device,
+                constraint=constraint,
             )
             common = {
                 "pad_token_id": tok.pad_token_id,
                 "temperature": s.temperature,
                 "batch_size": s.batch_size,
                 "device": device,
+                "constraint": constraint,
             }
             policy_lp, lengths = answer_logprobs(
                 policy, self.prompt_ids, items, sampled.completion_ids, **common

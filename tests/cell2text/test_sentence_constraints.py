@@ -58,7 +58,9 @@ def _reference_banned(tok, constraint, row: list[int], n_vocab: int) -> set[int]
             used.add(token)
     if not open_:
         return set()
-    allowed = (set(constraint.gene_ids) - used) | {constraint.cell_end_id}
+    allowed = set(constraint.gene_ids) - used
+    if used:  # a cell closes only after its first gene
+        allowed.add(constraint.cell_end_id)
     if row[-1] not in constraint.space_ids:
         allowed |= set(constraint.space_ids)
     return set(range(n_vocab)) - allowed
@@ -93,7 +95,7 @@ def test_exact_masks_on_a_left_padded_batch(tok, constraint):
         set(range(n_vocab)),
         {gene[g] for g in GENES if g not in ("CD3E", "NKG7")} | {end, *constraint.space_ids},
         set(gene.values()) - {gene["LYZ"]} | {end},
-        set(gene.values()) | {end, *constraint.space_ids},
+        set(gene.values()) | set(constraint.space_ids),  # no empty cell: </cell> not yet
         set(range(n_vocab)),
     ]
     for r, keep in enumerate(allowed):
@@ -147,6 +149,32 @@ def test_banned_matches_the_rule(tok, constraint, rows):
     for r, row in enumerate(id_rows):
         got = set(torch.nonzero(banned[r]).ravel().tolist())
         assert got == _reference_banned(tok, constraint, row, len(tok))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(st.lists(_ALPHABET, min_size=1, max_size=14), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_banned_after_every_prefix_matches_the_rule(tok, constraint, rows, data):
+    """The whole-sequence mask (RL log-probabilities) equals the per-step rule at every position."""
+    id_rows = [[_id(tok, t) for t in r] for r in rows]
+    input_ids = _batch(tok, id_rows)
+    length = input_ids.shape[1]
+    n = data.draw(st.integers(1, length))
+    banned = constraint.banned_after(input_ids, len(tok), n)
+    assert banned.shape == (len(rows), n, len(tok))
+    for r in range(len(rows)):
+        full = input_ids[r].tolist()
+        for k, t in enumerate(range(length - n, length)):
+            got = set(torch.nonzero(banned[r, k]).ravel().tolist())
+            assert got == _reference_banned(tok, constraint, full[: t + 1], len(tok)), (r, t)
+
+
+def test_banned_after_checks_the_window(tok, constraint):
+    ids = torch.tensor([_ids(tok, "<cell> CD3E")])
+    with pytest.raises(ValueError, match="n_positions"):
+        constraint.banned_after(ids, len(tok), ids.shape[1] + 1)
 
 
 # ---------------------------------------------------------------------------- generation

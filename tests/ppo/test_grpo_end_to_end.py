@@ -135,3 +135,39 @@ def test_rloo_with_a_weighted_mix_of_rewards(
     info = json.loads((tmp_path / "rloo" / "cellrlhf.json").read_text())
     assert info["stage"] == "rloo" and info["reward_weights"] == [1.0, 0.5]
     assert summary["last_step"] == 2
+
+
+def test_constrained_policy_samples_only_valid_cells_and_logs_validity(
+    tmp_path, rl_dataset_dir, sft_model_dir, grpo
+):
+    """constrain_cells: every cell sampled in training and by the monitor is valid; KL at the
+    start is 0 (the reference is scored under the same mask)."""
+    run, summary, _ = run_rl(
+        tmp_path / "constrained",
+        rl_dataset_dir,
+        sft_model_dir,
+        "--constrain_cells",
+        "true",
+        "--max_completion_length",
+        "32",
+        "--max_steps",
+        "2",
+    )
+    assert run.trainer.cell_constraint is not None
+    rows = train_logs(run)
+    assert len(rows) == 2
+    for row in rows:
+        assert math.isfinite(row["loss"]) and math.isfinite(row["kl"])
+        assert row["cells/budget_hit_fraction"] == 0.0
+        assert row["cells/fully_valid_fraction"] == 1.0
+        assert row["group_fidelity/duplicate_fraction"] == 0.0
+    heldout = [row for row in run.trainer.state.log_history if "heldout/kl" in row]
+    assert heldout[0]["heldout/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert all(row["heldout/fully_valid_fraction"] == 1.0 for row in heldout)
+    assert all(row["heldout/duplicate_fraction"] == 0.0 for row in heldout)
+    info = json.loads((tmp_path / "constrained" / "cellrlhf.json").read_text())
+    assert info["constrain_cells"] is True
+    # the unconstrained run logs the same validity metrics (its own, below 1 or not)
+    free = train_logs(grpo[0])
+    assert all(0.0 <= row["cells/fully_valid_fraction"] <= 1.0 for row in free)
+    assert json.loads((grpo[3] / "cellrlhf.json").read_text())["constrain_cells"] is False
