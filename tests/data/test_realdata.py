@@ -82,3 +82,63 @@ def test_pbmc68k_cell_types(tmp_path, monkeypatch):
     assert set(built.sft["train"]["task"]) == {"cell_annotation", "cell_generation"}
     assert len(set(built.sft["test"]["cell_context"])) >= 8
     assert built.rl is None and "rl" not in result.manifest["counts"]
+
+
+FOLD_LIMITS = [
+    "progress=false",
+    "sft.tasks.perturbation_response.max_examples=200",
+    "sft.tasks.perturbation_response.max_eval_examples=50",
+    "pretrain.max_cells=500",
+    "decoder.max_cells=2000",
+    "de.method=welch",
+]
+
+
+def _pairs(records) -> set[tuple[str, str]]:
+    return {(r["perturbation"], r["cell_context"]) for r in records}
+
+
+@pytest.mark.parametrize(
+    "name", ["mcfaline_unseen_pair", "norman_unseen_single_folds", "norman_unseen_combo_folds"]
+)
+def test_fold_configs_build_fold_0(real_data_dir, tmp_path, name):
+    config = load_config(CONFIG.with_name(f"{name}.yaml"), FOLD_LIMITS)
+    result = build_datasets(config, out_dir=tmp_path / name, data_dir=real_data_dir)
+    built = load_built_dataset(result.path)
+    check_no_leakage(built)
+    splits = built.splits
+    assert splits["fold"] == 0 and splits["folds"] == config.split.folds
+    units = [u for fold in splits["fold_units"] for u in fold]
+    assert len(units) == len(set(units))
+    rl = built.rl["train"]
+    rl_train = set(zip(rl["perturbation"], rl["cell_context"], strict=True))
+    if name == "mcfaline_unseen_pair":
+        assert set(built.manifest["cell_contexts"]) == {"A172", "T98G", "U87MG"}
+        assert len(units) == 27  # 9 kinase targets x 3 lines
+        test, validation = _pairs(splits["test_pairs"]), _pairs(splits["validation_pairs"])
+        assert {f"{p}@{c}" for p, c in test} == set(splits["fold_units"][0])
+        assert len(test) == 9 and len({p for p, _ in test}) == 9  # one line per target
+        assert len(validation) == 3 and not validation & test
+        assert not (test | validation) & rl_train
+        # every held-out target is trained in another line
+        assert {p for p, _ in test | validation} <= {p for p, _ in rl_train}
+        assert {(r["perturbation"], r["cell_context"]) for r in built.rl["test"]} == test
+        assert built.rl["validation"].num_rows == 3
+    elif name == "norman_unseen_single_folds":
+        assert sorted(len(f) for f in splits["fold_units"]) == [3] * 6  # 18 singles
+        assert splits["test_perturbations"] == splits["fold_units"][0]
+        assert len(splits["validation_perturbations"]) >= 2
+        held = set(splits["test_targets"]) | set(splits["validation_targets"])
+        assert not {t for p, _ in rl_train for t in p.split("+")} & held
+    else:
+        assert sorted(u for fold in splits["fold_units"] for u in fold) == [
+            "KLF1+MAP2K6",
+            "KLF1+TGFBR2",
+            "MAP2K3+MAP2K6",
+            "MAP2K3+SLC38A2",
+            "MAPK1+TGFBR2",
+        ]
+        (combo,) = splits["test_perturbations"]
+        assert combo == splits["fold_units"][0][0]
+        assert len(splits["validation_perturbations"]) == 2
+        assert set(combo.split("+")) <= {p for p, _ in rl_train}  # its singles are trained
