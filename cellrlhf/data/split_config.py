@@ -155,12 +155,8 @@ class SplitConfig:
             )
         if self.folds < 2:
             raise SplitError(f"split.folds must be >= 2, got {self.folds}.")
-        named = [
-            k
-            for k in ("test_perturbations", "test_pairs", "validation_perturbations")
-            + _PAIR_KEYS[1:]
-            if getattr(self, k) is not None
-        ]
+        named_keys = ("test_perturbations", "test_pairs", "validation_perturbations")
+        named = [k for k in named_keys + ("validation_pairs",) if getattr(self, k) is not None]
         if named:
             raise SplitError(
                 f"split.folds rotates the held-out units itself, so it cannot be combined with "
