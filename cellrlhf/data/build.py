@@ -398,8 +398,26 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
         rl_skipped=prep.rl_skipped,
     )
     manifest["source"]["n_cells_dropped_no_expression"] = prep.n_empty_dropped
+    if config.rl.enabled:
+        manifest["answer_budget"] = _answer_budget(config, rl)
     (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _answer_budget(config: DataBuildConfig, rl: dict) -> dict:
+    """The RL answer budget the training cells need (gene tokens), checked against the plan."""
+    from cellrlhf.cell2text.answer_budget import check_answer_budget, gene_token_lengths
+
+    words = [len(s.split()) for row in rl.get("train", []) for s in row["reference_sentences"]]
+    if not words:
+        return {}
+    lengths = gene_token_lengths(words)
+    planned = config.rl.answer_budget
+    check = check_answer_budget(
+        lengths, planned or 0, max_cut=1.0 if planned is None else 0.01, where="data build"
+    )
+    logger.info("RL answers need up to %d tokens with gene tokens (99%%)", check.fits_budget)
+    return {**check.to_dict(), "budget": planned, "estimate": "gene tokens: genes + 4"}
 
 
 def _task_counts(rows: list[dict]) -> dict[str, int]:

@@ -255,6 +255,9 @@ class RLConfig:
         Groups with fewer perturbed cells in a split get no prompt (logged).
     max_control_cells
         Control cells encoded and decoded for ``decoded_control``.
+    answer_budget
+        The RL answer budget you plan (``max_completion_length``); the build warns when it
+        cuts more than 1 % of the training cells (gene-token estimate) and says what fits.
     """
 
     enabled: bool = True
@@ -263,6 +266,7 @@ class RLConfig:
     n_reference_sentences: int = 64
     min_cells: int = 20
     max_control_cells: int = 2048
+    answer_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODES:

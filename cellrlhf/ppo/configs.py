@@ -318,8 +318,19 @@ class CellPPOConfig(PPOConfig):
 class CellGRPOConfig(GRPOConfig):
     """Training arguments of ``grpo --trainer grpo``: TRL's :class:`~trl.GRPOConfig`.
 
-    Differences from TRL's defaults: ``bf16`` is on only where CUDA is.
+    Differences from TRL's defaults: ``bf16`` is on only where CUDA is; the answer budget
+    ``max_completion_length`` is derived from the data when unset.
     """
+
+    max_completion_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Answer budget in new tokens. Unset: derived from the data's cells (99th percentile of "
+            "the training perturbations' real cells written as answers, markup and end token "
+            "included), recorded in cellrlhf.json. A set budget that cuts more than 1 percent of those "
+            "cells is warned about at RL start, with the budget that would fit."
+        },
+    )
 
     def __post_init__(self) -> None:
         _auto_bf16(self)
@@ -330,8 +341,19 @@ class CellGRPOConfig(GRPOConfig):
 class CellRLOOConfig(RLOOConfig):
     """Training arguments of ``grpo --trainer rloo``: TRL's :class:`~trl.RLOOConfig`.
 
-    Differences from TRL's defaults: ``bf16`` is on only where CUDA is.
+    Differences from TRL's defaults: ``bf16`` is on only where CUDA is; the answer budget
+    ``max_completion_length`` is derived from the data when unset.
     """
+
+    max_completion_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Answer budget in new tokens. Unset: derived from the data's cells (99th percentile of "
+            "the training perturbations' real cells written as answers, markup and end token "
+            "included), recorded in cellrlhf.json. A set budget that cuts more than 1 percent of those "
+            "cells is warned about at RL start, with the budget that would fit."
+        },
+    )
 
     def __post_init__(self) -> None:
         _auto_bf16(self)

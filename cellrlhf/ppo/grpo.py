@@ -82,7 +82,13 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
     from cellrlhf.ppo.phase_timing import PhaseTimer
     from cellrlhf.ppo.prompt_tokenization import check_rl_tokenizer
     from cellrlhf.ppo.reward_functions import build_reward_functions
-    from cellrlhf.ppo.rl_run import RLRun, build_heldout_monitor, open_rl_data, stage_info
+    from cellrlhf.ppo.rl_run import (
+        RLRun,
+        build_heldout_monitor,
+        open_rl_data,
+        resolve_answer_budget,
+        stage_info,
+    )
     from cellrlhf.ppo.sample_checks import SampleChecks
     from cellrlhf.sft.model_dir import run_config_dict
 
@@ -102,6 +108,10 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
     data = open_rl_data(script_args, seed=training_args.seed)
     policy, tokenizer, sft_info = load_policy(sft_dir, dtype=model_args.dtype)
     check_rl_tokenizer(tokenizer, require_distinct_pad=False)
+    budget, budget_record = resolve_answer_budget(
+        training_args.max_completion_length, data, tokenizer, seed=training_args.seed
+    )
+    training_args.max_completion_length = budget
     if training_args.reward_weights is not None and len(training_args.reward_weights) != len(
         script_args.rewards
     ):
@@ -190,6 +200,7 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
         reward_model=script_args.reward_model_path,
         trained_with="lora" if peft_config is not None else "full",
         constrain_cells=bool(script_args.constrain_cells),
+        answer_budget=budget_record,
     )
     run_config = run_config_dict(script_args.trainer, script_args, training_args, model_args)
     return RLRun(trainer, monitor, script_args, run_config, sft_dir, data, info)
