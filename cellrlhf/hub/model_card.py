@@ -19,7 +19,14 @@ from cellrlhf.hub.eval_results import EvalSummary, find_eval_files, latest_eval
 from cellrlhf.hub.model_files import looks_like_hub_id
 from cellrlhf.hub.source_info import source_lines
 
-__all__ = ["ModelMetadata", "read_model_metadata", "build_model_card", "CARD_TAGS"]
+__all__ = [
+    "ModelMetadata",
+    "read_model_metadata",
+    "build_model_card",
+    "write_model_card",
+    "write_stage_card",
+    "CARD_TAGS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +113,7 @@ def read_model_metadata(model_dir: str | Path, *, eval_results=()) -> ModelMetad
     vocab = _read_json(model_dir / "gene_vocab.json")
     if "genes" in vocab:
         meta.n_genes = len(vocab["genes"])
-    meta.evaluation = latest_eval(find_eval_files(model_dir, eval_results))
+    meta.evaluation = latest_eval(find_eval_files(model_dir, eval_results), model_dir=model_dir)
     return meta
 
 
@@ -122,19 +129,24 @@ def _card_data(meta: ModelMetadata, license: str | None, name: str):
     if meta.evaluation is not None:
         ev = meta.evaluation
         dataset = ev.dataset or str(meta.data_manifest.get("name", "cellrlhf-dataset"))
-        eval_results = [
-            EvalResult(
-                task_type="text-generation",
-                task_name="cell language tasks",
-                dataset_type=dataset,
-                dataset_name=dataset,
-                dataset_split=ev.split,
-                metric_type=_metric_slug(name),
-                metric_name=name,
-                metric_value=round(value, 6),
+        eval_results = []
+        for name, value in ev.metrics.items():
+            metric, _, kind = name.rpartition("/") if "/" in name else (name, "", "")
+            eval_results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name="perturbation response prediction (held-out perturbations)"
+                    if kind
+                    else "cell language tasks",
+                    dataset_type=dataset,
+                    dataset_name=dataset,
+                    dataset_split=ev.split,
+                    metric_type=_metric_slug(metric),
+                    metric_name=f"{metric} ({kind} perturbations)" if kind else name,
+                    metric_config=kind or None,
+                    metric_value=round(value, 6),
+                )
             )
-            for name, value in ev.metrics.items()
-        ]
     return ModelCardData(
         library_name="transformers",
         pipeline_tag="text-classification" if meta.stage == "reward" else "text-generation",
@@ -142,7 +154,7 @@ def _card_data(meta: ModelMetadata, license: str | None, name: str):
         base_model=meta.hub_base_model,
         datasets=meta.hub_datasets or None,
         license=license,
-        metrics=[_metric_slug(n) for n in meta.evaluation.metrics] if meta.evaluation else None,
+        metrics=list(dict.fromkeys(r.metric_type for r in eval_results)) if eval_results else None,
         eval_results=eval_results,
         model_name=name if eval_results else None,
     )
@@ -232,6 +244,10 @@ def _training_section(meta: ModelMetadata) -> str:
             else f"`{Path(meta.base_model).name}` (a local model)"
         )
         lines.append(f"- Base model: {shown}")
+    else:
+        config = _find_values(meta.training_config, ("model_config",)).get("model_config")
+        where = f" from the model config `{Path(str(config)).name}`" if config else ""
+        lines.append(f"- Base model: none, trained from scratch{where} (see `config.json`)")
     mode = meta.info.get("tokenizer_mode")
     if mode:
         lines.append(f"- Tokenizer mode: `{mode}` (how genes become tokens)")
@@ -387,3 +403,40 @@ def build_model_card(
         files="\n".join(f"- `{f}`" for f in (files or [])) or "See the repository's files.",
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def write_model_card(
+    model_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    eval_results=(),
+    license: str | None = None,
+) -> Path:
+    """Write the project's card as ``model_dir/README.md`` (replacing a trainer's placeholder).
+
+    Every stage calls it on its saved directory, so a model carries its card before it is
+    pushed. ``license`` defaults to the training data's licence when the data manifest names
+    one; otherwise the card leaves it out (``cellrlhf push`` asks for it).
+    """
+    from cellrlhf.hub.source_info import source_license
+
+    model_dir = Path(model_dir)
+    meta = read_model_metadata(model_dir)
+    license = license or source_license(meta.data_manifest.get("source"))
+    files = sorted({p.name for p in model_dir.iterdir() if p.is_file()} | {"README.md"})
+    card = build_model_card(
+        model_dir, repo_id=repo_id, eval_results=eval_results, license=license, files=files
+    )
+    path = model_dir / "README.md"
+    path.write_text(str(card))
+    return path
+
+
+def write_stage_card(model_dir: str | Path, name: str) -> Path | None:
+    """:func:`write_model_card` for a training stage's freshly saved directory (``name``: the
+    output directory's name): a card that cannot be written is logged, never fatal to the run."""
+    try:
+        return write_model_card(model_dir, repo_id=f"your-name/{name}")
+    except (OSError, ValueError, ImportError) as err:
+        logger.warning("the model card of %s was not written: %s", model_dir, err)
+        return None

@@ -175,6 +175,9 @@ def _write_model_files(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (target / MODEL_INFO_FILENAME).write_text(json.dumps(full, indent=1, default=str))
+    from cellrlhf.hub.model_card import write_stage_card
+
+    write_stage_card(target, str(info.get("stage", "policy")))  # the project's card, not TRL's
 
 
 def _publish(staged: Path, output_dir: Path) -> None:

@@ -162,6 +162,9 @@ def save_model_dir(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (staged / MODEL_INFO_FILENAME).write_text(json.dumps(full_info, indent=1))
+        from cellrlhf.hub.model_card import write_stage_card
+
+        write_stage_card(staged, output_dir.resolve().name)  # the project's card, not TRL's
         _move_into(staged, output_dir)
         shutil.rmtree(output_dir / STAGING_DIRNAME, ignore_errors=True)
         logger.info("model saved to %s", output_dir)

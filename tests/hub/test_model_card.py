@@ -1,0 +1,133 @@
+"""Saved model directories carry the project's model card, with the evaluation as model-index."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cellrlhf.hub.model_card import write_model_card
+
+TRL_PLACEHOLDER = """---
+license: license
+base_model: None
+---
+This model is a fine-tuned version of [None](https://huggingface.co/None).
+"""
+
+
+def _card_metadata(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+@pytest.fixture
+def model_dir(tiny_model_dir, tmp_path):
+    """A copy of the tiny model whose README.md is TRL's placeholder, trained on licensed data."""
+    out = tmp_path / "my-sft"
+    shutil.copytree(tiny_model_dir, out)
+    (out / "README.md").write_text(TRL_PLACEHOLDER)
+    manifest = json.loads((out / "data_manifest.json").read_text())
+    manifest["source"] = {"path": "/home/me/pbmc.h5ad", "license": "BSD-3-Clause"}
+    (out / "data_manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def _evaluation_dir(root: Path, model_dir: Path) -> Path:
+    """An output directory of ``cellrlhf evaluate`` scoring two models and a baseline."""
+    out = root / "eval"
+    out.mkdir()
+    manifest = {
+        "format": "cellrlhf.evaluation",
+        "started": "2026-01-01T00:00:00",
+        "seconds": 12.5,
+        "dataset": {"name": "pbmc-test", "split_kind": "unseen_single"},
+        "models": {"sft": {"dir": str(model_dir)}, "ppo": {"dir": str(root / "ppo")}},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    rows = []
+    for method, base in (("sft", 0.5), ("ppo", 0.9), ("mean_baseline", 0.7)):
+        for context in ("all", "B"):
+            for j, kind in enumerate(("all", "single", "combo")):
+                rows.append(
+                    {
+                        "method": method,
+                        "method_type": "model",
+                        "cell_context": context,
+                        "kind": kind,
+                        "n_perturbations": 7,
+                        "pearson_delta": base + j / 10 + (context == "B"),
+                        "pearson_delta_top20": base - 0.25,
+                        "mae": 0.125,
+                        "pearson_delta_ci_low": -9.0,
+                        "seconds": 3.0,
+                    }
+                )
+    pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)
+    return out
+
+
+def test_the_project_card_replaces_trls_placeholder(model_dir):
+    write_model_card(model_dir)
+    text = (model_dir / "README.md").read_text()
+    assert "fine-tuned version of [None]" not in text and "license: license" not in text
+    meta = _card_metadata(text)
+    assert meta["license"] == "bsd-3-clause"  # the training data's licence
+    assert "cellrlhf" in meta["tags"] and "sft" in meta["tags"]
+    assert "- Stage: `sft`" in text
+    assert "- Tokenizer mode: `gene_tokens`" in text
+    assert "- Base model: none, trained from scratch" in text
+    assert "- Dataset: `pbmc68k_reduced-tiny`" in text
+    assert "- License: BSD-3-Clause" in text
+    assert "/home/me" not in text  # never a local path
+
+
+def test_evaluate_output_becomes_model_index_metrics_per_held_out_kind(model_dir, tmp_path):
+    evaluation = _evaluation_dir(tmp_path, model_dir)
+    write_model_card(model_dir, eval_results=[evaluation])
+    meta = _card_metadata((model_dir / "README.md").read_text())
+    (result,) = meta["model-index"][0]["results"]
+    assert result["dataset"]["name"] == "pbmc-test" and result["dataset"]["split"] == "test"
+    got = {(m["type"], m.get("config")): m["value"] for m in result["metrics"]}
+    assert got == {  # the sft row over all contexts; baselines, other models, CIs not read
+        ("pearson_delta", "all"): 0.5,
+        ("pearson_delta", "single"): 0.6,
+        ("pearson_delta", "combo"): 0.7,
+        ("pearson_delta_top20", "all"): 0.25,
+        ("pearson_delta_top20", "single"): 0.25,
+        ("pearson_delta_top20", "combo"): 0.25,
+        ("mae", "all"): 0.125,
+        ("mae", "single"): 0.125,
+        ("mae", "combo"): 0.125,
+    }
+
+
+def _sft_test_module(name: str):
+    """A helper module of tests/sft (loaded by path, as tests/hub/conftest.py loads its own)."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "sft" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.slow
+def test_a_trained_stage_saves_the_project_card(tmp_path):
+    from cellrlhf.cli import main
+
+    data = _sft_test_module("sft_tiny_data").write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "pretrained"
+    argv = _sft_test_module("sft_helpers").tiny_args("pretrain", data, out, "--max_steps", "2")
+    assert main(["pretrain", *argv]) == 0
+    text = (out / "README.md").read_text()
+    assert "fine-tuned version of" not in text and "license: license" not in text
+    assert "- Stage: `pretrain`" in text
+    assert "# pretrained" in text  # named after the output directory, not the staging folder
