@@ -55,6 +55,11 @@ def build_run(
     from cellrlhf.ppo.rl_run import RLRun, build_heldout_monitor, open_rl_data, stage_info
     from cellrlhf.sft.model_dir import run_config_dict
 
+    if script_args.constrain_cells:
+        raise ValueError(
+            "constrain_cells is implemented for GRPO / RLOO only (`cellrlhf grpo`); PPO would "
+            "sample and score the unconstrained policy. Set constrain_cells: false for PPO."
+        )
     sft_path = _policy_path(model_args, training_args)
     sft_dir = check_model_dir(sft_path, what="SFT policy", flag="--model_name_or_path")
     check_model_dir(
