@@ -14,7 +14,17 @@ from cellrlhf.pipeline.report import EVALUATION_TITLE, SECTION_TITLES
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-STAGES = ("data", "pretrain", "sft", "preferences", "reward", "ppo", "grpo", "evaluate")
+STAGES = (
+    "data",
+    "pretrain",
+    "sft",
+    "preferences",
+    "reward",
+    "ppo",
+    "grpo",
+    "evaluate",
+    "aggregate",
+)
 
 
 def _demo(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -49,6 +59,7 @@ def test_demo_runs_every_stage_and_labels_simulated_data(demo_run):
         assert not list((run_dir / model_stage).glob("*.bin")), "no pickle weights are written"
     assert "SIMULATED" in result.stderr
     assert f"cellrlhf chat --model {run_dir}/ppo" in result.stderr
+    assert "\nVerdict\n" in result.stdout, "the demo's terminal output ends with the verdict"
     # demo.yaml: max_parallel 2, GRPO needs only data and SFT, so it runs beside the reward lane
     marker = {s: json.loads((run_dir / ".pipeline" / f"{s}.json").read_text()) for s in STAGES}
     grpo, prefs = marker["grpo"], marker["preferences"]
@@ -91,7 +102,10 @@ def test_evaluation_outputs_score_every_model_per_context(demo_run):
     run_dir, _ = demo_run
     out = run_dir / "eval"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert list(manifest["models"]) == ["sft", "ppo", "grpo"] and not manifest["skipped_models"]
+    kept = [m for m in manifest["models"] if not m.endswith("_last")]
+    assert kept == ["sft", "ppo", "grpo"] and not manifest["skipped_models"]
+    for name in set(manifest["models"]) - set(kept):  # an RL run's last policy, when not kept
+        assert name in ("ppo_last", "grpo_last") and (run_dir / name[:-5] / "last").is_dir()
     summary = pd.read_csv(out / "summary.csv")
     assert {"sft", "ppo", "grpo", "control", "split_half"} <= set(summary["method"])
     assert set(summary["method_type"]) == {"model", "baseline", "ceiling"}
