@@ -125,7 +125,6 @@ def _context_evaluation(ctx, real_test, real_train, predictions, decoder, settin
     labels = real_test.obs["perturbation"].astype(str)
     in_ctx = real_test.obs["cell_context"].astype(str) == ctx
     real = _subset(real_test, in_ctx & (labels.isin(prompted) | (labels == CONTROL_LABEL)))
-    train = _subset(real_train, real_train.obs["cell_context"].astype(str) == ctx)
     if not (real.obs["perturbation"] == CONTROL_LABEL).any():
         logger.warning("context %s has no control cells in the test data; skipped", ctx)
         return None
@@ -133,7 +132,9 @@ def _context_evaluation(ctx, real_test, real_train, predictions, decoder, settin
     return compare_methods(
         real,
         predictions=preds,
-        train=train,
+        train=real_train,  # every context's: context_transfer learns from the others
+        context=ctx,
+        context_col="cell_context",
         baselines=settings.baselines,
         split_half_ceiling=settings.split_half_ceiling,
         decoders={"decoder": decoder} if settings.representation_ceiling else None,
@@ -147,7 +148,12 @@ def _context_evaluation(ctx, real_test, real_train, predictions, decoder, settin
 
 def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
     from cellrlhf.reward.comparison import SPLIT_HALF
-    from cellrlhf.reward.eval_report import combine, summarize_methods, summary_table
+    from cellrlhf.reward.eval_report import (
+        combine,
+        not_applicable_table,
+        summarize_methods,
+        summary_table,
+    )
 
     metrics = pd.concat(
         [combine(evals).assign(cell_context=ctx) for ctx, evals in evaluations.items()],
@@ -157,9 +163,15 @@ def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
         summary_table(evals, spearman_brown_from=SPLIT_HALF).assign(cell_context=ctx)
         for ctx, evals in evaluations.items()
     ]
-    # all contexts: the same means over every (context, perturbation), ceiling at full depth too
+    # all contexts: means over every (context, perturbation), the ceiling at full depth too,
+    # and what each baseline does not apply to in any context
     overall = summarize_methods(
-        metrics.drop(columns="cell_context"), spearman_brown_from=SPLIT_HALF
+        metrics.drop(columns="cell_context"),
+        not_applicable=pd.concat(
+            [not_applicable_table(evals) for evals in evaluations.values()], ignore_index=True
+        ),
+        spearman_brown_from=SPLIT_HALF,
+        methods=list(dict.fromkeys(m for evals in evaluations.values() for m in evals)),
     ).assign(cell_context=ALL_CONTEXTS)
     summary = pd.concat([overall, *per_context], ignore_index=True)
     summary.insert(1, "method_type", [method_type(m, models) for m in summary["method"]])

@@ -48,7 +48,14 @@ class EvalSettings:
     temperature: float = 1.0
     max_new_tokens: int | None = None
     batch_size: int = 64
-    baselines: tuple[str, ...] = ("control", "mean", "additive", "ridge", "nearest")
+    baselines: tuple[str, ...] = (
+        "control",
+        "mean",
+        "additive",
+        "ridge",
+        "nearest",
+        "context_transfer",
+    )
     split_half_ceiling: bool = True
     representation_ceiling: bool = True
     de: bool = True

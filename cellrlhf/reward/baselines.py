@@ -6,15 +6,23 @@ AnnData (log-normalized, ``obs[pert_col]``, control cells labelled ``control``),
 row per perturbation, on top of the control cells the evaluation uses), ready for
 :func:`~cellrlhf.reward.evaluate.evaluate_predictions`:
 
-- ``control``: no change at all ("nothing happens"; its ``pearson_delta`` is undefined);
+- ``control``: no change at all ("nothing happens"; its change metrics are undefined);
 - ``mean``: the mean change over all training perturbations (each perturbation weighs 1);
-- ``additive``: for a combination ``A+B`` whose singles were trained, ``delta_A + delta_B``
-  (only combinations are predicted);
+- ``additive``: for a combination ``A+B`` whose singles were trained, ``delta_A + delta_B``;
 - ``ridge``: ridge regression of the change on the perturbation's targets (one-hot per target
   seen in training, summed for combinations; or your own target features), penalty chosen by
   leave-one-out over the training perturbations;
-- predicted pseudo-bulks (control mean + change) are clipped at 0, as expression is;
-- ``nearest``: the training perturbation(s) sharing most targets (mean of ties), else ``mean``.
+- ``nearest``: the training perturbation(s) sharing most targets (mean of ties);
+- ``context_transfer``: the same perturbation's mean change in the *other* cell contexts where
+  it was trained (each context's own control), added to this context's control.
+
+A baseline that cannot apply to a perturbation does not predict it: ``additive`` for anything
+but a combination of trained singles, ``ridge`` and ``nearest`` for a perturbation none of whose
+targets was trained (or has ``target_features``), ``context_transfer`` for a perturbation
+trained in no other context. Those perturbations are listed in
+:attr:`PredictedDeltas.not_applicable` (and logged), never filled in with another baseline's
+answer under this one's name. Predicted pseudo-bulks (control mean + change) are clipped at 0,
+as expression is.
 
 Ceilings, from the real test cells themselves:
 
@@ -41,6 +49,7 @@ from cellrlhf.reward.pseudobulk import PseudoBulks, pseudobulk
 
 __all__ = [
     "BASELINES",
+    "CONTEXT_COLUMN",
     "PredictedDeltas",
     "control_baseline",
     "mean_baseline",
@@ -48,6 +57,7 @@ __all__ = [
     "additive_baseline",
     "ridge_baseline",
     "nearest_baseline",
+    "context_transfer_baseline",
     "predict_baselines",
     "prediction_adata",
     "split_half",
@@ -56,7 +66,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("control", "mean", "additive", "ridge", "nearest")
+BASELINES = ("control", "mean", "additive", "ridge", "nearest", "context_transfer")
+CONTEXT_COLUMN = "cell_context"
 
 
 @dataclass(frozen=True)
@@ -73,12 +84,15 @@ class PredictedDeltas:
         Column names.
     params
         How the prediction was made (e.g. the ridge penalty chosen).
+    not_applicable
+        The requested perturbations this baseline cannot predict (not in ``perturbations``).
     """
 
     perturbations: np.ndarray
     deltas: np.ndarray
     genes: np.ndarray
     params: dict = field(default_factory=dict)
+    not_applicable: tuple[str, ...] = ()
 
 
 def _targets(perturbation: str, sep: str) -> frozenset[str]:
@@ -94,9 +108,18 @@ def _train_bulks(train, pert_col: str, control: str, layer: str | None) -> Pseud
     return bulks
 
 
-def _result(perts, deltas, bulks: PseudoBulks, **params) -> PredictedDeltas:
-    deltas = np.asarray(deltas, dtype=np.float64).reshape(len(perts), len(bulks.genes))
-    return PredictedDeltas(np.asarray(perts, dtype=object), deltas, bulks.genes, params)
+def _result(perts, deltas, genes, *, not_applicable=(), name="", **params) -> PredictedDeltas:
+    genes = np.asarray(genes, dtype=object)
+    deltas = np.asarray(deltas, dtype=np.float64).reshape(len(perts), len(genes))
+    missing = tuple(str(p) for p in not_applicable)
+    if missing:
+        logger.info(
+            "%s baseline: not applicable to %d perturbation(s), left out: %s",
+            name,
+            len(missing),
+            ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+        )
+    return PredictedDeltas(np.asarray(perts, dtype=object), deltas, genes, params, missing)
 
 
 def control_baseline(
@@ -104,7 +127,7 @@ def control_baseline(
 ) -> PredictedDeltas:
     """Predict no change for every perturbation."""
     bulks = _train_bulks(train, pert_col, control, layer)
-    return _result(perturbations, np.zeros((len(perturbations), len(bulks.genes))), bulks)
+    return _result(perturbations, np.zeros((len(perturbations), len(bulks.genes))), bulks.genes)
 
 
 def training_mean_delta(
@@ -125,7 +148,7 @@ def mean_baseline(
     """Predict the mean training change (each training perturbation weighs the same)."""
     bulks = _train_bulks(train, pert_col, control, layer)
     mean = bulks.deltas.mean(axis=0)
-    return _result(perturbations, np.tile(mean, (len(perturbations), 1)), bulks)
+    return _result(perturbations, np.tile(mean, (len(perturbations), 1)), bulks.genes)
 
 
 def additive_baseline(
@@ -152,13 +175,8 @@ def additive_baseline(
             rows.append(np.sum([singles[t] for t in sorted(targets)], axis=0))
         else:
             skipped.append(p)
-    if skipped:
-        logger.info(
-            "additive baseline: %d perturbation(s) are not combinations of trained singles "
-            "and are not predicted.",
-            len(skipped),
-        )
-    return _result(perts, np.asarray(rows).reshape(len(perts), len(bulks.genes)), bulks)
+    rows = np.asarray(rows).reshape(len(perts), len(bulks.genes))
+    return _result(perts, rows, bulks.genes, not_applicable=skipped, name="additive")
 
 
 def _target_features(
@@ -197,9 +215,11 @@ def ridge_baseline(
 
     Features are one-hot per target seen in training (a combination sums its targets), or
     ``target_features[target]`` vectors (e.g. gene embeddings) summed over targets. The
-    intercept is not penalized, so it takes up the response shared by all perturbations; an
-    unseen target has all-zero features and gets that intercept. The penalty is the one of
-    ``alphas`` with the lowest leave-one-out error over training perturbations.
+    intercept is not penalized, so it takes up the response shared by all perturbations. A
+    perturbation none of whose targets has features (no target trained, or none in
+    ``target_features``) would get that intercept alone, the ``mean`` baseline: it is not
+    applicable and left out. The penalty is the one of ``alphas`` with the lowest
+    leave-one-out error over training perturbations.
     """
     bulks = _train_bulks(train, pert_col, control, layer)
     train_perts = list(bulks.perturbations)
@@ -221,9 +241,17 @@ def ridge_baseline(
             best = (loo, alpha)
     alpha = best[1]
     W = np.linalg.solve(Fc.T @ Fc + alpha * np.eye(F.shape[1]), Fc.T @ Yc)
-    F_test = _target_features(list(perturbations), vocabulary, target_features, sep)
+    known = (
+        set(vocabulary) if target_features is None else {str(k).upper() for k in target_features}
+    )
+    applies = [bool(_targets(p, sep) & known) for p in perturbations]
+    perts = [p for p, ok in zip(perturbations, applies, strict=True) if ok]
+    F_test = _target_features(perts, vocabulary, target_features, sep)
     pred = (F_test - f_mean) @ W + y_mean
-    return _result(perturbations, pred, bulks, alpha=alpha, loo_mse=best[0])
+    skipped = [p for p, ok in zip(perturbations, applies, strict=True) if not ok]
+    return _result(
+        perts, pred, bulks.genes, not_applicable=skipped, name="ridge", alpha=alpha, loo_mse=best[0]
+    )
 
 
 def nearest_baseline(
@@ -235,25 +263,86 @@ def nearest_baseline(
     layer=None,
     sep: str = "+",
 ) -> PredictedDeltas:
-    """The change of the training perturbation(s) sharing most targets (Jaccard), else the mean.
+    """The change of the training perturbation(s) sharing most targets (Jaccard).
 
-    A perturbation seen in training is its own nearest neighbour. Ties are averaged.
+    A perturbation seen in training is its own nearest neighbour. Ties are averaged. A
+    perturbation that shares no target with any training perturbation is not applicable.
     """
     bulks = _train_bulks(train, pert_col, control, layer)
     train_targets = [_targets(p, sep) for p in bulks.perturbations]
-    mean = bulks.deltas.mean(axis=0)
-    rows, n_fallback = [], 0
+    perts, rows, skipped = [], [], []
     for p in perturbations:
         targets = _targets(p, sep)
         scores = np.asarray(
             [len(targets & t) / max(len(targets | t), 1) for t in train_targets], dtype=float
         )
         if scores.max(initial=0.0) <= 0:
-            rows.append(mean)
-            n_fallback += 1
+            skipped.append(p)
         else:
+            perts.append(p)
             rows.append(bulks.deltas[scores == scores.max()].mean(axis=0))
-    return _result(perturbations, np.asarray(rows), bulks, n_mean_fallback=n_fallback)
+    rows = np.asarray(rows).reshape(len(perts), len(bulks.genes))
+    return _result(perts, rows, bulks.genes, not_applicable=skipped, name="nearest")
+
+
+def context_transfer_baseline(
+    train,
+    perturbations: Sequence[str],
+    *,
+    context: str,
+    context_col: str = CONTEXT_COLUMN,
+    pert_col="perturbation",
+    control="control",
+    layer=None,
+) -> PredictedDeltas:
+    """The same perturbation's mean change in the other cell contexts where it was trained.
+
+    Parameters
+    ----------
+    train
+        Training cells of *every* cell context, ``obs[context_col]`` naming each cell's.
+    perturbations
+        Perturbations to predict in ``context``.
+    context
+        The context predicted; its own cells are not used.
+    context_col
+        The ``obs`` column of cell contexts.
+
+    In each other context with control cells, the change of ``p`` is its pseudo-bulk minus that
+    context's control; the prediction is the mean over those contexts (each weighs 1), to be
+    added to ``context``'s control. A perturbation trained in no other context is not
+    applicable.
+    """
+    if context_col not in train.obs.columns:
+        raise KeyError(
+            f"context_transfer needs the cell context of each training cell: {context_col!r} is "
+            f"not a column of the training AnnData's obs ({list(train.obs.columns)})."
+        )
+    contexts = train.obs[context_col].astype(str).to_numpy()
+    labels = train.obs[pert_col].astype(str).to_numpy()
+    changes: dict[str, list[np.ndarray]] = {}
+    used = []
+    for other in pd.unique(contexts):
+        in_other = contexts == other
+        if other == str(context) or not np.any(in_other & (labels == control)):
+            continue
+        bulks = pseudobulk(train[in_other], pert_col=pert_col, control=control, layer=layer)
+        used.append(str(other))
+        for p, delta in zip(bulks.perturbations, bulks.deltas, strict=True):
+            changes.setdefault(str(p), []).append(delta)
+    perts = [p for p in perturbations if str(p) in changes]
+    skipped = [p for p in perturbations if str(p) not in changes]
+    rows = np.asarray([np.mean(changes[str(p)], axis=0) for p in perts])
+    genes = np.asarray(train.var_names, dtype=object)
+    return _result(
+        perts,
+        rows.reshape(len(perts), len(genes)),
+        genes,
+        not_applicable=skipped,
+        name="context_transfer",
+        source_contexts=used,
+        n_source_contexts=[len(changes[str(p)]) for p in perts],
+    )
 
 
 _BASELINE_FUNCTIONS = {
@@ -263,6 +352,7 @@ _BASELINE_FUNCTIONS = {
     "ridge": ridge_baseline,
     "nearest": nearest_baseline,
 }
+_ACROSS_CONTEXTS = {"context_transfer": context_transfer_baseline}
 
 
 def predict_baselines(
@@ -273,17 +363,51 @@ def predict_baselines(
     control: str = "control",
     layer: str | None = None,
     methods: Sequence[str] = BASELINES,
+    context: str | None = None,
+    context_col: str = CONTEXT_COLUMN,
 ) -> dict[str, PredictedDeltas]:
-    """Every requested baseline's predicted changes for ``perturbations``."""
-    unknown = [m for m in methods if m not in _BASELINE_FUNCTIONS]
+    """Every requested baseline's predicted changes for ``perturbations``.
+
+    Parameters
+    ----------
+    train
+        Training cells. With ``context``: the cells of every context (``obs[context_col]``);
+        the within-context baselines learn from ``context``'s cells, ``context_transfer`` from
+        the others'. Without: one context's cells, and ``context_transfer`` applies to nothing.
+    """
+    unknown = [m for m in methods if m not in _BASELINE_FUNCTIONS and m not in _ACROSS_CONTEXTS]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {BASELINES}.")
-    return {
-        m: _BASELINE_FUNCTIONS[m](
-            train, perturbations, pert_col=pert_col, control=control, layer=layer
-        )
-        for m in methods
-    }
+    in_context = train
+    if context is not None:
+        if context_col not in train.obs.columns:
+            raise KeyError(
+                f"context={context!r} but {context_col!r} is not a column of the training "
+                f"AnnData's obs ({list(train.obs.columns)}); pass context_col=."
+            )
+        in_context = train[train.obs[context_col].astype(str).to_numpy() == str(context)]
+    out = {}
+    for m in methods:
+        if m in _ACROSS_CONTEXTS and context is None:
+            genes = np.asarray(train.var_names, dtype=object)
+            out[m] = _result(
+                [], np.zeros((0, len(genes))), genes, not_applicable=perturbations, name=m
+            )
+        elif m in _ACROSS_CONTEXTS:
+            out[m] = _ACROSS_CONTEXTS[m](
+                train,
+                perturbations,
+                context=context,
+                context_col=context_col,
+                pert_col=pert_col,
+                control=control,
+                layer=layer,
+            )
+        else:
+            out[m] = _BASELINE_FUNCTIONS[m](
+                in_context, perturbations, pert_col=pert_col, control=control, layer=layer
+            )
+    return out
 
 
 def prediction_adata(
@@ -319,7 +443,9 @@ def prediction_adata(
     Xc = ctrl.X if layer is None else ctrl.layers[layer]
     Xc = Xc[:, cols]
     Xc = Xc.toarray() if sp.issparse(Xc) else np.asarray(Xc)
-    values = np.maximum(Xc.mean(axis=0)[None, :] + predicted.deltas, 0.0)
+    # the control mean in float64, as the evaluation takes it: a zero change stays zero after
+    # the float32 cast (a float32 mean of many cells is off by more than rounding)
+    values = np.maximum(Xc.astype(np.float64).mean(axis=0)[None, :] + predicted.deltas, 0.0)
     X = np.vstack([values, Xc]).astype(np.float32)
     labels = [*map(str, predicted.perturbations), *[control] * Xc.shape[0]]
     obs = pd.DataFrame(

@@ -1,28 +1,40 @@
 """Model predictions, baselines and ceilings evaluated on the same real cells, in one call.
 
 evaluations = compare_methods(
-    test,                                    # real test cells, control included
+    test,                                    # real test cells of one context, control included
     predictions={"my_model": pred_adata},
     train=train,                             # baselines learn from it
+    context="K562",                          # optional: train holds every context's cells
     decoders={"global": decoder},            # representation ceiling per decoder
 )
 write_report(evaluations, "report/", spearman_brown_from="split_half")
+
+A baseline that does not apply to some test perturbations (see
+:mod:`cellrlhf.reward.baselines`) is scored on the others and lists the rest in
+:attr:`~cellrlhf.reward.evaluate.Evaluation.not_applicable`; one that applies to none is an
+evaluation with no rows and all of them listed there.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
 
 from cellrlhf.reward.baselines import (
     BASELINES,
+    CONTEXT_COLUMN,
+    PredictedDeltas,
     predict_baselines,
     prediction_adata,
     representation_ceiling,
     split_half,
     training_mean_delta,
 )
-from cellrlhf.reward.evaluate import Evaluation, evaluate_predictions
+from cellrlhf.reward.evaluate import Evaluation, evaluate_predictions, perturbation_kinds
 
 __all__ = ["SPLIT_HALF", "compare_methods"]
 
@@ -36,6 +48,8 @@ def compare_methods(
     *,
     predictions: Mapping[str, object] | None = None,
     train=None,
+    context: str | None = None,
+    context_col: str = CONTEXT_COLUMN,
     baselines: Sequence[str] = BASELINES,
     split_half_ceiling: bool = True,
     decoders: Mapping[str, object] | None = None,
@@ -57,7 +71,12 @@ def compare_methods(
     train
         Training cells for the baselines and for the reference of the perturbation-specific
         metrics (their mean training change); ``None``: no baselines, and ``pearson_specific``
-        is NaN.
+        is NaN. With ``context``, the training cells of every cell context.
+    context, context_col
+        The cell context of ``real`` and the ``obs`` column of ``train`` naming each cell's
+        context. The within-context baselines and the reference learn from the training cells
+        of ``context``; ``context_transfer`` from those of the other contexts. ``None``:
+        ``train`` is one context's cells and ``context_transfer`` applies to nothing.
     baselines
         Which baselines (:data:`~cellrlhf.reward.baselines.BASELINES`).
     split_half_ceiling
@@ -76,9 +95,17 @@ def compare_methods(
     """
     kwargs = dict(pert_col=pert_col, control=control, **evaluate_kwargs)
     if train is not None:
+        in_context = train
+        if context is not None:
+            if context_col not in train.obs.columns:
+                raise KeyError(
+                    f"context={context!r} but {context_col!r} is not a column of the training "
+                    f"AnnData's obs ({list(train.obs.columns)}); pass context_col=."
+                )
+            in_context = train[train.obs[context_col].astype(str).to_numpy() == str(context)]
         # the reference of the perturbation-specific metrics, the same for every method
         kwargs["reference_delta"] = training_mean_delta(
-            train, pert_col=pert_col, control=control, layer=layer
+            in_context, pert_col=pert_col, control=control, layer=layer
         )
     labels = real.obs[pert_col].astype(str).to_numpy()
     perturbations = [p for p in dict.fromkeys(labels) if p != control]
@@ -94,13 +121,27 @@ def compare_methods(
             control=control,
             layer=layer,
             methods=baselines,
+            context=context,
+            context_col=context_col,
         )
+        kind_col = evaluate_kwargs.get("kind_col")
         for name, deltas in predicted.items():
+            missing = pd.DataFrame(
+                {
+                    "perturbation": list(deltas.not_applicable),
+                    "kind": perturbation_kinds(
+                        real, deltas.not_applicable, pert_col=pert_col, kind_col=kind_col
+                    ),
+                },
+                dtype=object,
+            )
             if len(deltas.perturbations) == 0:
-                logger.info("baseline %s predicts none of the test perturbations; skipped", name)
+                logger.info("baseline %s applies to none of the test perturbations", name)
+                results[name] = _nothing_predicted(deltas, missing)
                 continue
             pred = prediction_adata(deltas, real, pert_col=pert_col, control=control, layer=layer)
-            results[name] = evaluate_predictions(pred, real, real_layer=layer, **kwargs)
+            evaluation = evaluate_predictions(pred, real, real_layer=layer, **kwargs)
+            results[name] = replace(evaluation, not_applicable=missing)
     if split_half_ceiling:
         half_a, half_b = split_half(real, pert_col=pert_col, seed=seed)
         results[SPLIT_HALF] = evaluate_predictions(
@@ -116,3 +157,17 @@ def compare_methods(
     if not results:
         raise ValueError("nothing to evaluate: pass predictions, train= (baselines) or ceilings.")
     return results
+
+
+def _nothing_predicted(deltas: PredictedDeltas, missing: pd.DataFrame) -> Evaluation:
+    """The evaluation of a baseline that applies to none of the test perturbations."""
+    columns = ["perturbation", "kind", "n_pred", "n_real"]
+    empty = np.zeros((0, len(deltas.genes)))
+    return Evaluation(
+        per_perturbation=pd.DataFrame({c: [] for c in columns}),
+        params={"not_applicable": "applies to none of the test perturbations", **deltas.params},
+        pred_delta=empty,
+        real_delta=empty,
+        genes=np.asarray(deltas.genes, dtype=object),
+        not_applicable=missing,
+    )

@@ -34,6 +34,7 @@ from cellrlhf.reward.evaluate import (
 __all__ = [
     "KEY_METRICS",
     "combine",
+    "not_applicable_table",
     "summarize_methods",
     "summary_table",
     "spearman_brown_name",
@@ -70,12 +71,30 @@ def _resolve(metrics: Sequence[str], columns: Sequence[str]) -> list[str]:
 
 
 def combine(evaluations: Mapping[str, Evaluation]) -> pd.DataFrame:
-    """Long table: the per-perturbation rows of every method, with a ``method`` column."""
+    """Long table: the per-perturbation rows of every method, with a ``method`` column.
+
+    A method with no rows (a baseline that applies to none of the perturbations) has none here;
+    :func:`not_applicable_table` lists what it was asked for.
+    """
     frames = [ev.per_perturbation.assign(method=name) for name, ev in evaluations.items()]
     if not frames:
         raise ValueError("nothing to report: no evaluation given.")
+    frames = [f for f in frames if len(f)] or frames[:1]
     table = pd.concat(frames, ignore_index=True)
     return table[["method", *[c for c in table.columns if c != "method"]]]
+
+
+def not_applicable_table(evaluations: Mapping[str, Evaluation]) -> pd.DataFrame:
+    """Long table (``method``, ``perturbation``, ``kind``) of the perturbations each method was
+    asked for but does not apply to."""
+    frames = [
+        ev.not_applicable.assign(method=name)[["method", "perturbation", "kind"]]
+        for name, ev in evaluations.items()
+        if len(ev.not_applicable)
+    ]
+    if not frames:
+        return pd.DataFrame({"method": [], "perturbation": [], "kind": []}, dtype=object)
+    return pd.concat(frames, ignore_index=True)
 
 
 def spearman_brown_name(method: str) -> str:
@@ -89,10 +108,19 @@ def is_ceiling(method: str) -> bool:
 
 
 def summarize_methods(
-    table: pd.DataFrame, *, spearman_brown_from: str | None = None
+    table: pd.DataFrame,
+    *,
+    not_applicable: pd.DataFrame | None = None,
+    spearman_brown_from: str | None = None,
+    methods: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Mean metrics per method and kind of a long table (a ``method`` column, as
     :func:`combine` returns); optionally a Spearman-Brown row for a split-half method.
+
+    ``not_applicable`` (as :func:`not_applicable_table` returns) adds the column
+    ``n_not_applicable``: perturbations of that kind the method does not apply to. A method
+    that applies to none of a kind's perturbations gets a row with ``n_perturbations == 0``
+    and NaN metrics. ``methods`` orders the rows (others follow in order of appearance).
 
     ``spearman_brown_from`` names a split-half method: a row ``"<name> (Spearman-Brown)"`` is
     added with every correlation-like mean
@@ -100,10 +128,12 @@ def summarize_methods(
     r)``, and the other metrics NaN, as ``cell-eval`` reports its data ceiling.
     """
     summary = summarize(table, by=("method",))
+    if not_applicable is not None and len(not_applicable):
+        summary = _with_coverage(summary, not_applicable, methods)
     if spearman_brown_from is not None and (summary["method"] == spearman_brown_from).any():
         rows = summary[summary["method"] == spearman_brown_from].copy()
         for col in rows.columns:
-            if col in ("method", "kind", "n_perturbations"):
+            if col in ("method", "kind", "n_perturbations", "n_not_applicable"):
                 continue
             if is_correlation_metric(col):
                 rows[col] = spearman_brown(rows[col].to_numpy(dtype=float))
@@ -114,13 +144,35 @@ def summarize_methods(
     return summary
 
 
+def _with_coverage(
+    summary: pd.DataFrame, not_applicable: pd.DataFrame, methods: Sequence[str]
+) -> pd.DataFrame:
+    both = pd.concat([not_applicable.assign(kind=KIND_ALL), not_applicable], ignore_index=True)
+    counts = both.groupby(["method", "kind"], sort=False).size().rename("n_not_applicable")
+    out = summary.merge(counts.reset_index(), on=["method", "kind"], how="outer", sort=False)
+    out["n_perturbations"] = out["n_perturbations"].fillna(0).astype(int)
+    out["n_not_applicable"] = out["n_not_applicable"].fillna(0).astype(int)
+    order = dict.fromkeys([*methods, *summary["method"], *both["method"]])
+    methods = {m: i for i, m in enumerate(order)}
+    kinds = {KIND_ALL: 0, "single": 1, "combo": 2}
+    rows = np.lexsort((out["kind"].map(lambda k: kinds.get(k, 3)), out["method"].map(methods)))
+    return out.iloc[rows].reset_index(drop=True)
+
+
 def summary_table(
     evaluations: Mapping[str, Evaluation], *, spearman_brown_from: str | None = None
 ) -> pd.DataFrame:
-    """Mean metrics per method and kind (:func:`summarize_methods` of :func:`combine`)."""
-    return summarize_methods(combine(evaluations), spearman_brown_from=spearman_brown_from)
+    """Mean metrics per method and kind (:func:`summarize_methods` of :func:`combine`), with
+    the ``n_not_applicable`` counts of :func:`not_applicable_table`."""
+    return summarize_methods(
+        combine(evaluations),
+        not_applicable=not_applicable_table(evaluations),
+        spearman_brown_from=spearman_brown_from,
+        methods=list(evaluations),
+    )
 
 
+_NONE_APPLIES = "n/a: applies to none of the held-out perturbations"
 _SHARED_CONTROL = (
     "predicted and real changes share the same control mean, so on near-null perturbations the "
     "average response correlates with any real change (the ceiling's halves have separate "
@@ -223,12 +275,16 @@ def markdown_summary(
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] * len(header)) + "|")
         for _, row in part.iterrows():
-            values = [
-                str(row["method"]),
-                _fmt(row["n_perturbations"]),
-                *(_fmt(row[c]) for c in cols),
-            ]
-            lines.append("| " + " | ".join(values) + " |")
+            n, missing = int(row["n_perturbations"]), row.get("n_not_applicable", 0)
+            missing = 0 if pd.isna(missing) else int(missing)
+            if n == 0 and missing:
+                cells = [_NONE_APPLIES, *[""] * (len(cols) - 1)] if cols else []
+            else:
+                cells = [_fmt(row[c]) for c in cols]
+            label = str(row["method"])
+            if n and missing:
+                label += f" (applies to {n} of {n + missing})"
+            lines.append("| " + " | ".join([label, str(n), *cells]) + " |")
         lines.append("")
     above = ceiling_notes(summary, metrics=cols) if notes else []
     if above:

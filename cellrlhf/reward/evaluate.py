@@ -30,7 +30,7 @@ Per perturbation (rows of :attr:`Evaluation.per_perturbation`):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -132,6 +132,9 @@ class Evaluation:
         order of ``per_perturbation`` (for plots).
     genes
         Gene names of the delta columns.
+    not_applicable
+        Perturbations the method was asked for but cannot predict (a baseline that does not
+        apply to them): columns ``perturbation`` and ``kind``; empty for most methods.
     """
 
     per_perturbation: pd.DataFrame
@@ -139,6 +142,9 @@ class Evaluation:
     pred_delta: np.ndarray
     real_delta: np.ndarray
     genes: np.ndarray
+    not_applicable: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame({"perturbation": [], "kind": []}, dtype=object)
+    )
 
     def summary(self) -> pd.DataFrame:
         """Mean of every metric over all perturbations and per kind (single / combo)."""

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -53,9 +54,19 @@ def test_table_has_model_rows_next_to_baselines_and_ceilings_per_context(evaluat
         for column in ("valid_fraction", "valid_cell_fraction", "distinct_sentence_fraction"):
             assert 0.0 <= model[column] <= 1.0
         assert part[part["method"] == "mean"]["valid_fraction"].isna().all()
-        # every method is scored on the same perturbations of the context
-        counts = set(part[~part["method"].str.contains("Spearman")]["n_perturbations"])
-        assert len(counts) == 1
+        # every method is asked for the same perturbations of the context; a baseline that
+        # cannot apply to some says so instead of predicting them with another's answer
+        asked = part["n_perturbations"] + part["n_not_applicable"]
+        assert len(set(asked)) == 1
+        full = part[part["method"].isin(["sft", "control", "mean", "split_half"])]
+        assert (full["n_not_applicable"] == 0).all()
+        # unseen singles: additive and context_transfer apply to none of them
+        for name in ("additive", "context_transfer"):
+            row = part[part["method"] == name].iloc[0]
+            assert row["n_perturbations"] == 0 and row["n_not_applicable"] == asked.iloc[0]
+            assert np.isnan(row["pearson_delta"])
+        assert part[part["method"] == "mean"]["pearson_specific"].eq(0.0).all()
+        assert np.isnan(part[part["method"] == "control"]["pearson_delta"]).all()
     for column in ("pearson_delta", "discrimination_score_l1", "overlap_at_N", "mae"):
         assert column in summary.columns
     assert set(summary["kind"]) >= {"all", "single"}
@@ -71,6 +82,7 @@ def test_outputs_plots_predictions_and_manifest(evaluation, sim_dataset_dir):
         assert (evaluation / png).stat().st_size > 5000, png
     md = (evaluation / "metrics.md").read_text()
     assert "SIMULATED DATA" in md and "| sft |" in md and "| split_half |" in md
+    assert "| additive | 0 | n/a: applies to none of the held-out perturbations |" in md
     pred = ad.read_h5ad(evaluation / "predictions" / "sft.h5ad")
     generated = pred.obs[pred.obs["split_kind"] != "control"]
     assert generated["prompt_index"].nunique() == 4
@@ -88,8 +100,6 @@ def test_outputs_plots_predictions_and_manifest(evaluation, sim_dataset_dir):
 
 
 def _evaluation(rows):
-    import numpy as np
-
     from cellrlhf.reward.evaluate import Evaluation
 
     table = pd.DataFrame(

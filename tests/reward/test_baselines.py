@@ -47,36 +47,50 @@ def test_additive_only_predicts_combinations_of_trained_singles(train):
     np.testing.assert_allclose(got.deltas, [[1, 0, -1, 0], [0, 2, -1, 0]])
 
 
-def test_nearest_by_shared_targets_else_mean(train):
+def test_nearest_by_shared_targets_not_applicable_without(train):
     got = nearest_baseline(train, ["A+E", "E", "B", "A+B+D"])
+    assert got.perturbations.tolist() == ["A+E", "B", "A+B+D"]
     np.testing.assert_allclose(got.deltas[0], [1, 0, 0, 0])  # A (1/2) beats A+B (1/3)
-    np.testing.assert_allclose(got.deltas[1], MEAN_DELTA)  # nothing shared
-    np.testing.assert_allclose(got.deltas[2], [0, 2, 0, 0])  # itself
-    np.testing.assert_allclose(got.deltas[3], [1, 2, 0, 1])  # A+B: 2/3
-    assert got.params["n_mean_fallback"] == 1
+    np.testing.assert_allclose(got.deltas[1], [0, 2, 0, 0])  # itself
+    np.testing.assert_allclose(got.deltas[2], [1, 2, 0, 1])  # A+B: 2/3
+    # nothing shared: not applicable (no silent fallback to the mean under this name)
+    assert got.not_applicable == ("E",)
 
 
-def test_ridge_fits_seen_targets_and_shrinks_unseen(train):
-    got = ridge_baseline(train, ["A", "B", "D", "E", "A+D"], alphas=(1e-3,))
+def test_ridge_fits_seen_targets_and_does_not_predict_unseen(train):
+    got = ridge_baseline(train, ["A", "B", "D", "E", "A+D", "B+D", "E+D"], alphas=(1e-3,))
     assert got.params["alpha"] == 1e-3
+    assert got.not_applicable == ("E",)  # no target trained; E+D has D
     deltas = dict(zip(got.perturbations, got.deltas, strict=True))
     # seen singles: close to their own response (A+B's extra g3 is spread over A and B)
     np.testing.assert_allclose(deltas["D"], [0, 0, -1, 0], atol=0.05)
     assert np.corrcoef(deltas["A"], [1, 0, 0, 0])[0, 1] > 0.8
-    # A+D is A's and D's effects added
-    np.testing.assert_allclose(deltas["A+D"], deltas["A"] + deltas["D"] - deltas["E"], atol=1e-9)
-    chosen = ridge_baseline(train, ["E"])
-    assert chosen.params["alpha"] in (0.01, 0.1, 1.0, 10.0, 100.0)
-    with_features = ridge_baseline(
-        train, ["E"], target_features={"A": [1.0, 0], "B": [0, 1.0], "D": [1.0, 1.0], "E": [1.0, 0]}
+    # linear in the targets: (A+D) + B = A + (B+D)
+    np.testing.assert_allclose(
+        deltas["A+D"] + deltas["B"], deltas["A"] + deltas["B+D"], atol=1e-9
     )
-    assert with_features.deltas.shape == (1, 4)
+    chosen = ridge_baseline(train, ["A"])
+    assert chosen.params["alpha"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+    features = {"A": [1.0, 0], "B": [0, 1.0], "D": [1.0, 1.0], "E": [1.0, 0]}
+    with_features = ridge_baseline(train, ["E", "F"], target_features=features)
+    assert with_features.perturbations.tolist() == ["E"] and with_features.deltas.shape == (1, 4)
+    assert with_features.not_applicable == ("F",)
 
 
 def test_predict_baselines_and_prediction_adata(train):
     test_perts = ["A+D", "E"]
     all_preds = predict_baselines(train, test_perts)
-    assert set(all_preds) == {"control", "mean", "additive", "ridge", "nearest"}
+    assert set(all_preds) == {
+        "control",
+        "mean",
+        "additive",
+        "ridge",
+        "nearest",
+        "context_transfer",
+    }
+    # no cell contexts given: context_transfer applies to nothing
+    assert all_preds["context_transfer"].not_applicable == ("A+D", "E")
+    assert all_preds["additive"].not_applicable == ("E",)
     pred = prediction_adata(all_preds["mean"], train)
     assert pred.obs["perturbation"].tolist() == ["A+D", "E"] + ["control"] * 3
     np.testing.assert_allclose(pred.X[0], np.maximum(1 + MEAN_DELTA, 0))
@@ -117,3 +131,70 @@ def test_representation_ceiling_decodes_real_cells(perturbation_adata):
     t = evaluate_predictions(decoded, real, de=False).per_perturbation
     assert t["pearson_delta"].min() > 0.5
     assert (t["discrimination_score_l1"] == 1.0).all()
+
+
+def test_control_baseline_change_is_exactly_zero_on_many_sparse_control_cells():
+    # float32 means of many control cells differ from float64 ones by more than rounding
+    # tolerance; the prediction must keep "no change" exactly zero (was pearson_delta 0.045)
+    import scipy.sparse as sp
+
+    from cellrlhf.reward.evaluate import evaluate_predictions
+
+    rng = np.random.default_rng(0)
+    n, g = 30000, 50
+    X = np.log1p(rng.gamma(0.5, 3, (n, g)) * (rng.random((n, g)) < 0.1)).astype(np.float32)
+    labels = ["control"] * (n - 200) + ["A"] * 100 + ["B"] * 100
+    obs = pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(n)])
+    real = ad.AnnData(sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)]))
+    pred = prediction_adata(control_baseline(real, ["A", "B"]), real)
+    t = evaluate_predictions(pred, real, de=False).per_perturbation
+    assert t["pearson_delta"].isna().all()
+    assert t["pearson_delta_top20"].isna().all()
+    assert (t["mae_delta"] > 0).all()
+
+
+CONTEXT_PROFILES = {  # (context, perturbation) -> profile; control differs per context
+    ("X", "control"): [1, 1, 1],
+    ("X", "P"): [2, 1, 1],  # delta [1, 0, 0]
+    ("X", "Q"): [1, 1, 3],  # delta [0, 0, 2]
+    ("Y", "control"): [2, 2, 2],
+    ("Y", "P"): [2, 4, 2],  # delta [0, 2, 0]
+    ("W", "R"): [5, 5, 5],  # no control cells in W: nothing to measure a change against
+    ("Z", "control"): [0, 0, 0],
+}
+
+
+@pytest.fixture
+def contexts_train():
+    keys = [k for k in CONTEXT_PROFILES for _ in range(2)]
+    X = np.asarray([CONTEXT_PROFILES[k] for k in keys], dtype=np.float32)
+    obs = pd.DataFrame(
+        {"cell_context": [c for c, _ in keys], "perturbation": [p for _, p in keys]},
+        index=[f"t{i}" for i in range(len(keys))],
+    )
+    return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=["g0", "g1", "g2"]))
+
+
+def test_context_transfer_averages_the_other_contexts_changes(contexts_train):
+    from cellrlhf.reward.baselines import context_transfer_baseline
+
+    got = context_transfer_baseline(contexts_train, ["P", "Q", "R"], context="Z")
+    assert got.perturbations.tolist() == ["P", "Q"] and got.not_applicable == ("R",)
+    np.testing.assert_allclose(got.deltas, [[0.5, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    assert got.params["n_source_contexts"] == [2, 1]
+    # the context itself is never a source: Q is trained in X only
+    own = context_transfer_baseline(contexts_train, ["P", "Q"], context="X")
+    assert own.perturbations.tolist() == ["P"] and own.not_applicable == ("Q",)
+    np.testing.assert_allclose(own.deltas, [[0.0, 2.0, 0.0]])
+    with pytest.raises(KeyError, match="cell context of each training cell"):
+        context_transfer_baseline(contexts_train, ["P"], context="Z", context_col="line")
+
+
+def test_predict_baselines_in_one_context_of_many(contexts_train):
+    got = predict_baselines(
+        contexts_train, ["P", "Q"], methods=("mean", "context_transfer"), context="X"
+    )
+    np.testing.assert_allclose(got["mean"].deltas, [[0.5, 0.0, 1.0]] * 2)  # X's own mean
+    np.testing.assert_allclose(got["context_transfer"].deltas, [[0.0, 2.0, 0.0]])
+    with pytest.raises(KeyError, match="pass context_col"):
+        predict_baselines(contexts_train, ["P"], context="X", context_col="line")

@@ -26,3 +26,78 @@ def test_every_method_gets_the_specific_metrics_of_one_reference(data):
     np.testing.assert_allclose(evals["model"].per_perturbation["pearson_specific"], 1.0)
     no_train = compare_methods(real, predictions={"model": real}, de=False)
     assert no_train["model"].per_perturbation["pearson_specific"].isna().all()
+
+
+@pytest.fixture
+def contexts(perturbation_adata):
+    import anndata as ad
+
+    def part(context, perts, seed):
+        a = perturbation_adata(seed=seed, perturbations=perts, prefix=context)
+        a.obs["cell_context"] = context
+        return a
+
+    train = ad.concat(
+        [
+            part("X", ("control", "KLF1", "CEBPA", "MAPK1"), 1),
+            part("Y", ("control", "KLF1", "G1"), 2),
+            part("Z", ("control", "CEBPA", "MAPK1"), 3),
+        ]
+    )
+    real = part("Z", ("control", "KLF1", "KLF1+CEBPA", "SET"), 4)
+    return train, real
+
+
+def test_baselines_that_do_not_apply_say_so(contexts):
+    from cellrlhf.reward.baselines import control_baseline, prediction_adata, training_mean_delta
+    from cellrlhf.reward.eval_report import markdown_summary, summary_table
+    from cellrlhf.reward.evaluate import evaluate_predictions
+
+    train, real = contexts
+    evals = compare_methods(real, predictions={"model": real}, train=train, context="Z", de=False)
+    na = {name: sorted(ev.not_applicable["perturbation"]) for name, ev in evals.items()}
+    predicted = {name: sorted(ev.per_perturbation["perturbation"]) for name, ev in evals.items()}
+    # KLF1 is trained in X and Y but not in Z; SET nowhere
+    assert predicted["context_transfer"] == ["KLF1"]
+    assert na["context_transfer"] == ["KLF1+CEBPA", "SET"]
+    # Z's singles are CEBPA and MAPK1: ridge and nearest apply to KLF1+CEBPA only
+    assert predicted["ridge"] == predicted["nearest"] == ["KLF1+CEBPA"]
+    assert na["ridge"] == na["nearest"] == ["KLF1", "SET"]
+    # additive needs both singles trained in Z: none
+    assert predicted["additive"] == [] and na["additive"] == ["KLF1", "KLF1+CEBPA", "SET"]
+    assert na["mean"] == na["control"] == na["model"] == []
+    # the specific reference is Z's own mean training change: the mean baseline scores 0
+    assert (evals["mean"].per_perturbation["pearson_specific"] == 0.0).all()
+    in_z = train[(train.obs["cell_context"] == "Z").to_numpy()]
+    pred = prediction_adata(control_baseline(in_z, ["KLF1", "KLF1+CEBPA", "SET"]), real)
+    own = evaluate_predictions(pred, real, de=False, reference_delta=training_mean_delta(in_z))
+    np.testing.assert_allclose(
+        evals["control"].per_perturbation["pearson_specific"],
+        own.per_perturbation["pearson_specific"],
+    )
+    s = summary_table(evals, spearman_brown_from=SPLIT_HALF).set_index(["method", "kind"])
+    assert s.loc[("additive", "all"), "n_perturbations"] == 0
+    assert s.loc[("additive", "all"), "n_not_applicable"] == 3
+    assert s.loc[("ridge", "single"), "n_perturbations"] == 0
+    assert s.loc[("ridge", "combo"), "n_not_applicable"] == 0
+    assert s.loc[("context_transfer", "single"), "n_not_applicable"] == 1
+    assert np.isnan(s.loc[("additive", "all"), "pearson_delta"])
+    text = markdown_summary(s.reset_index())
+    assert "| additive | 0 | n/a: applies to none of the held-out perturbations |" in text
+    assert "| ridge (applies to 1 of 3) | 1 |" in text
+    assert "| context_transfer (applies to 1 of 3) | 1 |" in text
+    # rows keep the evaluation order: context_transfer before the ceilings
+    methods = list(dict.fromkeys(s.reset_index()["method"]))
+    assert methods.index("context_transfer") < methods.index(SPLIT_HALF)
+
+
+def test_context_transfer_without_contexts_applies_to_nothing(data):
+    train, real = data
+    evals = compare_methods(real, train=train, baselines=("context_transfer",), de=False)
+    assert len(evals["context_transfer"].per_perturbation) == 0
+    assert sorted(evals["context_transfer"].not_applicable["perturbation"]) == [
+        "G1+MAPK1",
+        "KLF1+CEBPA",
+    ]
+    with pytest.raises(KeyError, match="pass context_col"):
+        compare_methods(real, train=train, context="Z", de=False)
