@@ -8,11 +8,9 @@
 Same as ``cellrlhf grpo``; see :mod:`cellrlhf.ppo.grpo`.
 """
 
-import logging
 import sys
 
-from cellrlhf.ppo.grpo import cli
+from cellrlhf.cli_errors import stage_script_main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(stage_script_main("grpo"))

@@ -7,11 +7,9 @@
 Same as ``cellrlhf ppo``; see :mod:`cellrlhf.ppo.ppo`.
 """
 
-import logging
 import sys
 
-from cellrlhf.ppo.ppo import cli
+from cellrlhf.cli_errors import stage_script_main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(stage_script_main("ppo"))

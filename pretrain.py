@@ -5,9 +5,9 @@
 The code lives in :mod:`cellrlhf.sft.pretrain`; ``cellrlhf pretrain`` runs the same.
 """
 
-from cellrlhf.sft.pretrain import main, make_parser
+import sys
+
+from cellrlhf.cli_errors import stage_script_main
 
 if __name__ == "__main__":
-    parser = make_parser()
-    script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    sys.exit(stage_script_main("pretrain"))

@@ -7,11 +7,9 @@
 Same as ``cellrlhf reward``; see :mod:`cellrlhf.reward.train`.
 """
 
-import logging
 import sys
 
-from cellrlhf.reward.train import cli
+from cellrlhf.cli_errors import stage_script_main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(stage_script_main("reward"))

@@ -43,9 +43,18 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cellrlhf`` command."""
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Entry point of the ``cellrlhf`` command.
+
+    Errors a person can act on print one line (``cellrlhf <command>: error: ...``) and return 2;
+    ``--debug`` (anywhere on the command line) or ``CELLRLHF_DEBUG=1`` shows the traceback.
+    ``prog`` names the program in messages (a stage script passes its own name).
+    """
+    from cellrlhf.cli_errors import DEBUG_FLAG, run_guarded
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0
@@ -60,13 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module_name, _ = COMMANDS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("cellrlhf"):
-            print(
-                f"cellrlhf: the {name!r} command is not available in this version.", file=sys.stderr
-            )
-            return 2
-        raise
-    return int(module.cli(rest) or 0)
+
+    def run(args: list[str]) -> int:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and err.name.startswith("cellrlhf"):
+                print(
+                    f"cellrlhf: the {name!r} command is not available in this version.",
+                    file=sys.stderr,
+                )
+                return 2
+            raise
+        return int(module.cli(args) or 0)
+
+    return run_guarded(prog or f"cellrlhf {name}", run, [*rest, *([DEBUG_FLAG] if debug else [])])

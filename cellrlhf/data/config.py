@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from cellrlhf.config_types import check_types
 from cellrlhf.data.balance import BalanceConfig
 from cellrlhf.data.de import DE_METHODS
 from cellrlhf.data.schema import SchemaMapping
@@ -339,6 +340,8 @@ class DataBuildConfig:
         for required in ("name", "source", "schema"):
             if required not in spec:
                 raise ConfigError(f"the data config needs a {required!r} section.")
+        for section, section_cls in _typed_sections().items():
+            check_types(section_cls, spec.get(section), section, ConfigError)
         pretrain = dict(spec.get("pretrain") or {})
         _check_keys(pretrain, PretrainConfig, "pretrain")
         pretrain["balance"] = BalanceConfig.from_dict(pretrain.get("balance"))
@@ -400,6 +403,21 @@ class DataBuildConfig:
         return DataBuildConfig.from_dict(apply_overrides(self.to_dict(), overrides))
 
 
+def _typed_sections() -> dict:
+    """Sections whose values are checked against their dataclass's field types."""
+    return {
+        "source": SourceConfig,
+        "expression": ExpressionConfig,
+        "sentences": SentenceConfig,
+        "split": SplitConfig,
+        "pretrain": PretrainConfig,
+        "rl": RLConfig,
+        "de": DEConfig,
+        "decoder": DecoderConfig,
+        "output": OutputConfig,
+    }
+
+
 def apply_overrides(spec: Mapping, overrides: Sequence[str]) -> dict:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a config mapping."""
     out = copy.deepcopy(dict(spec))
@@ -431,7 +449,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DataBuildCon
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data config {path} does not exist (see configs/data/).")
-    spec = yaml.safe_load(path.read_text()) or {}
+    with path.open() as handle:  # the file's name appears in YAML errors
+        spec = yaml.safe_load(handle) or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"{path} must contain a YAML mapping.")
     return DataBuildConfig.from_dict(apply_overrides(spec, overrides))

@@ -22,9 +22,36 @@ import scipy.sparse as sp
 
 from cellrlhf.data.registry import REGISTRY, fetch, file_sha256
 
-__all__ = ["load_anndata", "DataSource", "open_source"]
+__all__ = ["load_anndata", "DataSource", "SourceReadError", "open_source", "read_error"]
 
 logger = logging.getLogger(__name__)
+
+
+class SourceReadError(ValueError):
+    """A source file cannot be read: truncated, corrupt or not an .h5ad at all."""
+
+
+def read_error(path, err: BaseException) -> SourceReadError | None:
+    """``err`` as a :class:`SourceReadError` naming ``path`` when it came from reading the file.
+
+    h5py and anndata report damaged files as ``OSError``, ``RuntimeError``, ``KeyError`` or
+    unicode errors from deep inside; a missing file or a refused permission are not damage.
+    """
+    if path is None or isinstance(err, (FileNotFoundError, PermissionError, SourceReadError)):
+        return None
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    from_reader = any(f"{os.sep}{lib}{os.sep}" in f for f in frames for lib in ("h5py", "anndata"))
+    if not isinstance(err, (OSError, RuntimeError, KeyError, UnicodeError)) or not from_reader:
+        return None
+    detail = " ".join(str(err).split())[:300]
+    return SourceReadError(
+        f"cannot read {path}: the file is truncated or corrupt ({type(err).__name__}: {detail}). "
+        "Copy or download it again (registered data sets: `cellrlhf data fetch <name>`)."
+    )
 
 
 def _resolve_path(name_or_path: str | os.PathLike, data_dir, cache_dir) -> tuple[Path, str | None]:
@@ -112,8 +139,11 @@ class DataSource:
     def __enter__(self) -> DataSource:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+        damaged = read_error(self.path, exc) if exc is not None else None
+        if damaged is not None:
+            raise damaged from exc
 
     @property
     def n_obs(self) -> int:
@@ -211,7 +241,18 @@ def open_source(
     layer
         The expression layer to open (default ``X``).
     """
-    return _attach_expression(_metadata_source(config, data_dir, cache_dir, adata), layer)
+    path = None
+    try:
+        source = _metadata_source(config, data_dir, cache_dir, adata)
+        path = source.path
+        return _attach_expression(source, layer)
+    except Exception as err:
+        if adata is None and path is None and config.simulate is None:
+            path = config.path or config.dataset
+        damaged = read_error(path, err)
+        if damaged is not None:
+            raise damaged from err
+        raise
 
 
 def _metadata_source(config, data_dir, cache_dir, adata) -> DataSource:

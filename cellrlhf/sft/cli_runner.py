@@ -23,17 +23,25 @@ def run_cli(name: str, make_parser: Callable, main: Callable, argv: Sequence[str
     """Parse ``argv`` with ``make_parser()`` (``--config`` YAML + flag overrides) and run ``main``.
 
     Mistakes in the user's input (missing dataset directory, incomplete checkpoint, ...) print one
-    clear line and return 2 instead of a traceback.
+    clear line and return 2 instead of a traceback (``--debug`` / ``CELLRLHF_DEBUG=1`` re-raise
+    them); other expected errors are reported by :func:`cellrlhf.cli_errors.run_guarded`.
     """
+    from cellrlhf.cli_errors import debug_requested
+
+    debug, argv = debug_requested(argv)
     parser = make_parser(prog=f"cellrlhf {name}")
     try:
         args = parser.parse_args_and_config(list(argv))
     except ValueError as err:
+        if debug:
+            raise
         print(f"cellrlhf {name}: error: {err}", file=sys.stderr)
         return 2
     try:
         output = main(*args)
     except _user_errors() as err:
+        if debug:
+            raise
         print(f"cellrlhf {name}: error: {err}", file=sys.stderr)
         return 2
     logger.info("%s finished: %s", name, output)

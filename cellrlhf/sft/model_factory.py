@@ -30,6 +30,7 @@ from cellrlhf.sft.gene_embedding_init import init_gene_embeddings
 __all__ = [
     "ModelBundle",
     "check_model_fields",
+    "check_model_source",
     "read_model_fields",
     "load_model_config",
     "build_model_and_tokenizer",
@@ -153,6 +154,28 @@ def read_model_fields(path: str | Path) -> dict:
     return fields
 
 
+def check_model_source(name: str | Path | None) -> None:
+    """Refuse a ``--model_name_or_path`` that names a local directory that does not exist.
+
+    A name that starts with ``.``, ``/`` or ``~`` or has more than one ``/`` is a path, never a
+    Hub repo id; without this check ``transformers`` reports it as an invalid repo id.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the directory.
+    """
+    if name is None:
+        return
+    text = str(name)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_local and not Path(text).expanduser().exists():
+        raise FileNotFoundError(
+            f"model directory {text} does not exist; pass the directory a training stage wrote "
+            "(its output_dir) or a Hugging Face Hub id like 'org/model'."
+        )
+
+
 def build_model_and_tokenizer(
     model_args,
     training_args,
@@ -181,6 +204,7 @@ def build_model_and_tokenizer(
 
     from cellrlhf.sft.model_dir import is_cell_model_dir
 
+    check_model_source(model_args.model_name_or_path)
     set_seed(training_args.seed)
     vocab = dataset.vocab()
     targets = dataset.perturbation_targets()
