@@ -87,8 +87,9 @@ class Aggregate:
         ``setting, method, kind``: baselines that were asked for but predict none of the
         held-out perturbations of that kind (``additive`` for singles).
     flat_metrics
-        ``setting, kind, metric, value``: metrics on which every method has the same pooled
-        mean (they cannot separate methods on these data).
+        ``setting, kind, metric, value``: metrics on which every model and baseline with a
+        defined value (at least one of each) has the same pooled mean: they cannot separate
+        methods on these data.
     identical_models
         Setting -> groups of models with identical weights (in any run).
     """
@@ -255,12 +256,15 @@ def _not_applicable(runs: Sequence[EvaluationRun]) -> pd.DataFrame:
 
 
 def _flat_metrics(pooled: pd.DataFrame, tol: float = 1e-9) -> pd.DataFrame:
-    """Metrics whose pooled mean is the same for every (non-ceiling) method that has one."""
+    """Metrics whose pooled mean is the same for every model and baseline that has one (at
+    least one of each defined): they cannot separate methods on these data."""
     methods = pooled[(pooled["method_type"] != "ceiling") & pooled["mean"].notna()]
     out = []
     for (setting, kind, metric), part in methods.groupby(["setting", "kind", "metric"]):
+        if not {"model", "baseline"} <= set(part["method_type"]):
+            continue
         values = part["mean"].to_numpy(dtype=np.float64)
-        if len(values) >= 2 and np.ptp(values) <= tol + 1e-6 * np.abs(values).max():
+        if np.ptp(values) <= tol + 1e-6 * np.abs(values).max():
             out.append((setting, kind, metric, float(values[0])))
     return pd.DataFrame(out, columns=["setting", "kind", "metric", "value"])
 

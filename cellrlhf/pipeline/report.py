@@ -1,23 +1,36 @@
 """The run report: one self-contained HTML file and the same content in Markdown.
 
-Both are rendered from one list of sections made of blocks (paragraphs, tables, images, code),
-so the two never disagree. Plots are PNG files next to the report, readable without the HTML;
-the HTML embeds them so it can be mailed or archived alone.
+It leads with the verdict (per setting: best model, best baseline, ceiling, paired differences
+with 95% intervals, plain sentences), then the data, then the test-split results; what the RL
+stages selected their policies on (a validation split) has its own section further down, apart
+from the test results. Both renderings come from one list of sections
+(:mod:`cellrlhf.pipeline.report_render`), so they never disagree. Plots are PNG files next to
+the report, readable without the HTML; the HTML embeds them so it can be mailed alone.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from cellrlhf.pipeline.report_data import EvaluationArtifacts, RunArtifacts, collect_artifacts
+from cellrlhf.pipeline.report_data import (
+    EvaluationArtifacts,
+    RunArtifacts,
+    collect_artifacts,
+    load_aggregate,
+)
 from cellrlhf.pipeline.report_plots import plot_history, plot_timings
+from cellrlhf.pipeline.report_render import Section, to_html, to_markdown
+from cellrlhf.pipeline.report_verdict import (
+    DATA_TITLE,
+    INTERVALS_TITLE,
+    VERDICT_TITLE,
+    data_section,
+    intervals_section,
+    verdict_section,
+)
 from cellrlhf.pipeline.spec import PipelineSpec
 
 __all__ = [
@@ -26,39 +39,33 @@ __all__ = [
     "Section",
     "build_sections",
     "evaluation_tables",
+    "heldout_table",
+    "verdict_lines",
     "write_report",
 ]
 
-EVALUATION_TITLE = "Held-out perturbations: models vs baselines and ceilings"
+EVALUATION_TITLE = "Test perturbations: models vs baselines and ceilings"
+SELECTION_TITLE = "RL policy selection (what the RL stages selected on; not test results)"
 SECTION_TITLES = (
-    "Data",
+    VERDICT_TITLE,
+    DATA_TITLE,
+    EVALUATION_TITLE,
+    INTERVALS_TITLE,
     "Training and reward curves",
     "Reward model",
-    "Held-out perturbations",
-    EVALUATION_TITLE,
-    "Predicted vs real change",
-    "Generated-cell validity",
+    SELECTION_TITLE,
+    "Other result tables and plots",
+    "Generated-cell validity during training",
     "Timings",
     "Commands and configs",
 )
 
 
-@dataclass
-class Section:
-    title: str
-    blocks: list[tuple[str, object]] = field(default_factory=list)
+def verdict_lines(run_or_aggregate_dir: str | Path) -> list[str]:
+    """The verdict for the terminal (see :func:`cellrlhf.evaluation.verdict.verdict_lines`)."""
+    from cellrlhf.evaluation.verdict import verdict_lines as lines
 
-    def text(self, value: str) -> None:
-        self.blocks.append(("text", value))
-
-    def table(self, frame: pd.DataFrame) -> None:
-        self.blocks.append(("table", frame))
-
-    def image(self, path: Path, caption: str) -> None:
-        self.blocks.append(("image", (Path(path), caption)))
-
-    def code(self, value: str) -> None:
-        self.blocks.append(("code", value))
+    return lines(run_or_aggregate_dir)
 
 
 def _flat_numbers(payload: object, prefix: str = "") -> dict[str, float | int]:
@@ -77,27 +84,6 @@ def _numbers_table(payload: dict, limit: int = 40) -> pd.DataFrame:
         for k, v in list(_flat_numbers(payload).items())[:limit]
     ]
     return pd.DataFrame(items, columns=["quantity", "value"])
-
-
-def _data_section(art: RunArtifacts) -> Section:
-    sec = Section("Data")
-    manifest = art.data_manifest
-    if not manifest:
-        sec.text("No data manifest found (the data stage has not run).")
-        return sec
-    if art.simulated:
-        sec.text(
-            "**SIMULATED DATA.** This run used cellrlhf's simulator, not real measurements: "
-            "every number below describes the simulator, not biology."
-        )
-    source = manifest.get("source") or manifest.get("config", {}).get("source")
-    if source:
-        sec.text(f"Source: `{json.dumps(source, default=str)[:300]}`")
-    counts = {k: v for k, v in manifest.items() if k in {"counts", "n_cells", "n_genes", "splits"}}
-    table = _numbers_table(counts)
-    if len(table):
-        sec.table(table)
-    return sec
 
 
 def _curves_section(art: RunArtifacts, out_dir: Path) -> Section:
@@ -155,31 +141,48 @@ def heldout_table(art: RunArtifacts) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _metrics_section(art: RunArtifacts) -> Section:
-    sec = Section("Held-out perturbations")
+def _selection_section(art: RunArtifacts, out_dir: Path) -> Section:
+    """What each RL stage's held-out monitor measured while it chose its policy."""
+    sec = Section(SELECTION_TITLE)
     table = heldout_table(art)
     if len(table):
+        splits = set(table["split"])
         sec.text(
-            "True group-level fidelity on held-out perturbations, measured by each RL stage's "
-            "monitor (generated cells decoded, pseudo-bulk against the decoded control) on the "
-            "`rl/` split in the `split` column. The best row is the policy the stage kept; when "
-            "the split is `test`, that choice was made on the test perturbations and is "
-            "optimistic (hold out validation perturbations in the data config):"
+            "Each RL stage's monitor (generated cells decoded, pseudo-bulk against the decoded "
+            "control) on the `rl/` split named in the `split` column; the `best` row is the "
+            "policy the stage kept. These numbers chose the policy, so they are not a test "
+            "result: the test results are the sections above."
         )
+        if "test" in splits:
+            sec.text(
+                "**Warning:** a stage selected its policy on the `test` split, so its test "
+                "numbers above are optimistic. Hold out validation perturbations in the data "
+                "config (split.n_validation_perturbations / n_validation_pairs)."
+            )
         sec.table(table.round(4))
+    for stage, paths in art.images.items():
+        for path in paths:
+            if "heldout" in path.name:
+                sec.image(_copy(path, out_dir, f"{stage}_"), f"{stage}: policy-selection monitor")
+    if not sec.blocks:
+        sec.text("No RL policy-selection monitor found (no RL stage has run, or none logged).")
+    return sec
+
+
+def _other_section(art: RunArtifacts, out_dir: Path) -> Section:
+    """Result tables and plots of other stages (e.g. ``cellrlhf eval``), as they are."""
+    sec = Section("Other result tables and plots")
     for name, frame in art.metric_tables.items():
         sec.text(f"`{name}`")
         sec.table(frame.round(4) if hasattr(frame, "round") else frame)
+    for stage, paths in art.images.items():
+        for path in paths:
+            if any(w in path.name for w in ("delta", "scatter", "pred_vs")):
+                sec.image(
+                    _copy(path, out_dir, f"{stage}_"), f"{stage}: {path.stem.replace('_', ' ')}"
+                )
     if not sec.blocks:
-        sec.text(
-            "No held-out monitor or evaluation table found here"
-            + (" (the evaluation stage has its own section below)." if art.evaluation else ".")
-        )
-    else:
-        sec.text(
-            "Read every model row against the baselines (control mean, training mean, additive for "
-            "combinations) and the ceilings (split-half real vs real, representation ceiling)."
-        )
+        sec.text("No other result tables or plots.")
     return sec
 
 
@@ -190,13 +193,13 @@ _EVAL_COLUMNS = (
     "cell_context",
     "kind",
     "n_perturbations",
+    "pearson_specific",
+    "pearson_specific_top20",
     "pearson_delta",
     "pearson_delta_top20",
     "discrimination_score_l1",
     "overlap_at_N",
     "mae",
-    "valid_fraction",
-    "distinct_sentence_fraction",
 )
 
 
@@ -217,17 +220,18 @@ def evaluation_tables(evaluation: EvaluationArtifacts) -> tuple[pd.DataFrame, pd
     )
 
 
-def _evaluation_section(art: RunArtifacts, out_dir: Path) -> Section:
-    sec = Section(EVALUATION_TITLE)
-    evaluation = art.evaluation
-    if evaluation is None:
-        sec.text("No evaluation found (the evaluate stage has not run).")
-        return sec
+def _evaluation_intro(sec: Section, art: RunArtifacts, evaluation: EvaluationArtifacts) -> None:
     manifest = evaluation.manifest
     if evaluation.simulated or art.simulated:
         sec.text(
             "**SIMULATED DATA.** These scores describe the simulator, not biology: do not "
             "read them as evidence about real perturbation responses."
+        )
+    if len(art.evaluations) > 1:
+        sec.text(
+            f"Evaluation `{evaluation.stage}` (one of {len(art.evaluations)}: "
+            f"{', '.join(art.evaluations)}); the pooled results over all of them are in the next "
+            "section."
         )
     settings = manifest.get("settings") or {}
     models = ", ".join(f"`{m}`" for m in manifest.get("models") or {}) or "none"
@@ -235,13 +239,12 @@ def _evaluation_section(art: RunArtifacts, out_dir: Path) -> Section:
     sec.text(
         f"Models {models}"
         + (f" (left out, not found: {', '.join(skipped)})" if skipped else "")
-        + f": {settings.get('cells_per_prompt')} cells sampled per held-out prompt at temperature "
+        + f": {settings.get('cells_per_prompt')} cells sampled per test prompt at temperature "
         f"{settings.get('temperature')} (seed {settings.get('seed')}), decoded with the dataset's "
         "decoder; the model's control is the real control through the same decoder. Every "
-        "method is scored per cell context on the same real test cells. Baselines (`control`, "
-        "`mean`, `additive`, `ridge`, `nearest`) learn from the training cells; ceilings: "
-        "`split_half` (real vs real; Spearman-Brown at full depth in the per-context files) and "
-        "`representation_decoder` (real cells through encode -> decode)."
+        "method is scored per cell context on the same real test cells. Baselines learn from "
+        "the training cells; ceilings: `split_half` (real vs real; Spearman-Brown at full depth "
+        "in the verdict) and `representation_decoder` (real cells through encode -> decode)."
     )
     for names in manifest.get("identical_models") or []:
         steps = {n: (manifest["models"].get(n) or {}).get("selected_step") for n in names}
@@ -252,6 +255,36 @@ def _evaluation_section(art: RunArtifacts, out_dir: Path) -> Section:
             + (f" ({'; '.join(kept)})." if kept else ".")
             + " The last policy of each RL stage is in its `last/` directory."
         )
+
+
+def _flags(agg) -> list[str]:
+    """Baselines that apply to no held-out perturbation of a kind; metrics that cannot separate."""
+    if agg is None:
+        return []
+    out = []
+    na = agg.not_applicable[agg.not_applicable["kind"] != "all"]
+    for (setting, method), part in na.groupby(["setting", "method"], sort=False):
+        kinds = " or ".join(sorted(part["kind"]))
+        out.append(
+            f"**Not applicable:** baseline `{method}` predicts none of the held-out {kinds} "
+            f"perturbations of {setting}, so it has no row (not a score of zero)."
+        )
+    flat = agg.flat_metrics[agg.flat_metrics["kind"] == "all"]
+    for _, row in flat.iterrows():
+        out.append(
+            f"**Cannot separate methods:** `{row['metric']}` is {row['value']:.3f} for every "
+            f"model and baseline on {row['setting']}; do not read differences into it."
+        )
+    return out
+
+
+def _evaluation_section(art: RunArtifacts, out_dir: Path, agg=None) -> Section:
+    sec = Section(EVALUATION_TITLE)
+    evaluation = art.evaluation
+    if evaluation is None:
+        sec.text("No evaluation found (the evaluate stage has not run).")
+        return sec
+    _evaluation_intro(sec, art, evaluation)
     overall, per_context = evaluation_tables(evaluation)
     if len(overall):
         sec.text("All cell contexts (mean over context x perturbation), by kind:")
@@ -259,12 +292,16 @@ def _evaluation_section(art: RunArtifacts, out_dir: Path) -> Section:
     if len(per_context):
         sec.text("Per cell context (each against its own control):")
         sec.table(per_context)
+    for flag in _flags(agg):
+        sec.text(flag)
     if evaluation.bar_plot:
-        sec.image(_copy(evaluation.bar_plot, out_dir, "eval_"), "metrics per cell context")
+        sec.image(_copy(evaluation.bar_plot, out_dir, "eval_"), "test metrics per cell context")
     for png in evaluation.scatter_plots:
         model = png.stem.removeprefix("pred_vs_real_")
-        sec.image(_copy(png, out_dir, "eval_"), f"{model}: predicted vs real change per gene")
-    sec.text("Generated-cell validity and diversity (per model and cell context):")
+        sec.image(
+            _copy(png, out_dir, "eval_"), f"{model}: predicted vs real change per gene (test)"
+        )
+    sec.text("Generated-cell validity and diversity on the test prompts (per model and context):")
     if evaluation.validity is not None and len(evaluation.validity):
         sec.table(evaluation.validity.round(3))
     if evaluation.validity_plot:
@@ -280,21 +317,6 @@ def _copy(path: Path, out_dir: Path, prefix: str) -> Path:
     target = out_dir / f"{prefix}{path.name}"
     shutil.copyfile(path, target)
     return target
-
-
-def _images_section(
-    art: RunArtifacts, out_dir: Path, title: str, words: tuple[str, ...]
-) -> Section:
-    sec = Section(title)
-    for stage, paths in art.images.items():
-        for path in paths:
-            if any(w in path.name for w in words):
-                target = out_dir / f"{stage}_{path.name}"
-                shutil.copyfile(path, target)
-                sec.image(target, f"{stage}: {path.stem.replace('_', ' ')}")
-    if not sec.blocks:
-        sec.text("No plots found yet.")
-    return sec
 
 
 def _busy_seconds(spans: list[tuple[float, float]]) -> tuple[float, bool]:
@@ -405,92 +427,30 @@ def _commands_section(art: RunArtifacts) -> Section:
 
 
 def build_sections(art: RunArtifacts, out_dir: Path) -> list[Section]:
-    """The report's sections, in :data:`SECTION_TITLES` order."""
+    """The report's sections, in :data:`SECTION_TITLES` order (the verdict first)."""
+    source = load_aggregate(art)
     sections = [
-        _data_section(art),
+        verdict_section(source),
+        data_section(art),
+        _evaluation_section(art, out_dir, source.aggregate),
+        intervals_section(source, out_dir),
         _curves_section(art, out_dir),
         _json_section(
             art, "Reward model", "reward_model_eval", "No reward-model evaluation found."
         ),
-        _metrics_section(art),
-        _evaluation_section(art, out_dir),
-        _images_section(
-            art, out_dir, "Predicted vs real change", ("delta", "scatter", "pred_vs", "heldout")
-        ),
+        _selection_section(art, out_dir),
+        _other_section(art, out_dir),
         _json_section(
-            art, "Generated-cell validity", "eval_results", "No generation metrics found."
+            art,
+            "Generated-cell validity during training",
+            "eval_results",
+            "No generation metrics found.",
         ),
         _timings_section(art, out_dir),
         _commands_section(art),
     ]
     assert tuple(s.title for s in sections) == SECTION_TITLES
     return sections
-
-
-def _to_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
-    lines = [f"# {title}", ""]
-    for sec in sections:
-        lines += [f"## {sec.title}", ""]
-        for kind, value in sec.blocks:
-            if kind == "text":
-                lines += [str(value), ""]
-            elif kind == "table":
-                lines += [value.to_markdown(index=False), ""]
-            elif kind == "image":
-                path, caption = value
-                lines += [f"![{caption}]({path.relative_to(out_dir)})", ""]
-            elif kind == "code":
-                lines += ["```", str(value).rstrip(), "```", ""]
-    return "\n".join(lines)
-
-
-def _md_inline(text: str) -> str:
-    """Escape, then render the two inline marks the report uses: **bold** and `code`."""
-    out = html.escape(text)
-    parts = out.split("**")
-    out = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
-    parts = out.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
-def _to_html(title: str, sections: list[Section], simulated: bool) -> str:
-    body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
-    if simulated:
-        body.append('<p class="banner">SIMULATED DATA: not real measurements.</p>')
-    body.append(
-        "<nav>"
-        + " · ".join(f'<a href="#s{i}">{html.escape(s.title)}</a>' for i, s in enumerate(sections))
-        + "</nav>"
-    )
-    for i, sec in enumerate(sections):
-        body.append(f'<section id="s{i}"><h2>{html.escape(sec.title)}</h2>')
-        for kind, value in sec.blocks:
-            if kind == "text":
-                body.append(f"<p>{_md_inline(str(value))}</p>")
-            elif kind == "table":
-                body.append(value.to_html(index=False, border=0, classes="tbl"))
-            elif kind == "image":
-                path, caption = value
-                data = base64.b64encode(path.read_bytes()).decode()
-                body.append(
-                    f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-                )
-            elif kind == "code":
-                body.append(f"<pre>{html.escape(str(value))}</pre>")
-        body.append("</section>")
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-        "color:#222}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"
-        ".tbl{border-collapse:collapse;font-size:.9em}.tbl td,.tbl th{padding:.25em .6em;"
-        "border-bottom:1px solid #eee;text-align:right}pre{background:#f6f8fa;padding:.8em;"
-        "overflow:auto;font-size:.85em}img{max-width:100%}.banner{background:#fff3cd;"
-        "border:1px solid #e0c36a;padding:.6em;font-weight:bold}nav{margin-bottom:1em}"
-    )
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
-    )
 
 
 def write_report(spec: PipelineSpec, *, title: str | None = None) -> dict[str, Path]:
@@ -507,6 +467,6 @@ def write_report(spec: PipelineSpec, *, title: str | None = None) -> dict[str, P
     sections = build_sections(art, out_dir)
     md_path = out_dir / "report.md"
     html_path = out_dir / "report.html"
-    md_path.write_text(_to_markdown(title, sections, out_dir))
-    html_path.write_text(_to_html(title, sections, art.simulated))
+    md_path.write_text(to_markdown(title, sections, out_dir))
+    html_path.write_text(to_html(title, sections, art.simulated))
     return {"html": html_path, "markdown": md_path, "dir": out_dir}

@@ -14,16 +14,25 @@ from cellrlhf.pipeline.spec import PipelineSpec
 from cellrlhf.pipeline.stage_marker import read_markers
 
 __all__ = [
+    "AGGREGATE_FORMAT",
+    "DATASET_FORMAT",
     "EVALUATION_FORMAT",
+    "AggregateSource",
     "EvaluationArtifacts",
     "RunArtifacts",
     "collect_artifacts",
     "find_trainer_history",
+    "load_aggregate",
     "read_evaluation",
 ]
 
-# ``format`` of the manifest.json written by ``cellrlhf evaluate``
+# ``format`` of the manifest.json written by ``cellrlhf evaluate``, ``cellrlhf aggregate`` and
+# ``cellrlhf data build``
 EVALUATION_FORMAT = "cellrlhf.evaluation"
+AGGREGATE_FORMAT = "cellrlhf.aggregate"
+DATASET_FORMAT = "cellrlhf.dataset"
+# keys of splits.json listed in the report (the per-cell lists are not)
+_SPLIT_LIST_KEYS = ("cells", "groups")
 
 
 @dataclass
@@ -56,6 +65,10 @@ class RunArtifacts:
     metric_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     images: dict[str, list[Path]] = field(default_factory=dict)
     evaluation: EvaluationArtifacts | None = None
+    evaluations: dict[str, EvaluationArtifacts] = field(default_factory=dict)
+    data_manifests: dict[str, dict] = field(default_factory=dict)
+    data_splits: dict[str, dict] = field(default_factory=dict)
+    aggregate_dir: Path | None = None
 
     @property
     def simulated(self) -> bool:
@@ -121,6 +134,15 @@ def read_evaluation(stage: str, out: Path, manifest: dict) -> EvaluationArtifact
     )
 
 
+def _read_splits(out: Path, manifest: dict) -> dict:
+    """The held-out lists of a data set's ``splits.json`` (without its per-cell lists)."""
+    name = (manifest.get("split") or {}).get("file") or "splits.json"
+    payload = _read_json(out / name)
+    if not isinstance(payload, dict):
+        return {}
+    return {k: v for k, v in payload.items() if k not in _SPLIT_LIST_KEYS}
+
+
 def collect_artifacts(spec: PipelineSpec) -> RunArtifacts:
     """Read markers, manifests, histories, metric tables and plots of every stage."""
     art = RunArtifacts(spec=spec, markers=read_markers(spec.run_dir))
@@ -131,11 +153,20 @@ def collect_artifacts(spec: PipelineSpec) -> RunArtifacts:
         if not out.is_dir():
             continue
         manifest = _read_json(out / "manifest.json")
-        if stage.name == "data" and isinstance(manifest, dict):
-            art.data_manifest = manifest
-        if isinstance(manifest, dict) and manifest.get("format") == EVALUATION_FORMAT:
-            art.evaluation = read_evaluation(stage.name, out, manifest)
+        manifest = manifest if isinstance(manifest, dict) else None
+        fmt = (manifest or {}).get("format")
+        if manifest is not None and (stage.name == "data" or fmt == DATASET_FORMAT):
+            art.data_manifests[stage.name] = manifest
+            art.data_splits[stage.name] = _read_splits(out, manifest)
+            if art.data_manifest is None or stage.name == "data":
+                art.data_manifest = manifest
+        if fmt == EVALUATION_FORMAT:
+            art.evaluations[stage.name] = read_evaluation(stage.name, out, manifest)
+            art.evaluation = art.evaluations[stage.name]
             continue  # shown in its own report section, not among the generic tables
+        if fmt == AGGREGATE_FORMAT:
+            art.aggregate_dir = out
+            continue  # the verdict and interval sections
         history = find_trainer_history(out)
         if history:
             art.histories[stage.name] = history
@@ -151,4 +182,43 @@ def collect_artifacts(spec: PipelineSpec) -> RunArtifacts:
         pngs = sorted(p for p in out.glob("*.png") if p.stat().st_size > 0)
         if pngs:
             art.images[stage.name] = pngs
+    default = spec.run_dir / "aggregate"
+    if art.aggregate_dir is None and _format(default) == AGGREGATE_FORMAT:
+        art.aggregate_dir = default
     return art
+
+
+def _format(directory: Path) -> str | None:
+    payload = _read_json(directory / "manifest.json")
+    return payload.get("format") if isinstance(payload, dict) else None
+
+
+@dataclass
+class AggregateSource:
+    """The run's aggregate (or why there is none) and where it came from."""
+
+    aggregate: Any | None
+    origin: str
+
+
+def load_aggregate(art: RunArtifacts, *, n_boot: int = 2000, seed: int = 0) -> AggregateSource:
+    """The run's aggregate directory when there is one, else its evaluation directories
+    aggregated now (one evaluation: intervals over its perturbations)."""
+    from cellrlhf.evaluation.aggregate import aggregate_evaluations
+    from cellrlhf.evaluation.aggregate_files import read_aggregate
+
+    if art.aggregate_dir is not None:
+        try:
+            return AggregateSource(read_aggregate(art.aggregate_dir), f"`{art.aggregate_dir}`")
+        except (OSError, ValueError, KeyError) as err:
+            if not art.evaluations:
+                return AggregateSource(None, f"The aggregate could not be read: {err}")
+    if not art.evaluations:
+        return AggregateSource(None, "No evaluation found (the evaluate stage has not run).")
+    evals = {name: ev.path for name, ev in art.evaluations.items()}
+    try:
+        agg = aggregate_evaluations(evals, n_boot=n_boot, seed=seed)
+    except (OSError, ValueError) as err:
+        return AggregateSource(None, f"The evaluation could not be aggregated: {err}")
+    where = ", ".join(f"`{p}`" for p in evals.values())
+    return AggregateSource(agg, f"aggregated for this report from {where} (no aggregate stage)")

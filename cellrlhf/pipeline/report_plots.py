@@ -1,4 +1,8 @@
-"""PNG plots of a run: training curves and timings (matplotlib, no display needed)."""
+"""PNG plots of a run: training curves and timings.
+
+Drawn on :class:`matplotlib.figure.Figure` objects (no pyplot, no backend switch), so they work
+headless and leave the caller's matplotlib backend alone.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +26,10 @@ CURVE_KEYS = (
 )
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_history(history: Iterable[dict], title: str, path: Path) -> Path | None:
@@ -47,9 +48,9 @@ def plot_history(history: Iterable[dict], title: str, path: Path) -> Path | None
                 ys.append(float(value))
     if not series:
         return None
-    plt = _pyplot()
     n = len(series)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.0), squeeze=False)
+    fig = _figure(figsize=(3.6 * n, 3.0))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, (key, (xs, ys)) in zip(axes[0], series.items(), strict=True):
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, lw=1.5)
         ax.set_title(key, fontsize=10)
@@ -59,7 +60,6 @@ def plot_history(history: Iterable[dict], title: str, path: Path) -> Path | None
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -70,10 +70,10 @@ def plot_timings(
     timeline whose bars begin where each stage began, so stages that ran side by side show."""
     if not seconds:
         return None
-    plt = _pyplot()
     names = list(seconds)
     left = [starts[n] for n in names] if starts else [0.0] * len(names)
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1))
+    fig = _figure(figsize=(6, 0.45 * len(names) + 1))
+    ax = fig.subplots()
     ax.barh(names, [seconds[n] for n in names], left=left, color="#4c72b0")
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the run started" if starts else "seconds")
@@ -84,5 +84,4 @@ def plot_timings(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

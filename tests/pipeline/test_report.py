@@ -1,4 +1,6 @@
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -70,6 +72,25 @@ def _png(path):
     plt.close(fig)
 
 
+def _write_metrics(ev, *, n=6):
+    """A metrics.csv as ``cellrlhf evaluate`` writes it: ppo beats sft by 0.1 on every one of
+    ``n`` single perturbations; the mean baseline is 0.3; control is undefined on correlations;
+    discrimination is 1 for everyone."""
+    rows = ["method,method_type,cell_context,perturbation,kind,pearson_specific,"
+            "discrimination_score_l1,mae"]  # fmt: skip
+    for i in range(n):
+        sft = 0.2 + 0.02 * i
+        for method, mtype, value in (
+            ("sft", "model", sft),
+            ("ppo", "model", sft + 0.1),
+            ("control", "baseline", ""),
+            ("mean", "baseline", 0.3),
+            ("split_half", "ceiling", 0.6),
+        ):
+            rows.append(f"{method},{mtype},K562,P{i},single,{value},1.0,0.5")
+    (ev / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
 def test_evaluation_section_shows_table_plots_and_validity(tmp_path):
     run = tmp_path / "run"
     spec = load_pipeline(
@@ -95,7 +116,7 @@ def test_evaluation_section_shows_table_plots_and_validity(tmp_path):
         "mean,baseline,K562,all,3,0.311,0.3,",
     ]
     (ev / "summary.csv").write_text("\n".join(rows) + "\n")
-    (ev / "metrics.csv").write_text("method,perturbation,pearson_delta\nppo,KLF1,0.5\n")
+    _write_metrics(ev)
     (ev / "validity.csv").write_text(
         "model,cell_context,valid_fraction,distinct_sentence_fraction\nppo,all,0.973,0.88\n"
     )
@@ -109,7 +130,13 @@ def test_evaluation_section_shows_table_plots_and_validity(tmp_path):
                 "models": {"sft": {}, "ppo": {"selected_step": 0}},
                 "identical_models": [["sft", "ppo"]],
                 "skipped_models": ["grpo"],
-                "settings": {"cells_per_prompt": 64, "temperature": 1.0, "seed": 0},
+                "settings": {
+                    "cells_per_prompt": 64,
+                    "temperature": 1.0,
+                    "seed": 0,
+                    "baselines": ["control", "mean", "additive"],
+                },
+                "dataset": {"name": "norman", "split_kind": "unseen_single"},
             }
         )
     )
@@ -126,6 +153,32 @@ def test_evaluation_section_shows_table_plots_and_validity(tmp_path):
     assert f"<h2>{EVALUATION_TITLE}</h2>" in page and "<td>0.512</td>" in page
     # the long per-perturbation table is not repeated in the generic sections
     assert "eval/metrics.csv" not in md
+    # not-applicable baselines and metrics that cannot separate methods are said so
+    assert "baseline `additive` predicts none of the held-out single" in section
+    assert "`discrimination_score_l1` is 1.000 for every model and baseline" in section
+
+
+def test_report_leads_with_the_verdict(tmp_path):
+    test_evaluation_section_shows_table_plots_and_validity(tmp_path)
+    report = tmp_path / "run" / "report"
+    md, page = (report / "report.md").read_text(), (report / "report.html").read_text()
+    assert md.split("\n## ")[1].startswith("Verdict")
+    verdict = md.split("## Verdict")[1].split("\n## ")[0]
+    assert "### unseen_single (norman): 1 run (1 fold x 1 seed)" in verdict
+    assert "| best model" in verdict and "| ppo" in verdict
+    assert "| best baseline" in verdict and "| mean" in verdict
+    # split-half 0.6; at full depth (Spearman-Brown) 2 * 0.6 / 1.6 where the metric is corrected
+    assert "| ceiling (split-half)" in verdict and ("0.600" in verdict or "0.750" in verdict)
+    assert (
+        "- PPO improved held-out perturbation-specific fidelity over SFT by +0.10 "
+        "(95% CI 0.10 to 0.10, 6 perturbations)." in verdict
+    )
+    assert "Baseline additive applies to none of the held-out single perturbations" in verdict
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>Data</h2>")
+    assert page.index("PPO improved") < page.index(f"<h2>{EVALUATION_TITLE}</h2>")
+    # the intervals section has the pooled table and its plots
+    intervals = md.split("## Test perturbations: pooled means")[1].split("\n## ")[0]
+    assert "0.600 [0.600, 0.600]" in intervals and "](pooled_unseen_single_norman.png)" in intervals
 
 
 def _timings(md):
@@ -228,3 +281,114 @@ def test_heldout_table_names_the_split_each_policy_was_selected_on(tmp_path):
         ["ppo best", "test", 0, 0.4],
         ["ppo last", "test", 10, 0.3],
     ]
+
+
+def _spec(run, stages):
+    return load_pipeline(
+        {
+            "run_dir": str(run),
+            "stages": [
+                {"name": n, "command": ["--version"], "output_dir": f"{{run_dir}}/{d}"}
+                for n, d in stages
+            ],
+        }
+    )
+
+
+def test_data_section_is_a_small_human_table(tmp_path):
+    run = tmp_path / "run"
+    spec = _spec(run, [("data", "data")])
+    (run / "data").mkdir(parents=True)
+    manifest = {
+        "format": "cellrlhf.dataset",
+        "name": "norman",
+        "source": {"file": "norman.h5ad", "n_cells_selected": 12345},
+        "perturbations": ["control", "A", "B", "A+B", "C"],
+        "cell_contexts": ["K562"],
+        "vocab": {"n_genes": 2000},
+        "config": {"split": {"kind": "unseen_single", "folds": 3, "fold": 1}},
+        "split": {
+            "kind": "unseen_single",
+            "test_perturbations": ["B"],
+            "cells": {"train": 9000, "validation": 1000, "test": 2000, "excluded": 345},
+            "file": "splits.json",
+        },
+        "counts": {"sft": {"train": 100, "validation": 10}, "rl": {"train": 20}},
+    }
+    (run / "data" / "manifest.json").write_text(json.dumps(manifest))
+    splits = {"test_perturbations": ["B"], "validation_perturbations": ["C"],
+              "excluded_perturbations": ["A+B"], "cells": {"train": ["c1", "c2"]}}  # fmt: skip
+    (run / "data" / "splits.json").write_text(json.dumps(splits))
+    md = write_report(spec)["markdown"].read_text()
+    section = re.sub(r" +", " ", md.split("## Data")[1].split("\n## ")[0])
+    assert (
+        "| data set | source | cells | perturbations | cell contexts | genes | held out | fold |"
+        in (section)
+    )
+    assert (
+        "| norman | norman.h5ad | 12,345 | 4 | K562 | 2,000 | unseen_single | 1 of 3 |" in section
+    )
+    for row in ("| train | 9,000 | the rest |", "| validation | 1,000 | C |", "| test | 2,000 | B |",
+                "| excluded | 345 | A+B |"):  # fmt: skip
+        assert row in section, row
+    assert "SFT examples train 100, validation 10; RL prompts train 20." in section
+    assert "{" not in section and "counts." not in section and "c1" not in section
+
+
+def test_rl_selection_is_apart_from_the_test_results(tmp_path):
+    run = tmp_path / "run"
+    spec = _spec(run, [("grpo", "grpo"), ("ppo", "ppo")])
+    for stage, split in (("grpo", "validation"), ("ppo", "test")):
+        (run / stage).mkdir(parents=True)
+        history = {
+            "settings": {"split": split},
+            "selection": {"best_step": 0},
+            "evaluations": [{"step": 0, "metrics": {"heldout/pearson_delta": 0.4}}],
+        }
+        (run / stage / "heldout_eval_history.json").write_text(json.dumps(history))
+    _png(run / "grpo" / "heldout_eval.png")
+    md = write_report(spec)["markdown"].read_text()
+    sections = {chunk.split("\n")[0]: chunk for chunk in md.split("\n## ")[1:]}
+    selection = sections[SECTION_TITLES[6]]
+    assert "not test results" in SECTION_TITLES[6]
+    assert "](grpo_heldout_eval.png)" in selection and "| grpo best" in selection
+    assert "**Warning:** a stage selected its policy on the `test` split" in selection
+    others = [body for title, body in sections.items() if title != SECTION_TITLES[6]]
+    assert not any("heldout_eval" in body or "grpo best" in body for body in others)
+
+
+def test_an_aggregate_stage_is_the_verdict_source(tmp_path):
+    from cellrlhf.evaluation.aggregate import aggregate_evaluations
+    from cellrlhf.evaluation.aggregate_files import write_aggregate
+
+    run = tmp_path / "run"
+    spec = _spec(run, [("evaluate", "eval"), ("aggregate", "aggregate")])
+    ev = run / "eval"
+    ev.mkdir(parents=True)
+    _write_metrics(ev)
+    manifest = {"format": "cellrlhf.evaluation", "models": {"sft": {}, "ppo": {}},
+                "dataset": {"name": "norman", "split_kind": "unseen_single"}}  # fmt: skip
+    (ev / "manifest.json").write_text(json.dumps(manifest))
+    write_aggregate(aggregate_evaluations({"fold0_seed0": ev}, n_boot=100), run / "aggregate")
+    md = write_report(spec)["markdown"].read_text()
+    verdict = md.split("## Verdict")[1].split("\n## ")[0]
+    assert f"Source: `{run / 'aggregate'}`" in verdict and "(100 resamples, seed 0)" in verdict
+    assert "- PPO improved held-out perturbation-specific fidelity over SFT by +0.10" in verdict
+    assert "aggregate/manifest.json" not in md  # not among the generic tables
+
+
+@pytest.mark.browser
+def test_report_first_screen_is_the_verdict_and_tables_fit(tmp_path, chromium_page):
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    test_report_leads_with_the_verdict(tmp_path)
+    page = chromium_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto((tmp_path / "run" / "report" / "report.html").as_uri())
+    assert page.locator("h2").all_inner_texts() == list(SECTION_TITLES)
+    verdict_box = page.locator("section#s0").bounding_box()
+    assert verdict_box["y"] < 300, "the verdict starts on the first screen"
+    assert page.get_by_text("PPO improved held-out").first.bounding_box()["y"] < 900
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 1280, "no table runs off the page"
+    artifacts.mkdir(exist_ok=True)
+    page.screenshot(path=str(artifacts / "report_first_screen.png"))
