@@ -16,9 +16,58 @@ from pathlib import Path
 
 from cellrlhf.hub.model_files import looks_like_hub_id
 
-__all__ = ["push_model", "push_dataset", "push_space", "cli"]
+__all__ = ["is_network_error", "push_model", "push_dataset", "push_space", "cli"]
 
 logger = logging.getLogger(__name__)
+
+
+NOT_LOGGED_IN = (
+    "not logged in to the Hugging Face Hub: run `huggingface-cli login` (or `hf auth login`) "
+    "or set HF_TOKEN to a token with write access."
+)
+_NETWORK_ERRORS = {"TransportError", "ConnectionError", "Timeout", "TimeoutException"}
+
+
+def _token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def is_network_error(err: BaseException) -> bool:
+    """Whether ``err`` says the Hub could not be reached (connection, timeout, offline mode)."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return bool(names & (_NETWORK_ERRORS | {"OfflineModeIsEnabled"}))
+
+
+def _scrub(text: str) -> str:
+    """``text`` without the token, whatever printed it."""
+    token = _token()
+    return text.replace(token, "hf_***") if token else text
+
+
+def _network_message(err: BaseException) -> str:
+    from huggingface_hub import constants
+
+    reason = " ".join(str(err).split())[:200] or type(err).__name__
+    return _scrub(
+        f"cannot reach the Hugging Face Hub ({constants.ENDPOINT}: {type(err).__name__}: "
+        f"{reason}). Check the network connection, HF_ENDPOINT and HF_HUB_OFFLINE, then try "
+        "again; nothing was uploaded."
+    )
+
+
+def _http_message(err) -> str:
+    status = err.response.status_code if err.response is not None else "?"
+    if status == 401:
+        return (
+            "the Hub refused the token (HTTP 401): it is invalid or expired. Run "
+            "`huggingface-cli login` (or `hf auth login`) or set HF_TOKEN to a valid token."
+        )
+    hint = " Check that your token has write access to that namespace." if status == 403 else ""
+    return f"the Hub refused the upload (HTTP {status}).{hint}"
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -188,6 +237,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _check_repo_id(args.repo_id)
+        if not args.dry_run and _token() is None:
+            print(f"cellrlhf push: {NOT_LOGGED_IN}", file=sys.stderr)
+            return 2
         if args.dry_run:
             if args.model:
                 plan = plan_model_upload(
@@ -244,20 +296,15 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"cellrlhf push: {err}", file=sys.stderr)
         return 2
     except LocalTokenNotFoundError:
-        print(
-            "cellrlhf push: not logged in to the Hugging Face Hub: run `hf auth login` or set "
-            "HF_TOKEN to a token with write access.",
-            file=sys.stderr,
-        )
+        print(f"cellrlhf push: {NOT_LOGGED_IN}", file=sys.stderr)
         return 2
     except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else "?"
-        hint = (
-            " Check that your token has write access to that namespace."
-            if status in (401, 403)
-            else ""
-        )
-        print(f"cellrlhf push: the Hub refused the upload (HTTP {status}).{hint}", file=sys.stderr)
+        print(f"cellrlhf push: {_http_message(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if not is_network_error(err):
+            raise
+        print(f"cellrlhf push: {_network_message(err)}", file=sys.stderr)
         return 1
     print(info.commit_url)
     return 0

@@ -105,3 +105,55 @@ def test_push_space_creates_a_gradio_space(local_hub):
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
     assert meta["models"] == ["me/tiny-cells"]
     assert commit["files"]["requirements.txt"].decode().strip() == "cellrlhf[chat,scanpy]"
+
+
+def _tiny_dataset(tmp_path):
+    import datasets
+
+    d = tmp_path / "dataset"
+    d.mkdir()
+    (d / "manifest.json").write_text('{"name": "tiny", "simulated": true}')
+    datasets.Dataset.from_dict({"text": ["<cell> A B </cell>"] * 3}).save_to_disk(
+        str(d / "pretrain")
+    )
+    return d
+
+
+def _push_fails(capsys, argv, status, *expected):
+    from cellrlhf.cli import main
+
+    assert main(["push", *argv]) == status
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text
+    assert "hf_test_token_never_printed" not in text
+    for part in expected:
+        assert part in captured.err, captured.err
+    return captured.err
+
+
+def test_push_without_a_token_says_how_to_log_in(tmp_path, local_hub, monkeypatch, capsys):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    argv = ["--dataset", str(_tiny_dataset(tmp_path)), "--repo-id", "me/tiny-data"]
+    _push_fails(capsys, argv, 2, "not logged in", "huggingface-cli login", "HF_TOKEN")
+    assert not local_hub.repos and not local_hub.commits
+
+
+@pytest.mark.parametrize("how", ["unreachable", "offline_mode"])
+def test_push_offline_says_the_hub_cannot_be_reached(tmp_path, monkeypatch, capsys, how):
+    import socket
+
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_never_printed")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", how == "offline_mode")
+    argv = ["--dataset", str(_tiny_dataset(tmp_path)), "--repo-id", "me/tiny-data"]
+    _push_fails(capsys, argv, 1, "cannot reach the Hugging Face Hub", "nothing was uploaded")
