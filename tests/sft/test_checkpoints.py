@@ -66,13 +66,13 @@ def test_latest_complete_checkpoint_skips_broken_ones(tmp_path, caplog):
     assert "skipping checkpoint checkpoint-12" in caplog.text
 
 
-@pytest.mark.parametrize("value", [None, "", "false", False, "no"])
+@pytest.mark.parametrize("value", ["none", "", "false", False, "no"])
 def test_resolve_fresh_start(tmp_path, value):
     _checkpoint(tmp_path, 2)
     assert resolve_resume_checkpoint(value, tmp_path) is None
 
 
-@pytest.mark.parametrize("value", ["last", "latest", "true", True, "True"])
+@pytest.mark.parametrize("value", [None, "last", "latest", "true", True, "True"])
 def test_resolve_latest(tmp_path, value):
     _checkpoint(tmp_path, 2)
     good = _checkpoint(tmp_path, 4)
