@@ -5,9 +5,12 @@ it, and predict its response to a perturbation (bar chart of the top changed gen
 decoded control, and the predicted AnnData to download). The same app runs as a Hugging Face
 Space (``app.py``: ``build_app(CellLM.from_pretrained(...)).launch()``).
 
-Safety: the server binds 127.0.0.1 unless ``--host`` says otherwise, uploads are capped
+Safety: the server binds 127.0.0.1 unless ``--host`` says otherwise (another host prints a
+warning; ``--auth USER:PASS`` or ``CELLRLHF_SERVE_AUTH`` asks for a login), uploads are capped
 (``--max-upload-mb``), and only files gradio itself received as uploads are read: a path sent by
-the client is never opened.
+the client is never opened. Each session's predictions are written to its own temporary folder,
+and :func:`launch_app` serves a prediction file to the client that made it only
+(:mod:`cellrlhf.chat.web_security`).
 """
 
 import argparse
@@ -18,7 +21,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["build_app", "cli", "UploadRejected"]
+from cellrlhf.chat.web_security import AUTH_ENV, is_loopback, parse_auth
+
+__all__ = ["build_app", "launch_app", "cli", "UploadRejected"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ def build_app(
     example: bool = True,
     max_new_tokens: int = 512,
     upload_dir: str | Path | None = None,
+    downloads=None,
 ):
     """The gradio :class:`~gradio.Blocks` app for ``lm`` (a :class:`~cellrlhf.chat.CellLM`).
 
@@ -67,6 +73,10 @@ def build_app(
         Token budget of chat answers.
     upload_dir
         Gradio's upload folder (default: gradio's own); uploads outside it are refused.
+    downloads
+        The :class:`~cellrlhf.chat.web_security.DownloadOwners` that records which client made
+        which prediction file (default: a new one, as ``demo.downloads``); :func:`launch_app`
+        enforces it.
     """
     import gradio as gr
     import pandas as pd
@@ -79,7 +89,10 @@ def build_app(
         from gradio.utils import get_upload_folder
 
         upload_dir = get_upload_folder()
+    from cellrlhf.chat.web_security import DownloadOwners
+
     name = title or (lm.path.name if lm.path else "cell language model")
+    downloads = downloads if downloads is not None else DownloadOwners()
     download_root = Path(tempfile.mkdtemp(prefix="cellrlhf-serve-"))
     empty_map = pd.DataFrame(
         {
@@ -202,7 +215,26 @@ def build_app(
             session.clear()
         return [], session
 
-    def predict(targets, context, ptype, samples, session):
+    def _offer_download(prediction, request) -> str:
+        """Write ``prediction`` into the session's own folder, copy it into gradio's cache and
+        let only the requesting client fetch it."""
+        from gradio.processing_utils import save_file_to_cache
+
+        from cellrlhf.chat.web_security import client_id
+
+        session_key = "".join(c for c in str(getattr(request, "session_hash", "")) if c.isalnum())
+        folder = download_root / (session_key[:64] or "no-session")
+        folder.mkdir(parents=True, exist_ok=True)
+        out_dir = Path(tempfile.mkdtemp(dir=folder))
+        safe = "".join(c if c.isalnum() or c in "+-_" else "_" for c in prediction.perturbation)
+        path = prediction.write(out_dir / f"prediction_{safe}.h5ad")
+        cached = save_file_to_cache(path, str(upload_dir))
+        client = client_id(request)
+        if client is not None:
+            downloads.grant(cached, client)
+        return cached
+
+    def predict(targets, context, ptype, samples, session, request: gr.Request):
         if session is None or session.cell is None:
             return _warn("select a cell first.", 5)
         try:
@@ -214,9 +246,7 @@ def build_app(
             )
         except (ValueError, KeyError) as err:
             return _warn(_message(err), 5)
-        out_dir = Path(tempfile.mkdtemp(dir=download_root))
-        safe = "".join(c if c.isalnum() or c in "+-_" else "_" for c in prediction.perturbation)
-        path = prediction.write(out_dir / f"prediction_{safe}.h5ad")
+        path = _offer_download(prediction, request)
         table = pd.concat(
             [prediction.top_up.assign(direction="up"), prediction.top_down.assign(direction="down")]
         )[["direction", "gene", "predicted", "control", "delta"]].round(4)
@@ -321,7 +351,39 @@ def build_app(
             [*prediction_outputs, session_state],
         )
     demo.queue(default_concurrency_limit=1)
+    demo.downloads = downloads
     return demo
+
+
+def launch_app(
+    demo,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    max_upload_mb: float = 500,
+    auth: list[tuple[str, str]] | None = None,
+    **launch_kwargs,
+):
+    """Serve ``demo`` (from :func:`build_app`) with the download guard and optional login.
+
+    Every client gets its own cookie, and a prediction file is served to the client that made
+    it only (:class:`~cellrlhf.chat.web_security.ClientGuard`). ``auth``: gradio's login
+    (``[(user, password), ...]``). Other keyword arguments go to gradio's ``launch``.
+    """
+    from starlette.middleware import Middleware
+
+    from cellrlhf.chat.web_security import ClientGuard, DownloadOwners
+
+    owners = getattr(demo, "downloads", None) or DownloadOwners()
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=int(max_upload_mb * 2**20),
+        share=False,
+        auth=auth,
+        app_kwargs={"middleware": [Middleware(ClientGuard, owners=owners)]},
+        **{"show_error": True, **launch_kwargs},
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -331,6 +393,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory or Hugging Face Hub id")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--auth",
+        default=None,
+        metavar="USER:PASSWORD",
+        help="ask for a login (several as u1:p1,u2:p2); better from the environment variable "
+        f"{AUTH_ENV}, which other users cannot read in the process list. Advised with --host",
+    )
     p.add_argument("--max-upload-mb", type=float, default=500, help="largest accepted upload")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--no-example", action="store_true", help="hide the example cells")
@@ -354,6 +423,16 @@ def _parser() -> argparse.ArgumentParser:
 def cli(argv: Sequence[str] | None = None) -> int:
     """``cellrlhf serve``: returns the process exit status."""
     args = _parser().parse_args(argv)
+    try:
+        auth = parse_auth(args.auth, source="--auth") or parse_auth(
+            os.environ.get(AUTH_ENV), source=AUTH_ENV
+        )
+    except ValueError as err:
+        print(f"cellrlhf serve: {err}", file=sys.stderr)
+        return 2
+    warning = _host_warning(args.host, auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
@@ -374,16 +453,23 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"cellrlhf serve: {err}", file=sys.stderr)
         return 2
-    if args.host not in {"127.0.0.1", "localhost", "::1"}:
-        logger.warning(
-            "binding %s: the app is reachable from other machines and has no login.", args.host
-        )
     demo = build_app(lm, example=not args.no_example, max_new_tokens=args.max_new_tokens)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        max_file_size=int(args.max_upload_mb * 2**20),
-        share=False,
-        show_error=True,
-    )
+    launch_app(demo, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, auth=auth)
     return 0
+
+
+def _host_warning(host: str, auth) -> str | None:
+    """What to tell the user about binding ``host`` (``None`` for a loopback address)."""
+    if is_loopback(host):
+        return None
+    if auth:
+        return (
+            f"cellrlhf serve: binding {host}: the app is reachable from other machines; a login "
+            "is required. Put it behind HTTPS (a reverse proxy) so passwords do not travel in "
+            "clear text."
+        )
+    return (
+        f"cellrlhf serve: WARNING: binding {host}: the app is reachable from other machines and "
+        f"has no login: anyone who can reach it can use the model. Set {AUTH_ENV}=USER:PASSWORD "
+        "(or --auth) to require a login, or bind 127.0.0.1."
+    )

@@ -57,17 +57,11 @@ def _free_port() -> int:
 def served_app(lm):
     pytest.importorskip("gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from cellrlhf.chat.web import build_app
+    from cellrlhf.chat.web import build_app, launch_app
 
     demo = build_app(lm, max_new_tokens=24)
     port = _free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        max_file_size=50 * 2**20,
-    )
+    launch_app(demo, port=port, max_upload_mb=50, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -127,41 +121,6 @@ def test_web_app_in_chromium(served_app, chromium_page, pbmc, tmp_path):
     page.wait_for_selector("text=no cell named 'NOT-A-CELL'")
     page.wait_for_timeout(800)  # let the warning finish fading in
     page.screenshot(path=str(ARTIFACTS / "chat_web_upload_error.png"), full_page=True)
-
-
-@pytest.mark.slow
-def test_serve_command_serves_the_app_on_localhost(tiny_model_dir):
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    pytest.importorskip("gradio")
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cellrlhf", "serve", "--model", str(tiny_model_dir)]
-        + ["--port", str(port), "--no-example"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 180
-        page = None
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as r:
-                    page = r.read().decode()
-                break
-            except OSError:
-                time.sleep(1)
-        assert page is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
-        assert "cellrlhf: tiny_cell_model" in page  # the app's title
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.browser
