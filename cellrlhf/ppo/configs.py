@@ -227,6 +227,13 @@ class CellGRPOScriptArguments(CellRLScriptArguments):
             '\'{"duplicate_penalty": 1.0, "no_end_penalty": 0.5}\'.'
         },
     )
+    specific_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the fidelity reward's perturbation-specific term: the group's change "
+            "relative to the mean training change of its cell context vs the real one (0: off)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -126,6 +126,10 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
         reward_model_path=script_args.reward_model_path,
         fidelity_kwargs=script_args.fidelity_reward_kwargs,
         dtype=model_args.dtype,
+        specific_weight=script_args.specific_weight,
+        train_rows=data.dataset.load_rl()[script_args.dataset_train_split]  # all, not subsampled
+        if script_args.specific_weight
+        else None,
     )
     peft_config = get_peft_config(model_args)
     monitoring = script_args.heldout_every_steps > 0

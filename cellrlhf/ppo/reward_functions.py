@@ -25,8 +25,13 @@ def build_reward_functions(
     reward_model_path: str | None,
     fidelity_kwargs: dict | None = None,
     dtype: str | None = None,
+    specific_weight: float = 0.0,
+    train_rows=None,
 ) -> tuple[list, list]:
     """Reward functions and their processing classes, in the order of ``sources``.
+
+    ``specific_weight`` weighs the fidelity reward's perturbation-specific term; its reference
+    (each context's mean training change) comes from ``train_rows`` (the ``rl/train`` split).
 
     Returns
     -------
@@ -37,11 +42,12 @@ def build_reward_functions(
     """
     from cellrlhf.ppo.model_loading import load_scoring_model
     from cellrlhf.reward.fidelity_reward import GroupFidelityReward
+    from cellrlhf.reward.specific_reference import with_specific_term
 
     funcs, processing = [], []
     for source in sources:
         if source == "fidelity":
-            kwargs = dict(fidelity_kwargs or {})
+            kwargs = with_specific_term(fidelity_kwargs, specific_weight, train_rows)
             kwargs.setdefault("end_token_ids", [tokenizer.eos_token_id])
             funcs.append(GroupFidelityReward(decoder, **kwargs))
             processing.append(None)

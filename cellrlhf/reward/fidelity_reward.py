@@ -19,7 +19,12 @@ For the completions ``i = 1..G`` of one prompt (rows with the same prompt form a
    F_(-i))``, clipped to ``[-pseudo_clip, pseudo_clip]``. Its group mean is the jackknife
    estimate of ``F``; its spread is how much each completion moved the pseudo-bulk towards
    (or away from) the truth. ``credit="group"`` gives every member ``F`` instead.
-4. Optionally the same for the top-``k`` changed genes (``weights.top_de``) and a distributional
+4. Optionally the same for the top-``k`` changed genes (``weights.top_de``), the same on the
+   perturbation-specific change (``weights.specific``; Systema's idea, as the evaluation's
+   ``pearson_specific``): with ``m`` the mean training change of the prompt's cell context
+   (``train_mean_deltas``), the pseudo-bulk minus ``max(decoded_control + m, 0)`` against
+   ``reference_perturbed - max(reference_control + m, 0)``, so a group that writes the average
+   response scores 0 there; and a distributional
    term: the energy coefficient ``H`` in ``[0, 1]`` (or RBF MMD^2) between the group's decoded
    cells and the decoded ``reference_sentences`` (real cells), as a jackknife pseudo-value
    ``d_i`` too.
@@ -27,20 +32,21 @@ For the completions ``i = 1..G`` of one prompt (rows with the same prompt form a
    written, or the completion ended without an end token), unknown-word fraction, nothing
    decodable.
 
-``reward_i = w.fidelity * f_i + w.top_de * t_i - w.distribution * d_i
+``reward_i = w.fidelity * f_i + w.top_de * t_i + w.specific * s_i - w.distribution * d_i
 - w.duplicates * dup_frac_i - w.unclosed * unclosed_i - w.unknown * unknown_frac_i
 - w.empty * empty_i``, always finite.
 
 Columns read from the dataset (the data stage's ``rl/`` split): ``reference_perturbed``,
 ``reference_control``, ``decoded_control`` (lists of floats, vocabulary order) and, for the
-distributional term, ``reference_sentences`` (list of real cell sentences).
+distributional term, ``reference_sentences`` (list of real cell sentences); for the specific
+term, ``cell_context``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -55,6 +61,7 @@ from cellrlhf.reward.diversity import diversity_metrics
 from cellrlhf.reward.jackknife import group_pearson_with_leave_one_out
 from cellrlhf.reward.metrics import top_k_changed_genes
 from cellrlhf.reward.process_gather import gather_reward_batch
+from cellrlhf.reward.specific_reference import CONTEXT_COLUMN, checked_context_means, context_rows
 
 __all__ = [
     "REFERENCE_COLUMNS",
@@ -83,6 +90,9 @@ class RewardWeights:
         Leave-one-out pseudo-value of the group's ``pearson_delta`` (all genes).
     top_de
         The same on the ``top_k`` genes that change most in the real data.
+    specific
+        The same on the change relative to the context's mean training change (needs
+        ``train_mean_deltas`` and the ``cell_context`` column); 0 by default.
     distribution
         Pseudo-value of the distance between generated and real cells (energy coefficient
         or MMD^2); needs the ``reference_sentences`` column.
@@ -98,6 +108,7 @@ class RewardWeights:
 
     fidelity: float = 1.0
     top_de: float = 0.0
+    specific: float = 0.0
     distribution: float = 0.25
     duplicates: float = 1.0
     unclosed: float = 0.5
@@ -115,7 +126,8 @@ class GroupRewardBreakdown:
     """Every term of the reward for one batch (arrays: one entry per completion).
 
     ``group`` holds each completion's group index; ``group_fidelity`` and
-    ``group_distribution`` repeat the group's value on each member.
+    ``group_distribution`` repeat the group's value on each member. ``specific`` is the
+    credited perturbation-specific term (zeros without ``train_mean_deltas``).
     """
 
     reward: np.ndarray
@@ -130,6 +142,7 @@ class GroupRewardBreakdown:
     unknown_fraction: np.ndarray
     empty: np.ndarray
     metrics: dict[str, float] = field(default_factory=dict)
+    specific: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def completion_text(completion: object) -> str:
@@ -209,6 +222,11 @@ class GroupFidelityReward:
         groups are whole (no-op on one process); ``False`` to score local slices only.
     reference_cache_size
         Decoded reference cells kept between calls (keyed by their sentences).
+    train_mean_deltas
+        Cell context -> mean training change (vocabulary order), the reference of the
+        ``specific`` term (:func:`cellrlhf.reward.specific_reference.context_mean_deltas` of the
+        ``rl/train`` split). Needed when ``weights.specific > 0``; given, the term is logged
+        (``<name>/pearson_specific_group``) even at weight 0.
     name
         ``__name__`` under which TRL logs the reward.
     """
@@ -227,6 +245,7 @@ class GroupFidelityReward:
         log_distribution: bool = True,
         gather: str | bool = "auto",
         reference_cache_size: int = 4096,
+        train_mean_deltas: Mapping[str, Sequence[float]] | None = None,
         name: str = "group_fidelity",
     ) -> None:
         if not hasattr(decoder, "decode") or not hasattr(decoder, "vocab"):
@@ -259,6 +278,9 @@ class GroupFidelityReward:
         self.reference_cache_size = int(reference_cache_size)
         self.__name__ = name
         self.n_genes = len(decoder.vocab)
+        self.train_mean_deltas = checked_context_means(
+            train_mean_deltas, self.n_genes, required=self.weights.specific > 0
+        )
         self.last_breakdown: GroupRewardBreakdown | None = None
         self._references: OrderedDict[tuple[int, int], object] = OrderedDict()
         self._warned_unmarked = False
@@ -289,7 +311,9 @@ class GroupFidelityReward:
         needed = list(REFERENCE_COLUMNS)
         if _SENTENCES_COLUMN in columns and self._needs_distribution:
             needed.append(_SENTENCES_COLUMN)
-        missing = [c for c in REFERENCE_COLUMNS if c not in columns]
+        if self.train_mean_deltas is not None:
+            needed.append(CONTEXT_COLUMN)
+        missing = [c for c in needed if c not in columns]
         if missing:
             raise KeyError(
                 f"the reward needs dataset column(s) {missing}; the data stage's rl/ split has "
@@ -331,6 +355,7 @@ class GroupFidelityReward:
         reference_control: Sequence[Sequence[float]],
         decoded_control: Sequence[Sequence[float]],
         reference_sentences: Sequence[Sequence[str]] | None = None,
+        cell_context: Sequence[str] | None = None,
     ) -> GroupRewardBreakdown:
         """Score a batch and return every term (see the module docstring for the formula)."""
         n = len(completions)
@@ -360,6 +385,17 @@ class GroupFidelityReward:
                 X, codes, decoded_ctrl, truth, gene_mask=mask
             )
             top = self._credit(top_fid.group, top_fid.leave_one_out, codes, sizes)
+        specific, specific_group = np.zeros(n), None
+        if self.train_mean_deltas is not None:
+            m = context_rows(self.train_mean_deltas, cell_context, first)
+            spec = group_pearson_with_leave_one_out(
+                X,
+                codes,
+                np.maximum(decoded_ctrl + m, 0.0),
+                perturbed - np.maximum(control + m, 0.0),
+            )
+            specific = self._credit(spec.group, spec.leave_one_out, codes, sizes)
+            specific_group = spec.group[spec.defined]
 
         dist, group_dist = np.zeros(n), np.full(n, np.nan)
         if self._needs_distribution and reference_sentences is not None:
@@ -375,6 +411,7 @@ class GroupFidelityReward:
         reward = (
             w.fidelity * fidelity
             + w.top_de * top
+            + w.specific * specific
             - w.distribution * np.nan_to_num(dist)
             - w.duplicates * dup
             - w.unclosed * unclosed
@@ -398,6 +435,10 @@ class GroupFidelityReward:
             "group_size": float(sizes.mean()),
             **diversity.as_dict(),
         }
+        if specific_group is not None:
+            metrics["pearson_specific_group"] = (
+                float(specific_group.mean()) if specific_group.size else float("nan")
+            )
         if np.isfinite(group_dist).any():
             metrics[f"{self.distance}_to_real"] = float(np.nanmean(group_dist[first]))
         return GroupRewardBreakdown(
@@ -413,6 +454,7 @@ class GroupFidelityReward:
             unknown_fraction=unknown,
             empty=empty.astype(np.float64),
             metrics=metrics,
+            specific=specific,
         )
 
     # ------------------------------------------------------------------ helpers
