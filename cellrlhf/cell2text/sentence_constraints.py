@@ -12,6 +12,17 @@ logits processor that, at each step and for each sequence of the batch:
   turn included, gets ``-inf``. A cell is never empty, and ``</cell>`` is allowed after its
   first gene, so a row never runs out of tokens.
 
+With ``single_cell_answer=True`` (RL completions, evaluation samples; not free chat) the answer
+itself is one cell and nothing else. The answer is what follows the last ``<|assistant|>`` token
+(the chat template's generation prompt, ``<|assistant|>`` then a newline), and in it:
+
+- before the answer's ``<cell>``: only ``<cell>`` (the first answer token opens the cell);
+- inside the cell: the rules above;
+- after its ``</cell>``: only an end-of-turn token (``end_ids``, the tokenizer's eos by
+  default), so no text, no second cell and no running into the budget after the cell.
+
+A row without ``<|assistant|>`` raises ``ValueError`` (the answer cannot be located).
+
 The state is read from the whole ``input_ids`` at every step (prompt included, so a prompt that
 ends in ``<cell>`` continues an open cell) with tensor operations, which makes it correct for
 batches with left padding and for beam search.
@@ -37,7 +48,10 @@ from collections.abc import Iterable
 from cellrlhf.cell2text.markup import CELL_END, CELL_START
 from cellrlhf.cell2text.vocab import GeneVocab
 
-__all__ = ["CellSentenceConstraint", "cell_sentence_processors"]
+__all__ = ["ANSWER_START", "CellSentenceConstraint", "cell_sentence_processors"]
+
+ANSWER_START = "<|assistant|>"
+"""The chat template's last token before an assistant answer (a role token of the tokenizer)."""
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +67,13 @@ class CellSentenceConstraint:
     genes
         The genes a cell may contain: the measured genes (the model's ``gene_vocab.json``).
         Genes without a single token are skipped with a warning.
+    single_cell_answer
+        The answer (after the last ``<|assistant|>``) is exactly one cell followed by an end
+        token: it opens with ``<cell>`` and only ``end_ids`` may follow its ``</cell>``. For RL
+        completions and evaluation samples; free chat leaves it off.
+    end_ids
+        The end-of-turn tokens allowed after the answer's cell (default: the tokenizer's eos).
+        Only used with ``single_cell_answer``.
 
     Raises
     ------
@@ -67,7 +88,14 @@ class CellSentenceConstraint:
     unchanged). Pass it in ``model.generate(..., logits_processor=LogitsProcessorList([p]))``.
     """
 
-    def __init__(self, tokenizer, genes: GeneVocab | Iterable[str]):
+    def __init__(
+        self,
+        tokenizer,
+        genes: GeneVocab | Iterable[str],
+        *,
+        single_cell_answer: bool = False,
+        end_ids: Iterable[int] | None = None,
+    ):
         from cellrlhf.cell2text.tokenizer import gene_token_ids, markup_token_id, tokenizer_mode
 
         mode = tokenizer_mode(tokenizer)
@@ -99,15 +127,31 @@ class CellSentenceConstraint:
                 missing[:5],
             )
         self.space_ids = _whitespace_token_ids(tokenizer, self.gene_ids[0])
+        self.single_cell_answer = bool(single_cell_answer)
+        self.answer_start_id = None
+        self.end_ids: list[int] = []
+        if self.single_cell_answer:
+            self.answer_start_id = markup_token_id(
+                tokenizer, ANSWER_START, needed_by="a single-cell answer grammar"
+            )
+            if end_ids is None:
+                end_ids = [tokenizer.eos_token_id]
+            self.end_ids = sorted({int(i) for i in end_ids if i is not None})
+            if not self.end_ids:
+                raise ValueError(
+                    "single_cell_answer needs an end-of-turn token (the tokenizer has no eos); "
+                    "pass end_ids."
+                )
         self._masks: dict[tuple[int, str], tuple] = {}
 
     def _vocab_masks(self, n_vocab: int, device):
-        """``(is_gene, allowed_inside, is_space)`` boolean vectors of length ``n_vocab``."""
+        """``(is_gene, allowed_inside, is_space, only_start, only_end)`` boolean vectors of length
+        ``n_vocab`` (the last two: what a single-cell answer bans before / after its cell)."""
         import torch
 
         key = (n_vocab, str(device))
         if key not in self._masks:
-            top = max(self.cell_end_id, self.gene_ids[-1])
+            top = max(self.cell_end_id, self.gene_ids[-1], *self.end_ids)
             if n_vocab <= top:
                 raise ValueError(
                     f"the scores have {n_vocab} columns but the tokenizer's cell tokens go up to "
@@ -119,7 +163,11 @@ class CellSentenceConstraint:
             is_space[[i for i in self.space_ids if i < n_vocab]] = True
             allowed = is_gene | is_space
             allowed[self.cell_end_id] = True
-            self._masks[key] = (is_gene, allowed, is_space)
+            not_start = torch.ones(n_vocab, dtype=torch.bool, device=device)
+            not_start[self.cell_start_id] = False
+            not_end = torch.ones(n_vocab, dtype=torch.bool, device=device)
+            not_end[self.end_ids] = False
+            self._masks[key] = (is_gene, allowed, is_space, not_start, not_end)
         return self._masks[key]
 
     def open_cells(self, input_ids):
@@ -173,7 +221,7 @@ class CellSentenceConstraint:
         if not 1 <= n <= length:
             raise ValueError(f"n_positions={n_positions} for sequences of length {length}.")
         device = input_ids.device
-        is_gene, allowed, is_space = self._vocab_masks(n_vocab, device)
+        is_gene, allowed, is_space, not_start, not_end = self._vocab_masks(n_vocab, device)
         first = length - n
         ids = input_ids.clamp(min=0, max=n_vocab - 1)
         positions = torch.arange(length, device=device).expand(batch, length)
@@ -197,18 +245,34 @@ class CellSentenceConstraint:
         banned = used | ~allowed[None, None, :]
         banned[:, :, self.cell_end_id] |= ~used.any(dim=-1)  # a cell has at least one gene
         banned |= after_space[:, :, None] & is_space[None, None, :]  # one separator between words
-        return banned & is_open[:, :, None]
+        banned &= is_open[:, :, None]
+        if not self.single_cell_answer:
+            return banned
+        answer = torch.where(input_ids == self.answer_start_id, positions, -1)
+        if (answer.amax(dim=1) < 0).any():
+            raise ValueError(
+                f"single_cell_answer: a sequence has no {ANSWER_START} token, so its answer cannot "
+                "be located; apply the chat template (add_generation_prompt=True) to the prompts."
+            )
+        last_answer = answer.cummax(dim=1).values
+        in_answer = (positions > last_answer)[:, first:]
+        opened = (last_open > last_answer)[:, first:]  # the answer's <cell> was written
+        before = in_answer & ~opened
+        after = in_answer & opened & ~is_open
+        banned = torch.where(before[:, :, None], not_start[None, None, :], banned)
+        return torch.where(after[:, :, None], not_end[None, None, :], banned)
 
     def __call__(self, input_ids, scores):
         banned = self.banned(input_ids, scores.shape[-1])
         return scores.masked_fill(banned, -math.inf)
 
 
-def cell_sentence_processors(tokenizer, genes: GeneVocab | Iterable[str]):
-    """A ``transformers.LogitsProcessorList`` holding one :class:`CellSentenceConstraint`."""
+def cell_sentence_processors(tokenizer, genes: GeneVocab | Iterable[str], **options):
+    """A ``transformers.LogitsProcessorList`` holding one :class:`CellSentenceConstraint`
+    (``options``: its keyword arguments, e.g. ``single_cell_answer=True``)."""
     from transformers import LogitsProcessorList
 
-    return LogitsProcessorList([CellSentenceConstraint(tokenizer, genes)])
+    return LogitsProcessorList([CellSentenceConstraint(tokenizer, genes, **options)])
 
 
 def _whitespace_token_ids(tokenizer, word_id: int) -> list[int]:

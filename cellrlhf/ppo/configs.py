@@ -151,12 +151,13 @@ class CellRLScriptArguments(ScriptArguments):
     constrain_cells: bool = field(
         default=False,
         metadata={
-            "help": "Train the constrained policy: inside <cell> ... </cell> only measured genes not yet "
-            "written in the cell, or </cell> (the grammar of `chat --constrain-cells`), applied when "
-            "sampling and in every log-probability (policy, old policy, reference), so RL optimises "
-            "exactly the constrained distribution and every sampled cell is valid. Needs gene "
-            "tokens. Off by default: the saved policy is then a model whose own samples are valid "
-            "or not; with it on, sample the result with the constraint (chat --constrain-cells)."
+            "help": "Train the constrained policy: each answer is one cell and its end token (it "
+            "opens with <cell>; inside, only measured genes not yet written, or </cell> after the "
+            "first gene; after </cell>, only the end of turn), applied when sampling and in every "
+            "log-probability (policy, old policy, reference), so RL optimises exactly the "
+            "constrained distribution and every finished answer is a fully valid cell. Needs gene "
+            "tokens. Recorded in cellrlhf.json: `cellrlhf evaluate` / `predict` then sample the "
+            "policy under the same grammar (--no-constrain-cells to see its own samples)."
         },
     )
     select_best: bool = field(

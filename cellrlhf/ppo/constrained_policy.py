@@ -4,10 +4,12 @@ With ``constrain_cells`` the policy RL optimises is the *constrained* distributi
 
     pi_c(a | s) = softmax(mask_s(logits(s)) / T)[a],
 
-where ``mask_s`` bans, inside an open ``<cell>``, every token but the measured genes not yet
-written in that cell, ``</cell>`` and one separator (the grammar of
-:class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint`, the one ``chat
---constrain-cells`` decodes under). The same mask is applied
+where ``mask_s`` is the single-cell answer grammar of
+:class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint`
+(``single_cell_answer=True``): the answer opens with ``<cell>``; inside it only the measured
+genes not yet written in that cell, ``</cell>`` (after the first gene) and one separator; after
+its ``</cell>`` only the end-of-turn token (the tokenizer's eos, where the trainers stop). Every
+finished answer is then exactly one fully valid cell. The same mask is applied
 
 - when sampling (the constraint as a ``logits_processor`` of ``generate``, see
   :func:`constrained_generation`), and
@@ -21,8 +23,9 @@ are set to a large *finite* negative value (:func:`masked_logits`) rather than `
 probability is exactly 0 after the softmax, and entropies (``p log p``) stay finite where
 ``-inf`` would give ``0 * -inf = NaN``.
 
-The saved policy is a plain language model: sample it with the constraint (``chat
---constrain-cells``, ``CellLM(constrain_cells=True)``) to get the distribution RL optimised.
+The saved policy is a plain language model; ``constrain_cells`` is recorded in its
+``cellrlhf.json`` and ``cellrlhf evaluate`` / ``predict`` sample it under the same grammar by
+default (``chat --constrain-cells`` applies the cell rules, not the single-answer rule).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ BANNED_LOGIT_SCALE = 2.0**-10
 temperature above ``2**-10``, and ``exp`` of it is exactly 0."""
 
 
-def policy_cell_constraint(tokenizer, genes):
+def policy_cell_constraint(tokenizer, genes, *, single_cell_answer: bool = True):
     """The :class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint` of a policy.
 
     Parameters
@@ -52,6 +55,9 @@ def policy_cell_constraint(tokenizer, genes):
         The policy's tokenizer (one token per gene).
     genes
         The measured genes (the data set's :class:`~cellrlhf.cell2text.vocab.GeneVocab`).
+    single_cell_answer
+        The answer is one cell then the tokenizer's eos (RL answers); ``False``: the cell rules
+        only.
 
     Raises
     ------
@@ -61,7 +67,7 @@ def policy_cell_constraint(tokenizer, genes):
     from cellrlhf.cell2text.sentence_constraints import CellSentenceConstraint
 
     try:
-        return CellSentenceConstraint(tokenizer, genes)
+        return CellSentenceConstraint(tokenizer, genes, single_cell_answer=single_cell_answer)
     except ValueError as err:
         raise ValueError(
             f"constrain_cells=true cannot be applied to this policy: {err} "

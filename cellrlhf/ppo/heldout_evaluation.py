@@ -189,7 +189,8 @@ def score_heldout_samples(
     ):
         if key in m:
             metrics[f"heldout/{key}"] = float(m[key])
-    metrics["heldout/fully_valid_fraction"] = float(fully_valid_cells(report).mean())
+    ended = None if finished is None else [bool(f) for group in finished for f in group]
+    metrics["heldout/fully_valid_fraction"] = float(fully_valid_cells(report, texts, ended).mean())
     first = np.searchsorted(codes, np.arange(len(prompts)))
     group_distance = np.asarray(breakdown.group_distribution, dtype=np.float64)[first]
     metrics[f"heldout/{distance}_to_real"] = _nanmean(group_distance)

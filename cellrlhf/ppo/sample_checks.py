@@ -2,7 +2,8 @@
 
 Every generation step of GRPO / RLOO reports, under ``cells/``:
 
-- ``fully_valid_fraction``: answers whose cell is fully valid (:func:`fully_valid_cells`);
+- ``fully_valid_fraction``: answers that are one fully valid cell and nothing else
+  (:func:`fully_valid_cells` with the answers' texts and end tokens);
 - ``budget_hit_fraction``: answers that used the whole answer budget (``max_completion_length``)
   without an end token. When that share exceeds ``max_budget_hit`` a warning says so, with the
   budget, so a too-small budget is never silent (the first time, then at most every
@@ -21,25 +22,52 @@ __all__ = ["fully_valid_cells", "SampleChecks"]
 logger = logging.getLogger(__name__)
 
 
-def fully_valid_cells(report) -> np.ndarray:
-    """Per sentence: a closed ``<cell> ... </cell>`` of distinct measured genes, at least one.
+def fully_valid_cells(
+    report, texts: Sequence[str] | None = None, finished: Sequence[bool] | None = None
+) -> np.ndarray:
+    """Per answer: a closed ``<cell> ... </cell>`` of distinct measured genes, at least one.
 
     Parameters
     ----------
     report
         The :class:`~cellrlhf.cell2text.decode_report.DecodeReport` of the answers.
+    texts
+        The answers' texts (markup kept, end token removed): when given, an answer must also be
+        the cell alone (nothing before ``<cell>``, nothing after ``</cell>``, one cell).
+    finished
+        Whether each answer ended with an end token: when given, one that did not (cut by the
+        budget) is not fully valid.
 
     Returns
     -------
     numpy.ndarray
-        ``bool`` per sentence: marked and closed, not empty, no unknown word, no repeated gene.
+        ``bool`` per answer: marked and closed, not empty, no unknown word, no repeated gene
+        (and, with ``texts`` / ``finished``, nothing outside the cell, ended).
     """
-    return (
+    valid = (
         np.asarray(report.marked, dtype=bool)
         & np.asarray(report.closed, dtype=bool)
         & ~np.asarray(report.empty, dtype=bool)
         & (np.asarray(report.n_unknown) == 0)
         & (np.asarray(report.n_duplicates) == 0)
+    )
+    if texts is not None:
+        valid &= np.asarray([_cell_alone(t) for t in texts], dtype=bool)
+    if finished is not None:
+        valid &= np.asarray(finished, dtype=bool)
+    return valid
+
+
+def _cell_alone(text: str) -> bool:
+    """``text`` (stripped) is one ``<cell> ... </cell>`` and nothing else."""
+    from cellrlhf.cell2text.markup import CELL_END, CELL_START
+
+    text = text.strip()
+    return (
+        text.startswith(CELL_START)
+        and text.endswith(CELL_END)
+        and text.count(CELL_START) == 1
+        and text.count(CELL_END) == 1
     )
 
 
@@ -78,6 +106,12 @@ class SampleChecks:
         self._calls = 0
         self._last_warning: int | None = None
 
+    def finished(self, completion_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Per answer: it contains an end token (the turn ended before the budget)."""
+        return np.asarray(
+            [any(int(i) in self.end_ids for i in ids) for ids in completion_ids], dtype=bool
+        )
+
     def budget_hits(self, completion_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Per answer: the budget was used up without an end token."""
         return np.asarray(
@@ -91,7 +125,7 @@ class SampleChecks:
     def __call__(self, texts: Sequence[str], completion_ids: Sequence[Sequence[int]]) -> dict:
         """Metrics of one step's answers (``texts`` with their cell markup); may warn."""
         _, report = self.decoder.decode(list(texts))
-        valid = fully_valid_cells(report)
+        valid = fully_valid_cells(report, texts, self.finished(completion_ids))
         hits = self.budget_hits(completion_ids)
         hit_fraction = float(hits.mean()) if len(hits) else 0.0
         self._calls += 1

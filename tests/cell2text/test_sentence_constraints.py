@@ -256,3 +256,94 @@ def test_random_model_sampling_gives_only_valid_cells(tok, tiny_model):
     for prompt, answer in zip(prompts, texts, strict=True):
         words, _, _ = _open_cell_words(prompt, answer)
         assert len(set(words)) == len(words) and set(words) <= set(GENES), answer
+
+
+# ---------------------------------------------------------------------------- single-cell answers
+@pytest.fixture(scope="module")
+def answer_constraint(tok):
+    return CellSentenceConstraint(tok, GeneVocab(GENES), single_cell_answer=True)
+
+
+def _reference_answer_banned(tok, constraint, row: list[int], n_vocab: int) -> set[int]:
+    """The single-cell answer rule as a plain scan: after the last ``<|assistant|>``, only
+    ``<cell>`` until the answer opens its cell, the cell rule inside, only eos after it."""
+    marker = constraint.answer_start_id
+    last = max(i for i, t in enumerate(row) if t == marker)
+    answer = row[last + 1 :]
+    if not answer:  # the prefix ends at the marker: only the cell rule
+        return _reference_banned(tok, constraint, row, n_vocab)
+    everything = set(range(n_vocab))
+    if constraint.cell_start_id not in answer:
+        return everything - {constraint.cell_start_id}
+    if _reference_banned(tok, constraint, row, n_vocab):  # inside an open cell
+        return _reference_banned(tok, constraint, row, n_vocab)
+    return everything - {tok.eos_token_id}
+
+
+_ANSWER_ALPHABET = st.sampled_from(
+    ["<cell>", "</cell>", "\u2581", "W", "</s>", "<|assistant|>", *("\u2581" + g for g in GENES)]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(st.lists(_ANSWER_ALPHABET, min_size=0, max_size=12), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_single_cell_answer_mask_matches_the_rule(tok, answer_constraint, rows, data):
+    id_rows = [[_id(tok, "<|assistant|>"), *(_id(tok, t) for t in r)] for r in rows]
+    input_ids = _batch(tok, id_rows)
+    length = input_ids.shape[1]
+    n = data.draw(st.integers(1, length))
+    banned = answer_constraint.banned_after(input_ids, len(tok), n)
+    for r in range(len(rows)):
+        full = input_ids[r].tolist()
+        for k, t in enumerate(range(length - n, length)):
+            if _id(tok, "<|assistant|>") not in full[: t + 1]:
+                continue  # left padding before the marker
+            got = set(torch.nonzero(banned[r, k]).ravel().tolist())
+            want = _reference_answer_banned(tok, answer_constraint, full[: t + 1], len(tok))
+            assert got == want, (r, t)
+
+
+def test_single_cell_answer_exact_masks(tok, answer_constraint):
+    prompt = _ids(tok, "<cell> CD3E </cell> What type<|assistant|>\n")
+    everything = set(range(len(tok)))
+    eos, start = tok.eos_token_id, answer_constraint.cell_start_id
+    for answer, allowed in [
+        ("", {start}),  # the answer opens with <cell>, even after a cell in the prompt
+        ("<cell> CD3E </cell>", {eos}),  # then only the end of the turn
+    ]:
+        ids = torch.tensor([prompt + _ids(tok, answer)])
+        got = set(torch.nonzero(answer_constraint.banned(ids, len(tok))[0]).ravel().tolist())
+        assert got == everything - allowed, answer
+    ids = torch.tensor([prompt + _ids(tok, "<cell> CD3E")])  # inside: the plain cell rule
+    torch.testing.assert_close(
+        answer_constraint.banned(ids, len(tok)),
+        CellSentenceConstraint(tok, GENES).banned(ids, len(tok)),
+    )
+
+
+def test_single_cell_answer_needs_the_answer_marker(tok, answer_constraint):
+    with pytest.raises(ValueError, match="apply the chat template"):
+        answer_constraint.banned(torch.tensor([_ids(tok, "<cell> CD3E")]), len(tok))
+
+
+def test_single_cell_answers_are_one_valid_cell_then_eos(tok, tiny_model):
+    """A random model under the answer grammar: every answer is one closed, non-empty cell of
+    distinct known genes, ended by eos, with nothing after it."""
+    conversation = [{"role": "user", "content": "Generate a cell of type T cell."}]
+    prompt = tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    prompts = [prompt] * 24
+    processors = list(cell_sentence_processors(tok, GENES, single_cell_answer=True))
+    free, _ = _generate(tiny_model, tok, prompts, list(cell_sentence_processors(tok, GENES)),
+                        seed=2, n_new=16)  # fmt: skip
+    assert not all(a.startswith("<cell>") and a.endswith("</cell></s>") for a in free)
+    texts, new = _generate(tiny_model, tok, prompts, processors, seed=2, n_new=16)
+    for answer, row in zip(texts, new.tolist(), strict=True):
+        assert answer.startswith("<cell>") and answer.endswith("</cell></s>"), answer
+        cell = extract_cell(answer)
+        words = cell.sentence.split()
+        assert cell.closed and words and len(set(words)) == len(words) <= len(GENES), answer
+        assert set(words) <= set(GENES), answer
+        assert row.count(tok.eos_token_id) == 1

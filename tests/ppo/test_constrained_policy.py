@@ -154,3 +154,99 @@ def test_a_policy_without_gene_tokens_is_refused():
     text_mode = genes_as_text_tokenizer(_byte_level_base(), add_markup_tokens=True)
     with pytest.raises(ValueError, match="constrain_cells: false"):
         policy_cell_constraint(text_mode, GENES)
+
+
+# ---------------------------------------------------------------------------- single-cell answers
+def _chat_prompt(tok, user: str) -> list[int]:
+    conversation = [{"role": "user", "content": user}]
+    text = tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_the_policy_constraint_is_the_single_cell_answer_grammar(tok):
+    constraint = policy_cell_constraint(tok, GENES)
+    assert constraint.single_cell_answer and constraint.end_ids == [tok.eos_token_id]
+
+
+def test_trl_logps_of_single_cell_answers_are_the_masked_distribution(tok, model):
+    """Chat prompts, the RL grammar: TRL's log-probs equal log_softmax of the masked logits, and
+    differ from the unmasked ones; text after the cell is banned (about -inf)."""
+    answer = policy_cell_constraint(tok, GENES)
+    rows = [
+        (_chat_prompt(tok, "Generate a cell of type T cell."), _ids(tok, "<cell> CD3E CD8A </cell>") + [tok.eos_token_id]),
+        (_chat_prompt(tok, "What type"), _ids(tok, "<cell> NKG7 </cell> T cell")),
+    ]  # fmt: skip
+    width_p, width_c = max(len(p) for p, _ in rows), max(len(c) for _, c in rows)
+    pad = tok.pad_token_id
+    ids = torch.tensor(
+        [[pad] * (width_p - len(p)) + p + c + [pad] * (width_c - len(c)) for p, c in rows]
+    )
+    mask = torch.tensor([[0] * (width_p - len(p)) + [1] * (len(p) + len(c)) + [0] * (width_c - len(c))
+                         for p, c in rows])  # fmt: skip
+    k = width_c
+    with torch.no_grad():
+        got, entropy, _ = _bare_trainer(model, answer)._get_per_token_logps_and_entropies(
+            model, ids, mask, k, compute_entropy=True
+        )
+        free, _, _ = _bare_trainer(model, None)._get_per_token_logps_and_entropies(
+            model, ids, mask, k
+        )
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][:, -k:] / TEMPERATURE
+    banned = answer.banned_after(ids[:, :-1], logits.shape[-1], k)
+    expected = torch.log_softmax(logits.masked_fill(banned, -math.inf), dim=-1)
+    expected = expected.gather(-1, ids[:, -k:, None])[..., 0]
+    real = mask[:, -k:].bool()
+    target_banned = banned.gather(-1, ids[:, -k:, None])[..., 0]
+    assert torch.isfinite(entropy).all() and torch.isfinite(got).all()
+    torch.testing.assert_close(got[real & ~target_banned], expected[real & ~target_banned])
+    # row 0 is one valid cell and eos: every token allowed, <cell> and eos forced (log-prob 0)
+    assert not target_banned[0][real[0]].any()
+    assert got[0, 0] == 0 and got[0, real[0].sum() - 1] == 0
+    assert (got[0][real[0]] > free[0][real[0]] + 1e-4).all()  # each token gains the banned mass
+    # row 1 writes text after </cell>: banned in the answer grammar, allowed in the cell grammar
+    assert target_banned[1][real[1]].sum() == real[1].sum() - 4  # after "<cell> NKG7 ▁ </cell>"
+    assert (got[1][real[1] & target_banned[1]] < -1e30).all()
+    assert (free[1][real[1] & target_banned[1]] > -30).all()
+
+
+def test_single_cell_answer_sampling_is_fully_valid_and_scored_as_sampled(tok, model):
+    """Sampling under the RL grammar (as the trainer does): 100 % fully valid answers (closed,
+    non-empty, no unknown or repeated gene, ended, nothing after the cell); every sampled token
+    has a finite log-prob under the masked logits the trainer scores with."""
+    from transformers import LogitsProcessorList
+
+    from cellrlhf.cell2text.decoder import ExpressionDecoder
+    from cellrlhf.ppo.heldout_generation import answer_text
+    from cellrlhf.ppo.sample_checks import fully_valid_cells
+
+    answer = policy_cell_constraint(tok, GENES)
+    prompt = _chat_prompt(tok, "Generate a cell of type T cell.")
+    enc = {"input_ids": torch.tensor([prompt] * 48)}
+    enc["attention_mask"] = torch.ones_like(enc["input_ids"])
+    settings = dict(max_new_tokens=3 + 2 * len(GENES) + 1, do_sample=True, top_k=0, top_p=1.0,
+                    temperature=TEMPERATURE, pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id)  # fmt: skip
+    decoder = ExpressionDecoder(GeneVocab(GENES), intercept=2.0, slope=-1.0)
+
+    def validity(out):
+        new = out[:, len(prompt) :].tolist()
+        texts = [answer_text(tok, row, [tok.eos_token_id]) for row in new]
+        ended = [tok.eos_token_id in row for row in new]
+        return fully_valid_cells(decoder.decode(texts)[1], texts, ended)
+
+    torch.manual_seed(5)
+    with constrained_generation(model, LogitsProcessorList([policy_cell_constraint(tok, GENES, single_cell_answer=False)])) as m:  # fmt: skip
+        cells_only = m.generate(**enc, **settings)
+    assert validity(cells_only).mean() < 1.0  # the cell rules alone let the model write on
+    torch.manual_seed(5)
+    with constrained_generation(model, LogitsProcessorList([answer])) as m:
+        out = m.generate(**enc, **settings)
+    assert validity(out).all()
+    scored = ConstrainedLM(model, answer)(input_ids=out).logits[:, :-1]
+    k = out.shape[1] - len(prompt)
+    logp = scored[:, -k:].log_softmax(-1).gather(-1, out[:, -k:, None])[..., 0]
+    real = torch.ones_like(logp, dtype=torch.bool)
+    for r, row in enumerate(out[:, len(prompt) :].tolist()):
+        if tok.eos_token_id in row:
+            real[r, row.index(tok.eos_token_id) + 1 :] = False  # padding after the end
+    assert (logp[real] > -1e3).all()

@@ -54,3 +54,23 @@ def test_budget_warning_says_how_many_and_is_rate_limited(decoder, caplog):
         checks(texts, cut)
         assert len(caplog.records) == 2
     assert np.isclose(checks(texts, fine)["cells/budget_hit_fraction"], 0.0)
+
+
+def test_fully_valid_answers_are_the_cell_alone_and_ended(decoder):
+    texts = [
+        "<cell> ACTB GAPDH </cell>",  # the cell alone
+        "<cell> ACTB GAPDH </cell> a T cell",  # text after the cell
+        "<cell> ACTB </cell> <cell> GAPDH </cell>",  # a second cell
+        "Here: <cell> ACTB GAPDH </cell>",  # text before it
+        "  <cell> ACTB </cell>\n",  # surrounding whitespace is fine
+        "<cell> ACTB GAPDH </cell>",  # cut by the budget (not finished)
+    ]
+    _, report = decoder.decode(texts)
+    assert fully_valid_cells(report).tolist() == [True] * 6
+    assert fully_valid_cells(report, texts).tolist() == [True, False, False, False, True, True]
+    finished = [True] * 5 + [False]
+    expected = [True, False, False, False, True, False]
+    assert fully_valid_cells(report, texts, finished).tolist() == expected
+    checks = SampleChecks(decoder, budget=3, end_ids=[EOS])
+    metrics = checks(texts, [[5, EOS]] * 5 + [[5, 6, 7]])
+    assert metrics["cells/fully_valid_fraction"] == pytest.approx(2 / 6)
