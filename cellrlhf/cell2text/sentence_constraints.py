@@ -19,7 +19,10 @@ itself is one cell and nothing else. The answer is what follows the last ``<|ass
 - before the answer's ``<cell>``: only ``<cell>`` (the first answer token opens the cell);
 - inside the cell: the rules above;
 - after its ``</cell>``: only an end-of-turn token (``end_ids``, the tokenizer's eos by
-  default), so no text, no second cell and no running into the budget after the cell.
+  default), so no text, no second cell and no running into the budget after the cell;
+- with ``max_answer_tokens`` (the answer budget ``B``): once the cell has used ``B - 2``
+  tokens (``<cell>`` included), only ``</cell>``, so that ``</cell>`` and the end token still
+  fit: a long cell is cut to its highest-ranked genes and closed, never left open by the budget.
 
 A row without ``<|assistant|>`` raises ``ValueError`` (the answer cannot be located).
 
@@ -74,6 +77,10 @@ class CellSentenceConstraint:
     end_ids
         The end-of-turn tokens allowed after the answer's cell (default: the tokenizer's eos).
         Only used with ``single_cell_answer``.
+    max_answer_tokens
+        The answer budget (``max_new_tokens`` / ``max_completion_length``), at least 5: with
+        ``single_cell_answer``, the cell is closed when only ``</cell>`` and the end token still
+        fit. ``None``: no limit (a cell longer than the budget is cut open by ``generate``).
 
     Raises
     ------
@@ -95,6 +102,7 @@ class CellSentenceConstraint:
         *,
         single_cell_answer: bool = False,
         end_ids: Iterable[int] | None = None,
+        max_answer_tokens: int | None = None,
     ):
         from cellrlhf.cell2text.tokenizer import gene_token_ids, markup_token_id, tokenizer_mode
 
@@ -142,6 +150,15 @@ class CellSentenceConstraint:
                     "single_cell_answer needs an end-of-turn token (the tokenizer has no eos); "
                     "pass end_ids."
                 )
+        self.max_answer_tokens = None if max_answer_tokens is None else int(max_answer_tokens)
+        if self.max_answer_tokens is not None and (
+            not self.single_cell_answer or self.max_answer_tokens < 5
+        ):
+            raise ValueError(
+                f"max_answer_tokens={max_answer_tokens}: a budget applies to single-cell answers "
+                "(single_cell_answer=True) and must hold <cell>, a gene, a separator, </cell> "
+                "and the end token (>= 5)."
+            )
         self._masks: dict[tuple[int, str], tuple] = {}
 
     def _vocab_masks(self, n_vocab: int, device):
@@ -259,6 +276,12 @@ class CellSentenceConstraint:
         opened = (last_open > last_answer)[:, first:]  # the answer's <cell> was written
         before = in_answer & ~opened
         after = in_answer & opened & ~is_open
+        if self.max_answer_tokens is not None:  # only </cell> and the end token still fit
+            written = (positions - last_open + 1)[:, first:]  # the cell's tokens, <cell> too
+            full = in_answer & opened & is_open & (written + 2 >= self.max_answer_tokens)
+            only_close = torch.ones_like(not_start)
+            only_close[self.cell_end_id] = False
+            banned = torch.where(full[:, :, None], only_close[None, None, :], banned)
         banned = torch.where(before[:, :, None], not_start[None, None, :], banned)
         return torch.where(after[:, :, None], not_end[None, None, :], banned)
 

@@ -43,6 +43,12 @@ class GenerationSettings:
         ``<cell> ... </cell>`` only measured genes not yet in that cell, or ``</cell>``. Needs a
         tokenizer with one token per gene (not ``genes_as_text``). Text outside cells is
         unaffected; log-probabilities stay those of the unconstrained model.
+    single_cell_answer
+        With ``constrain_cells``: the answer is one cell and its end of turn (it opens with
+        ``<cell>``, only an end token may follow ``</cell>``, and the cell is closed in time
+        for ``</cell>`` and the end token to fit ``max_new_tokens``), the grammar RL's
+        constrained policy was trained under; for sampling cells (``cellrlhf evaluate``), not
+        free chat.
     """
 
     max_new_tokens: int = 256
@@ -51,8 +57,11 @@ class GenerationSettings:
     top_k: int = 0
     seed: int = 0
     constrain_cells: bool = False
+    single_cell_answer: bool = False
 
     def __post_init__(self) -> None:
+        if self.single_cell_answer and not self.constrain_cells:
+            raise ValueError("single_cell_answer=True is a rule of constrain_cells=True; set both.")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1.")
         if self.temperature < 0:
@@ -110,7 +119,7 @@ class ChatGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.cell_genes = cell_genes
-        self._constraint = None
+        self._constraints: dict[tuple, object] = {}
         stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         stop += list(gen_eos) if isinstance(gen_eos, (list, tuple)) else [gen_eos]
@@ -163,7 +172,9 @@ class ChatGenerator:
 
         if not settings.constrain_cells:
             return LogitsProcessorList()
-        if self._constraint is None:
+        single = bool(settings.single_cell_answer)
+        key = (single, settings.max_new_tokens if single else None)
+        if key not in self._constraints:
             from cellrlhf.cell2text.sentence_constraints import CellSentenceConstraint
 
             if self.cell_genes is None:
@@ -171,8 +182,14 @@ class ChatGenerator:
                     "constrain_cells=True needs the model's genes: build the ChatGenerator with "
                     "cell_genes=<GeneVocab> (CellLM does)."
                 )
-            self._constraint = CellSentenceConstraint(self.tokenizer, self.cell_genes)
-        return LogitsProcessorList([self._constraint])
+            self._constraints[key] = CellSentenceConstraint(
+                self.tokenizer,
+                self.cell_genes,
+                single_cell_answer=single,
+                end_ids=self.stop_ids,
+                max_answer_tokens=key[1],
+            )
+        return LogitsProcessorList([self._constraints[key]])
 
     def _rng(self):
         import torch

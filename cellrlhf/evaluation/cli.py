@@ -42,6 +42,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         help="directory with the dataset's source file (else $CELLRLHF_DATA_DIR / cache)",
     )
+    parser.add_argument(
+        "--constrain-cells",
+        "--constrain_cells",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sample under the single-cell answer grammar (one valid cell, then the end); "
+        "default: as each model was trained (constrain_cells in its cellrlhf.json)",
+    )
     parser.add_argument("--no_progress", "--no-progress", action="store_true")
 
 
@@ -55,6 +63,7 @@ def settings_from_args(args):
         seed=args.seed,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        constrain_cells=args.constrain_cells,
     )
 
 

@@ -8,12 +8,21 @@ truncation: the distribution RL optimised). Each answer's cell sentence is extra
 cells of the test split passed through encode -> decode with the same decoder, i.e. the control
 as the model sees it, so that predicted changes are not dominated by the decoder's bias (see
 ``docs/perturbation-rl-findings.md``).
+
+A policy is sampled the way it was trained: an RL policy trained with ``constrain_cells`` (its
+``cellrlhf.json`` says so) is sampled under the same single-cell answer grammar
+(:class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint` with
+``single_cell_answer=True``), every other model unconstrained, unless ``constrain_cells`` says
+otherwise. Under the grammar every finished answer is valid by construction, so a constrained
+model's own validity is measured too, on a smaller unconstrained sample
+(``validity["unconstrained"]``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +125,43 @@ def _validity(report, extracted, finished: np.ndarray) -> dict:
     return out
 
 
+def _sample(generator, prompts: list[str], settings, *, batch_size, progress, desc, decoder):
+    """Answers of ``prompts`` under ``settings``: extracted cells, decoder report, flags."""
+    from cellrlhf.cell2text.markup import extract_cell
+    from cellrlhf.ppo.sample_checks import fully_valid_cells
+
+    completions = generator.generate(
+        prompts, settings, batch_size=batch_size, progress=progress, desc=desc
+    )
+    extracted = [extract_cell(c.text) for c in completions]
+    X, report = decoder.decode([e.sentence for e in extracted])
+    finished = np.asarray([c.finished for c in completions], dtype=bool)
+    texts = [c.text for c in completions]
+    # the same definition as RL's step metric: the answers' own report (markup read)
+    valid = fully_valid_cells(decoder.decode(texts)[1], texts, finished)
+    valid &= np.asarray(report.n_truncated) == 0
+    validity = {**_validity(report, extracted, finished), "valid_cell_fraction": _mean(valid)}
+    return extracted, X, report, finished, valid, validity
+
+
+def _mean(flags: np.ndarray) -> float:
+    return float(np.mean(flags)) if len(flags) else 0.0
+
+
+def _constrained(constrain_cells: bool | None, info: dict, name: str) -> tuple[bool, str]:
+    """Whether to sample under the cell grammar, and why (recorded in ``params``)."""
+    if constrain_cells is not None:
+        return bool(constrain_cells), "argument"
+    trained = bool(info.get("constrain_cells", False))
+    if trained:
+        logger.info(
+            "%s was trained as a constrained policy (constrain_cells in its cellrlhf.json): "
+            "sampled under the same grammar (constrain_cells=False to see its own samples)",
+            name,
+        )
+    return trained, "cellrlhf.json"
+
+
 def predict(
     model_dir: str | os.PathLike,
     dataset_dir: str | os.PathLike,
@@ -133,6 +179,8 @@ def predict(
     cache_dir: str | os.PathLike | None = None,
     name: str | None = None,
     progress: bool = True,
+    constrain_cells: bool | None = None,
+    unconstrained_validity_cells: int = 16,
 ):
     """Sample a model's cells for the dataset's held-out prompts and decode them.
 
@@ -163,21 +211,30 @@ def predict(
         Label of the model in logs and ``uns`` (default: the directory name).
     progress
         Progress bar over generation batches.
+    constrain_cells
+        Sample under the single-cell answer grammar (each answer one valid cell, then the end
+        token). ``None``: as the model was trained (``constrain_cells`` of its
+        ``cellrlhf.json``; models without it, e.g. SFT, unconstrained).
+    unconstrained_validity_cells
+        When constrained, also sample this many answers per prompt (at most
+        ``cells_per_prompt``) without the grammar, for the model's own validity
+        (``validity["unconstrained"]``); ``0`` skips it.
 
     Returns
     -------
     AnnData of decoded cells (dataset vocabulary as ``var_names``, float32 CSR): generated cells
     with ``obs`` ``perturbation``, ``cell_context``, ``split_kind``, ``prompt_index`` (row of
     ``rl/test``), ``cell_sentence``, ``valid`` (a closed ``<cell> ... </cell>`` answer of known,
-    distinct genes), ``valid_gene_fraction``, ``n_genes``, ``closed``, ``finished``; then the
+    distinct genes, nothing else in the answer, ended), ``valid_gene_fraction``, ``n_genes``, ``closed``, ``finished``; then the
     decoded control cells (``split_kind="control"``, ``prompt_index=-1``).
-    ``uns["cellrlhf_prediction"]`` holds ``params``, ``validity`` (decoder report, marked /
-    unclosed / finished fractions) and ``diversity`` (distinct-sentence fractions).
+    ``uns["cellrlhf_prediction"]`` holds ``params`` (``constrain_cells`` and its source:
+    ``"cellrlhf.json"`` or ``"argument"``), ``validity`` (decoder report, marked / unclosed /
+    finished fractions, ``constrained``; when constrained, ``unconstrained``: the same figures
+    of the unconstrained sample) and ``diversity`` (distinct-sentence fractions).
     """
     import anndata as ad
     import scipy.sparse as sp
 
-    from cellrlhf.cell2text.markup import extract_cell
     from cellrlhf.chat.generation import ChatGenerator, GenerationSettings
     from cellrlhf.chat.model_loading import load_model_dir
     from cellrlhf.data.layout import load_built_dataset
@@ -200,39 +257,43 @@ def predict(
     loaded = load_model_dir(model_dir, device_map=device_map, dtype=dtype)
     _check_same_genes(loaded.vocab, decoder, model_dir, dataset_dir)
     budget = max_new_tokens or _answer_budget(built.manifest, loaded.info, len(decoder.vocab))
+    constrained, constrained_by = _constrained(constrain_cells, loaded.info, name)
     settings = GenerationSettings(
-        max_new_tokens=budget, temperature=temperature, top_p=1.0, top_k=0, seed=seed
+        max_new_tokens=budget,
+        temperature=temperature,
+        top_p=1.0,
+        top_k=0,
+        seed=seed,
+        constrain_cells=constrained,
+        single_cell_answer=constrained,
     )
-    generator = ChatGenerator(loaded.model, loaded.tokenizer)
+    generator = ChatGenerator(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
     prompt_of = np.repeat(np.arange(len(rows)), cells_per_prompt)
     prompts = list(rows["prompt"])
     logger.info(
-        "%s: sampling %d cells for each of %d held-out prompts (temperature %.2f, %d tokens)",
+        "%s: sampling %d cells for each of %d held-out prompts (temperature %.2f, %d tokens%s)",
         name,
         cells_per_prompt,
         len(rows),
         temperature,
         budget,
+        ", constrained to one valid cell" if constrained else "",
     )
-    completions = generator.generate(
-        [prompts[i] for i in prompt_of],
-        settings,
-        batch_size=batch_size,
-        progress=progress,
-        desc=f"sample {name}",
+    sample = dict(batch_size=batch_size, progress=progress, decoder=decoder)
+    extracted, X, report, finished, valid, validity = _sample(
+        generator, [prompts[i] for i in prompt_of], settings, desc=f"sample {name}", **sample
     )
-    extracted = [extract_cell(c.text) for c in completions]
     sentences = [e.sentence for e in extracted]
-    X, report = decoder.decode(sentences)
-    finished = np.asarray([c.finished for c in completions], dtype=bool)
     closed = np.asarray([e.closed for e in extracted], dtype=bool)
-    valid = (
-        closed
-        & (report.n_valid > 0)
-        & (report.n_unknown == 0)
-        & (report.n_duplicates == 0)
-        & (report.n_truncated == 0)
-    )
+    validity["constrained"] = constrained
+    n_free = min(int(unconstrained_validity_cells), cells_per_prompt)
+    if constrained and n_free > 0:
+        free = replace(settings, constrain_cells=False, single_cell_answer=False)
+        free_of = np.repeat(np.arange(len(rows)), n_free)
+        validity["unconstrained"] = _sample(
+            generator, [prompts[i] for i in free_of], free, desc=f"unconstrained {name}", **sample
+        )[-1]
+        validity["unconstrained"]["cells_per_prompt"] = n_free
 
     def pick(column: str) -> np.ndarray:
         return np.asarray(rows[column], dtype=object)[prompt_of]
@@ -293,13 +354,12 @@ def predict(
             "top_k": 0,
             "top_p": 1.0,
             "max_new_tokens": int(budget),
+            "constrain_cells": constrained,
+            "constrain_cells_source": constrained_by,
             "batch_size": int(batch_size),
             "control": "real test-split control cells, encode -> decode (dataset decoder)",
         },
-        "validity": {
-            **_validity(report, extracted, finished),
-            "valid_cell_fraction": float(valid.mean()),
-        },
+        "validity": validity,
         "diversity": {
             "distinct_fraction": float(distinct_fraction(sentences)[0]),
             "distinct_fraction_per_prompt": float(np.mean(per_prompt)),

@@ -40,6 +40,9 @@ class EvalSettings:
     device_map, dtype
         Placement and precision handed to transformers / accelerate (``device_map: auto`` on
         GPUs; ``null`` loads on CPU).
+    constrain_cells
+        Sample under the single-cell answer grammar: ``null`` as each model was trained (its
+        ``cellrlhf.json``), ``true`` / ``false`` for every model.
     """
 
     cells_per_prompt: int = 64
@@ -63,6 +66,7 @@ class EvalSettings:
     scatter_perturbations: int = 6
     device_map: str | None = None
     dtype: str | None = None
+    constrain_cells: bool | None = None
 
     def __post_init__(self) -> None:
         if self.cells_per_prompt < 1:
@@ -102,6 +106,7 @@ class EvalSettings:
             "batch_size",
             "device_map",
             "dtype",
+            "constrain_cells",
         )
         return {name: getattr(self, name) for name in names}
 

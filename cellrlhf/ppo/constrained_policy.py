@@ -8,8 +8,10 @@ where ``mask_s`` is the single-cell answer grammar of
 :class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint`
 (``single_cell_answer=True``): the answer opens with ``<cell>``; inside it only the measured
 genes not yet written in that cell, ``</cell>`` (after the first gene) and one separator; after
-its ``</cell>`` only the end-of-turn token (the tokenizer's eos, where the trainers stop). Every
-finished answer is then exactly one fully valid cell. The same mask is applied
+its ``</cell>`` only the end-of-turn token (the tokenizer's eos, where the trainers stop); and
+the cell is closed when only ``</cell>`` and the end token still fit the answer budget. Every
+answer is then exactly one fully valid cell (a cell longer than the budget keeps its
+highest-ranked genes, and the budget-hit metric counts it). The same mask is applied
 
 - when sampling (the constraint as a ``logits_processor`` of ``generate``, see
   :func:`constrained_generation`), and
@@ -46,7 +48,9 @@ BANNED_LOGIT_SCALE = 2.0**-10
 temperature above ``2**-10``, and ``exp`` of it is exactly 0."""
 
 
-def policy_cell_constraint(tokenizer, genes, *, single_cell_answer: bool = True):
+def policy_cell_constraint(
+    tokenizer, genes, *, single_cell_answer: bool = True, max_answer_tokens: int | None = None
+):
     """The :class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint` of a policy.
 
     Parameters
@@ -58,6 +62,9 @@ def policy_cell_constraint(tokenizer, genes, *, single_cell_answer: bool = True)
     single_cell_answer
         The answer is one cell then the tokenizer's eos (RL answers); ``False``: the cell rules
         only.
+    max_answer_tokens
+        The answer budget (``max_completion_length``): the cell is closed in time for
+        ``</cell>`` and the end token to fit, so no answer is cut open by the budget.
 
     Raises
     ------
@@ -67,7 +74,12 @@ def policy_cell_constraint(tokenizer, genes, *, single_cell_answer: bool = True)
     from cellrlhf.cell2text.sentence_constraints import CellSentenceConstraint
 
     try:
-        return CellSentenceConstraint(tokenizer, genes, single_cell_answer=single_cell_answer)
+        return CellSentenceConstraint(
+            tokenizer,
+            genes,
+            single_cell_answer=single_cell_answer,
+            max_answer_tokens=max_answer_tokens,
+        )
     except ValueError as err:
         raise ValueError(
             f"constrain_cells=true cannot be applied to this policy: {err} "

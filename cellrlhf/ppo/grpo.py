@@ -162,11 +162,14 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
     if script_args.constrain_cells:
         from cellrlhf.ppo.constrained_policy import policy_cell_constraint
 
-        cell_constraint = policy_cell_constraint(tokenizer, data.dataset.vocab())
+        cell_constraint = policy_cell_constraint(
+            tokenizer, data.dataset.vocab(), max_answer_tokens=budget
+        )
     checks = SampleChecks(
         data.decoder,
         budget=training_args.max_completion_length,
         end_ids=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        closes_at_budget=cell_constraint is not None,
     )
     logger.info(
         "%s on %d prompts x %d generations (%d held out in rl/%s), rewards %s%s",

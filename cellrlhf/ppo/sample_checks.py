@@ -5,7 +5,8 @@ Every generation step of GRPO / RLOO reports, under ``cells/``:
 - ``fully_valid_fraction``: answers that are one fully valid cell and nothing else
   (:func:`fully_valid_cells` with the answers' texts and end tokens);
 - ``budget_hit_fraction``: answers that used the whole answer budget (``max_completion_length``)
-  without an end token. When that share exceeds ``max_budget_hit`` a warning says so, with the
+  without an end token (with a constrained policy that closes cells at the budget: answers of
+  the whole budget, their cells closed early). When that share exceeds ``max_budget_hit`` a warning says so, with the
   budget, so a too-small budget is never silent (the first time, then at most every
   ``warn_every`` steps).
 """
@@ -87,6 +88,9 @@ class SampleChecks:
         Warn when more than this share of a step's answers hit the budget unfinished.
     warn_every
         Steps between repeated warnings.
+    closes_at_budget
+        The policy closes its cell when the budget runs out (a constrained policy with
+        ``max_answer_tokens``): an answer of the whole budget counts as a hit, end token or not.
     """
 
     def __init__(
@@ -97,12 +101,14 @@ class SampleChecks:
         end_ids: Sequence[int],
         max_budget_hit: float = 0.02,
         warn_every: int = 50,
+        closes_at_budget: bool = False,
     ) -> None:
         self.decoder = decoder
         self.budget = int(budget)
         self.end_ids = {int(i) for i in end_ids if i is not None}
         self.max_budget_hit = float(max_budget_hit)
         self.warn_every = int(warn_every)
+        self.closes_at_budget = bool(closes_at_budget)
         self._calls = 0
         self._last_warning: int | None = None
 
@@ -113,10 +119,12 @@ class SampleChecks:
         )
 
     def budget_hits(self, completion_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Per answer: the budget was used up without an end token."""
+        """Per answer: the budget was used up without an end token (or at all, with
+        ``closes_at_budget``)."""
         return np.asarray(
             [
-                len(ids) >= self.budget and (not len(ids) or int(ids[-1]) not in self.end_ids)
+                len(ids) >= self.budget
+                and (self.closes_at_budget or not len(ids) or int(ids[-1]) not in self.end_ids)
                 for ids in completion_ids
             ],
             dtype=bool,
@@ -135,12 +143,15 @@ class SampleChecks:
             self._last_warning = self._calls
             logger.warning(
                 "%.1f%% of the sampled answers (%d of %d) hit the answer budget of %d tokens "
-                "without an end token: their cells are cut (and penalised). Raise "
+                "%s: their cells are cut. Raise "
                 "max_completion_length, or leave it unset to derive it from the data's cells.",
                 100 * hit_fraction,
                 int(hits.sum()),
                 len(hits),
                 self.budget,
+                "(closed early by the constraint)"
+                if self.closes_at_budget
+                else "without an end token (and are penalised)",
             )
         return {
             "cells/fully_valid_fraction": float(valid.mean()) if len(valid) else 0.0,

@@ -264,9 +264,12 @@ def answer_constraint(tok):
     return CellSentenceConstraint(tok, GeneVocab(GENES), single_cell_answer=True)
 
 
-def _reference_answer_banned(tok, constraint, row: list[int], n_vocab: int) -> set[int]:
+def _reference_answer_banned(
+    tok, constraint, row: list[int], n_vocab: int, budget: int | None = None
+) -> set[int]:
     """The single-cell answer rule as a plain scan: after the last ``<|assistant|>``, only
-    ``<cell>`` until the answer opens its cell, the cell rule inside, only eos after it."""
+    ``<cell>`` until the answer opens its cell, the cell rule inside (only ``</cell>`` once the
+    cell has ``budget - 2`` tokens), only eos after it."""
     marker = constraint.answer_start_id
     last = max(i for i, t in enumerate(row) if t == marker)
     answer = row[last + 1 :]
@@ -276,6 +279,9 @@ def _reference_answer_banned(tok, constraint, row: list[int], n_vocab: int) -> s
     if constraint.cell_start_id not in answer:
         return everything - {constraint.cell_start_id}
     if _reference_banned(tok, constraint, row, n_vocab):  # inside an open cell
+        written = len(row) - max(i for i, t in enumerate(row) if t == constraint.cell_start_id)
+        if budget is not None and written + 2 >= budget:
+            return everything - {constraint.cell_end_id}
         return _reference_banned(tok, constraint, row, n_vocab)
     return everything - {tok.eos_token_id}
 
@@ -285,12 +291,16 @@ _ANSWER_ALPHABET = st.sampled_from(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     rows=st.lists(st.lists(_ANSWER_ALPHABET, min_size=0, max_size=12), min_size=1, max_size=4),
+    budget=st.sampled_from([None, 5, 6, 9]),
     data=st.data(),
 )
-def test_single_cell_answer_mask_matches_the_rule(tok, answer_constraint, rows, data):
+def test_single_cell_answer_mask_matches_the_rule(tok, rows, budget, data):
+    answer_constraint = CellSentenceConstraint(
+        tok, GeneVocab(GENES), single_cell_answer=True, max_answer_tokens=budget
+    )
     id_rows = [[_id(tok, "<|assistant|>"), *(_id(tok, t) for t in r)] for r in rows]
     input_ids = _batch(tok, id_rows)
     length = input_ids.shape[1]
@@ -302,7 +312,7 @@ def test_single_cell_answer_mask_matches_the_rule(tok, answer_constraint, rows, 
             if _id(tok, "<|assistant|>") not in full[: t + 1]:
                 continue  # left padding before the marker
             got = set(torch.nonzero(banned[r, k]).ravel().tolist())
-            want = _reference_answer_banned(tok, answer_constraint, full[: t + 1], len(tok))
+            want = _reference_answer_banned(tok, answer_constraint, full[: t + 1], len(tok), budget)
             assert got == want, (r, t)
 
 
@@ -324,9 +334,13 @@ def test_single_cell_answer_exact_masks(tok, answer_constraint):
     )
 
 
-def test_single_cell_answer_needs_the_answer_marker(tok, answer_constraint):
+def test_single_cell_answer_needs_the_answer_marker_and_a_budget_that_fits(tok, answer_constraint):
     with pytest.raises(ValueError, match="apply the chat template"):
         answer_constraint.banned(torch.tensor([_ids(tok, "<cell> CD3E")]), len(tok))
+    with pytest.raises(ValueError, match=">= 5"):
+        CellSentenceConstraint(tok, GENES, single_cell_answer=True, max_answer_tokens=4)
+    with pytest.raises(ValueError, match="single_cell_answer=True"):
+        CellSentenceConstraint(tok, GENES, max_answer_tokens=10)
 
 
 def test_single_cell_answers_are_one_valid_cell_then_eos(tok, tiny_model):
@@ -346,4 +360,15 @@ def test_single_cell_answers_are_one_valid_cell_then_eos(tok, tiny_model):
         words = cell.sentence.split()
         assert cell.closed and words and len(set(words)) == len(words) <= len(GENES), answer
         assert set(words) <= set(GENES), answer
+        assert row.count(tok.eos_token_id) == 1
+    # a budget shorter than the cells: each is closed in time, its first genes kept
+    budget = 7
+    short = list(cell_sentence_processors(tok, GENES, single_cell_answer=True,
+                                          max_answer_tokens=budget))  # fmt: skip
+    cut, new = _generate(tiny_model, tok, prompts, short, seed=2, n_new=budget)
+    assert any(len(extract_cell(a).sentence.split()) < len(extract_cell(b).sentence.split())
+               for a, b in zip(cut, texts, strict=True))  # fmt: skip
+    for answer, row in zip(cut, new.tolist(), strict=True):
+        cell = extract_cell(answer)
+        assert answer.endswith("</cell></s>") and cell.closed and cell.sentence, answer
         assert row.count(tok.eos_token_id) == 1

@@ -109,3 +109,55 @@ def test_a_model_of_other_genes_is_refused(sim_model_dir, sim_dataset_dir, sim_r
     GeneVocab([*genes[1:], genes[0]]).save(other)
     with pytest.raises(ValueError, match="different gene vocabulary"):
         predict(other, sim_dataset_dir, real_test=sim_real_test, cells_per_prompt=1, progress=False)
+
+
+# ---------------------------------------------------------------------------- constrained policies
+def _constrained_copy(sim_model_dir, tmp_path):
+    """The SFT model as an RL policy trained with constrain_cells (its cellrlhf.json says so)."""
+    import shutil
+
+    policy = tmp_path / "grpo"
+    shutil.copytree(sim_model_dir, policy)
+    info = json.loads((policy / "cellrlhf.json").read_text())
+    info.update(stage="grpo", constrain_cells=True)
+    (policy / "cellrlhf.json").write_text(json.dumps(info))
+    return policy
+
+
+def test_an_sft_model_is_sampled_unconstrained_by_default(prediction):
+    uns = prediction.uns[PREDICTION_KEY]
+    assert uns["params"]["constrain_cells"] is False or uns["params"]["constrain_cells"] == 0
+    assert uns["params"]["constrain_cells_source"] == "cellrlhf.json"
+    assert not uns["validity"]["constrained"] and "unconstrained" not in uns["validity"]
+
+
+def test_a_constrained_policy_is_sampled_as_trained_with_both_validities(
+    prediction, sim_model_dir, sim_dataset_dir, sim_real_test, tmp_path
+):
+    policy = _constrained_copy(sim_model_dir, tmp_path)
+    kwargs = dict(real_test=sim_real_test, cells_per_prompt=CELLS, max_prompts=3, batch_size=12)
+    pred = predict(policy, sim_dataset_dir, seed=7, progress=False, **kwargs)
+    uns = pred.uns[PREDICTION_KEY]
+    assert (
+        uns["params"]["constrain_cells"]
+        and uns["params"]["constrain_cells_source"] == "cellrlhf.json"
+    )
+    generated = pred.obs[pred.obs["split_kind"] != "control"]
+    assert generated["valid"].all() and generated["finished"].all()  # one valid cell, ended
+    assert uns["validity"]["constrained"] and uns["validity"]["valid_cell_fraction"] == 1.0
+    # the model's own validity, unconstrained: the SFT model's figure (same seed, same prompts)
+    free = uns["validity"]["unconstrained"]
+    assert free["cells_per_prompt"] == CELLS
+    sft = prediction.uns[PREDICTION_KEY]["validity"]
+    assert free["valid_cell_fraction"] == pytest.approx(sft["valid_cell_fraction"])
+    # overridden: the policy's own samples, as the SFT model's
+    own = predict(policy, sim_dataset_dir, seed=7, progress=False, constrain_cells=False, **kwargs)
+    params = own.uns[PREDICTION_KEY]["params"]
+    assert not params["constrain_cells"] and params["constrain_cells_source"] == "argument"
+    assert own.obs["cell_sentence"].tolist() == prediction.obs["cell_sentence"].tolist()
+    # and asked for: an SFT model sampled under the grammar
+    asked = predict(sim_model_dir, sim_dataset_dir, seed=7, progress=False, constrain_cells=True,
+                    unconstrained_validity_cells=0, **kwargs)  # fmt: skip
+    uns = asked.uns[PREDICTION_KEY]
+    assert uns["params"]["constrain_cells_source"] == "argument"
+    assert uns["validity"]["valid_cell_fraction"] == 1.0 and "unconstrained" not in uns["validity"]

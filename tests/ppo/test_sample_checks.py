@@ -74,3 +74,14 @@ def test_fully_valid_answers_are_the_cell_alone_and_ended(decoder):
     checks = SampleChecks(decoder, budget=3, end_ids=[EOS])
     metrics = checks(texts, [[5, EOS]] * 5 + [[5, 6, 7]])
     assert metrics["cells/fully_valid_fraction"] == pytest.approx(2 / 6)
+
+
+def test_a_policy_closing_cells_at_the_budget_counts_full_answers_as_hits(decoder, caplog):
+    ids = [[5, 6, EOS], [5, 6, 7, EOS], [5, 6, 7, 8]]
+    plain = SampleChecks(decoder, budget=4, end_ids=[EOS])
+    assert plain.budget_hits(ids).tolist() == [False, False, True]
+    closing = SampleChecks(decoder, budget=4, end_ids=[EOS], closes_at_budget=True)
+    assert closing.budget_hits(ids).tolist() == [False, True, True]
+    with caplog.at_level(logging.WARNING, logger="cellrlhf.ppo.sample_checks"):
+        closing(TEXTS[:3], ids)
+    assert "(2 of 3)" in caplog.text and "closed early by the constraint" in caplog.text

@@ -1,0 +1,45 @@
+"""``cellrlhf evaluate`` samples each policy the way it was trained and records it."""
+
+import json
+import shutil
+from pathlib import Path
+
+from cellrlhf.evaluation.cli import cli, make_parser, settings_from_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _constrained_policy(sim_model_dir, tmp_path) -> Path:
+    policy = tmp_path / "grpo"
+    shutil.copytree(sim_model_dir, policy)
+    info = json.loads((policy / "cellrlhf.json").read_text())
+    info.update(stage="grpo", constrain_cells=True)
+    (policy / "cellrlhf.json").write_text(json.dumps(info))
+    return policy
+
+
+def test_the_flag_overrides_both_ways():
+    base = ["--dataset_dir", "d", "--model", "a=b", "--out", "o"]
+    parse = make_parser().parse_args
+    assert settings_from_args(parse(base)).constrain_cells is None
+    assert settings_from_args(parse([*base, "--constrain-cells"])).constrain_cells is True
+    assert settings_from_args(parse([*base, "--no-constrain-cells"])).constrain_cells is False
+    assert settings_from_args(parse(base)).predict_kwargs()["constrain_cells"] is None
+
+
+def test_manifest_records_how_each_model_was_sampled(sim_model_dir, sim_dataset_dir, tmp_path):
+    policy = _constrained_policy(sim_model_dir, tmp_path)
+    out = tmp_path / "eval"
+    code = cli(
+        ["--dataset_dir", str(sim_dataset_dir), "--model", f"sft={sim_model_dir}",
+         "--model", f"grpo={policy}", "--config", str(REPO / "configs" / "eval" / "tiny.yaml"),
+         "--max_prompts", "2", "--cells_per_prompt", "4", "--out", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["constrain_cells"] is None  # each model as trained
+    sft, grpo = manifest["models"]["sft"]["validity"], manifest["models"]["grpo"]["validity"]
+    assert sft["constrained"] is False and "unconstrained" not in sft
+    assert grpo["constrained"] is True and grpo["valid_cell_fraction"] == 1.0
+    # both figures of the constrained policy: its own (unconstrained) validity is the SFT's here
+    assert grpo["unconstrained"]["valid_cell_fraction"] == sft["valid_cell_fraction"]
