@@ -80,7 +80,8 @@ def make_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=DIR",
         help="a model to evaluate (repeat: --model sft=DIR --model ppo=DIR); an RL run's last "
-        "policy (DIR/last, when it is not the kept one) is evaluated too, as NAME_last",
+        "policy (DIR/last, when it is not the kept one) is evaluated too, as NAME_last; with "
+        "no --model only the baselines and ceilings are scored",
     )
     parser.add_argument(
         "--no-last-policies",
@@ -120,8 +121,6 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
     parser = make_parser()
     args = parser.parse_args(argv)
-    if not args.model:
-        parser.error("name at least one model: --model NAME=DIR")
 
     def run():
         models = parse_model_args(args.model)

@@ -111,7 +111,20 @@ def _validity_table(predictions: Mapping[str, object]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _context_evaluation(ctx, real_test, real_train, predictions, decoder, settings, manifest):
+def _prompted(dataset_dir, settings: EvalSettings) -> dict[str, set[str]]:
+    """Context -> the held-out perturbations prompted (the ``rl/test`` rows evaluated)."""
+    from cellrlhf.evaluation.prediction import load_test_prompts
+
+    rows, _ = load_test_prompts(dataset_dir, max_prompts=settings.max_prompts, seed=settings.seed)
+    prompted: dict[str, set[str]] = {}
+    for ctx, pert in zip(rows["cell_context"], rows["perturbation"], strict=True):
+        prompted.setdefault(str(ctx), set()).add(str(pert))
+    return prompted
+
+
+def _context_evaluation(
+    ctx, prompted, real_test, real_train, predictions, decoder, settings, manifest
+):
     from cellrlhf.data.schema import CONTROL_LABEL
     from cellrlhf.reward.comparison import compare_methods
 
@@ -119,9 +132,6 @@ def _context_evaluation(ctx, real_test, real_train, predictions, decoder, settin
         name: _subset(pred, pred.obs["cell_context"].astype(str) == ctx)
         for name, pred in predictions.items()
     }
-    prompted = set()
-    for pred in preds.values():
-        prompted |= set(pred.obs["perturbation"].astype(str)) - {CONTROL_LABEL}
     labels = real_test.obs["perturbation"].astype(str)
     in_ctx = real_test.obs["cell_context"].astype(str) == ctx
     real = _subset(real_test, in_ctx & (labels.isin(prompted) | (labels == CONTROL_LABEL)))
@@ -196,7 +206,8 @@ def _markdown(summary, validity, manifest: dict, settings: EvalSettings, models,
         lines += ["**SIMULATED DATA**: every number describes the simulator, not biology.", ""]
     lines += [
         f"Dataset `{manifest.get('name', '')}` (fingerprint `{str(manifest.get('fingerprint'))[:12]}`); "
-        f"models: {', '.join(f'`{m}`' for m in models)}; {settings.cells_per_prompt} sampled "
+        f"models: {', '.join(f'`{m}`' for m in models) or 'none (baselines and ceilings only)'}; "
+        f"{settings.cells_per_prompt} sampled "
         f"cells per held-out prompt at temperature {settings.temperature}, seed {settings.seed}.",
         "",
         "Every method is scored on the same real test cells of each cell context (its own "
@@ -293,12 +304,18 @@ def evaluate_models(
         predictions[name] = pred
 
     decoder = built.decoder
-    contexts = sorted({str(c) for p in predictions.values() for c in p.obs["cell_context"]})
+    prompted = _prompted(dataset_dir, settings)
+    if not model_dirs:
+        logger.info(
+            "no model named: scoring the baselines and ceilings alone (how much a model could "
+            "gain on these %d held-out prompts)",
+            sum(map(len, prompted.values())),
+        )
     evaluations: dict[str, dict] = {}
-    for ctx in contexts:
+    for ctx in sorted(prompted):
         logger.info("scoring cell context %s", ctx)
         evals = _context_evaluation(
-            ctx, real_test, real_train, predictions, decoder, settings, manifest
+            ctx, prompted[ctx], real_test, real_train, predictions, decoder, settings, manifest
         )
         if evals is None:
             continue
@@ -307,7 +324,7 @@ def evaluate_models(
             evals,
             out / "contexts" / _safe_name(ctx),
             title=f"Held-out perturbations in {ctx}",
-            scatter_method=next(iter(predictions)),
+            scatter_method=next(iter(predictions), None),
             spearman_brown_from="split_half",
             notes=["**SIMULATED DATA**"] if manifest.get("simulated") else (),
         )
@@ -342,7 +359,11 @@ def evaluate_models(
         )
         if png:
             paths[f"scatter_{name}"] = png
-    png = plot_validity(validity[validity["cell_context"] == ALL_CONTEXTS], out / "validity.png")
+    png = (
+        plot_validity(validity[validity["cell_context"] == ALL_CONTEXTS], out / "validity.png")
+        if len(validity)
+        else None
+    )
     if png:
         paths["validity_plot"] = png
 

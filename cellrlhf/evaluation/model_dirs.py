@@ -131,7 +131,7 @@ def resolve_model_dirs(
         if not skip_missing:
             raise ModelDirError(message + " Pass --skip-missing to evaluate the others.")
         logger.warning("%s Left out (--skip-missing).", message)
-    if not found:
+    if models and not found:
         raise ModelDirError(
             f"no model to evaluate: none of {sorted(models)} is a saved model directory."
         )

@@ -163,9 +163,15 @@ def specific_change(
     prediction); the result is ``(values - control) - reference_delta`` wherever the reference
     profile stays >= 0. Arguments broadcast like ``values - control``.
     """
+    values = np.asarray(values, dtype=np.float64)
     control = np.asarray(control, dtype=np.float64)
-    reference = np.maximum(control + np.asarray(reference_delta, dtype=np.float64), 0.0)
-    return change_from_control(values, np.broadcast_to(reference, np.shape(values)))
+    reference_delta = np.asarray(reference_delta, dtype=np.float64)
+    reference = np.maximum(control + reference_delta, 0.0)
+    delta = values - reference
+    # rounding is judged on the terms' scale: control + reference_delta can cancel to ~1e-10
+    # where the prediction was clipped to exactly 0 (real data: the mean baseline at such genes)
+    level = np.maximum(np.abs(values), np.abs(control) + np.abs(reference_delta))
+    return np.where(np.abs(delta) <= CHANGE_TOLERANCE * level, 0.0, delta)
 
 
 def pearson_specific_rows(

@@ -137,3 +137,34 @@ def test_all_contexts_summary_has_the_full_depth_ceiling_and_says_when_it_is_bea
     assert "`mean` exceeds the ceiling `split_half (Spearman-Brown)` on `pearson_delta`" in k562
     assert "share the same control mean" in k562
     assert "exceeds the ceiling" not in md[md.index("## RPE1") :]
+
+
+def test_without_models_the_baselines_and_ceilings_are_scored_on_the_same_prompts(
+    evaluation, sim_dataset_dir, tmp_path
+):
+    out = tmp_path / "baselines"
+    code = cli(
+        [
+            "--dataset_dir",
+            str(sim_dataset_dir),
+            "--config",
+            str(REPO / "configs" / "eval" / "tiny.yaml"),
+            "--max_prompts",
+            "4",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    alone = pd.read_csv(out / "metrics.csv")
+    assert set(alone["method_type"]) == {"baseline", "ceiling"}
+    with_model = pd.read_csv(evaluation / "metrics.csv")
+    keys = ["method", "cell_context", "perturbation"]
+    # the same prompts (seeded subsample) -> the same baseline and ceiling rows as next to a model
+    both = alone.merge(with_model, on=keys, suffixes=("", "_m"))
+    assert len(both) == len(alone) > 0
+    np.testing.assert_allclose(both["pearson_delta"], both["pearson_delta_m"], equal_nan=True)
+    assert "none (baselines and ceilings only)" in (out / "metrics.md").read_text()

@@ -164,3 +164,14 @@ def test_specific_change_properties(rows):
         assert pearson_specific(ctrl + m, ctrl, real, ctrl, m) == 0.0
     # the specific change is the change minus the reference
     np.testing.assert_allclose(specific_change(real, ctrl, m), real_delta - m, atol=1e-12)
+
+
+def test_specific_change_of_the_mean_prediction_is_zero_where_the_reference_clips_near_zero():
+    # real data (McFaline U87MG): control + mean change = +5e-10 by float64 round-off, while the
+    # mean baseline's prediction, clipped at 0 in float32, is 0 there; that is rounding, not a
+    # specific change, and must not give the mean baseline a non-zero pearson_specific
+    ctrl = np.array([0.01722336, 0.5, 0.3])
+    m = np.array([-0.01722336 + 5e-10, 0.1, -0.2])
+    pred = np.maximum(ctrl + m, 0.0).astype(np.float32)
+    pred[0] = 0.0
+    np.testing.assert_array_equal(specific_change(pred, ctrl, m), 0.0)

@@ -1,0 +1,167 @@
+"""Why does a trained cell LM lose to the mean of the training perturbations? Ablations.
+
+Samples a saved model's cells for the RL prompts of a built dataset (any split: ``train``
+perturbations it was trained on, ``validation`` or ``test`` ones it never saw), decodes them with
+the dataset's decoder and scores each prompt's pseudo-bulk change against the real change stored
+in the prompt row (``reference_perturbed - reference_control``), next to the mean baseline (the
+mean real change of the ``rl/train`` rows of the same context). Each ``--variant`` is one
+ablation; all variants run in one process on the same prompts, so they compare side by side.
+
+    python benchmarks/diagnose_sft.py --dataset-dir runs/demo/data --model runs/demo/sft \
+        --split train --split test --cells 64 --variant base --variant constrained \
+        --variant cells256 --variant temp0.7 --out benchmarks/results/diagnose_sft.csv
+
+Variants: ``base`` (temperature 1, unconstrained, ``--cells`` cells), ``constrained`` (the cell
+grammar: no repeated or unknown gene), ``cells<N>`` (N cells per prompt), ``temp<T>``,
+``budget<N>`` (answer budget in tokens), ``valid_only`` (only fully valid cells enter the
+pseudo-bulk). Columns per (variant, split, prompt): ``pearson_delta`` of the model, of the mean
+baseline, the model's correlation with the mean baseline's change (``r_model_mean``), the
+perturbation-specific Pearson (change minus the training mean, both sides), validity, cell length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _variant(name: str, cells: int) -> dict:
+    spec = {"name": name, "cells": cells, "temperature": 1.0, "constrained": False,
+            "budget": None, "valid_only": False}
+    if name == "base":
+        return spec
+    if name == "constrained":
+        return {**spec, "constrained": True}
+    if name == "valid_only":
+        return {**spec, "valid_only": True}
+    for prefix, key, cast in (("cells", "cells", int), ("temp", "temperature", float),
+                              ("budget", "budget", int)):
+        m = re.fullmatch(prefix + r"([0-9.]+)", name)
+        if m:
+            return {**spec, key: cast(m.group(1))}
+    raise SystemExit(f"unknown variant {name!r}")
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    from cellrlhf.reward.metrics import pearson_rows
+
+    return float(pearson_rows(a, b))
+
+
+def _model_centred(records: list[dict], variant: str, split: str) -> None:
+    """``pearson_model_centred``: each prediction minus the model's own mean prediction over the
+    split's prompts of the same context, against the real change minus the training mean. High
+    on ``train`` means the model tells trained perturbations apart; the gap to ``pearson_delta``
+    is the model's shared bias against the decoded control."""
+    mine = [r for r in records if r["variant"] == variant and r["split"] == split]
+    for ctx in {r["cell_context"] for r in mine}:
+        group = [r for r in mine if r["cell_context"] == ctx]
+        centre = np.mean([r["_pred_delta"] for r in group], axis=0)
+        for r in group:
+            r["pearson_model_centred"] = (
+                _pearson(r["_pred_delta"] - centre, r["_real_specific"]) if len(group) > 1
+                else np.nan
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset-dir", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--split", action="append", default=None,
+                        help="rl split(s) to prompt with (train, validation, test)")
+    parser.add_argument("--variant", action="append", default=None)
+    parser.add_argument("--cells", type=int, default=64)
+    parser.add_argument("--max-prompts", type=int, default=12, help="per split (seeded)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/diagnose_sft.csv")
+    args = parser.parse_args()
+
+    from datasets import load_from_disk
+
+    from cellrlhf.cell2text.markup import extract_cell
+    from cellrlhf.chat.generation import ChatGenerator, GenerationSettings
+    from cellrlhf.chat.model_loading import load_model_dir
+    from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.reward.metrics import change_from_control
+
+    built = load_built_dataset(args.dataset_dir)
+    decoder = built.decoder
+    rl = load_from_disk(str(Path(args.dataset_dir) / "rl"))
+    train = rl["train"]
+    real_delta_of = lambda r: np.asarray(r["reference_perturbed"]) - np.asarray(  # noqa: E731
+        r["reference_control"]
+    )
+    mean_delta = {}
+    for ctx in set(train["cell_context"]):
+        rows = [r for r in train if r["cell_context"] == ctx]
+        mean_delta[ctx] = np.mean([real_delta_of(r) for r in rows], axis=0)
+
+    loaded = load_model_dir(args.model)
+    generator = ChatGenerator(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
+    top_k = ((built.manifest.get("config") or {}).get("sentences") or {}).get("top_k") or 100
+    default_budget = int(top_k) + 8
+    rng = np.random.default_rng(args.seed)
+    records = []
+    for split in args.split or ["train", "test"]:
+        rows = rl[split]
+        idx = np.sort(rng.choice(len(rows), size=min(args.max_prompts, len(rows)), replace=False))
+        rows = rows.select(idx.tolist())
+        for vname in args.variant or ["base"]:
+            v = _variant(vname, args.cells)
+            settings = GenerationSettings(
+                max_new_tokens=v["budget"] or default_budget, temperature=v["temperature"],
+                top_p=1.0, top_k=0, seed=args.seed, constrain_cells=v["constrained"],
+            )
+            t0 = time.perf_counter()
+            prompts = [r["prompt"] for r in rows for _ in range(v["cells"])]
+            comps = generator.generate(prompts, settings, batch_size=64)
+            extracted = [extract_cell(c.text) for c in comps]
+            X, report = decoder.decode([e.sentence for e in extracted])
+            X = np.asarray(X.todense()) if hasattr(X, "todense") else np.asarray(X)
+            closed = np.asarray([e.closed for e in extracted])
+            valid = (closed & (report.n_valid > 0) & (report.n_unknown == 0)
+                     & (report.n_duplicates == 0) & (report.n_truncated == 0))
+            seconds = time.perf_counter() - t0
+            for i, r in enumerate(rows):
+                sl = slice(i * v["cells"], (i + 1) * v["cells"])
+                keep = valid[sl] if v["valid_only"] else np.ones(v["cells"], bool)
+                if not keep.any():
+                    keep = np.ones(v["cells"], bool)
+                pred = X[sl][keep].mean(axis=0)
+                pred_delta = change_from_control(pred, np.asarray(r["decoded_control"]))
+                real_delta = real_delta_of(r)
+                mean_d = mean_delta[r["cell_context"]]
+                records.append({
+                    "variant": vname, "split": split, "perturbation": r["perturbation"],
+                    "cell_context": r["cell_context"],
+                    "pearson_delta": _pearson(pred_delta, real_delta),
+                    "pearson_delta_mean_baseline": _pearson(mean_d, real_delta),
+                    "r_model_mean": _pearson(pred_delta, mean_d),
+                    "pearson_specific": _pearson(pred_delta - mean_d, real_delta - mean_d),
+                    "valid_cell_fraction": float(valid[sl].mean()),
+                    "duplicate_genes_per_cell": float(np.mean(report.n_duplicates[sl])),
+                    "genes_per_cell": float(np.mean(report.n_valid[sl])),
+                    "closed_fraction": float(closed[sl].mean()),
+                    "seconds": seconds / len(rows),
+                    "_pred_delta": pred_delta,
+                    "_real_specific": real_delta - mean_d,
+                })
+            _model_centred(records, vname, split)
+            print(pd.DataFrame(records).query("variant == @vname and split == @split")
+                  .drop(columns=["perturbation", "cell_context", "_pred_delta", "_real_specific"])
+                  .mean(numeric_only=True).round(3).to_dict(), vname, split, flush=True)
+    table = pd.DataFrame(records).drop(columns=["_pred_delta", "_real_specific"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    summary = table.groupby(["split", "variant"], sort=False).mean(numeric_only=True).round(3)
+    print(summary.to_string())
+
+
+if __name__ == "__main__":
+    main()
