@@ -1,8 +1,10 @@
 """``cellrlhf serve``: a gradio app to chat with a model about cells.
 
 Upload an ``.h5ad`` (or use the example cells), pick a cell on the map or in the table, ask about
-it, and predict its response to a perturbation (bar chart of the top changed genes against the
-decoded control, and the predicted AnnData to download). The same app runs as a Hugging Face
+it, and predict how the control cells of a context respond to a perturbation: the predicted
+population against the control population, the measured response beside it when the data has
+cells with that perturbation (with the evaluation's metrics), and the predicted AnnData to
+download (:mod:`cellrlhf.chat.population`). The same app runs as a Hugging Face
 Space (``app.py``: ``build_app(CellLM.from_pretrained(...)).launch()``).
 
 Safety: the server binds 127.0.0.1 unless ``--host`` says otherwise (another host prints a
@@ -82,8 +84,20 @@ def build_app(
     import pandas as pd
 
     from cellrlhf.chat.example_data import EXAMPLE_NAME, example_cells
-    from cellrlhf.chat.session import ChatSession
-    from cellrlhf.chat.web_views import cell_map, response_figure
+    from cellrlhf.chat.population import (
+        choose_context,
+        data_roles,
+        overlap_warning,
+        predict_from_controls,
+    )
+    from cellrlhf.chat.session import MAX_SAMPLES, ChatSession, check_count
+    from cellrlhf.chat.web_views import (
+        cell_map,
+        genes_table,
+        prediction_summary,
+        response_figure,
+        roles_text,
+    )
 
     if upload_dir is None:
         from gradio.utils import get_upload_folder
@@ -116,13 +130,20 @@ def build_app(
         adata = session.adata
         table = cell_map(adata, layer=session.layer)
         layers = ["X", *adata.layers.keys()]
+        roles = data_roles(adata, lm, layer=session.layer, name=source)
         info = (
-            f"**{source}**: {adata.n_obs} cells x {adata.n_vars} genes. Click a cell in the table "
-            "(or type its index or name) to select it; brush the map to filter the table."
+            f"**{source}**: {adata.n_obs} cells x {adata.n_vars} genes. {roles_text(roles)} "
+            "Click a cell in the table (or type its index or name) to select it; brush the map "
+            "to filter the table."
         )
+        low = overlap_warning(roles)
+        if low:
+            gr.Warning(low)
+            info = f"**Warning: {low}**\n\n{info}"
         no_prediction = (None, None, None, "")
         return (
             session,
+            roles,
             gr.update(choices=layers, value=session.layer or "X"),
             info,
             table,
@@ -133,7 +154,7 @@ def build_app(
             *no_prediction,
         )
 
-    n_data_outputs = 12
+    n_data_outputs = 13
 
     def load_upload(path, session):
         try:
@@ -160,7 +181,7 @@ def build_app(
         session.cell = None
         return session, "No cell selected."
 
-    def _select(session, key):
+    def _select(session, roles, key):
         if session is None:
             return _warn("load data first: upload an .h5ad or use the example cells.", 4)
         try:
@@ -173,17 +194,23 @@ def build_app(
             f"**Selected cell {cell.cell_id}** (row {cell.index}; {details})  \n"
             f"{cell.n_genes} expressed genes the model knows: `{cell.preview(12)}`"
         )
+        if roles is not None and not roles.is_control(obs.to_frame().T)[0]:
+            info = (
+                f"**Warning: this cell is not a control** ({roles.perturbation}: "
+                f"{obs[roles.perturbation]}). Predictions start from the control cells of its "
+                f"context, not from this cell.\n\n{info}"
+            )
         return session, info, [], str(cell.index)
 
-    def select_from_table(session, table, evt: gr.SelectData):
+    def select_from_table(session, roles, table, evt: gr.SelectData):
         if table is None or evt.index is None:
             return tuple(gr.skip() for _ in range(4))
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         value = table.iloc[int(row)]["row"]
-        return _select(session, int(value))
+        return _select(session, roles, int(value))
 
-    def select_from_box(session, key):
-        return _select(session, str(key))
+    def select_from_box(session, roles, key):
+        return _select(session, roles, str(key))
 
     def brush_map(full_map, evt: gr.SelectData):
         if full_map is None or len(full_map) == 0:
@@ -234,36 +261,45 @@ def build_app(
             downloads.grant(cached, client)
         return cached
 
-    def predict(targets, context, ptype, samples, session, request: gr.Request):
-        if session is None or session.cell is None:
-            return _warn("select a cell first.", 5)
+    def predict(targets, context, ptype, n_cells, session, roles, request: gr.Request):
+        if session is None or session.adata is None or roles is None:
+            return _warn("load data first: predictions start from the data's control cells.", 5)
         try:
-            prediction = session.predict(
+            chosen = choose_context(
+                session.adata,
+                roles,
+                (context or "").strip() or None,
+                session.cell.index if session.cell is not None else None,
+            )
+            check_count("control cells", int(n_cells or 1), MAX_SAMPLES)
+            result = predict_from_controls(
+                lm,
+                session.adata,
+                roles,
                 targets or "",
-                cell_context=(context or "").strip() or None,
+                context=chosen,
+                n_cells=int(n_cells or 1),
                 perturbation_type=(ptype or "").strip() or None,
-                n_samples=int(samples or 1),
+                layer=session.layer,
             )
         except (ValueError, KeyError) as err:
             return _warn(_message(err), 5)
-        path = _offer_download(prediction, request)
-        table = pd.concat(
-            [prediction.top_up.assign(direction="up"), prediction.top_down.assign(direction="down")]
-        )[["direction", "gene", "predicted", "control", "delta"]].round(4)
-        summary = (
-            f"**{prediction.perturbation}** in {prediction.adata.obs['cell_context'].iloc[0]}: "
-            f"{prediction.adata.n_obs} predicted cell(s), valid gene fraction "
-            f"{prediction.valid_fraction:.2f}"
-        )
-        figure = response_figure(prediction)
-        return figure, table, str(path), summary, session
+        session.last_prediction = result.prediction
+        session.last_result = result.prediction.adata
+        summary = prediction_summary(result)
+        if result.invalid:
+            return None, None, None, summary, session
+        path = _offer_download(result.prediction, request)
+        return response_figure(result), genes_table(result), str(path), summary, session
 
     with gr.Blocks(title=f"cellrlhf: {name}") as demo:
         session_state = gr.State(None)
+        roles_state = gr.State(None)
         map_state = gr.State(empty_map)
         gr.Markdown(
             f"# Chat with `{name}`\n{lm.stage} model, {len(lm.vocab)} genes. Load cells, select "
-            "one, ask about it, or predict its response to a perturbation."
+            "one and ask about it, or predict how the control cells of a context respond to a "
+            "perturbation (and compare with the data's measured cells, if it has them)."
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -307,23 +343,32 @@ def build_app(
                         targets = gr.Textbox(
                             label="Targets", placeholder="KLF1 or KLF1+CEBPA", elem_id="targets"
                         )
-                        context = gr.Textbox(label="Cell context (empty: model annotates)")
+                        context = gr.Textbox(
+                            label="Cell context (empty: the selected cell's)", elem_id="context"
+                        )
                         ptype = gr.Textbox(label="Perturbation type (e.g. CRISPRa)")
-                        samples = gr.Slider(1, 16, value=1, step=1, label="Samples")
+                        n_cells = gr.Slider(
+                            1, MAX_SAMPLES, value=8, step=1, label="Control cells to start from"
+                        )
                     predict_btn = gr.Button("Predict", elem_id="predict-btn")
                     prediction_info = gr.Markdown(elem_id="prediction-info")
-                    plot = gr.Plot(label="Top changed genes vs control", elem_id="response-plot")
-                    genes_table = gr.Dataframe(
-                        headers=["direction", "gene", "predicted", "control", "delta"],
-                        label="Top changed genes",
+                    plot = gr.Plot(
+                        label="Predicted (and measured) change vs control",
+                        show_label=False,
+                        elem_id="response-plot",
+                    )
+                    genes_frame = gr.Dataframe(
+                        headers=["direction", "gene", "predicted", "measured"],
+                        label="Top changed genes (predicted population - control population)",
                         interactive=False,
                         elem_id="genes-table",
                     )
                     download = gr.File(label="Predicted AnnData (.h5ad)", elem_id="download")
 
-        prediction_outputs = [plot, genes_table, download, prediction_info]
+        prediction_outputs = [plot, genes_frame, download, prediction_info]
         data_outputs = [
             session_state,
+            roles_state,
             layer,
             data_info,
             scatter,
@@ -337,9 +382,10 @@ def build_app(
         example_btn.click(load_example, [session_state], data_outputs)
         layer.change(set_layer, [layer, session_state], [session_state, cell_info])
         select_outputs = [session_state, cell_info, chatbot, cell_box]
-        table.select(select_from_table, [session_state, table], select_outputs)
-        select_btn.click(select_from_box, [session_state, cell_box], select_outputs)
-        cell_box.submit(select_from_box, [session_state, cell_box], select_outputs)
+        table.select(select_from_table, [session_state, roles_state, table], select_outputs)
+        select_args = [session_state, roles_state, cell_box]
+        select_btn.click(select_from_box, select_args, select_outputs)
+        cell_box.submit(select_from_box, select_args, select_outputs)
         scatter.select(brush_map, [map_state], [table])
         ask_args = ([question, chatbot, session_state], [chatbot, question, session_state])
         ask_btn.click(ask, *ask_args)
@@ -347,7 +393,7 @@ def build_app(
         clear_btn.click(clear_chat, [session_state], [chatbot, session_state])
         predict_btn.click(
             predict,
-            [targets, context, ptype, samples, session_state],
+            [targets, context, ptype, n_cells, session_state, roles_state],
             [*prediction_outputs, session_state],
         )
     demo.queue(default_concurrency_limit=1)

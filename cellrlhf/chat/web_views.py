@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["label_column", "cell_map", "response_figure"]
+__all__ = [
+    "label_column",
+    "cell_map",
+    "roles_text",
+    "prediction_summary",
+    "genes_table",
+    "response_figure",
+]
 
 _LABEL_COLUMNS = (
     "cell_type",
@@ -84,32 +91,90 @@ def cell_map(adata, *, layer: str | None = None, max_points: int = 5000, seed: i
     )
 
 
-def response_figure(prediction, *, n: int = 12):
-    """Bar chart of the top changed genes (predicted minus decoded control), up and down."""
-    import matplotlib
+def roles_text(roles) -> str:
+    """One line on what the data's columns were taken to mean (for the data panel)."""
+    if roles.perturbation:
+        shown = ", ".join(roles.controls[:3])
+        text = f"Perturbation column `{roles.perturbation}` (controls: {shown})"
+    else:
+        text = "No perturbation column: every cell counts as a control"
+    if roles.context:
+        text += f"; cell context column `{roles.context}`"
+    return f"{text}; {roles.n_known} of {roles.n_genes} genes are in the model's vocabulary."
 
-    matplotlib.use("Agg", force=False)
+
+def prediction_summary(result) -> str:
+    """Markdown of a :class:`~cellrlhf.chat.population.PopulationPrediction`."""
+    pred = result.prediction
+    where = f" in {result.context}" if result.context else ""
+    n_pred = pred.adata.n_obs
+    if result.invalid:
+        answer = (pred.answers[0] if pred.answers else "").strip()[:120] or "(empty)"
+        return (
+            f"**Invalid prediction: {pred.perturbation}{where}.** None of the {n_pred} predicted "
+            f"cells holds a valid gene (valid gene fraction {pred.valid_fraction:.2f}), so "
+            f"there is no predicted change to show. The model's first answer: `{answer}`"
+        )
+    lines = [
+        f"**{pred.perturbation}**{where}: {result.n_valid} predicted cell(s) from "
+        f"{result.n_controls} control cell(s) of this context; predicted population minus "
+        f"control population (both decoded). Valid gene fraction {pred.valid_fraction:.2f}."
+    ]
+    if result.n_valid < n_pred:
+        lines.append(
+            f"{n_pred - result.n_valid} predicted cell(s) held no valid gene and are left out."
+        )
+    if result.evaluation is not None:
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics().items())
+        lines.append(
+            f"**Measured**: {result.n_measured} cells of the data with {pred.perturbation}"
+            f"{where}. Metrics of `cellrlhf evaluate` (predicted vs measured change, "
+            f"{result.evaluation.params['n_genes']} shared genes): {metrics}."
+        )
+    else:
+        lines.append(
+            f"The data has no cells with {pred.perturbation}{where}: nothing measured to "
+            "compare with."
+        )
+    return "  \n".join(lines)
+
+
+def genes_table(result, *, n: int = 12):
+    """The top changed genes: ``direction``, ``gene``, ``predicted`` (and ``measured``)."""
+    top = result.top_genes(n)
+    columns = ["direction", "gene", "predicted"] + (["measured"] if "measured" in top else [])
+    return top[columns].round(4)
+
+
+def response_figure(result, *, n: int = 12):
+    """Bars of the top predicted changes (population vs control) and the measured ones beside."""
     import matplotlib.pyplot as plt
 
-    up = prediction.top_up.head(n)
-    down = prediction.top_down.head(n)
-    genes = list(down["gene"])[::-1] + list(up["gene"])[::-1]
-    delta = list(down["delta"])[::-1] + list(up["delta"])[::-1]
-    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.28 * len(genes) + 1.2)))
-    if genes:
-        colors = ["#2166ac" if d < 0 else "#b2182b" for d in delta]
-        ax.barh(np.arange(len(genes)), delta, color=colors)
-        ax.set_yticks(np.arange(len(genes)), genes, fontsize=8)
-        ax.axvline(0, color="black", linewidth=0.8)
-    else:
-        ax.text(0.5, 0.5, "no gene changed", ha="center", va="center", transform=ax.transAxes)
-    params = prediction.adata.uns["cellrlhf_prediction"]["params"]
-    ctx = prediction.adata.obs["cell_context"].iloc[0] if prediction.adata.n_obs else ""
-    ax.set_xlabel("predicted - control (decoded expression)")
+    top = result.top_genes(n).iloc[::-1].reset_index(drop=True)
+    measured = "measured" in top
+    fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.32 * len(top) + 1.4)))
+    y = np.arange(len(top))
+    height = 0.4 if measured else 0.8
+    colors = ["#2166ac" if d < 0 else "#b2182b" for d in top["predicted"]]
+    ax.barh(
+        y + (height / 2 if measured else 0),
+        top["predicted"],
+        height,
+        color=colors,
+        label="predicted",
+    )
+    if measured:
+        ax.barh(y - height / 2, top["measured"], height, color="#7f7f7f", label="measured")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(y, top["gene"], fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    pred = result.prediction
+    ax.set_xlabel("mean change from control (decoded expression)")
+    where = f" in {result.context}" if result.context else ""
     ax.set_title(
-        f"{params['perturbation']} in {ctx}: top changed genes\n"
-        f"{prediction.adata.n_obs} predicted cell(s), valid gene fraction "
-        f"{prediction.valid_fraction:.2f}",
+        f"{pred.perturbation}{where}: {result.n_valid} predicted cells vs "
+        f"{result.n_controls} control cells"
+        + (f", {result.n_measured} measured" if measured else ""),
         fontsize=9,
     )
     fig.tight_layout()

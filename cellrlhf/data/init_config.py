@@ -28,7 +28,7 @@ import yaml
 from cellrlhf.data.schema import _CONTROL_LOOKALIKES, SchemaError, _norm_token, _standard_types
 
 __all__ = ["ColumnGuess", "ExpressionGuess", "DataInspection", "inspect_h5ad", "render_config"]
-__all__ += ["write_data_config"]
+__all__ += ["write_data_config", "inspect_adata"]
 
 _SAMPLE_CELLS = 500
 _CONTROL_WORDS = {"control", "ctrl", "dmso", "vehicle", "nontargeting", "untreated", "mock"}
@@ -256,6 +256,11 @@ def inspect_h5ad(path: str | Path) -> DataInspection:
         return _inspect(adata, path)
     finally:
         adata.file.close()
+
+
+def inspect_adata(adata, name: str = "<in memory>") -> DataInspection:
+    """Inspect an AnnData already in memory (the web app's uploads), as :func:`inspect_h5ad`."""
+    return _inspect(adata, Path(name))
 
 
 def _inspect(adata, path: Path) -> DataInspection:

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_cell_model import TARGETS
 
@@ -149,3 +150,85 @@ def test_web_upload_size_limit(lm, chromium_page, pbmc, tmp_path):
         assert "No data loaded." in page.locator("#data-info").inner_text()
     finally:
         demo.close()
+
+
+@pytest.fixture
+def gene_free_answers(lm, monkeypatch):
+    """The model answers without a single gene (an invalid prediction)."""
+    from cellrlhf.chat.generation import Completion
+
+    def generate(conversations, settings, **kwargs):
+        return [Completion("No changes </pert>", 0.0, 3, True) for _ in conversations]
+
+    monkeypatch.setattr(lm.generator, "generate", generate)
+
+
+def _upload(page, adata, path, n_cells: int):
+    adata.write_h5ad(path)
+    page.set_input_files("#upload input[type=file]", str(path))
+    page.wait_for_selector(f"#data-info:has-text('{path.name}')")
+    page.wait_for_selector(f"#data-info:has-text('{n_cells} cells')")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_web_prediction_from_controls_with_the_measured_response(
+    served_app, chromium_page, pbmc, tmp_path
+):
+    from cell_screens import CONTEXTS, MEASURED, perturbed_screen
+
+    screen = perturbed_screen(pbmc)
+    page = chromium_page
+    page.goto(served_app)
+    _upload(page, screen, tmp_path / "screen.h5ad", screen.n_obs)
+    page.wait_for_selector("#data-info:has-text('Perturbation column')")
+    # a perturbed cell is selected: the app says predictions start from the controls
+    treated = int(np.flatnonzero(screen.obs["perturbation"] == MEASURED)[0])
+    page.fill("#cell-box textarea", str(treated))
+    page.click("#select-btn")
+    page.wait_for_selector("#cell-info:has-text('this cell is not a control')")
+    page.fill("#targets textarea", MEASURED)
+    page.click("#predict-btn")
+    info = page.locator("#prediction-info")
+    info.locator("text=Measured").wait_for()
+    text = info.inner_text()
+    context = screen.obs["cell_type"].iloc[treated]
+    assert f"{MEASURED} in {context}" in text and "control cell(s) of this context" in text
+    assert "pearson_delta" in text and "mae_delta" in text
+    page.wait_for_selector("#response-plot img")
+    headers = page.locator("#genes-table thead").inner_text()
+    assert "measured" in headers and "predicted" in headers
+    assert context in CONTEXTS
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat_web_measured_response.png"), full_page=True)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_web_invalid_prediction_and_low_vocabulary(
+    served_app, chromium_page, pbmc, tmp_path, gene_free_answers
+):
+    from cell_screens import CONTEXTS, MEASURED, low_vocabulary_cells, perturbed_screen
+
+    page = chromium_page
+    page.goto(served_app)
+    screen = perturbed_screen(pbmc)
+    _upload(page, screen, tmp_path / "screen.h5ad", screen.n_obs)
+    page.fill("#context textarea", CONTEXTS[0])
+    page.fill("#targets textarea", MEASURED)
+    page.click("#predict-btn")
+    page.wait_for_selector("#prediction-info:has-text('Invalid prediction')")
+    assert "valid gene fraction 0.00" in page.locator("#prediction-info").inner_text()
+    assert page.locator("#response-plot img").count() == 0  # nothing drawn as an effect
+    assert page.locator("#genes-table tbody td").count() == 0 or "SPI1" not in (
+        page.locator("#genes-table").inner_text()
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat_web_invalid_prediction.png"), full_page=True)
+    # data sharing few genes with the model: a warning on the page (a fresh session)
+    page.reload()
+    _upload(page, low_vocabulary_cells(pbmc, keep=20), tmp_path / "novel.h5ad", 60)
+    warning = page.locator("#data-info")
+    assert "only 20 of the data's 765 genes (3%)" in warning.inner_text()
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(ARTIFACTS / "chat_web_low_vocabulary.png"), full_page=True)
