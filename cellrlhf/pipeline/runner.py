@@ -152,6 +152,13 @@ class _Scheduler:
 
     def run(self) -> dict[str, float]:
         self._skip_finished()
+        if self.user_threads and self.pending:
+            logger.info(
+                "OMP_NUM_THREADS=%s is set: every stage uses it instead of the pipeline's share "
+                "of the %d cores (unset it to let the pipeline plan threads per stage).",
+                self.env["OMP_NUM_THREADS"],
+                available_cpus(),
+            )
         try:
             while True:
                 if not self.failures:

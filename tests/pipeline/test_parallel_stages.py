@@ -229,10 +229,13 @@ def test_a_stage_whose_partners_are_done_gets_every_core(tmp_path, script_stages
     assert omp == {"root": "4", "quick": "2", "slow": "2", "after": "4"}
 
 
-def test_the_users_omp_num_threads_is_respected(tmp_path, script_stages, monkeypatch):
+def test_the_users_omp_num_threads_is_respected(tmp_path, script_stages, monkeypatch, caplog):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setattr(runner, "available_cpus", lambda: 4)
-    run_pipeline(_spec(tmp_path, DIAMOND, max_parallel=2))
+    with caplog.at_level(logging.INFO, logger="cellrlhf"):
+        run_pipeline(_spec(tmp_path, DIAMOND, max_parallel=2))
+    assert "OMP_NUM_THREADS=3 is set: every stage uses it" in caplog.text
+    assert "of the 4 cores (unset it" in caplog.text
     for name in ("root", "left", "right", "join"):
         assert json.loads((script_stages / f"{name}.json").read_text())["omp"] == "3"
 
