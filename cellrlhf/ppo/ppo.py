@@ -55,11 +55,6 @@ def build_run(
     from cellrlhf.ppo.rl_run import RLRun, build_heldout_monitor, open_rl_data, stage_info
     from cellrlhf.sft.model_dir import run_config_dict
 
-    if script_args.constrain_cells:
-        raise ValueError(
-            "constrain_cells is implemented for GRPO / RLOO only (`cellrlhf grpo`); PPO would "
-            "sample and score the unconstrained policy. Set constrain_cells: false for PPO."
-        )
     sft_path = _policy_path(model_args, training_args)
     sft_dir = check_model_dir(sft_path, what="SFT policy", flag="--model_name_or_path")
     check_model_dir(
@@ -114,6 +109,18 @@ def build_run(
         training_args.reward_model_path,
         " (LoRA)" if peft_config is not None else "",
     )
+    cell_constraint = None
+    if script_args.constrain_cells:
+        from cellrlhf.ppo.constrained_policy import policy_cell_constraint
+
+        if stop_id != tokenizer.eos_token_id:
+            raise ValueError(
+                "constrain_cells ends each answer with the eos token; PPO's stop_token_id "
+                f"{stop_id} is another token. Keep stop_token: eos."
+            )
+        cell_constraint = policy_cell_constraint(
+            tokenizer, data.dataset.vocab(), max_answer_tokens=training_args.response_length
+        )
     trainer = CellPPOTrainer(
         args=training_args,
         processing_class=tokenizer,
@@ -126,6 +133,7 @@ def build_run(
         peft_config=peft_config,
         callbacks=[monitor] if monitor is not None else None,
         phase_timer=PhaseTimer(),
+        cell_constraint=cell_constraint,
     )
     if monitor is not None:
         monitor.bind(trainer)
@@ -135,6 +143,7 @@ def build_run(
         sft_info,
         reward_model=str(training_args.reward_model_path),
         trained_with="lora" if peft_config is not None else "full",
+        constrain_cells=bool(script_args.constrain_cells),
     )
     run_config = run_config_dict("ppo", script_args, training_args, model_args)
     return RLRun(trainer, monitor, script_args, run_config, sft_dir, data, info)

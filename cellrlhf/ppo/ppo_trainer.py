@@ -13,6 +13,14 @@
   'zero_gather_16bit_weights_on_model_save'``); here the policy's weights are gathered from the
   policy-and-value engine (ZeRO-3: ``zero3_save_16bit_model: true`` is needed) and saved alone.
 - **Held-out monitor hooks** (:mod:`cellrlhf.ppo.heldout_monitor`).
+- **Constrained policy** (``cell_constraint``, :mod:`cellrlhf.ppo.constrained_policy`): TRL's PPO
+  takes every log-probability from the two patched helpers, so the same mask reaches all of
+  them: ``batch_generation`` samples under the grammar (a logits processor), and its rollout
+  log-probs are read from ``generate``'s processed scores, i.e. the masked, temperature-scaled
+  logits; ``forward`` (the reference's log-probs, and the policy's in the PPO update) returns
+  the masked logits (:func:`~cellrlhf.ppo.constrained_policy.masked_logits`). Ratios, the KL
+  penalty and the gradients are those of the constrained distribution; the value model reads
+  the same sequences unchanged.
 """
 
 from __future__ import annotations
@@ -67,11 +75,16 @@ class CellPPOTrainer(PPOTrainer):
     ----------
     phase_timer
         Receives the timing of every step (a fresh one when ``None``).
+    cell_constraint
+        A :class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint`: train the
+        constrained policy (``None``: the unconstrained one).
     **kwargs
         Everything ``trl.experimental.ppo.PPOTrainer`` takes.
     """
 
-    def __init__(self, *args, phase_timer: PhaseTimer | None = None, **kwargs) -> None:
+    def __init__(
+        self, *args, phase_timer: PhaseTimer | None = None, cell_constraint=None, **kwargs
+    ) -> None:
         missing = [name for name in _PATCHED if not hasattr(_trl_ppo, name)]
         if missing:
             raise RuntimeError(
@@ -80,6 +93,7 @@ class CellPPOTrainer(PPOTrainer):
             )
         super().__init__(*args, **kwargs)
         self.phase_timer = phase_timer or PhaseTimer()
+        self.cell_constraint = cell_constraint
         self.dataloader = _StoppableBatches(self.dataloader, self)
         self._step_open = False
 
@@ -107,14 +121,22 @@ class CellPPOTrainer(PPOTrainer):
 
     @contextmanager
     def _timed_phases(self):
-        """Wrap TRL's PPO helpers with phase timers while training runs."""
+        """Wrap TRL's PPO helpers with phase timers (and the cell grammar) while training runs."""
+        from transformers import LogitsProcessorList
+
+        from cellrlhf.ppo.constrained_policy import constrained_generation, masked_logits
+
         timer = self.phase_timer
         originals = {name: getattr(_trl_ppo, name) for name in _PATCHED}
         trainer = self
+        constraint = self.cell_constraint
 
-        def batch_generation(*args, **kwargs):
+        def batch_generation(model, *args, **kwargs):
             with timer.phase("generation"):
-                return originals["batch_generation"](*args, **kwargs)
+                if constraint is None:
+                    return originals["batch_generation"](model, *args, **kwargs)
+                with constrained_generation(model, LogitsProcessorList([constraint])):
+                    return originals["batch_generation"](model, *args, **kwargs)
 
         def get_reward(model, *args, **kwargs):
             phase = "reward" if model is trainer.reward_model else "value"
@@ -125,7 +147,13 @@ class CellPPOTrainer(PPOTrainer):
             # without gradients: the reference log-probs of the rollout; with: the PPO update
             context = timer.phase("logprobs") if not torch.is_grad_enabled() else nullcontext()
             with context:
-                return originals["forward"](model, *args, **kwargs)
+                output = originals["forward"](model, *args, **kwargs)
+            if constraint is None:
+                return output
+            ids = kwargs.get("query_responses", args[0] if args else None)
+            policy_output = output[0] if isinstance(output, tuple) else output  # (policy, value)
+            policy_output.logits = masked_logits(constraint, ids, policy_output.logits)
+            return output
 
         _trl_ppo.batch_generation = batch_generation
         _trl_ppo.get_reward = get_reward

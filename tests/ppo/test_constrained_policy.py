@@ -250,3 +250,52 @@ def test_single_cell_answer_sampling_is_fully_valid_and_scored_as_sampled(tok, m
         if tok.eos_token_id in row:
             real[r, row.index(tok.eos_token_id) + 1 :] = False  # padding after the end
     assert (logp[real] > -1e3).all()
+
+
+def test_ppo_rollout_reference_and_update_logps_are_the_masked_distribution(tok, model):
+    """CellPPOTrainer's patched TRL helpers: the rollout log-probs (from generate's scores), the
+    reference's and the update's (from forward) are one and the same constrained distribution,
+    which differs from the unmasked one; every sampled answer is one valid cell and eos."""
+    from transformers import GenerationConfig
+    from trl.experimental.ppo import ppo_trainer as trl_ppo
+    from trl.trainer.utils import selective_log_softmax
+
+    from cellrlhf.ppo.phase_timing import PhaseTimer
+    from cellrlhf.ppo.ppo_trainer import CellPPOTrainer
+
+    budget = 12
+    trainer = CellPPOTrainer.__new__(CellPPOTrainer)
+    trainer.phase_timer, trainer.reward_model = PhaseTimer(), None
+    trainer.cell_constraint = policy_cell_constraint(tok, GENES, max_answer_tokens=budget)
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    prompts = [_chat_prompt(tok, "Generate a cell of type T cell."), _chat_prompt(tok, "A cell")]
+    width = max(len(p) for p in prompts)
+    queries = torch.tensor([[pad] * (width - len(p)) + p for p in prompts for _ in range(8)])
+    config = GenerationConfig(max_new_tokens=budget, temperature=TEMPERATURE + 1e-7, top_k=0,
+                              top_p=1.0, do_sample=True, eos_token_id=eos, pad_token_id=pad)  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad(), trainer._timed_phases():
+        query_responses, scores = trl_ppo.batch_generation(model, queries, 8, pad, config)
+        reference = trl_ppo.forward(model, query_responses, pad)
+        update, _ = trl_ppo.forward(lambda **kw: (model(**kw), None), query_responses, pad)
+    with torch.no_grad():
+        free = trl_ppo.forward(model, query_responses, pad)  # unpatched again: unmasked
+    response = query_responses[:, width:]
+    rollout = selective_log_softmax(scores, response)
+    real = torch.ones_like(response, dtype=torch.bool)  # up to and including the first eos
+    for r, row in enumerate(response.tolist()):
+        text = tok.decode(row[: row.index(eos)], skip_special_tokens=False)
+        cell = extract_cell(text)
+        words = cell.sentence.split()
+        assert text.startswith("<cell>") and text.endswith("</cell>") and cell.closed, text
+        assert words and len(set(words)) == len(words) and set(words) <= set(GENES), text
+        real[r, row.index(eos) + 1 :] = False
+    for output in (reference, update):
+        logits = output.logits[:, width - 1 : -1] / (TEMPERATURE + 1e-7)
+        torch.testing.assert_close(
+            selective_log_softmax(logits, response)[real], rollout[real], rtol=1e-4, atol=1e-4
+        )
+    unmasked = selective_log_softmax(
+        free.logits[:, width - 1 : -1] / (TEMPERATURE + 1e-7), response
+    )
+    assert (unmasked[real] < rollout[real] - 1e-4).float().mean() > 0.5

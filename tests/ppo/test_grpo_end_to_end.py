@@ -142,7 +142,7 @@ def test_constrained_policy_samples_only_valid_cells_and_logs_validity(
 ):
     """constrain_cells: every cell sampled in training and by the monitor is valid; KL at the
     start is 0 (the reference is scored under the same mask)."""
-    run, summary, _ = run_rl(
+    run, summary, before = run_rl(
         tmp_path / "constrained",
         rl_dataset_dir,
         sft_model_dir,
@@ -161,6 +161,9 @@ def test_constrained_policy_samples_only_valid_cells_and_logs_validity(
         assert row["cells/budget_hit_fraction"] == 0.0
         assert row["cells/fully_valid_fraction"] == 1.0
         assert row["group_fidelity/duplicate_fraction"] == 0.0
+    assert all(math.isfinite(row["rewards/group_fidelity/mean"]) for row in rows)
+    after = run.trainer.model.state_dict()  # it trains: the policy moves
+    assert any(not torch.equal(after[k], before[k]) for k in before)
     heldout = [row for row in run.trainer.state.log_history if "heldout/kl" in row]
     assert heldout[0]["heldout/kl"] == pytest.approx(0.0, abs=1e-6)
     assert all(row["heldout/fully_valid_fraction"] == 1.0 for row in heldout)

@@ -206,3 +206,25 @@ def test_too_few_prompts_for_the_batch_is_refused(
     )
     with pytest.raises(ValueError, match="cannot fill one PPO batch"):
         build_run(*args)
+
+
+def test_constrained_ppo_samples_and_scores_the_constrained_policy(
+    tmp_path, rl_dataset_dir, sft_model_dir, reward_model_dir
+):
+    """constrain_cells in PPO: the first step's KL is 0 (rollout log-probs from generate's masked
+    scores, reference log-probs from the masked forward: the same distribution), the policy
+    trains, and every answer the monitor samples is one valid cell."""
+    out = tmp_path / "constrained"
+    run, summary, before = run_ppo(
+        out, rl_dataset_dir, sft_model_dir, reward_model_dir,
+        "--constrain_cells", "true", "--heldout_every_steps", "2",
+    )  # fmt: skip
+    assert run.trainer.cell_constraint is not None
+    rows = train_logs(run)
+    assert rows and all(math.isfinite(row["loss/policy_avg"]) for row in rows)
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-3)
+    after = run.trainer.policy_model.state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+    heldout = [row for row in run.trainer.state.log_history if "heldout/kl" in row]
+    assert heldout and all(row["heldout/fully_valid_fraction"] == 1.0 for row in heldout)
+    assert json.loads((out / "cellrlhf.json").read_text())["constrain_cells"] is True
