@@ -63,7 +63,9 @@ def _checked(name: str) -> str:
 def make_parser(trainer: str = "grpo", prog: str | None = None) -> TrlParser:
     """The ``TrlParser`` for ``trainer`` (``grpo`` or ``rloo``)."""
     config = CellGRPOConfig if _checked(trainer) == "grpo" else CellRLOOConfig
-    return TrlParser((CellGRPOScriptArguments, config, ModelConfig), prog=prog)
+    from cellrlhf.cli_help import CellTrlParser
+
+    return CellTrlParser((CellGRPOScriptArguments, config, ModelConfig), prog=prog)
 
 
 def main(script_args: CellGRPOScriptArguments, training_args, model_args: ModelConfig) -> dict:

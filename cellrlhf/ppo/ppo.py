@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 def make_parser(prog: str | None = None) -> TrlParser:
     """The ``TrlParser`` of ``ppo``: ``--config <yaml>`` plus every flag of its dataclasses."""
-    return TrlParser((CellRLScriptArguments, CellPPOConfig, ModelConfig), prog=prog)
+    from cellrlhf.cli_help import CellTrlParser
+
+    return CellTrlParser((CellRLScriptArguments, CellPPOConfig, ModelConfig), prog=prog)
 
 
 def main(

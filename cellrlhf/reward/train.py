@@ -156,9 +156,9 @@ def check_kept_pairs(n_pairs: int, n_kept: int, max_length: int | None) -> None:
 
 def make_parser(prog: str | None = None):
     """The ``TrlParser`` of ``reward``: ``--config <yaml>`` plus any flag of the two dataclasses."""
-    from trl import TrlParser
+    from cellrlhf.cli_help import CellTrlParser
 
-    return TrlParser((CellRewardConfig, ModelConfig), prog=prog)
+    return CellTrlParser((CellRewardConfig, ModelConfig), prog=prog)
 
 
 # --------------------------------------------------------------------------- inputs

@@ -34,8 +34,7 @@ def main(script_args, training_args, model_args):
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The ``TrlParser`` of the script (``--config`` YAML, flags override it)."""
-    from trl import TrlParser
-
+    from cellrlhf.cli_help import CellTrlParser
     from cellrlhf.sft.configs import CellModelArguments, CellScriptArguments, CellSFTConfig
 
     dataclass_types = (CellScriptArguments, CellSFTConfig, CellModelArguments)
@@ -43,7 +42,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         return subparsers.add_parser(
             "sft", help="Instruction-tune a cell language model", dataclass_types=dataclass_types
         )
-    return TrlParser(dataclass_types, prog=prog)
+    return CellTrlParser(dataclass_types, prog=prog)
 
 
 def cli(argv: list[str]) -> int:
