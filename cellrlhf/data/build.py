@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from cellrlhf.data.config import DataBuildConfig
+from cellrlhf.data.evidence import EvidenceBuilder, evidence_features, load_evidence_phrases
+from cellrlhf.data.evidence_table import load_gene_table
 from cellrlhf.data.input_checks import check_transform_fits, drop_empty_cells
 from cellrlhf.data.layout import (
     MANIFEST_FILENAME,
@@ -109,6 +111,7 @@ class _Prepared:
     decoder_cells: np.ndarray
     wilcoxon_cells: np.ndarray | None
     n_empty_dropped: int = 0
+    gene_table: object | None = None
 
 
 def _selected_rows(source: DataSource, query: str | None) -> np.ndarray:
@@ -157,6 +160,10 @@ def _wilcoxon_cells(config, groups: GroupIndex, sft_specs, rl_specs) -> np.ndarr
 
 
 def _prepare(config: DataBuildConfig, source: DataSource) -> _Prepared:
+    neighbours = config.evidence.neighbours
+    gene_table = (  # read before the pass, so that a bad table fails fast
+        load_gene_table(neighbours.table) if "neighbours" in config.evidence.kinds else None
+    )
     if source.simulated:
         logger.warning(
             "source of %r is SIMULATED data; the datasets are marked simulated.", config.name
@@ -230,6 +237,7 @@ def _prepare(config: DataBuildConfig, source: DataSource) -> _Prepared:
         decoder_cells,
         wilcoxon,
         n_empty,
+        gene_table,
     )
 
 
@@ -331,8 +339,16 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     templates = {task: load_task_templates(task, config.sft.templates_dir) for task in TASKS}
     phrases = load_phrases(config.sft.templates_dir)
     writer = PromptWriter(templates, phrases, config.sft.context_noun)
-    sft = sft_rows(prep.sft_specs, table, references, writer, config.seed)
-    rl = rl_rows(prep.rl_specs, table, references, writer, config.seed)
+    evidence = evidence_phrases = None
+    sft_feats, rl_feats = sft_features(), rl_features()
+    if config.evidence.enabled:
+        evidence_phrases = load_evidence_phrases(config.sft.templates_dir)
+        evidence = EvidenceBuilder(
+            config.evidence, references, evidence_phrases, writer.perturbation_text, prep.gene_table
+        )
+        sft_feats["evidence_sources"] = rl_feats["evidence_sources"] = evidence_features()
+    sft = sft_rows(prep.sft_specs, table, references, writer, config.seed, evidence)
+    rl = rl_rows(prep.rl_specs, table, references, writer, config.seed, evidence)
     timings["rows_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -355,7 +371,7 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     if config.sft.enabled:
         part_hashes["sft"] = save_dataset_dict(
             sft,
-            sft_features(),
+            sft_feats,
             staging / "sft",
             max_shard_size=output.max_shard_size,
             parquet_dir=parquet / "sft" if parquet else None,
@@ -365,7 +381,7 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     if config.rl.enabled:
         part_hashes["rl"] = save_dataset_dict(
             rl,
-            rl_features(),
+            rl_feats,
             staging / "rl",
             max_shard_size=output.max_shard_size,
             parquet_dir=parquet / "rl" if parquet else None,
@@ -400,6 +416,14 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     manifest["source"]["n_cells_dropped_no_expression"] = prep.n_empty_dropped
     if config.rl.enabled:
         manifest["answer_budget"] = _answer_budget(config, rl)
+    if evidence is not None:
+        manifest["evidence"] = {
+            "kinds": list(config.evidence.kinds),
+            "phrases_version": evidence_phrases.version,
+            "phrases_sha256": evidence_phrases.sha256,
+            "gene_table_sha256": getattr(prep.gene_table, "sha256", None),
+            "source_splits": list(EvidenceBuilder.SOURCE_SPLITS),
+        }
     (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
     return manifest
 

@@ -19,6 +19,7 @@ import yaml
 from cellrlhf.config_types import check_types
 from cellrlhf.data.balance import BalanceConfig
 from cellrlhf.data.de import DE_METHODS
+from cellrlhf.data.evidence_config import EvidenceConfig
 from cellrlhf.data.schema import SchemaMapping
 from cellrlhf.data.splits import SplitConfig
 from cellrlhf.data.task_templates import TASKS
@@ -328,6 +329,7 @@ class DataBuildConfig:
     de: DEConfig = field(default_factory=DEConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     seed: int = 0
     progress: bool = True
 
@@ -374,6 +376,7 @@ class DataBuildConfig:
                 de=_simple(DEConfig, spec.get("de"), "de"),
                 decoder=_simple(DecoderConfig, spec.get("decoder"), "decoder"),
                 output=_simple(OutputConfig, spec.get("output"), "output"),
+                evidence=EvidenceConfig.from_dict(spec.get("evidence")),
                 seed=int(spec.get("seed", 0)),
                 progress=bool(spec.get("progress", True)),
             )
@@ -383,7 +386,8 @@ class DataBuildConfig:
             raise ConfigError(str(err)) from err
 
     def to_dict(self) -> dict:
-        """Plain-data form with every default filled in (stored in the manifest)."""
+        """Plain-data form with every default filled in (stored in the manifest); without
+        ``evidence`` while it is off, so fingerprints of builds without evidence are unchanged."""
 
         def plain(value):
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -396,7 +400,10 @@ class DataBuildConfig:
                 return [plain(v) for v in value]
             return value
 
-        return plain(self)
+        out = plain(self)
+        if not self.evidence.enabled:
+            out.pop("evidence")
+        return out
 
     def with_overrides(self, overrides: Sequence[str]) -> DataBuildConfig:
         """A new config with ``key.sub=value`` overrides applied."""

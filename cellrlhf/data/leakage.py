@@ -15,6 +15,10 @@ Checked on what downstream stages will read (the saved directory), not on build 
    in another context is allowed.
 3. Validation perturbations or pairs (when held out): no training row (pretraining, SFT train,
    RL train) is about one of them, by the same rules.
+4. Evidence (:mod:`cellrlhf.data.evidence`): in every split of SFT and RL, every group an
+   evidence pseudo-bulk was computed from (the ``evidence_sources`` column) is a group of
+   training cells (split ``train``) of a perturbation, pair or context that is neither test nor
+   validation (nor excluded), by the rules of 2 and 3.
 """
 
 from __future__ import annotations
@@ -156,6 +160,40 @@ def _fail(problems: list[str]) -> None:
         )
 
 
+def _check_evidence(built, held, problems: list[str]) -> int:
+    """Rule 4: evidence uses training groups of training perturbations only; rows checked."""
+    n_rows = 0
+    for part in ("sft", "rl"):
+        data_dict = getattr(built, part)
+        if data_dict is None:
+            continue
+        for split in data_dict:
+            data = data_dict[split]
+            if "evidence_sources" not in data.column_names:
+                continue
+            rows = _column(data, "evidence_sources")
+            n_rows += len(rows)
+            seen: set[tuple[str, str, str]] = set()
+            for i, sources in enumerate(rows):
+                for source in sources:
+                    key = (source["split"], source["perturbation"], source["cell_context"])
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    split_of, pert, context = key
+                    if split_of != "train":
+                        why = f"cells of split {split_of!r}"
+                    elif pert in ("", CONTROL_LABEL) or held.pert_label(pert, context):
+                        why = "a held-out (test or validation) perturbation"
+                    else:
+                        continue
+                    problems.append(
+                        f"{part}/{split} row {i} evidence ({source['kind']}) uses {why}: "
+                        f"{pert!r} in {context!r}"
+                    )
+    return n_rows
+
+
 def check_no_leakage(built) -> dict:
     """Raise :class:`LeakageError` when held-out information is in training data.
 
@@ -260,6 +298,7 @@ def check_no_leakage(built) -> dict:
             checked["rl_rows"] += 1
             if test_held.pert_label(pert, context):
                 problems.append(f"rl/validation row {i} is about test {pert!r} in {context!r}")
+    checked["evidence_rows"] = _check_evidence(built, held, problems)
     _fail(problems)
     checked["test_cells"] = len(test_cells)
     checked["validation_cells"] = len(validation_cells)

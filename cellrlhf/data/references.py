@@ -82,16 +82,24 @@ class References:
         """Sentence of a control group's pseudo-bulk, as long as a typical control cell."""
         if control_group not in self._pseudobulk:
             split, _, context = self.groups.keys[control_group]
-            top_k = self.sentence_config.pseudobulk_top_k
-            if top_k is None:
-                members = self.members(control_group)
-                top_k = max(1, int(np.median(self.scan.n_genes[members]))) if len(members) else 1
-            if self.sentence_config.top_k is not None:
-                top_k = min(top_k, self.sentence_config.top_k)
-            self._pseudobulk[control_group] = self.sentence_writer.encode_profile(
-                self.mean(control_group), f"pseudobulk:{split}:{context}", top_k
+            self._pseudobulk[control_group] = self.profile_sentence(
+                self.mean(control_group),
+                f"pseudobulk:{split}:{context}",
+                self.scan.n_genes[self.members(control_group)],
             )
         return self._pseudobulk[control_group]
+
+    def profile_sentence(self, profile: np.ndarray, name: str, lengths: np.ndarray) -> str:
+        """Sentence of a pseudo-bulk ``profile``, as long as a typical one of the cells it
+        averages (``lengths``: their numbers of expressed genes) unless
+        ``sentences.pseudobulk_top_k`` is set; never longer than ``sentences.top_k``.
+        ``name`` seeds the tie-breaking."""
+        top_k = self.sentence_config.pseudobulk_top_k
+        if top_k is None:
+            top_k = max(1, int(np.median(lengths))) if len(lengths) else 1
+        if self.sentence_config.top_k is not None:
+            top_k = min(top_k, self.sentence_config.top_k)
+        return self.sentence_writer.encode_profile(profile, name, top_k)
 
     def decoded_control(self, control_group: int, cells: np.ndarray) -> np.ndarray:
         """Mean of the decoded sentences of ``cells`` (a sample of ``control_group``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cellrlhf.data.evidence import with_evidence
 from cellrlhf.data.plan import task_rng
 from cellrlhf.data.schema import perturbation_targets
 
@@ -23,7 +24,19 @@ class _RenderRngs:
         return self._rngs[(task, split)]
 
 
-def sft_rows(specs, table, references, writer, seed: int) -> dict[str, list[dict]]:
+_EVIDENCE_TASKS = ("perturbation_response", "perturbation_effect")
+
+
+def _add_evidence(row: dict, key: str, evidence, perturbation: str, context: str) -> None:
+    """Put the evidence block before the user text of ``row[key]``; record its sources."""
+    if evidence is None:
+        return
+    text, sources = evidence.block(perturbation, context)
+    row[key] = with_evidence(row[key], text)
+    row["evidence_sources"] = sources
+
+
+def sft_rows(specs, table, references, writer, seed: int, evidence=None) -> dict[str, list[dict]]:
     """Instruction examples by split (shuffled, seeded).
 
     Parameters
@@ -38,6 +51,9 @@ def sft_rows(specs, table, references, writer, seed: int) -> dict[str, list[dict
         :class:`~cellrlhf.data.prompts.PromptWriter`.
     seed
         Build seed.
+    evidence
+        :class:`~cellrlhf.data.evidence.EvidenceBuilder`, or None (no evidence, no
+        ``evidence_sources`` column).
     """
     rngs = _RenderRngs(seed)
     sentences = references.scan.sentences
@@ -82,25 +98,28 @@ def sft_rows(specs, table, references, writer, seed: int) -> dict[str, list[dict
                 spec.perturbation_type,
                 rng,
             )
-        out[spec.split].append(
-            {
-                "messages": messages,
-                "task": spec.task,
-                "perturbation": spec.perturbation,
-                "cell_context": spec.cell_context,
-                "cell_ids": cell_ids,
-                "template": template,
-            }
-        )
+        row = {
+            "messages": messages,
+            "task": spec.task,
+            "perturbation": spec.perturbation,
+            "cell_context": spec.cell_context,
+            "cell_ids": cell_ids,
+            "template": template,
+        }
+        if evidence is not None:
+            row["evidence_sources"] = []
+            if spec.task in _EVIDENCE_TASKS:
+                _add_evidence(row, "messages", evidence, spec.perturbation, spec.cell_context)
+        out[spec.split].append(row)
     for split, rows in out.items():
         order = task_rng(seed, "sft-shuffle", split).permutation(len(rows))
         out[split] = [rows[i] for i in order]
     return out
 
 
-def rl_rows(specs, table, references, writer, seed: int) -> dict[str, list[dict]]:
+def rl_rows(specs, table, references, writer, seed: int, evidence=None) -> dict[str, list[dict]]:
     """RL prompts with their references, by split (``train``, ``test``; ``validation`` when
-    validation perturbations were held out)."""
+    validation perturbations were held out); ``evidence`` as in :func:`sft_rows`."""
     rngs = _RenderRngs(seed)
     sentences = references.scan.sentences
     groups = references.groups
@@ -124,26 +143,26 @@ def rl_rows(specs, table, references, writer, seed: int) -> dict[str, list[dict]
         )
         up, down = references.de_genes(spec.group, spec.control_group)
         n_targets = len(perturbation_targets(spec.perturbation))
-        out[spec.split].append(
-            {
-                "prompt": prompt,
-                "perturbation": spec.perturbation,
-                "cell_context": spec.cell_context,
-                "perturbation_type": spec.perturbation_type,
-                "split_kind": "combo" if n_targets > 1 else "single",
-                "reference_perturbed": references.mean(spec.group).astype(np.float32),
-                "reference_control": references.mean(spec.control_group).astype(np.float32),
-                "decoded_control": references.decoded_control(
-                    spec.control_group, spec.control_cells
-                ).astype(np.float32),
-                "reference_sentences": [sentences[int(c)] for c in spec.reference_cells],
-                "reference_cell_ids": [str(table.cell_ids[c]) for c in spec.reference_cells],
-                "de_genes_up": up,
-                "de_genes_down": down,
-                "n_cells": int(groups.sizes[spec.group]),
-                "n_control_cells": int(groups.sizes[spec.control_group]),
-                "control_split": groups.keys[spec.control_group][0],
-                "template": template,
-            }
-        )
+        row = {
+            "prompt": prompt,
+            "perturbation": spec.perturbation,
+            "cell_context": spec.cell_context,
+            "perturbation_type": spec.perturbation_type,
+            "split_kind": "combo" if n_targets > 1 else "single",
+            "reference_perturbed": references.mean(spec.group).astype(np.float32),
+            "reference_control": references.mean(spec.control_group).astype(np.float32),
+            "decoded_control": references.decoded_control(
+                spec.control_group, spec.control_cells
+            ).astype(np.float32),
+            "reference_sentences": [sentences[int(c)] for c in spec.reference_cells],
+            "reference_cell_ids": [str(table.cell_ids[c]) for c in spec.reference_cells],
+            "de_genes_up": up,
+            "de_genes_down": down,
+            "n_cells": int(groups.sizes[spec.group]),
+            "n_control_cells": int(groups.sizes[spec.control_group]),
+            "control_split": groups.keys[spec.control_group][0],
+            "template": template,
+        }
+        _add_evidence(row, "prompt", evidence, spec.perturbation, spec.cell_context)
+        out[spec.split].append(row)
     return out

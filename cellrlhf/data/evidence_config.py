@@ -1,0 +1,105 @@
+"""The ``evidence:`` section of a data config: which measured evidence perturbation prompts show.
+
+Off by default (``kinds: []``): prompts are then byte-identical to a build without the section.
+See ``docs/evidence.md`` and :mod:`cellrlhf.data.evidence`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from cellrlhf.config_types import check_types
+
+__all__ = ["EVIDENCE_KINDS", "EvidenceError", "NeighbourConfig", "EvidenceConfig"]
+
+EVIDENCE_KINDS = ("average_response", "components", "other_contexts", "neighbours")
+
+
+class EvidenceError(ValueError):
+    """The evidence section or the gene-similarity table is invalid."""
+
+
+def _check_keys(spec, cls, section: str) -> None:
+    if not isinstance(spec, Mapping):
+        raise EvidenceError(f"section {section!r} must be a mapping, got {type(spec).__name__}.")
+    known = {f.name for f in fields(cls)}
+    unknown = set(spec) - known
+    if unknown:
+        raise EvidenceError(
+            f"unknown key(s) {sorted(unknown)} in {section!r}; known: {sorted(known)}."
+        )
+    check_types(cls, spec, section, EvidenceError)
+
+
+@dataclass(frozen=True)
+class NeighbourConfig:
+    """``evidence.neighbours``: the gene-similarity table and how many neighbours to show.
+
+    Attributes
+    ----------
+    table
+        CSV or Parquet file: rows are genes, the first column the gene symbol, the other columns
+        numbers (an embedding or gene-set membership); similarity is the cosine. Relative paths
+        are relative to the working directory. Required when ``neighbours`` is a kind.
+    k
+        Training perturbations shown per prompt (the nearest ``k``).
+    """
+
+    table: str | None = None
+    k: int = 3
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise EvidenceError(f"evidence.neighbours.k must be >= 1, got {self.k}.")
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """Measured evidence written into perturbation prompts (pseudo-bulks of training cells).
+
+    Attributes
+    ----------
+    kinds
+        Any of :data:`EVIDENCE_KINDS`, in the order they appear in prompts; empty = off.
+    neighbours
+        :class:`NeighbourConfig` (used by the ``neighbours`` kind).
+    min_cells
+        A (perturbation, context) group of training cells counts as measured only with at
+        least this many cells.
+    """
+
+    kinds: tuple[str, ...] = ()
+    neighbours: NeighbourConfig = field(default_factory=NeighbourConfig)
+    min_cells: int = 10
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in EVIDENCE_KINDS]
+        if unknown:
+            raise EvidenceError(
+                f"evidence.kinds has unknown kind(s) {unknown}; choose from {EVIDENCE_KINDS}."
+            )
+        if len(set(self.kinds)) != len(self.kinds):
+            raise EvidenceError(f"evidence.kinds repeats a kind: {list(self.kinds)}.")
+        if self.min_cells < 1:
+            raise EvidenceError(f"evidence.min_cells must be >= 1, got {self.min_cells}.")
+        if "neighbours" in self.kinds and not self.neighbours.table:
+            raise EvidenceError(
+                "evidence kind 'neighbours' needs evidence.neighbours.table: a CSV or Parquet of "
+                "gene vectors (first column the gene symbol; see docs/evidence.md)."
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.kinds)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping | None) -> EvidenceConfig:
+        """Parse the ``evidence:`` mapping (``None`` = off)."""
+        spec = dict(spec or {})
+        _check_keys(spec, cls, "evidence")
+        spec["kinds"] = tuple(spec.get("kinds") or ())
+        neighbours = dict(spec.get("neighbours") or {})
+        _check_keys(neighbours, NeighbourConfig, "evidence.neighbours")
+        spec["neighbours"] = NeighbourConfig(**neighbours)
+        return cls(**spec)
