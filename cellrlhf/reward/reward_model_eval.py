@@ -12,6 +12,14 @@ perturbations never appear in the reward model's training pairs):
    within-prompt correlations: RL uses rewards within a prompt's group (advantages are
    normalised per group), so the within-prompt figure is the one that matters for the policy.
 
+Both come with 95% percentile-bootstrap intervals over held-out perturbations (the unit of
+replication, :mod:`cellrlhf.evaluation.intervals`: a perturbation's pairs or prompts move
+together). :func:`reward_model_verdict` turns them into one sentence: where the accuracy on
+sampled pairs (the kind of answers RL produces; all pairs when there are none) is not shown
+above chance (the interval's lower bound is not above 0.5), it says that PPO with this reward
+model cannot be expected to help and recommends the programmatic reward (GRPO). The result
+(``reward_model_eval.json``) holds it under ``verdict``; each setting's reward stage writes one.
+
 ``python -m cellrlhf.reward.reward_model_eval --model_dir <reward model> --preferences_dir <pairs>``
 evaluates a saved model; ``cellrlhf reward`` runs it after training.
 """
@@ -31,7 +39,11 @@ import numpy as np
 __all__ = [
     "EVAL_FILENAME",
     "PLOT_FILENAME",
+    "CHANCE_ACCURACY",
     "pairwise_accuracy",
+    "pair_accuracy_interval",
+    "within_prompt_spearman_interval",
+    "reward_model_verdict",
     "spearman",
     "within_group_spearman",
     "score_conversations",
@@ -46,6 +58,10 @@ logger = logging.getLogger(__name__)
 
 EVAL_FILENAME = "reward_model_eval.json"
 PLOT_FILENAME = "reward_model_eval.png"
+CHANCE_ACCURACY = 0.5
+RECOMMENDATION = (
+    "PPO with this reward model cannot be expected to help; use the programmatic reward (GRPO)."
+)
 
 
 def pairwise_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
@@ -98,6 +114,85 @@ def within_group_spearman(
         if np.isfinite(rho):
             values.append(rho)
     return (float(np.mean(values)) if values else math.nan), len(values)
+
+
+def pair_accuracy_interval(chosen, rejected, perturbations, *, seed: int = 0) -> dict:
+    """Pairwise accuracy with a 95% bootstrap interval over perturbations.
+
+    Each pair scores 1 (``chosen > rejected``), 0.5 (tie) or 0; the pairs of one perturbation
+    are averaged first, then the perturbation means are resampled
+    (:func:`~cellrlhf.evaluation.intervals.bootstrap_mean`). Returns the
+    :class:`~cellrlhf.evaluation.intervals.Interval` as a dict (``estimate``: the mean over
+    perturbations; ``low`` / ``high`` NaN with fewer than two perturbations).
+    """
+    from cellrlhf.evaluation.intervals import bootstrap_mean
+
+    chosen = np.asarray(chosen, dtype=np.float64)
+    rejected = np.asarray(rejected, dtype=np.float64)
+    if chosen.shape != rejected.shape or len(perturbations) != chosen.size:
+        raise ValueError("chosen, rejected and perturbations need one entry per pair.")
+    correct = (chosen > rejected) + 0.5 * (chosen == rejected)
+    return bootstrap_mean(correct, np.asarray(perturbations, dtype=object), seed=seed).to_dict()
+
+
+def within_prompt_spearman_interval(a, b, prompts, perturbations, *, seed: int = 0) -> dict:
+    """Mean within-prompt Spearman with a 95% bootstrap interval over perturbations.
+
+    One correlation per prompt (prompts with a constant side are left out), averaged per
+    perturbation, then bootstrapped over perturbations; returned as an ``Interval`` dict.
+    """
+    from cellrlhf.evaluation.intervals import bootstrap_mean
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    prompts = np.asarray([str(p) for p in prompts], dtype=object)
+    perturbations = np.asarray(perturbations, dtype=object)
+    rhos, clusters = [], []
+    for prompt in dict.fromkeys(prompts):
+        mask = prompts == prompt
+        rhos.append(spearman(a[mask], b[mask]))
+        clusters.append(perturbations[mask][0])
+    return bootstrap_mean(rhos, np.asarray(clusters, dtype=object), seed=seed).to_dict()
+
+
+def reward_model_verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """Whether the reward model ranks held-out answers better than chance, as one sentence.
+
+    Reads ``pairwise_accuracy_interval_by_kind["sampled"]`` (pairs of sampled answers, what RL
+    produces; else ``pairwise_accuracy_interval`` of all pairs) and, when present,
+    ``spearman_within_prompt_interval``.
+
+    Returns
+    -------
+    ``{"near_chance": bool, "pairs": "sampled" | "all", "sentence": str}``. ``near_chance`` is
+    true unless the accuracy interval's lower bound is above 0.5 (an interval that cannot be
+    computed, with fewer than two perturbations, does not show the model above chance).
+    """
+    by_kind = result.get("pairwise_accuracy_interval_by_kind") or {}
+    pairs = "sampled" if "sampled" in by_kind else "all"
+    acc = by_kind.get("sampled") or result.get("pairwise_accuracy_interval") or {}
+    est, low, high = (float(acc.get(k, math.nan)) for k in ("estimate", "low", "high"))
+    n = int(acc.get("n_clusters", 0))
+    near_chance = not low > CHANCE_ACCURACY
+    what = f"held-out pairwise accuracy on {pairs} pairs {est:.2f}"
+    if np.isfinite(low):
+        what += f" (95% CI {low:.2f} to {high:.2f}, {n} perturbations)"
+    else:
+        what += f" ({n} perturbation{'s' if n != 1 else ''}: too few for an interval)"
+    if near_chance:
+        sentence = f"The reward model's {what} is not shown above chance (0.5): {RECOMMENDATION}"
+    else:
+        sentence = f"The reward model's {what} is above chance (0.5)."
+    rho = result.get("spearman_within_prompt_interval") or {}
+    if rho and np.isfinite(rho.get("estimate", math.nan)):
+        r_est, r_low = float(rho["estimate"]), float(rho.get("low", math.nan))
+        r_high = float(rho.get("high", math.nan))
+        span = f" (95% CI {r_low:.2f} to {r_high:.2f})" if np.isfinite(r_low) else ""
+        sentence += f" Within-prompt Spearman with the true group score: {r_est:.2f}{span}"
+        sentence += (
+            "; it does not rank one prompt's answers better than random." if not r_low > 0 else "."
+        )
+    return {"near_chance": bool(near_chance), "pairs": pairs, "sentence": sentence}
 
 
 def score_conversations(
@@ -205,7 +300,10 @@ def evaluate_reward_model(
     -------
     A JSON-ready dict: ``pairwise_accuracy``, ``pairwise_accuracy_by_kind``, ``n_pairs``,
     ``spearman`` (pooled), ``spearman_within_prompt``, ``n_completions``, ``n_prompts``,
-    ``perturbations``, and the raw scores under ``"_arrays"`` (for plots; dropped when saved).
+    ``perturbations``, the intervals over perturbations (``pairwise_accuracy_interval``,
+    ``pairwise_accuracy_interval_by_kind``, ``spearman_within_prompt_interval``), ``verdict``
+    (:func:`reward_model_verdict`), and the raw scores under ``"_arrays"`` (for plots; dropped
+    when saved).
     """
     result: dict[str, Any] = {"n_pairs": int(len(pairs))}
     arrays: dict[str, np.ndarray] = {}
@@ -231,6 +329,14 @@ def evaluate_reward_model(
             for kind in sorted(set(kinds))
         }
         result["n_pairs_by_kind"] = {str(k): int((kinds == k).sum()) for k in sorted(set(kinds))}
+        perts = np.asarray([str(p) for p in pairs["perturbation"]], dtype=object)
+        result["pairwise_accuracy_interval"] = pair_accuracy_interval(chosen, rejected, perts)
+        result["pairwise_accuracy_interval_by_kind"] = {
+            str(kind): pair_accuracy_interval(
+                chosen[kinds == kind], rejected[kinds == kind], perts[kinds == kind]
+            )
+            for kind in sorted(set(kinds))
+        }
         result["perturbations"] = sorted(set(pairs["perturbation"]))
         arrays.update(chosen=chosen, rejected=rejected, pair_kind=kinds)
     else:
@@ -250,7 +356,14 @@ def evaluate_reward_model(
         result["spearman_within_prompt"], result["n_prompts"] = within_group_spearman(
             rm, true, groups
         )
+        if "perturbation" in completions.column_names:
+            result["spearman_within_prompt_interval"] = within_prompt_spearman_interval(
+                rm, true, groups, list(completions["perturbation"])
+            )
         arrays.update(rm_score=rm, true_score=true)
+    result["verdict"] = reward_model_verdict(result)
+    log = logger.warning if result["verdict"]["near_chance"] else logger.info
+    log("%s", result["verdict"]["sentence"])
     result["_arrays"] = arrays
     return result
 

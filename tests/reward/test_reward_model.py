@@ -218,6 +218,10 @@ def test_reward_model_eval_on_held_out_perturbations(
     assert result["perturbations"] == list(TEST_TARGETS)
     assert result["n_completions"] == 16 * len(TEST_TARGETS) and result["n_prompts"] == 2
     assert -1.0 <= result["spearman"] <= 1.0
+    # intervals over the held-out perturbations, and the sentence for the report
+    assert result["pairwise_accuracy_interval"]["n_clusters"] == len(TEST_TARGETS)
+    assert result["spearman_within_prompt_interval"]["n_clusters"] <= len(TEST_TARGETS)
+    assert result["verdict"]["sentence"].startswith("The reward model's held-out pairwise")
 
 
 def test_lora_reward_model_is_saved_merged(rm_sft_dir, rm_preferences_dir, tmp_path):
@@ -293,3 +297,114 @@ def test_accelerate_launch_deepspeed_zero2_on_cpu(rm_sft_dir, rm_preferences_dir
     assert state["global_step"] == 4  # 64 pairs / (2 processes x 8)
     result = json.loads((out / "reward_model_eval.json").read_text())
     assert result["n_pairs"] > 0
+
+
+# ---------------------------------------------------------------------------- intervals, verdict
+def test_pair_accuracy_interval_over_perturbations_by_hand():
+    from cellrlhf.reward.reward_model_eval import pair_accuracy_interval
+
+    # A: one right, one wrong (0.5); B: a tie (0.5); C: right (1.0) -> mean over perturbations
+    chosen = np.array([2.0, 0.0, 1.0, 3.0])
+    rejected = np.array([1.0, 1.0, 1.0, 0.0])
+    got = pair_accuracy_interval(chosen, rejected, ["A", "A", "B", "C"])
+    assert got["estimate"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    assert got["n_clusters"] == 3 and got["low"] == pytest.approx(0.5)
+    assert got["high"] == pytest.approx(1.0)
+    perfect = pair_accuracy_interval(np.ones(4), np.zeros(4), ["A", "B", "C", "D"])
+    assert (perfect["estimate"], perfect["low"], perfect["high"]) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="one entry per pair"):
+        pair_accuracy_interval(np.ones(2), np.zeros(2), ["A"])
+
+
+def test_within_prompt_spearman_interval_by_hand():
+    from cellrlhf.reward.reward_model_eval import within_prompt_spearman_interval
+
+    true = [1, 2, 3] * 3
+    rm = [1, 2, 3, 3, 2, 1, 1, 2, 3]  # prompt p1: +1, p2: -1 (both A), p3: +1 (B)
+    got = within_prompt_spearman_interval(
+        rm, true, ["p1"] * 3 + ["p2"] * 3 + ["p3"] * 3, ["A"] * 6 + ["B"] * 3
+    )
+    assert got["estimate"] == pytest.approx(0.5)  # A: mean(1, -1) = 0, B: 1
+    assert got["n_clusters"] == 2 and got["low"] == pytest.approx(0.0)
+
+
+def _result(acc_by_kind, rho=None):
+    result = {"pairwise_accuracy_interval_by_kind": acc_by_kind}
+    if rho is not None:
+        result["spearman_within_prompt_interval"] = rho
+    return result
+
+
+def _interval(estimate, low, high, n=6):
+    return {"estimate": estimate, "low": low, "high": high, "n_clusters": n}
+
+
+def test_verdict_near_chance_recommends_the_programmatic_reward():
+    from cellrlhf.reward.reward_model_eval import reward_model_verdict
+
+    # hard negatives are easy; the sampled pairs (what RL produces) are at chance: they decide
+    verdict = reward_model_verdict(
+        _result(
+            {"sampled": _interval(0.56, 0.47, 0.65), "other_perturbation": _interval(0.95, 0.9, 1)},
+            rho=_interval(0.05, -0.10, 0.20),
+        )
+    )
+    assert verdict["near_chance"] and verdict["pairs"] == "sampled"
+    assert (
+        "accuracy on sampled pairs 0.56 (95% CI 0.47 to 0.65, 6 perturbations)"
+        in (verdict["sentence"])
+    )
+    assert (
+        "PPO with this reward model cannot be expected to help; use the programmatic reward "
+        "(GRPO)." in verdict["sentence"]
+    )
+    assert "does not rank one prompt's answers better than random" in verdict["sentence"]
+
+
+def test_verdict_above_chance_and_too_few_perturbations():
+    from cellrlhf.reward.reward_model_eval import reward_model_verdict
+
+    good = reward_model_verdict(
+        _result({"sampled": _interval(0.8, 0.7, 0.9)}, rho=_interval(0.6, 0.4, 0.8))
+    )
+    assert not good["near_chance"] and "above chance" in good["sentence"]
+    assert "PPO" not in good["sentence"] and "better than random" not in good["sentence"]
+    # no sampled pairs: all pairs decide; one perturbation: no interval, not shown above chance
+    single = reward_model_verdict(
+        {"pairwise_accuracy_interval": _interval(0.9, math.nan, math.nan, n=1)}
+    )
+    assert single["near_chance"] and single["pairs"] == "all"
+    assert "1 perturbation: too few for an interval" in single["sentence"]
+
+
+def test_evaluate_reward_model_reports_intervals_and_verdict(monkeypatch, caplog):
+    """Hand-made scores in place of the model: accuracy per perturbation, then the verdict."""
+    import logging
+
+    from datasets import Dataset
+
+    import cellrlhf.reward.reward_model_eval as rme
+
+    prompt = [{"role": "user", "content": "p"}]
+    pairs = Dataset.from_dict(
+        {
+            "prompt": [prompt] * 4,
+            "chosen": [[{"role": "assistant", "content": f"c{i}"}] for i in range(4)],
+            "rejected": [[{"role": "assistant", "content": f"r{i}"}] for i in range(4)],
+            "pair_kind": ["sampled"] * 4,
+            "perturbation": ["A", "A", "B", "C"],
+        }
+    )
+    scores = {"c0": 2.0, "r0": 1.0, "c1": 0.0, "r1": 1.0, "c2": 1.0, "r2": 1.0, "c3": 3, "r3": 0}
+
+    def fake_scores(model, tokenizer, conversations, **kwargs):
+        return np.array([scores[c[-1]["content"]] for c in conversations], dtype=float)
+
+    monkeypatch.setattr(rme, "score_conversations", fake_scores)
+    with caplog.at_level(logging.WARNING, logger="cellrlhf.reward.reward_model_eval"):
+        result = rme.evaluate_reward_model(None, None, pairs, progress=False)
+    assert result["pairwise_accuracy"] == pytest.approx(2.5 / 4)  # pooled over pairs
+    interval = result["pairwise_accuracy_interval_by_kind"]["sampled"]
+    assert interval["estimate"] == pytest.approx(2 / 3) and interval["low"] == pytest.approx(0.5)
+    assert result["verdict"]["near_chance"]
+    assert "use the programmatic reward (GRPO)" in caplog.text
