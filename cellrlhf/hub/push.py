@@ -240,6 +240,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if not args.dry_run and _token() is None:
             print(f"cellrlhf push: {NOT_LOGGED_IN}", file=sys.stderr)
             return 2
+        if not args.dry_run and not args.space_for:
+            from cellrlhf.hub.license_prompt import resolve_license
+
+            args.license = resolve_license(args.license, model=args.model, dataset=args.dataset)
         if args.dry_run:
             if args.model:
                 plan = plan_model_upload(

@@ -80,7 +80,7 @@ def test_push_cli_dataset(tmp_path, local_hub, capsys):
     datasets.Dataset.from_dict({"text": ["<cell> A B </cell>"] * 3}).save_to_disk(
         str(d / "pretrain")
     )
-    assert cli(["--dataset", str(d), "--repo-id", "me/tiny-data"]) == 0
+    assert cli(["--dataset", str(d), "--repo-id", "me/tiny-data", "--license", "mit"]) == 0
     assert local_hub.repos["me/tiny-data"]["type"] == "dataset"
     (commit,) = local_hub.commits
     assert commit["type"] == "dataset"
@@ -156,4 +156,5 @@ def test_push_offline_says_the_hub_cannot_be_reached(tmp_path, monkeypatch, caps
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", how == "offline_mode")
     argv = ["--dataset", str(_tiny_dataset(tmp_path)), "--repo-id", "me/tiny-data"]
+    argv += ["--license", "mit"]
     _push_fails(capsys, argv, 1, "cannot reach the Hugging Face Hub", "nothing was uploaded")
