@@ -310,3 +310,24 @@ def test_cli_build_with_evidence_passes_the_check(tmp_path, capsys):
         assert _user(row["prompt"]).startswith(HEADER)
         assert not test_perts & {s["perturbation"] for s in row["evidence_sources"]}
     assert cli(["check", str(out)]) == 0
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_norman_mcfaline_evidence_config_builds_on_real_data(real_data_dir, tmp_path):
+    from cellrlhf.data.config import load_config
+
+    config = load_config(
+        SIM_CONFIG.parent / "norman_mcfaline_evidence.yaml",
+        ["progress=false", "pretrain.max_cells=500", "sft.tasks.cell_annotation.max_examples=100"],
+    )
+    result = build_datasets(config, out_dir=tmp_path / "real", data_dir=real_data_dir)
+    built = load_built_dataset(result.path)
+    assert result.manifest["leakage_check"]["evidence_rows"] > 0
+    held = set(built.splits["test_perturbations"]) | set(built.splits["validation_perturbations"])
+    for split in ("train", "validation", "test"):
+        assert built.rl[split].num_rows > 0
+        for row in built.rl[split]:
+            assert "average perturbed" in _user(row["prompt"])
+            used = {s["perturbation"] for s in row["evidence_sources"]}
+            assert used and not used & (held | {row["perturbation"]})
