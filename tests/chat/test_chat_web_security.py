@@ -204,8 +204,8 @@ def test_a_prediction_file_is_served_to_its_own_session_only(lm):
         config = httpx.get(f"{base}/config").json()
         owner, other = _Session(base, config), _Session(base, config)
         owner.run("load_example", [None])
-        owner.run("select_from_box", [None, "3"])
-        outputs = owner.run("predict", [TARGETS[0], "", "", 2, None])
+        owner.run("select_from_box", [None, None, "3"])
+        outputs = owner.run("predict", [TARGETS[0], "", "", 2, None, None])
         download = next(
             o for o in outputs if isinstance(o, dict) and o.get("path", "").endswith(".h5ad")
         )
