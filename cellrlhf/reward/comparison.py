@@ -145,7 +145,12 @@ def compare_methods(
     if split_half_ceiling:
         half_a, half_b = split_half(real, pert_col=pert_col, seed=seed)
         results[SPLIT_HALF] = evaluate_predictions(
-            half_a, half_b, pred_layer=layer, real_layer=layer, **kwargs
+            half_a,
+            half_b,
+            pred_layer=layer,
+            real_layer=layer,
+            reference_control=_control_mean(real, pert_col, control, layer),
+            **kwargs,
         )
     for name, decoder in (decoders or {}).items():
         decoded = representation_ceiling(
@@ -171,3 +176,11 @@ def _nothing_predicted(deltas: PredictedDeltas, missing: pd.DataFrame) -> Evalua
         genes=np.asarray(deltas.genes, dtype=object),
         not_applicable=missing,
     )
+
+
+def _control_mean(real, pert_col: str, control: str, layer: str | None) -> pd.Series:
+    """Mean expression of ``real``'s control cells, by gene."""
+    ctrl = real[real.obs[pert_col].astype(str).to_numpy() == control]
+    X = ctrl.X if layer is None else ctrl.layers[layer]
+    mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+    return pd.Series(mean, index=pd.Index(real.var_names.astype(str)))

@@ -254,6 +254,7 @@ def evaluate_predictions(
     is_log1p: bool = True,
     kind_col: str | None = None,
     reference_delta=None,
+    reference_control=None,
     progress: bool = False,
 ) -> Evaluation:
     """Metric table of predicted vs real perturbation responses.
@@ -290,6 +291,12 @@ def evaluate_predictions(
         for ``pearson_specific`` and ``pearson_specific_top{k}``: a :class:`pandas.Series`
         indexed by gene name, or a 1-D array in the order of ``real.var_names``. ``None``:
         those columns are NaN.
+    reference_control
+        The control the reference profile ``max(control + reference_delta, 0)`` is built on, for
+        both sides (same forms as ``reference_delta``). Default: each side's own control. The
+        split-half ceiling passes the full real control: its halves have disjoint control
+        halves, and subtracting each half's own control would put the control-half difference
+        into both sides with opposite signs (a negative "ceiling" where effects are small).
     progress
         Progress bar over perturbations.
     """
@@ -328,8 +335,9 @@ def evaluate_predictions(
     specific = np.full(len(perts), np.nan), np.full(len(perts), np.nan)
     reference = _reference_on_genes(reference_delta, real, real_genes)
     if reference is not None:
-        p_specific = specific_change(p_bulk, pred_ctrl, reference)
-        r_specific = specific_change(r_bulk, real_ctrl, reference)
+        shared = _reference_on_genes(reference_control, real, real_genes)
+        p_specific = specific_change(p_bulk, pred_ctrl if shared is None else shared, reference)
+        r_specific = specific_change(r_bulk, real_ctrl if shared is None else shared, reference)
         specific = (
             pearson_specific_rows(p_specific, r_specific),
             pearson_specific_top_k(p_specific, r_specific, top_k),

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from cellrlhf.reward.comparison import SPLIT_HALF, compare_methods
@@ -101,3 +102,35 @@ def test_context_transfer_without_contexts_applies_to_nothing(data):
     ]
     with pytest.raises(KeyError, match="pass context_col"):
         compare_methods(real, train=train, context="Z", de=False)
+
+
+def test_split_half_specific_ceiling_uses_one_reference_for_both_halves():
+    # every perturbed cell is the same profile, so the two halves are identical and a ceiling
+    # must say 1.0; controls are noisy. Subtracting each half's own control half inside the
+    # reference would put (c_B - c_A) / 2 into the two sides with opposite signs (real data:
+    # McFaline unseen pairs gave a split-half pearson_specific of -0.19).
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    n_genes = 8
+    base = np.linspace(1.0, 2.0, n_genes)
+
+    def cells(label, profile, n, noise):
+        X = np.maximum(profile + noise * rng.normal(size=(n, n_genes)), 0.0)
+        return ad.AnnData(
+            X=X.astype(np.float32),
+            obs=pd.DataFrame({"perturbation": [label] * n}, index=[f"{label}_{i}" for i in range(n)]),
+            var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]),
+        )
+
+    control = cells("control", base, 40, 0.5)
+    train = ad.concat(
+        [control, *(cells(p, base + shift, 30, 0.1) for p, shift in (("A", 0.3), ("B", -0.2)))]
+    )
+    specific = np.array([0.5, -0.5, 0.2, 0.0, 0.0, 0.4, -0.3, 0.1])
+    test = ad.concat([control, cells("X", base + 0.05 + specific, 20, 0.0)])
+    results = compare_methods(test, train=train, baselines=("mean",), seed=1, de=False)
+    half = results["split_half"].per_perturbation.set_index("perturbation")
+    assert half.loc["X", "pearson_specific"] == pytest.approx(1.0)
+    # the mean baseline still scores exactly 0 on it
+    assert results["mean"].per_perturbation["pearson_specific"].iloc[0] == 0.0
