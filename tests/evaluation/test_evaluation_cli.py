@@ -48,10 +48,14 @@ def test_model_argument_needs_name_and_dir(bad):
         parse_model_args(["a=x", "a=y"])
 
 
-def test_evaluate_needs_a_model(tmp_path):
-    with pytest.raises(SystemExit) as err:
-        cellrlhf_main(["evaluate", "--dataset_dir", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert err.value.code == 2
+def test_evaluate_without_a_model_scores_baselines_and_says_what_is_missing(tmp_path, caplog):
+    # no --model: baselines and ceilings alone (tests/evaluation/test_evaluate_models.py);
+    # on a directory that is not a built dataset, one clear error
+    with caplog.at_level(logging.ERROR):
+        code = cellrlhf_main(
+            ["evaluate", "--dataset_dir", str(tmp_path), "--out", str(tmp_path / "o")]
+        )
+    assert code == 2 and "manifest.json" in caplog.text
 
 
 def test_unbuilt_dataset_is_a_clear_error(tmp_path, sim_model_dir, caplog):

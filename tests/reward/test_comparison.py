@@ -119,7 +119,9 @@ def test_split_half_specific_ceiling_uses_one_reference_for_both_halves():
         X = np.maximum(profile + noise * rng.normal(size=(n, n_genes)), 0.0)
         return ad.AnnData(
             X=X.astype(np.float32),
-            obs=pd.DataFrame({"perturbation": [label] * n}, index=[f"{label}_{i}" for i in range(n)]),
+            obs=pd.DataFrame(
+                {"perturbation": [label] * n}, index=[f"{label}_{i}" for i in range(n)]
+            ),
             var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]),
         )
 
