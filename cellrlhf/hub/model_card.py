@@ -117,6 +117,10 @@ def read_model_metadata(model_dir: str | Path, *, eval_results=()) -> ModelMetad
     return meta
 
 
+# the kinds cellrlhf evaluate summarises over (cellrlhf.reward.evaluate.summarize)
+_HELD_OUT_KINDS = ("all", "single", "combo")
+
+
 def _metric_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_") or "metric"
 
@@ -131,7 +135,9 @@ def _card_data(meta: ModelMetadata, license: str | None, name: str):
         dataset = ev.dataset or str(meta.data_manifest.get("name", "cellrlhf-dataset"))
         eval_results = []
         for name, value in ev.metrics.items():
-            metric, _, kind = name.rpartition("/") if "/" in name else (name, "", "")
+            metric, _, kind = name.rpartition("/")
+            if kind not in _HELD_OUT_KINDS:  # a plain (possibly nested) metric name
+                metric, kind = name, ""
             eval_results.append(
                 EvalResult(
                     task_type="text-generation",
