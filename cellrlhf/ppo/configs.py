@@ -322,6 +322,12 @@ class CellPPOConfig(PPOConfig):
         super().__post_init__()
 
 
+_OVERWRITE_HELP = (
+    "Start over even when output_dir holds checkpoints (by default a re-run resumes from the "
+    "latest complete checkpoint there; --resume_from_checkpoint none does the same as this flag)."
+)
+
+
 @dataclass
 class CellGRPOConfig(GRPOConfig):
     """Training arguments of ``grpo --trainer grpo``: TRL's :class:`~trl.GRPOConfig`.
@@ -338,6 +344,11 @@ class CellGRPOConfig(GRPOConfig):
             "included), recorded in cellrlhf.json. A set budget that cuts more than 1 percent of those "
             "cells is warned about at RL start, with the budget that would fit."
         },
+    )
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": _OVERWRITE_HELP},
     )
 
     def __post_init__(self) -> None:
@@ -361,6 +372,11 @@ class CellRLOOConfig(RLOOConfig):
             "included), recorded in cellrlhf.json. A set budget that cuts more than 1 percent of those "
             "cells is warned about at RL start, with the budget that would fit."
         },
+    )
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": _OVERWRITE_HELP},
     )
 
     def __post_init__(self) -> None:

@@ -70,10 +70,10 @@ def make_parser(trainer: str = "grpo", prog: str | None = None) -> TrlParser:
 
 def main(script_args: CellGRPOScriptArguments, training_args, model_args: ModelConfig) -> dict:
     """Train with GRPO or RLOO, save the kept policy, return a summary."""
-    from cellrlhf.ppo.rl_run import finish_run
+    from cellrlhf.ppo.rl_run import finish_run, train_run
 
     run = build_run(script_args, training_args, model_args)
-    run.trainer.train()
+    train_run(run)
     return finish_run(run)
 
 

@@ -39,10 +39,10 @@ def main(
     script_args: CellRLScriptArguments, training_args: CellPPOConfig, model_args: ModelConfig
 ) -> dict:
     """Train with PPO, save the kept policy, return a summary (kept step, held-out figures, timing)."""
-    from cellrlhf.ppo.rl_run import finish_run
+    from cellrlhf.ppo.rl_run import finish_run, train_run
 
     run = build_run(script_args, training_args, model_args)
-    run.trainer.train()
+    train_run(run)
     return finish_run(run)
 
 

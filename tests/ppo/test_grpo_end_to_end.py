@@ -174,3 +174,34 @@ def test_constrained_policy_samples_only_valid_cells_and_logs_validity(
     free = train_logs(grpo[0])
     assert all(0.0 <= row["cells/fully_valid_fraction"] <= 1.0 for row in free)
     assert json.loads((grpo[3] / "cellrlhf.json").read_text())["constrain_cells"] is False
+
+
+def test_a_rerun_resumes_from_the_last_checkpoint_unless_told_to_start_over(
+    tmp_path, rl_dataset_dir, sft_model_dir
+):
+    from cellrlhf.ppo.grpo import build_run, make_parser, trainer_choice
+    from cellrlhf.ppo.rl_run import resume_checkpoint, train_run
+
+    out = tmp_path / "run"
+    save = ("--save_strategy", "steps", "--save_steps", "2", "--max_steps", "2")
+    first, _, _ = run_rl(out, rl_dataset_dir, sft_model_dir, *save)
+    assert first.trainer.state.global_step == 2
+
+    def rerun(*extra):
+        parser = make_parser(trainer_choice([]))
+        args = rl_args(
+            GRPO_TINY,
+            make_parser=parser,
+            dataset=rl_dataset_dir,
+            sft=sft_model_dir,
+            out=out,
+            extra=(*save[:4], "--max_steps", "3", *extra),
+        )
+        return build_run(*args)
+
+    assert resume_checkpoint(rerun("--overwrite_output_dir").trainer) is None
+    assert resume_checkpoint(rerun("--resume_from_checkpoint", "none").trainer) is None
+    run = rerun()
+    assert resume_checkpoint(run.trainer) == str(out / "checkpoint-2")
+    train_run(run)
+    assert run.trainer.state.global_step == 3
