@@ -140,18 +140,12 @@ def _with_kind_all(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([rows.assign(kind=ALL), rows], ignore_index=True)
 
 
-def _spearman_brown_metrics() -> tuple[str, ...]:
-    from cellrlhf.reward.evaluate import SPEARMAN_BROWN_METRICS
-
-    return tuple(SPEARMAN_BROWN_METRICS)
-
-
 def _spearman_brown_rows(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """``split_half (Spearman-Brown)`` rows: the split-half values mapped to full depth."""
-    from cellrlhf.reward.evaluate import spearman_brown
+    from cellrlhf.reward.evaluate import is_correlation_metric, spearman_brown
 
     rows = table[
-        (table["method"] == SPLIT_HALF) & table["metric"].isin(_spearman_brown_metrics())
+        (table["method"] == SPLIT_HALF) & table["metric"].map(is_correlation_metric)
     ].copy()
     for col in columns:
         rows[col] = spearman_brown(rows[col].to_numpy(dtype=np.float64))

@@ -202,18 +202,34 @@ def _best_model(pooled: pd.DataFrame, metric: str) -> str | None:
     return str(models.loc[order.idxmax(), "method"])
 
 
+def _above_ceiling_note(base: MethodScore, ceil: MethodScore, metric: str) -> str:
+    """Why a baseline can score above the split-half ceiling, for this kind of metric."""
+    lead = (
+        f"The best baseline ({base.method}, {base.mean:.2f}) scores above the split-half "
+        f"ceiling ({ceil.mean:.2f}) on {metric}. The ceiling compares two halves of the real "
+        "cells, each with half the cells' noise, while a baseline is built from every training "
+        "cell"
+    )
+    if metric.startswith("pearson_specific"):
+        return (
+            lead + ": where the held-out perturbations have little effect of their own, a "
+            "baseline that is right about how they differ from the average training "
+            "perturbation (e.g. `control`: they respond less than average) beats two noisy "
+            "halves. A model must beat this baseline, not only the mean."
+        )
+    return (
+        lead + ", and its change shares the test control with the real change: on "
+        "perturbations with little effect, the average response correlates with the real "
+        "change through that shared control noise. That is the systematic effect, not signal "
+        "specific to a perturbation; read pearson_specific."
+    )
+
+
 def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: SettingVerdict):
     notes = []
     base, ceil = verdict.best_baseline, verdict.ceiling
     if base and ceil and higher_is_better(metric) and base.mean > ceil.mean:
-        notes.append(
-            f"The best baseline ({base.method}, {base.mean:.2f}) scores above the split-half "
-            f"ceiling ({ceil.mean:.2f}) on {metric}: the ceiling is how well half of the real "
-            "cells predicts the other half, and on perturbations with little effect a prediction "
-            "that carries the average response correlates with the real change more than two "
-            "noisy halves do. That is the systematic effect, not signal specific to a "
-            "perturbation" + ("; read pearson_specific." if metric != "pearson_specific" else ".")
-        )
+        notes.append(_above_ceiling_note(base, ceil, metric))
     flat = agg.flat_metrics
     mine = (flat["setting"] == setting) & (flat["metric"] == metric) & (flat["kind"] == kind)
     if len(flat) and mine.any():

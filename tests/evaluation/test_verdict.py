@@ -125,3 +125,17 @@ def test_a_baseline_above_the_ceiling_is_explained_and_simulated_data_said_first
     assert v.sentences[0].startswith("SIMULATED DATA")
     (note,) = [n for n in v.notes if "above the split-half ceiling" in n]
     assert "The best baseline (mean, 0.90) scores above the split-half ceiling (0.33)" in note
+    assert "shared control noise" in note and "read pearson_specific" in note
+
+
+def test_the_above_ceiling_reason_fits_the_metric():
+    from cellrlhf.evaluation.verdict import MethodScore, _above_ceiling_note
+
+    base = MethodScore(method="control", mean=0.21, ci_low=0.17, ci_high=0.25, n_perturbations=9)
+    ceil = MethodScore(method="split_half", mean=0.18, ci_low=0.12, ci_high=0.25, n_perturbations=9)
+    specific = _above_ceiling_note(base, ceil, "pearson_specific")
+    # the average response is taken out of pearson_specific: it cannot be the reason there
+    assert "average response" not in specific and "respond less than average" in specific
+    assert "shared" not in specific
+    delta = _above_ceiling_note(base, ceil, "pearson_delta_top20")
+    assert "shared control noise" in delta and "read pearson_specific" in delta
