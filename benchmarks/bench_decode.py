@@ -123,7 +123,7 @@ def fit_quality(data_dir: str | None, seed: int) -> dict:
     import scipy.sparse as sp
 
     from cellrlhf.cell2text.decoder import ExpressionDecoder
-    from cellrlhf.cell2text.encode import encode
+    from cellrlhf.cell2text.encoding import encode
 
     sets = {}
     try:

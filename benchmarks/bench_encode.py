@@ -80,7 +80,7 @@ print(json.dumps({"seconds": wall, "cpu_seconds": cpu, "n_cells": manifest["n_ce
 _JIT_DRIVER = r"""
 import json, time
 import anndata as ad, numpy as np, pandas as pd, scipy.sparse as sp
-from cellrlhf.cell2text.encode import encode
+from cellrlhf.cell2text.encoding import encode
 X = sp.random(64, 32, density=0.3, format="csr", dtype=np.float32, random_state=0)
 adata = ad.AnnData(X=X, var=pd.DataFrame(index=[f"G{i}" for i in range(32)]))
 adata.obs_names = [f"c{i}" for i in range(64)]
@@ -186,7 +186,7 @@ def time_cellrlhf(adata, repeats: int) -> dict:
     import numba
     import pyarrow as pa
 
-    from cellrlhf.cell2text.encode import GeneNameBytes, _to_python_strings, encode
+    from cellrlhf.cell2text.encoding import GeneNameBytes, _to_python_strings, encode
     from cellrlhf.cell2text.ranking import cell_keys, gene_tie_keys, rank_expressed
     from cellrlhf.cell2text.sentence_kernels import rank_sentence_bytes
     from cellrlhf.cell2text.stream import iter_sentences
@@ -196,7 +196,7 @@ def time_cellrlhf(adata, repeats: int) -> dict:
     tie_keys, names = gene_tie_keys(genes), GeneNameBytes.from_genes(genes)
     keys = cell_keys(adata.obs_names)
     X = adata.X
-    from cellrlhf.cell2text.encode import sentences_to_arrow
+    from cellrlhf.cell2text.encoding import sentences_to_arrow
 
     out: dict = {"threads": numba.get_num_threads()}
     out["encode"] = best_of(repeats, lambda: encode(adata))

@@ -103,7 +103,7 @@ def main(argv=None) -> int:
 
     import anndata as ad
 
-    from cellrlhf.cell2text.encode import encode
+    from cellrlhf.cell2text.encoding import encode
     from cellrlhf.cell2text.markup import split_perturbation
     from cellrlhf.cell2text.tokenizer import (
         add_gene_tokens,

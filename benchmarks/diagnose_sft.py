@@ -31,16 +31,25 @@ import pandas as pd
 
 
 def _variant(name: str, cells: int) -> dict:
-    spec = {"name": name, "cells": cells, "temperature": 1.0, "constrained": False,
-            "budget": None, "valid_only": False}
+    spec = {
+        "name": name,
+        "cells": cells,
+        "temperature": 1.0,
+        "constrained": False,
+        "budget": None,
+        "valid_only": False,
+    }
     if name == "base":
         return spec
     if name == "constrained":
         return {**spec, "constrained": True}
     if name == "valid_only":
         return {**spec, "valid_only": True}
-    for prefix, key, cast in (("cells", "cells", int), ("temp", "temperature", float),
-                              ("budget", "budget", int)):
+    for prefix, key, cast in (
+        ("cells", "cells", int),
+        ("temp", "temperature", float),
+        ("budget", "budget", int),
+    ):
         m = re.fullmatch(prefix + r"([0-9.]+)", name)
         if m:
             return {**spec, key: cast(m.group(1))}
@@ -64,7 +73,8 @@ def _model_centred(records: list[dict], variant: str, split: str) -> None:
         centre = np.mean([r["_pred_delta"] for r in group], axis=0)
         for r in group:
             r["pearson_model_centred"] = (
-                _pearson(r["_pred_delta"] - centre, r["_real_specific"]) if len(group) > 1
+                _pearson(r["_pred_delta"] - centre, r["_real_specific"])
+                if len(group) > 1
                 else np.nan
             )
 
@@ -73,8 +83,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--split", action="append", default=None,
-                        help="rl split(s) to prompt with (train, validation, test)")
+    parser.add_argument(
+        "--split",
+        action="append",
+        default=None,
+        help="rl split(s) to prompt with (train, validation, test)",
+    )
     parser.add_argument("--variant", action="append", default=None)
     parser.add_argument("--cells", type=int, default=64)
     parser.add_argument("--max-prompts", type=int, default=12, help="per split (seeded)")
@@ -94,8 +108,11 @@ def main() -> None:
     decoder = built.decoder
     rl = load_from_disk(str(Path(args.dataset_dir) / "rl"))
     train = rl["train"]
-    real_delta_of = lambda r: np.asarray(r["reference_perturbed"]) - np.asarray(  # noqa: E731
-        r["reference_control"]
+    real_delta_of = lambda r: (
+        np.asarray(r["reference_perturbed"])
+        - np.asarray(  # noqa: E731
+            r["reference_control"]
+        )
     )
     mean_delta = {}
     for ctx in set(train["cell_context"]):
@@ -115,8 +132,12 @@ def main() -> None:
         for vname in args.variant or ["base"]:
             v = _variant(vname, args.cells)
             settings = GenerationSettings(
-                max_new_tokens=v["budget"] or default_budget, temperature=v["temperature"],
-                top_p=1.0, top_k=0, seed=args.seed, constrain_cells=v["constrained"],
+                max_new_tokens=v["budget"] or default_budget,
+                temperature=v["temperature"],
+                top_p=1.0,
+                top_k=0,
+                seed=args.seed,
+                constrain_cells=v["constrained"],
             )
             t0 = time.perf_counter()
             prompts = [r["prompt"] for r in rows for _ in range(v["cells"])]
@@ -125,8 +146,13 @@ def main() -> None:
             X, report = decoder.decode([e.sentence for e in extracted])
             X = np.asarray(X.todense()) if hasattr(X, "todense") else np.asarray(X)
             closed = np.asarray([e.closed for e in extracted])
-            valid = (closed & (report.n_valid > 0) & (report.n_unknown == 0)
-                     & (report.n_duplicates == 0) & (report.n_truncated == 0))
+            valid = (
+                closed
+                & (report.n_valid > 0)
+                & (report.n_unknown == 0)
+                & (report.n_duplicates == 0)
+                & (report.n_truncated == 0)
+            )
             seconds = time.perf_counter() - t0
             for i, r in enumerate(rows):
                 sl = slice(i * v["cells"], (i + 1) * v["cells"])
@@ -137,25 +163,37 @@ def main() -> None:
                 pred_delta = change_from_control(pred, np.asarray(r["decoded_control"]))
                 real_delta = real_delta_of(r)
                 mean_d = mean_delta[r["cell_context"]]
-                records.append({
-                    "variant": vname, "split": split, "perturbation": r["perturbation"],
-                    "cell_context": r["cell_context"],
-                    "pearson_delta": _pearson(pred_delta, real_delta),
-                    "pearson_delta_mean_baseline": _pearson(mean_d, real_delta),
-                    "r_model_mean": _pearson(pred_delta, mean_d),
-                    "pearson_specific": _pearson(pred_delta - mean_d, real_delta - mean_d),
-                    "valid_cell_fraction": float(valid[sl].mean()),
-                    "duplicate_genes_per_cell": float(np.mean(report.n_duplicates[sl])),
-                    "genes_per_cell": float(np.mean(report.n_valid[sl])),
-                    "closed_fraction": float(closed[sl].mean()),
-                    "seconds": seconds / len(rows),
-                    "_pred_delta": pred_delta,
-                    "_real_specific": real_delta - mean_d,
-                })
+                records.append(
+                    {
+                        "variant": vname,
+                        "split": split,
+                        "perturbation": r["perturbation"],
+                        "cell_context": r["cell_context"],
+                        "pearson_delta": _pearson(pred_delta, real_delta),
+                        "pearson_delta_mean_baseline": _pearson(mean_d, real_delta),
+                        "r_model_mean": _pearson(pred_delta, mean_d),
+                        "pearson_specific": _pearson(pred_delta - mean_d, real_delta - mean_d),
+                        "valid_cell_fraction": float(valid[sl].mean()),
+                        "duplicate_genes_per_cell": float(np.mean(report.n_duplicates[sl])),
+                        "genes_per_cell": float(np.mean(report.n_valid[sl])),
+                        "closed_fraction": float(closed[sl].mean()),
+                        "seconds": seconds / len(rows),
+                        "_pred_delta": pred_delta,
+                        "_real_specific": real_delta - mean_d,
+                    }
+                )
             _model_centred(records, vname, split)
-            print(pd.DataFrame(records).query("variant == @vname and split == @split")
-                  .drop(columns=["perturbation", "cell_context", "_pred_delta", "_real_specific"])
-                  .mean(numeric_only=True).round(3).to_dict(), vname, split, flush=True)
+            print(
+                pd.DataFrame(records)
+                .query("variant == @vname and split == @split")
+                .drop(columns=["perturbation", "cell_context", "_pred_delta", "_real_specific"])
+                .mean(numeric_only=True)
+                .round(3)
+                .to_dict(),
+                vname,
+                split,
+                flush=True,
+            )
     table = pd.DataFrame(records).drop(columns=["_pred_delta", "_real_specific"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)

@@ -14,7 +14,7 @@ from cellrlhf.cell2text.markup import extract_cell, format_cell, format_perturba
 from cellrlhf.cell2text.vocab import GeneMapping, GeneVocab, gene_mapping
 
 _LAZY = {
-    "encode": "cellrlhf.cell2text.encode",
+    "encode": "cellrlhf.cell2text.encoding",
     "check_expression": "cellrlhf.cell2text.expression_checks",
     "InvalidExpressionError": "cellrlhf.cell2text.expression_checks",
     "cell_keys": "cellrlhf.cell2text.ranking",

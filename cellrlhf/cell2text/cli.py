@@ -39,7 +39,7 @@ def _columns(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cellrlhf.cell2text.encode import DEFAULT_CHUNK_SIZE
+    from cellrlhf.cell2text.encoding import DEFAULT_CHUNK_SIZE
     from cellrlhf.cell2text.stream import DEFAULT_SHARD_SIZE
 
     parser = argparse.ArgumentParser(

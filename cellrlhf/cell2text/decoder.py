@@ -148,7 +148,7 @@ class ExpressionDecoder:
         layer
             Use ``adata.layers[layer]`` instead of ``adata.X``.
         gene_symbols, duplicates
-            As in :func:`~cellrlhf.cell2text.encode.encode`; the vocabulary must be the one the
+            As in :func:`~cellrlhf.cell2text.encoding.encode`; the vocabulary must be the one the
             sentences were written with.
         top_k, seed
             As in ``encode``: the ranking (ties broken by ``seed``) and the sentence length cap.
@@ -171,7 +171,7 @@ class ExpressionDecoder:
         """
         from tqdm.auto import tqdm
 
-        from cellrlhf.cell2text.encode import expression_matrix
+        from cellrlhf.cell2text.encoding import expression_matrix
         from cellrlhf.cell2text.ranking import cell_keys, gene_tie_keys, rank_expressed
 
         if method not in DECODER_METHODS:
@@ -479,7 +479,7 @@ def _fit_rows(n_obs: int, max_cells: int | None, random_state: int) -> np.ndarra
 
 def _row_blocks(matrix, rows: np.ndarray, n_obs: int):
     """``(row positions, CSR block)`` of the fitted cells, ``_FIT_CHUNK`` cells at a time."""
-    from cellrlhf.cell2text.encode import iter_csr_blocks
+    from cellrlhf.cell2text.encoding import iter_csr_blocks
 
     if len(rows) == n_obs:  # every cell: the encoder's reader (backed, CSC, dense)
         for start, block in iter_csr_blocks(matrix, _FIT_CHUNK):

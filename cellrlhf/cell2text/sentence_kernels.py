@@ -201,7 +201,7 @@ def rank_sentence_bytes(
         ``(n_cells,)`` ``uint64`` cell keys (:func:`~cellrlhf.cell2text.ranking.cell_keys`).
     tie_keys, names
         :class:`~cellrlhf.cell2text.ranking.GeneTieKeys` and
-        :class:`~cellrlhf.cell2text.encode.GeneNameBytes` of the same genes.
+        :class:`~cellrlhf.cell2text.encoding.GeneNameBytes` of the same genes.
     seed
         Tie-breaking seed.
     layer_name

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cellrlhf.cell2text.encode import (
+from cellrlhf.cell2text.encoding import (
     DEFAULT_CHUNK_SIZE,
     SentenceEncoder,
     encode_params,
@@ -163,7 +163,7 @@ def iter_sentences(
     chunk_size
         Cells per table (memory, not output: sentences do not depend on it).
     layer, top_k, gene_symbols, duplicates, seed
-        As for :func:`~cellrlhf.cell2text.encode.encode`.
+        As for :func:`~cellrlhf.cell2text.encoding.encode`.
     obs_columns
         ``obs`` columns copied into each table (categoricals become their values).
     progress

@@ -3,7 +3,7 @@
 A cell can be
 
 - rows of an :class:`~anndata.AnnData` (expression in ``X`` or a ``layer``): encoded with
-  :func:`cellrlhf.cell2text.encode.encode`, keeping the model's genes only;
+  :func:`cellrlhf.cell2text.encoding.encode`, keeping the model's genes only;
 - a mapping (or :class:`pandas.Series`) of gene -> expression value: one cell;
 - a cell sentence: a string of gene symbols, highest expressed first (``"CD3E CD8A ..."`` or
   ``"<cell> CD3E CD8A ... </cell>"``), or a list of symbols in that order.
@@ -104,7 +104,7 @@ def encode_cells(
     vocab
         The model's gene vocabulary.
     layer, gene_symbols, duplicates
-        For AnnData input, as in :func:`~cellrlhf.cell2text.encode.encode`.
+        For AnnData input, as in :func:`~cellrlhf.cell2text.encoding.encode`.
     top_k
         Keep the ``top_k`` highest expressed genes (the length the model was trained with).
     seed
@@ -243,7 +243,7 @@ def _encode_adata(adata, vocab, layer, gene_symbols, duplicates, top_k, seed) ->
 
 
 def _run_encode(adata, layer, gene_symbols, duplicates, top_k, seed) -> list[str]:
-    from cellrlhf.cell2text.encode import encode
+    from cellrlhf.cell2text.encoding import encode
 
     encoded = encode(
         adata,

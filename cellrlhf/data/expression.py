@@ -1,6 +1,6 @@
 """Stream the selected cells' expression in vocabulary gene order, in blocks.
 
-Blocks come from cell2text's own reader (:func:`~cellrlhf.cell2text.encode.iter_csr_blocks`:
+Blocks come from cell2text's own reader (:func:`~cellrlhf.cell2text.encoding.iter_csr_blocks`:
 in-memory, backed or h5py matrices, CSR/CSC/dense). Each block holds the values sentences are
 ranked on (the layer mapped onto the vocabulary) and the values references, differential
 expression and the decoder use (the same after the configured transform). The two only differ
@@ -149,7 +149,7 @@ def iter_expression_blocks(
         Kept for error messages of callers; invalid values (NaN, infinite, negative) are
         reported by the sentence encoder, which sees every block before anything is stored.
     """
-    from cellrlhf.cell2text.encode import iter_csr_blocks
+    from cellrlhf.cell2text.encoding import iter_csr_blocks
 
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) and np.any(np.diff(rows) <= 0):

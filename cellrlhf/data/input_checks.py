@@ -151,7 +151,7 @@ def nonzero_per_row(matrix, chunk_size: int = 4096) -> np.ndarray:
         return np.count_nonzero(matrix, axis=1).astype(np.int64)
     if getattr(matrix, "format", None) == "csr" and hasattr(matrix, "group"):
         return np.diff(np.asarray(matrix.group["indptr"][...], dtype=np.int64))
-    from cellrlhf.cell2text.encode import iter_csr_blocks
+    from cellrlhf.cell2text.encoding import iter_csr_blocks
 
     counts = np.zeros(int(matrix.shape[0]), dtype=np.int64)
     for start, block in iter_csr_blocks(matrix, chunk_size):

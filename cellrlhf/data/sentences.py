@@ -1,6 +1,6 @@
 """Cell sentences of expression blocks, written exactly as ``cellrlhf.cell2text`` writes them.
 
-The data stage encodes with cell2text's own :class:`~cellrlhf.cell2text.encode.SentenceEncoder`
+The data stage encodes with cell2text's own :class:`~cellrlhf.cell2text.encoding.SentenceEncoder`
 (ranking, tie-breaking, numba sentence writer), so a sentence in a built dataset is
 byte-identical to ``cell2text.encode`` on the same cell with the same ``top_k`` and ``seed``, and
 the expression decoder fitted here reads them the same way.
@@ -28,7 +28,7 @@ class SentenceWriter:
     """
 
     def __init__(self, vocab, *, top_k: int | None = None, seed: int = 0):
-        from cellrlhf.cell2text.encode import SentenceEncoder
+        from cellrlhf.cell2text.encoding import SentenceEncoder
         from cellrlhf.cell2text.vocab import GeneMapping
 
         self.vocab = vocab
@@ -49,7 +49,7 @@ class SentenceWriter:
 
     def encode_profile(self, profile: np.ndarray, name: str, top_k: int | None) -> str:
         """Sentence of one expression profile (a pseudo-bulk), named ``name`` for tie-breaking."""
-        from cellrlhf.cell2text.encode import SentenceEncoder
+        from cellrlhf.cell2text.encoding import SentenceEncoder
 
         row = sp.csr_matrix(np.asarray(profile, dtype=np.float32).reshape(1, -1))
         row.eliminate_zeros()

@@ -503,7 +503,7 @@ def representation_ceiling(
     decoder
         The :class:`~cellrlhf.cell2text.decoder.ExpressionDecoder` (fitted on training cells).
     layer, gene_symbols, duplicates, top_k, seed
-        Passed to :func:`~cellrlhf.cell2text.encode.encode`, as when the data set was written.
+        Passed to :func:`~cellrlhf.cell2text.encoding.encode`, as when the data set was written.
 
     Returns
     -------
@@ -512,7 +512,7 @@ def representation_ceiling(
     """
     import anndata as ad
 
-    from cellrlhf.cell2text.encode import encode
+    from cellrlhf.cell2text.encoding import encode
 
     encoded = encode(
         real,

@@ -505,7 +505,7 @@ def _row_correlations(truth: np.ndarray, decoded: np.ndarray):
 
 
 def test_pbmc_encode_decode_round_trip(pbmc):
-    from cellrlhf.cell2text.encode import encode
+    from cellrlhf.cell2text.encoding import encode
 
     encoded = encode(pbmc, copy=True)
     sentences = list(encoded.obs["cell_sentence"])

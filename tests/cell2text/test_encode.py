@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-import cellrlhf.cell2text.encode as encode_module
-from cellrlhf.cell2text.encode import (
+import cellrlhf.cell2text.encoding as encode_module
+from cellrlhf.cell2text.encoding import (
     GeneNameBytes,
     encode,
     sentences_from_ranked,
@@ -209,3 +209,23 @@ def test_empty_adata():
     encode(adata)
     assert len(adata.obs["cell_sentence"]) == 0
     assert adata.uns["cell_sentence"]["params"]["n_cells"] == 0
+
+
+def test_package_level_encode_stays_callable_after_the_encoder_module_loads():
+    # the lazy export ``cellrlhf.cell2text.encoding`` was shadowed by the submodule of the same
+    # name once it had been imported: the second call raised "'module' object is not callable"
+    import subprocess
+    import sys
+
+    code = (
+        "import anndata as ad, numpy as np\n"
+        "from cellrlhf import cell2text as c2t\n"
+        "a = ad.AnnData(np.array([[1.0, 0.0, 2.0]], dtype=np.float32))\n"
+        "a.var_names = ['G1', 'G2', 'G3']\n"
+        "c2t.encode(a)\n"
+        "c2t.encode(a)\n"
+        "print(a.obs['cell_sentence'].iloc[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "G3 G1"

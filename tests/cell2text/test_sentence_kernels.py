@@ -9,8 +9,8 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cellrlhf.cell2text.encode as encode_module
-from cellrlhf.cell2text.encode import GeneNameBytes, encode, string_column
+import cellrlhf.cell2text.encoding as encode_module
+from cellrlhf.cell2text.encoding import GeneNameBytes, encode, string_column
 from cellrlhf.cell2text.expression_checks import InvalidExpressionError
 from cellrlhf.cell2text.ranking import cell_keys, gene_tie_keys
 from cellrlhf.cell2text.sentence_kernels import rank_sentence_bytes

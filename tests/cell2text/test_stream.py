@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 from cellrlhf.cell2text.cli import cli
-from cellrlhf.cell2text.encode import encode
+from cellrlhf.cell2text.encoding import encode
 from cellrlhf.cell2text.stream import iter_sentences, load_manifest, write_sentences
 from cellrlhf.cell2text.vocab import GeneVocab
 

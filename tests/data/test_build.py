@@ -7,7 +7,7 @@ import pytest
 from data_stage_helpers import SIM_SETTINGS, small_config
 
 from cellrlhf.cell2text.decoder import ExpressionDecoder
-from cellrlhf.cell2text.encode import encode
+from cellrlhf.cell2text.encoding import encode
 from cellrlhf.cell2text.markup import extract_cell
 from cellrlhf.cell2text.vocab import GeneVocab
 from cellrlhf.data.build import BuildError, build_datasets

@@ -66,9 +66,7 @@ def test_ridge_fits_seen_targets_and_does_not_predict_unseen(train):
     np.testing.assert_allclose(deltas["D"], [0, 0, -1, 0], atol=0.05)
     assert np.corrcoef(deltas["A"], [1, 0, 0, 0])[0, 1] > 0.8
     # linear in the targets: (A+D) + B = A + (B+D)
-    np.testing.assert_allclose(
-        deltas["A+D"] + deltas["B"], deltas["A"] + deltas["B+D"], atol=1e-9
-    )
+    np.testing.assert_allclose(deltas["A+D"] + deltas["B"], deltas["A"] + deltas["B+D"], atol=1e-9)
     chosen = ridge_baseline(train, ["A"])
     assert chosen.params["alpha"] in (0.01, 0.1, 1.0, 10.0, 100.0)
     features = {"A": [1.0, 0], "B": [0, 1.0], "D": [1.0, 1.0], "E": [1.0, 0]}
@@ -145,7 +143,9 @@ def test_control_baseline_change_is_exactly_zero_on_many_sparse_control_cells():
     X = np.log1p(rng.gamma(0.5, 3, (n, g)) * (rng.random((n, g)) < 0.1)).astype(np.float32)
     labels = ["control"] * (n - 200) + ["A"] * 100 + ["B"] * 100
     obs = pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(n)])
-    real = ad.AnnData(sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)]))
+    real = ad.AnnData(
+        sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)])
+    )
     pred = prediction_adata(control_baseline(real, ["A", "B"]), real)
     t = evaluate_predictions(pred, real, de=False).per_perturbation
     assert t["pearson_delta"].isna().all()
