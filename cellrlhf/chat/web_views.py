@@ -148,11 +148,11 @@ def genes_table(result, *, n: int = 12):
 
 def response_figure(result, *, n: int = 12):
     """Bars of the top predicted changes (population vs control) and the measured ones beside."""
-    import matplotlib.pyplot as plt
+    from cellrlhf.figures import subplots
 
     top = result.top_genes(n).iloc[::-1].reset_index(drop=True)
     measured = "measured" in top
-    fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.32 * len(top) + 1.4)))
+    fig, ax = subplots(figsize=(6.5, max(2.5, 0.32 * len(top) + 1.4)))
     y = np.arange(len(top))
     height = 0.4 if measured else 0.8
     colors = ["#2166ac" if d < 0 else "#b2182b" for d in top["predicted"]]

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellrlhf.figures import subplots
+
 __all__ = ["BAR_METRICS", "plot_metric_bars", "plot_change_scatter", "plot_validity"]
 
 BAR_METRICS = (
@@ -17,15 +19,6 @@ BAR_METRICS = (
     "overlap_at_N",
     "mae",
 )
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_metric_bars(
@@ -44,12 +37,13 @@ def plot_metric_bars(
     metrics = [m for m in metrics if m in part.columns and part[m].notna().any()]
     if part.empty or not metrics:
         return None
-    plt = _pyplot()
     contexts = list(dict.fromkeys(part["cell_context"]))
     methods = list(dict.fromkeys(part["method"]))
     width = 0.85 / len(methods)
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(methods), 2)))
-    fig, axes = plt.subplots(
+    from matplotlib import colormaps
+
+    colors = colormaps["tab20"](np.linspace(0, 1, max(len(methods), 2)))
+    fig, axes = subplots(
         len(metrics),
         1,
         figsize=(max(6.0, 1.2 * len(contexts) * len(methods) ** 0.5 + 3), 2.6 * len(metrics)),
@@ -81,7 +75,6 @@ def plot_metric_bars(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -106,10 +99,9 @@ def plot_change_scatter(
                 picks.append(queue.pop(0))
     if not picks:
         return None
-    plt = _pyplot()
     n_cols = min(3, len(picks))
     n_rows = -(-len(picks) // n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.3 * n_cols, 3.2 * n_rows), squeeze=False)
+    fig, axes = subplots(n_rows, n_cols, figsize=(3.3 * n_cols, 3.2 * n_rows), squeeze=False)
     for ax in axes.ravel()[len(picks) :]:
         ax.axis("off")
     for ax, (ctx, ev, i) in zip(axes.ravel(), picks, strict=False):
@@ -128,7 +120,6 @@ def plot_change_scatter(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -141,9 +132,8 @@ def plot_validity(validity: pd.DataFrame, path: Path) -> Path | None:
     ]
     if validity.empty or not columns:
         return None
-    plt = _pyplot()
     overall = validity.groupby("model", sort=False)[columns].mean()
-    fig, ax = plt.subplots(figsize=(1.6 * len(overall) * len(columns) ** 0.5 + 3, 3.2))
+    fig, ax = subplots(figsize=(1.6 * len(overall) * len(columns) ** 0.5 + 3, 3.2))
     width = 0.8 / len(columns)
     for j, column in enumerate(columns):
         ax.bar(np.arange(len(overall)) + j * width, overall[column], width=width, label=column)
@@ -156,5 +146,4 @@ def plot_validity(validity: pd.DataFrame, path: Path) -> Path | None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path

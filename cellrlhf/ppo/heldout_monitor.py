@@ -344,17 +344,14 @@ def plot_heldout_history(
     """Held-out fidelity, learned reward, diversity and KL over training steps (PNG)."""
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cellrlhf.figures import subplots
 
     steps = [h["step"] for h in history]
 
     def series(key):
         return [h["metrics"].get(key, math.nan) for h in history]
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = subplots(1, 3, figsize=(13, 3.6))
     ax = axes[0]
     ax.plot(steps, series(FIDELITY_KEY), "o-", label="held-out pearson_delta (true)")
     top = next(
@@ -401,7 +398,6 @@ def plot_heldout_history(
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

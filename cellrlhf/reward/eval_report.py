@@ -293,15 +293,12 @@ def markdown_summary(
 
 
 def _bar_plot(summary: pd.DataFrame, path: Path, metrics: Sequence[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cellrlhf.figures import subplots
 
     cols = _resolve(metrics, list(summary.columns))
     kinds = [k for k in ("single", "combo") if k in set(summary["kind"])] or [KIND_ALL]
     methods = list(dict.fromkeys(summary["method"]))
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 0.35 * len(methods) + 2.2))
+    fig, axes = subplots(1, len(cols), figsize=(3.2 * len(cols), 0.35 * len(methods) + 2.2))
     axes = np.atleast_1d(axes)
     height = 0.8 / len(kinds)
     for ax, metric in zip(axes, cols, strict=True):
@@ -322,20 +319,16 @@ def _bar_plot(summary: pd.DataFrame, path: Path, metrics: Sequence[str]) -> None
     axes[-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _scatter_plot(evaluation: Evaluation, method: str, path: Path, n_panels: int = 6) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cellrlhf.figures import subplots
 
     table = evaluation.per_perturbation
     order = np.argsort(-np.nan_to_num(table["pearson_delta"].to_numpy(dtype=float), nan=-2))
     picks = order[np.linspace(0, len(order) - 1, min(n_panels, len(order))).astype(int)]
     picks = list(dict.fromkeys(picks.tolist()))
-    fig, axes = plt.subplots(1, len(picks), figsize=(3.0 * len(picks), 3.1), squeeze=False)
+    fig, axes = subplots(1, len(picks), figsize=(3.0 * len(picks), 3.1), squeeze=False)
     for ax, i in zip(axes[0], picks, strict=True):
         x, y = evaluation.real_delta[i], evaluation.pred_delta[i]
         ax.scatter(x, y, s=6, alpha=0.6)
@@ -349,7 +342,6 @@ def _scatter_plot(evaluation: Evaluation, method: str, path: Path, n_panels: int
     axes[0][0].set_ylabel(f"{method}: predicted change", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _first_defined(evaluations: Mapping[str, Evaluation]) -> str:

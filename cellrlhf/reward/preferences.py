@@ -879,12 +879,9 @@ def _manifest(
 
 
 def _plot(completions: dict[str, list[dict]], pairs: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
+    from cellrlhf.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     for split, rows in completions.items():
         if rows:
             axes[0].hist([c["score"] for c in rows], bins=40, alpha=0.6, label=split)
@@ -900,7 +897,6 @@ def _plot(completions: dict[str, list[dict]], pairs: dict[str, list[dict]], path
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- loading

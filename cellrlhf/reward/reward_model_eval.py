@@ -399,15 +399,12 @@ def load_reward_model(model_dir: str | Path, *, dtype: str = "float32"):
 
 def plot_reward_model_eval(result: dict[str, Any], path: str | Path) -> Path | None:
     """Scatter of reward-model score vs true score, and chosen-minus-rejected by kind (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cellrlhf.figures import subplots
 
     arrays = result.get("_arrays") or {}
     if not arrays:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     ax = axes[0]
     if "rm_score" in arrays:
         ax.scatter(arrays["true_score"], arrays["rm_score"], s=6, alpha=0.5)
@@ -441,7 +438,6 @@ def plot_reward_model_eval(result: dict[str, Any], path: str | Path) -> Path | N
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
