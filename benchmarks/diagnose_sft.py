@@ -108,12 +108,10 @@ def main() -> None:
     decoder = built.decoder
     rl = load_from_disk(str(Path(args.dataset_dir) / "rl"))
     train = rl["train"]
-    real_delta_of = lambda r: (
-        np.asarray(r["reference_perturbed"])
-        - np.asarray(  # noqa: E731
-            r["reference_control"]
-        )
-    )
+
+    def real_delta_of(row) -> np.ndarray:
+        return np.asarray(row["reference_perturbed"]) - np.asarray(row["reference_control"])
+
     mean_delta = {}
     for ctx in set(train["cell_context"]):
         rows = [r for r in train if r["cell_context"] == ctx]
