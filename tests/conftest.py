@@ -14,15 +14,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _reset_package_loggers() -> None:
+    """Every ``cellrlhf`` logger back to how a fresh interpreter has it: no level of its own, no
+    handlers, propagating, enabled."""
+    for name in ["cellrlhf", *logging.root.manager.loggerDict]:
+        if name.split(".")[0] != "cellrlhf":
+            continue
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.NOTSET)
+        logger.handlers[:] = []
+        logger.propagate, logger.disabled = True, False
+
+
 @pytest.fixture(autouse=True)
-def _restore_package_logger():
-    """Undo what a CLI run in one test does to the ``cellrlhf`` logger (level, handlers)."""
-    logger = logging.getLogger("cellrlhf")
-    saved = (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+def _clean_package_loggers():
+    """Each test starts and ends with clean ``cellrlhf`` loggers: a CLI run (in a test or in a
+    module-scoped fixture set up before it) sets the package level, e.g. WARNING in the chat
+    CLI or the training process level, which would otherwise hide INFO records from later tests
+    whatever ``caplog.at_level`` says."""
+    _reset_package_loggers()
     yield
-    logger.setLevel(saved[0])
-    logger.handlers[:] = saved[1]
-    logger.propagate, logger.disabled = saved[2], saved[3]
+    _reset_package_loggers()
 
 
 @pytest.fixture(scope="session")
