@@ -14,7 +14,9 @@ ablation; all variants run in one process on the same prompts, so they compare s
 Variants: ``base`` (temperature 1, unconstrained, ``--cells`` cells), ``constrained`` (the cell
 grammar: no repeated or unknown gene), ``cells<N>`` (N cells per prompt), ``temp<T>``,
 ``budget<N>`` (answer budget in tokens), ``valid_only`` (only fully valid cells enter the
-pseudo-bulk). Columns per (variant, split, prompt): ``pearson_delta`` of the model, of the mean
+pseudo-bulk), ``own_control`` (the control subtracted is the model's own: its cells for the same
+prompt with the target replaced by ``<control>``, 4x as many cells, instead of the decoded real
+control cells). Columns per (variant, split, prompt): ``pearson_delta`` of the model, of the mean
 baseline, the model's correlation with the mean baseline's change (``r_model_mean``), the
 perturbation-specific Pearson (change minus the training mean, both sides), validity, cell length.
 """
@@ -45,6 +47,8 @@ def _variant(name: str, cells: int) -> dict:
         return {**spec, "constrained": True}
     if name == "valid_only":
         return {**spec, "valid_only": True}
+    if name == "own_control":
+        return {**spec, "own_control": True}
     for prefix, key, cast in (
         ("cells", "cells", int),
         ("temp", "temperature", float),
@@ -60,6 +64,25 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     from cellrlhf.reward.metrics import pearson_rows
 
     return float(pearson_rows(a, b))
+
+
+def _own_controls(generator, settings, rows, decoder, n_cells: int) -> dict:
+    """Context -> mean decoded cell the model writes for ``<pert> <control> </pert>``."""
+    import re
+
+    from cellrlhf.cell2text.markup import extract_cell
+
+    out = {}
+    for ctx in dict.fromkeys(rows["cell_context"]):
+        prompt = [dict(m) for m in next(r for r in rows if r["cell_context"] == ctx)["prompt"]]
+        prompt[-1]["content"] = re.sub(
+            r"<pert>.*?</pert>", "<pert> <control> </pert>", prompt[-1]["content"]
+        )
+        comps = generator.generate([prompt] * n_cells, settings, batch_size=64)
+        X, _ = decoder.decode([extract_cell(c.text).sentence for c in comps])
+        X = np.asarray(X.todense()) if hasattr(X, "todense") else np.asarray(X)
+        out[ctx] = X.mean(axis=0)
+    return out
 
 
 def _model_centred(records: list[dict], variant: str, split: str) -> None:
@@ -151,6 +174,11 @@ def main() -> None:
                 & (report.n_duplicates == 0)
                 & (report.n_truncated == 0)
             )
+            own = (
+                _own_controls(generator, settings, rows, decoder, 4 * v["cells"])
+                if v["own_control"]
+                else {}
+            )
             seconds = time.perf_counter() - t0
             for i, r in enumerate(rows):
                 sl = slice(i * v["cells"], (i + 1) * v["cells"])
@@ -158,7 +186,8 @@ def main() -> None:
                 if not keep.any():
                     keep = np.ones(v["cells"], bool)
                 pred = X[sl][keep].mean(axis=0)
-                pred_delta = change_from_control(pred, np.asarray(r["decoded_control"]))
+                control = own.get(r["cell_context"], np.asarray(r["decoded_control"]))
+                pred_delta = change_from_control(pred, control)
                 real_delta = real_delta_of(r)
                 mean_d = mean_delta[r["cell_context"]]
                 records.append(

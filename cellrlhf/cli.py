@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         print(f"cellrlhf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from cellrlhf.third_party_noise import quiet_known_noise
+
+    quiet_known_noise()
     module_name, _ = COMMANDS[name]
 
     def run(args: list[str]) -> int:
