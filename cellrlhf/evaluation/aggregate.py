@@ -163,11 +163,18 @@ def _per_fold(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pooled(rows: pd.DataFrame, n_boot: int, seed: int, level: float) -> pd.DataFrame:
+    from cellrlhf.reward.evaluate import is_correlation_metric
+
     out = []
     keys = ["setting", "method", "method_type", "kind", "metric"]
     for key, part in _with_kind_all(rows).groupby(keys, sort=False):
         iv = bootstrap_mean(
-            part["value"], part["perturbation"], n_boot=n_boot, confidence_level=level, seed=seed
+            part["value"],
+            part["perturbation"],
+            n_boot=n_boot,
+            confidence_level=level,
+            seed=seed,
+            bounds=(-1.0, 1.0) if is_correlation_metric(key[-1]) else None,
         )
         defined_runs = part.dropna(subset=["value"])["run"].nunique()
         out.append((*key, iv.estimate, iv.low, iv.high, iv.n_clusters, iv.n_dropped, defined_runs))

@@ -132,7 +132,8 @@ def pair_accuracy_interval(chosen, rejected, perturbations, *, seed: int = 0) ->
     if chosen.shape != rejected.shape or len(perturbations) != chosen.size:
         raise ValueError("chosen, rejected and perturbations need one entry per pair.")
     correct = (chosen > rejected) + 0.5 * (chosen == rejected)
-    return bootstrap_mean(correct, np.asarray(perturbations, dtype=object), seed=seed).to_dict()
+    clusters = np.asarray(perturbations, dtype=object)
+    return bootstrap_mean(correct, clusters, seed=seed, bounds=(0.0, 1.0)).to_dict()
 
 
 def within_prompt_spearman_interval(a, b, prompts, perturbations, *, seed: int = 0) -> dict:
@@ -152,7 +153,8 @@ def within_prompt_spearman_interval(a, b, prompts, perturbations, *, seed: int =
         mask = prompts == prompt
         rhos.append(spearman(a[mask], b[mask]))
         clusters.append(perturbations[mask][0])
-    return bootstrap_mean(rhos, np.asarray(clusters, dtype=object), seed=seed).to_dict()
+    clusters = np.asarray(clusters, dtype=object)
+    return bootstrap_mean(rhos, clusters, seed=seed, bounds=(-1.0, 1.0)).to_dict()
 
 
 def reward_model_verdict(result: dict[str, Any]) -> dict[str, Any]:

@@ -127,7 +127,10 @@ def test_seeds_of_one_fold_are_averaged_per_perturbation(tmp_path):
 def test_one_evaluation_gets_intervals_over_its_perturbations(two_folds):
     agg = aggregate_evaluations({"demo": two_folds["fold0_seed0"]}, n_boot=300)
     sft = _row(agg.pooled, method="sft", kind="all", metric="pearson_specific")
-    assert sft["mean"] == pytest.approx(0.2) and 0.1 <= sft["ci_low"] < sft["ci_high"] <= 0.3
+    # three perturbations (0.1, 0.2, 0.3): Student's t interval, 0.2 +- t_2 * 0.1 / sqrt(3)
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)
+    assert sft["mean"] == pytest.approx(0.2)
+    assert (sft["ci_low"], sft["ci_high"]) == pytest.approx((0.2 - half, 0.2 + half))
 
 
 def test_fold_and_seed_from_the_manifest_win_over_the_label(tmp_path):

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellrlhf.evaluation.intervals import (
+    SMALL_SAMPLE,
     bootstrap_mean,
     cluster_means,
     paired_difference,
@@ -54,7 +55,9 @@ def test_paired_difference_averages_seeds_per_perturbation_first():
     table = _paired_table([[0.1, 0.3], [0.3, 0.5]])
     iv = paired_difference(table, "grpo", "sft", value="value", n_boot=200)
     assert iv.estimate == pytest.approx(0.3)
-    assert 0.2 - 1e-12 <= iv.low <= iv.high <= 0.4 + 1e-12
+    # two perturbations (0.2, 0.4): Student's t interval of the two cluster means, not of the 4 rows
+    half = 12.706204736174707 * 0.1  # t_1(0.975) * sd / sqrt(2), sd = 0.1 * sqrt(2)
+    assert (iv.low, iv.high) == pytest.approx((0.3 - half, 0.3 + half))
 
 
 def test_undefined_values_drop_the_perturbation_and_are_counted():
@@ -95,4 +98,21 @@ def test_interval_is_ordered_and_lies_within_the_data(values):
     mean, low, high = percentile_interval(values, n_boot=200, seed=0)
     tol = 1e-9
     assert mean == pytest.approx(np.mean(values))
-    assert min(values) - tol <= low <= high + tol <= max(values) + 2 * tol
+    assert low <= mean + tol and mean <= high + tol
+    if len(values) >= SMALL_SAMPLE:  # the bootstrap only recombines the data
+        assert min(values) - tol <= low <= high + tol <= max(values) + 2 * tol
+    elif np.ptp(values) > 0:  # few perturbations: Student's t interval
+        from scipy.stats import sem, t
+
+        expected = t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=sem(values))
+        assert (low, high) == pytest.approx(expected)
+
+
+def test_few_perturbations_get_the_wider_t_interval_by_hand():
+    mean, low, high = percentile_interval([1.0, 2.0, 3.0, 4.0])
+    # mean 2.5, se = sd / 2 = 0.6455, t_3(0.975) = 3.1824
+    assert mean == 2.5 and (low, high) == pytest.approx((0.4457, 4.5543), abs=1e-4)
+    # ten perturbations and more: the percentile bootstrap, inside the data
+    values = np.linspace(0.0, 1.0, SMALL_SAMPLE)
+    _, low, high = percentile_interval(values, n_boot=500)
+    assert 0.0 <= low < 0.5 < high <= 1.0
