@@ -40,6 +40,7 @@ def _variant(name: str, cells: int) -> dict:
         "constrained": False,
         "budget": None,
         "valid_only": False,
+        "own_control": False,
     }
     if name == "base":
         return spec
