@@ -393,7 +393,7 @@ def verdict_json(verdicts: list[SettingVerdict]) -> dict:
 
 def verdict_text(setting: str, metric: str, table: pd.DataFrame, sentences) -> list[str]:
     """Terminal lines of one setting's verdict: a heading, the table, the sentences."""
-    lines = [f"{setting}: {metric}, 95% bootstrap intervals over held-out perturbations"]
+    lines = [f"{setting}: {metric}, 95% intervals over held-out perturbations"]
     if len(table):
         lines += ["  " + line for line in table.to_string(index=False).splitlines()]
     return lines + [f"  - {s}" for s in sentences]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellrlhf.evaluation.intervals import SMALL_SAMPLE
 from cellrlhf.pipeline.report_data import AggregateSource, RunArtifacts
 from cellrlhf.pipeline.report_render import Section
 
@@ -55,8 +56,9 @@ def verdict_section(source: AggregateSource) -> Section:
     sec.text(
         f"Headline metric `{agg.headline}` on the **test** perturbations (never used to select a "
         f"model), all held-out perturbations of each setting; {agg.confidence_level:.0%} "
-        f"percentile bootstrap intervals that resample perturbations ({agg.n_boot} resamples, "
-        f"seed {agg.seed}). Source: {source.origin}."
+        f"intervals over perturbations: percentile bootstrap ({agg.n_boot} resamples, seed "
+        f"{agg.seed}), Student's t below {SMALL_SAMPLE} perturbations, where a bootstrap is too "
+        f"narrow. Source: {source.origin}."
     )
     for verdict in setting_verdicts(agg):
         sec.heading(f"{verdict.setting}: {_runs_phrase(agg, verdict.setting)}")

@@ -12,9 +12,9 @@ perturbations never appear in the reward model's training pairs):
    within-prompt correlations: RL uses rewards within a prompt's group (advantages are
    normalised per group), so the within-prompt figure is the one that matters for the policy.
 
-Both come with 95% percentile-bootstrap intervals over held-out perturbations (the unit of
-replication, :mod:`cellrlhf.evaluation.intervals`: a perturbation's pairs or prompts move
-together). :func:`reward_model_verdict` turns them into one sentence: where the accuracy on
+Both come with 95% intervals over held-out perturbations, the unit of replication
+(:mod:`cellrlhf.evaluation.intervals`: percentile bootstrap, Student's t below 10 perturbations;
+a perturbation's pairs or prompts move together). :func:`reward_model_verdict` turns them into one sentence: where the accuracy on
 sampled pairs (the kind of answers RL produces; all pairs when there are none) is not shown
 above chance (the interval's lower bound is not above 0.5), it says that PPO with this reward
 model cannot be expected to help and recommends the programmatic reward (GRPO). The result
