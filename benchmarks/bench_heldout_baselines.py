@@ -68,14 +68,15 @@ def table(agg: Path) -> str:
     pooled = pooled[(pooled["kind"] == "all") & pooled["metric"].isin(METRICS)]
     pooled = pooled.assign(
         value=[
-            "-" if pd.isna(m) else f"{m:.3f} ({lo:.2f} to {hi:.2f})"
+            "-" if pd.isna(m) else f"{m:.3f} ({lo:.3f} to {hi:.3f})"
             for m, lo, hi in zip(pooled["mean"], pooled["ci_low"], pooled["ci_high"], strict=True)
         ]
     )
     wide = pooled.pivot_table(index="method", columns="metric", values="value", aggfunc="first")
     wide = wide[[m for m in METRICS if m in wide.columns]].fillna("-")
     n = int(pooled["n_perturbations"].max())
-    return f"{n} held-out units over {int(pooled['n_runs'].max())} folds\n\n" + wide.to_markdown()
+    folds = int(pooled["n_runs"].max())
+    return f"{n} held-out perturbations over {folds} folds\n\n" + wide.to_markdown()
 
 
 def main() -> None:
@@ -94,7 +95,8 @@ def main() -> None:
     for config in args.config or SETTINGS:
         agg = run_setting(config, run_dir, args.eval_config)
         sections += [f"### {Path(config).stem}", "", table(agg), ""]
-        sections += [(agg / "verdict.md").read_text().split("\n", 2)[-1].strip(), ""]
+        verdict = (agg / "verdict.md").read_text().split("\n", 2)[-1].strip()
+        sections += [verdict.replace("\n## ", "\n#### ").replace("## ", "#### ", 1), ""]
     wall = time.perf_counter() - t0
     c1 = os.times()
     cpu = (c1.children_user + c1.children_system) - (c0.children_user + c0.children_system)
@@ -105,7 +107,8 @@ def main() -> None:
         f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "- command: `python benchmarks/bench_heldout_baselines.py --data-dir <data> "
         f"--run-dir {args.run_dir}`; wall {wall:.0f} s, CPU {cpu:.0f} s (builds and scoring)",
-        "- values: pooled mean over held-out units (95% bootstrap interval over units); "
+        "- values: pooled mean over held-out perturbations with its 95% interval over "
+        "perturbations (percentile bootstrap; Student's t below 10 perturbations); "
         "`pearson_specific`: change relative to the mean training change of the context "
         "(docs/metrics.md)",
         "",
