@@ -16,7 +16,7 @@ Tables (long format, one metric per row; see :func:`write_aggregate` for the fil
 - ``pooled``: ``setting, method, method_type, kind, metric, mean, ci_low, ci_high,
   n_perturbations, n_runs``: the mean over perturbations of every run of the setting (each
   perturbation's rows averaged first) with a 95% percentile bootstrap interval that resamples
-  perturbations (:mod:`cellrlhf.evaluation.intervals`). The split-half ceiling gets a
+  perturbations (:mod:`cellrlhf.metrics.intervals`). The split-half ceiling gets a
   ``split_half (Spearman-Brown)`` row (its mean and bounds at full depth) on the correlation-like
   metrics;
 - ``paired``: ``setting, kind, metric, comparison, left, right, mean_diff, ci_low, ci_high,
@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cellrlhf.evaluation.aggregate_inputs import EvaluationRun, read_evaluation_runs
-from cellrlhf.evaluation.intervals import CONFIDENCE_LEVEL, bootstrap_mean, paired_difference
+from cellrlhf.metrics.intervals import CONFIDENCE_LEVEL, bootstrap_mean, paired_difference
 
 __all__ = [
     "Aggregate",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cellrlhf.evaluation.intervals import SMALL_SAMPLE
+from cellrlhf.metrics.intervals import SMALL_SAMPLE
 from cellrlhf.pipeline.report_data import AggregateSource, RunArtifacts
 from cellrlhf.pipeline.report_render import Section
 

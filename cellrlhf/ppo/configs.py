@@ -322,63 +322,47 @@ class CellPPOConfig(PPOConfig):
         super().__post_init__()
 
 
-_OVERWRITE_HELP = (
-    "Start over even when output_dir holds checkpoints (by default a re-run resumes from the "
-    "latest complete checkpoint there; --resume_from_checkpoint none does the same as this flag)."
-)
+@dataclass
+class _GroupRLFields:
+    """What cellrlhf changes in TRL's GRPO and RLOO configs (listed before their base class, so
+    these fields win)."""
+
+    max_completion_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Answer budget in new tokens. Unset: derived from the data's cells (99th "
+            "percentile of the training perturbations' real cells written as answers, markup and "
+            "end token included), recorded in cellrlhf.json. A set budget that cuts more than 1 "
+            "percent of those cells is warned about at RL start, with the budget that would fit."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over even when output_dir holds checkpoints (by default a re-run resumes "
+            "from the latest complete checkpoint there; --resume_from_checkpoint none does the same "
+            "as this flag)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _auto_bf16(self)
+        super().__post_init__()
 
 
 @dataclass
-class CellGRPOConfig(GRPOConfig):
+class CellGRPOConfig(_GroupRLFields, GRPOConfig):
     """Training arguments of ``grpo --trainer grpo``: TRL's :class:`~trl.GRPOConfig`.
 
     Differences from TRL's defaults: ``bf16`` is on only where CUDA is; the answer budget
-    ``max_completion_length`` is derived from the data when unset.
+    ``max_completion_length`` is derived from the data when unset; a re-run resumes from the
+    latest checkpoint unless ``--overwrite_output_dir``.
     """
-
-    max_completion_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Answer budget in new tokens. Unset: derived from the data's cells (99th percentile of "
-            "the training perturbations' real cells written as answers, markup and end token "
-            "included), recorded in cellrlhf.json. A set budget that cuts more than 1 percent of those "
-            "cells is warned about at RL start, with the budget that would fit."
-        },
-    )
-
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": _OVERWRITE_HELP},
-    )
-
-    def __post_init__(self) -> None:
-        _auto_bf16(self)
-        super().__post_init__()
 
 
 @dataclass
-class CellRLOOConfig(RLOOConfig):
+class CellRLOOConfig(_GroupRLFields, RLOOConfig):
     """Training arguments of ``grpo --trainer rloo``: TRL's :class:`~trl.RLOOConfig`.
 
-    Differences from TRL's defaults: ``bf16`` is on only where CUDA is; the answer budget
-    ``max_completion_length`` is derived from the data when unset.
+    Differences from TRL's defaults: as :class:`CellGRPOConfig`.
     """
-
-    max_completion_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Answer budget in new tokens. Unset: derived from the data's cells (99th percentile of "
-            "the training perturbations' real cells written as answers, markup and end token "
-            "included), recorded in cellrlhf.json. A set budget that cuts more than 1 percent of those "
-            "cells is warned about at RL start, with the budget that would fit."
-        },
-    )
-
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": _OVERWRITE_HELP},
-    )
-
-    def __post_init__(self) -> None:
-        _auto_bf16(self)
-        super().__post_init__()

@@ -13,7 +13,7 @@ perturbations never appear in the reward model's training pairs):
    normalised per group), so the within-prompt figure is the one that matters for the policy.
 
 Both come with 95% intervals over held-out perturbations, the unit of replication
-(:mod:`cellrlhf.evaluation.intervals`: percentile bootstrap, Student's t below 10 perturbations;
+(:mod:`cellrlhf.metrics.intervals`: percentile bootstrap, Student's t below 10 perturbations;
 a perturbation's pairs or prompts move together). :func:`reward_model_verdict` turns them into one sentence: where the accuracy on
 sampled pairs (the kind of answers RL produces; all pairs when there are none) is not shown
 above chance (the interval's lower bound is not above 0.5), it says that PPO with this reward
@@ -121,11 +121,11 @@ def pair_accuracy_interval(chosen, rejected, perturbations, *, seed: int = 0) ->
 
     Each pair scores 1 (``chosen > rejected``), 0.5 (tie) or 0; the pairs of one perturbation
     are averaged first, then the perturbation means are resampled
-    (:func:`~cellrlhf.evaluation.intervals.bootstrap_mean`). Returns the
-    :class:`~cellrlhf.evaluation.intervals.Interval` as a dict (``estimate``: the mean over
+    (:func:`~cellrlhf.metrics.intervals.bootstrap_mean`). Returns the
+    :class:`~cellrlhf.metrics.intervals.Interval` as a dict (``estimate``: the mean over
     perturbations; ``low`` / ``high`` NaN with fewer than two perturbations).
     """
-    from cellrlhf.evaluation.intervals import bootstrap_mean
+    from cellrlhf.metrics.intervals import bootstrap_mean
 
     chosen = np.asarray(chosen, dtype=np.float64)
     rejected = np.asarray(rejected, dtype=np.float64)
@@ -142,7 +142,7 @@ def within_prompt_spearman_interval(a, b, prompts, perturbations, *, seed: int =
     One correlation per prompt (prompts with a constant side are left out), averaged per
     perturbation, then bootstrapped over perturbations; returned as an ``Interval`` dict.
     """
-    from cellrlhf.evaluation.intervals import bootstrap_mean
+    from cellrlhf.metrics.intervals import bootstrap_mean
 
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)

@@ -189,7 +189,7 @@ def test_verdict_lines_from_an_aggregate_dir_and_from_a_run_dir(tmp_path, two_fo
     lines = verdict_lines(tmp_path, n_boot=300)  # the run dir: aggregated on the fly
     assert (
         lines[0]
-        == f"{SETTING}: pearson_specific, 95% bootstrap intervals over held-out perturbations"
+        == f"{SETTING}: pearson_specific, 95% intervals over held-out perturbations"
     )
     assert "best model" in lines[2] and "grpo" in lines[2]
     assert any(

@@ -34,7 +34,10 @@ def model_dir(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, out)
     (out / "README.md").write_text(TRL_PLACEHOLDER)
     manifest = json.loads((out / "data_manifest.json").read_text())
-    manifest["source"] = {"path": "/home/me/pbmc.h5ad", "license": "BSD-3-Clause"}
+    manifest["source"] = {
+        "path": str(tmp_path / "my_own_disk" / "pbmc.h5ad"),
+        "license": "BSD-3-Clause",
+    }
     (out / "data_manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -85,7 +88,7 @@ def test_the_project_card_replaces_trls_placeholder(model_dir):
     assert "- Base model: none, trained from scratch" in text
     assert "- Dataset: `pbmc68k_reduced-tiny`" in text
     assert "- License: BSD-3-Clause" in text
-    assert "/home/me" not in text  # never a local path
+    assert "my_own_disk" not in text  # the file name only, never its local directory
 
 
 def test_evaluate_output_becomes_model_index_metrics_per_held_out_kind(model_dir, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellrlhf.evaluation.intervals import (
+from cellrlhf.metrics.intervals import (
     SMALL_SAMPLE,
     bootstrap_mean,
     cluster_means,
