@@ -187,10 +187,7 @@ def test_cli_writes_the_aggregate_and_reports_bad_dirs(tmp_path, two_folds, capl
 
 def test_verdict_lines_from_an_aggregate_dir_and_from_a_run_dir(tmp_path, two_folds):
     lines = verdict_lines(tmp_path, n_boot=300)  # the run dir: aggregated on the fly
-    assert (
-        lines[0]
-        == f"{SETTING}: pearson_specific, 95% intervals over held-out perturbations"
-    )
+    assert lines[0] == f"{SETTING}: pearson_specific, 95% intervals over held-out perturbations"
     assert "best model" in lines[2] and "grpo" in lines[2]
     assert any(
         line.startswith("  - GRPO improved held-out perturbation-specific") for line in lines
