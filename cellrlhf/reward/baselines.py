@@ -58,6 +58,7 @@ __all__ = [
     "ridge_baseline",
     "nearest_baseline",
     "context_transfer_baseline",
+    "cells_of_context",
     "predict_baselines",
     "prediction_adata",
     "split_half",
@@ -355,6 +356,18 @@ _BASELINE_FUNCTIONS = {
 _ACROSS_CONTEXTS = {"context_transfer": context_transfer_baseline}
 
 
+def cells_of_context(train, context: str | None, context_col: str = "cell_context"):
+    """The cells of ``train`` in ``context`` (all of them when ``context`` is ``None``)."""
+    if context is None:
+        return train
+    if context_col not in train.obs.columns:
+        raise KeyError(
+            f"context={context!r} but {context_col!r} is not a column of the training "
+            f"AnnData's obs ({list(train.obs.columns)}); pass context_col=."
+        )
+    return train[train.obs[context_col].astype(str).to_numpy() == str(context)]
+
+
 def predict_baselines(
     train,
     perturbations: Sequence[str],
@@ -378,14 +391,7 @@ def predict_baselines(
     unknown = [m for m in methods if m not in _BASELINE_FUNCTIONS and m not in _ACROSS_CONTEXTS]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {BASELINES}.")
-    in_context = train
-    if context is not None:
-        if context_col not in train.obs.columns:
-            raise KeyError(
-                f"context={context!r} but {context_col!r} is not a column of the training "
-                f"AnnData's obs ({list(train.obs.columns)}); pass context_col=."
-            )
-        in_context = train[train.obs[context_col].astype(str).to_numpy() == str(context)]
+    in_context = cells_of_context(train, context, context_col)
     out = {}
     for m in methods:
         if m in _ACROSS_CONTEXTS and context is None:

@@ -28,6 +28,7 @@ from cellrlhf.reward.baselines import (
     BASELINES,
     CONTEXT_COLUMN,
     PredictedDeltas,
+    cells_of_context,
     predict_baselines,
     prediction_adata,
     representation_ceiling,
@@ -95,14 +96,7 @@ def compare_methods(
     """
     kwargs = dict(pert_col=pert_col, control=control, **evaluate_kwargs)
     if train is not None:
-        in_context = train
-        if context is not None:
-            if context_col not in train.obs.columns:
-                raise KeyError(
-                    f"context={context!r} but {context_col!r} is not a column of the training "
-                    f"AnnData's obs ({list(train.obs.columns)}); pass context_col=."
-                )
-            in_context = train[train.obs[context_col].astype(str).to_numpy() == str(context)]
+        in_context = cells_of_context(train, context, context_col)
         # the reference of the perturbation-specific metrics, the same for every method
         kwargs["reference_delta"] = training_mean_delta(
             in_context, pert_col=pert_col, control=control, layer=layer
