@@ -58,3 +58,16 @@ def test_debug_mode_shows_everything(clean_filters, monkeypatch):
             stacklevel=2,
         )
     assert len(seen) == 1
+
+
+def test_library_progress_bars_default_off_and_a_users_choice_wins(monkeypatch):
+    from cellrlhf.third_party_noise import LIBRARY_PROGRESS_BARS
+
+    monkeypatch.delenv("CELLRLHF_DEBUG", raising=False)
+    monkeypatch.delenv(LIBRARY_PROGRESS_BARS[0], raising=False)
+    monkeypatch.setenv(LIBRARY_PROGRESS_BARS[1], "0")
+    quiet_known_noise()
+    import os
+
+    assert os.environ[LIBRARY_PROGRESS_BARS[0]] == "1"
+    assert os.environ[LIBRARY_PROGRESS_BARS[1]] == "0"
