@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 __all__ = ["KNOWN_WARNINGS", "KNOWN_LOG_MESSAGES", "LIBRARY_PROGRESS_BARS", "quiet_known_noise"]
@@ -51,14 +52,8 @@ def quiet_known_noise() -> None:
     for name in LIBRARY_PROGRESS_BARS:
         os.environ.setdefault(name, "1")
     for category, start in KNOWN_WARNINGS:
-        warnings.filterwarnings("ignore", message=f"^{_escape(start)}", category=category)
+        warnings.filterwarnings("ignore", message=f"^{re.escape(start)}", category=category)
     for name, starts in KNOWN_LOG_MESSAGES.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) for f in logger.filters):
             logger.addFilter(_DropKnown(starts))
-
-
-def _escape(text: str) -> str:
-    import re
-
-    return re.escape(text)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellrlhf.evaluation.aggregate import DEFAULT_METRICS
 from cellrlhf.pipeline.report_data import (
     EvaluationArtifacts,
     RunArtifacts,
@@ -187,19 +188,14 @@ def _other_section(art: RunArtifacts, out_dir: Path) -> Section:
 
 
 # columns of the evaluation tables in the report (those present are shown)
+# the evaluation tables show what the aggregate pools (one list of headline metrics)
 _EVAL_COLUMNS = (
     "method",
     "method_type",
     "cell_context",
     "kind",
     "n_perturbations",
-    "pearson_specific",
-    "pearson_specific_top20",
-    "pearson_delta",
-    "pearson_delta_top20",
-    "discrimination_score_l1",
-    "overlap_at_N",
-    "mae",
+    *DEFAULT_METRICS,
 )
 
 
