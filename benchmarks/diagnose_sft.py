@@ -62,7 +62,7 @@ def _variant(name: str, cells: int) -> dict:
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    from cellrlhf.reward.metrics import pearson_rows
+    from cellrlhf.metrics.fidelity import pearson_rows
 
     return float(pearson_rows(a, b))
 
@@ -123,10 +123,10 @@ def main() -> None:
     from datasets import load_from_disk
 
     from cellrlhf.cell2text.markup import extract_cell
-    from cellrlhf.chat.generation import ChatGenerator, GenerationSettings
-    from cellrlhf.chat.model_loading import load_model_dir
     from cellrlhf.data.layout import load_built_dataset
-    from cellrlhf.reward.metrics import change_from_control
+    from cellrlhf.metrics.fidelity import change_from_control
+    from cellrlhf.sampling import GenerationSettings, Sampler
+    from cellrlhf.sft.model_dir import load_model_dir
 
     built = load_built_dataset(args.dataset_dir)
     decoder = built.decoder
@@ -142,7 +142,7 @@ def main() -> None:
         mean_delta[ctx] = np.mean([real_delta_of(r) for r in rows], axis=0)
 
     loaded = load_model_dir(args.model)
-    generator = ChatGenerator(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
+    generator = Sampler(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
     top_k = ((built.manifest.get("config") or {}).get("sentences") or {}).get("top_k") or 100
     default_budget = int(top_k) + 8
     rng = np.random.default_rng(args.seed)

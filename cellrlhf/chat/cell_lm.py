@@ -29,7 +29,6 @@ import numpy as np
 
 from cellrlhf.cell2text.markup import extract_cell, split_perturbation
 from cellrlhf.chat.cell_input import EncodedCells, encode_cells
-from cellrlhf.chat.generation import ChatGenerator, GenerationSettings
 from cellrlhf.chat.prompts import (
     CONTROL_WORDS,
     TaskPrompts,
@@ -38,6 +37,7 @@ from cellrlhf.chat.prompts import (
     parse_perturbation,
 )
 from cellrlhf.chat.results import PerturbationPrediction, profiles_adata, top_changed_genes
+from cellrlhf.sampling import GenerationSettings, Sampler
 
 __all__ = ["CellLM"]
 
@@ -109,7 +109,7 @@ class CellLM:
             templates_dir=templates_dir,
             manifest=self.data_manifest,
         )
-        self.generator = ChatGenerator(model, tokenizer, cell_genes=vocab)
+        self.generator = Sampler(model, tokenizer, cell_genes=vocab)
         self.constrain_cells = bool(constrain_cells)
         if self.constrain_cells:  # fail now, not at the first answer
             self.generator.logits_processors(GenerationSettings(constrain_cells=True))
@@ -149,8 +149,8 @@ class CellLM:
         constrain_cells
             Constrained decoding of generated cells by default (see the class).
         """
-        from cellrlhf.chat.model_loading import load_model_dir
         from cellrlhf.hub.model_files import resolve_model_dir
+        from cellrlhf.sft.model_dir import load_model_dir
 
         model_dir = resolve_model_dir(
             path_or_hub_id,

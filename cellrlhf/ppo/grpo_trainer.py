@@ -148,7 +148,7 @@ class _CellRLMixin:
         return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     def _answer_text(self, ids) -> str:
-        from cellrlhf.ppo.heldout_generation import answer_text
+        from cellrlhf.sampling import answer_text
 
         return answer_text(self.processing_class, ids, [self.processing_class.eos_token_id])
 

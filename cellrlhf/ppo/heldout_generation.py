@@ -9,8 +9,8 @@ sampled answers, on temperature-scaled logits as TRL computes its KL term).
 With a ``constraint`` (a constrained policy, :mod:`cellrlhf.ppo.constrained_policy`) answers
 are sampled under the cell grammar and scored with the same masked logits.
 
-The caller places the models (accelerate); sampling runs in a forked RNG so the training
-random streams are untouched.
+Sampling is the project's one sampler (:class:`cellrlhf.sampling.Sampler`: forked RNG, so the
+training random streams are untouched); the caller places the models (accelerate).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SampledAnswers", "sample_answers", "answer_logprobs", "answer_text"]
+__all__ = ["SampledAnswers", "sample_answers", "answer_logprobs"]
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,6 @@ class SampledAnswers:
     finished: np.ndarray
 
 
-def answer_text(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
-    """Decode answer ids up to the first end token, keeping markup, dropping pad / end tokens."""
-    stop = set(stop_ids) | {tokenizer.pad_token_id}
-    kept = []
-    for i in ids:
-        if i in stop:
-            break
-        kept.append(int(i))
-    return tokenizer.decode(
-        kept, skip_special_tokens=False, clean_up_tokenization_spaces=False
-    ).strip()
-
-
 def sample_answers(
     model,
     tokenizer,
@@ -69,7 +56,6 @@ def sample_answers(
     stop_ids: Sequence[int],
     batch_size: int,
     seed: int,
-    device,
     progress: bool = False,
     constraint=None,
 ) -> SampledAnswers:
@@ -86,63 +72,44 @@ def sample_answers(
     items
         Prompt index of each answer to sample, e.g. ``[0] * 64 + [1] * 64``.
     max_new_tokens, temperature, stop_ids
-        Generation budget, sampling temperature (> 0) and end tokens.
+        Generation budget, sampling temperature (> 0) and end tokens (the training's).
     batch_size
         Answers per ``generate`` call.
     seed
         Seed of the forked RNG (the same seed gives the same answers for the same model).
-    device
-        Where the inputs go (the model's device).
     progress
         Show a progress bar.
     constraint
         A :class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint` to sample
         under (``None``: unconstrained).
     """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import GenerationConfig, LogitsProcessorList
+    from cellrlhf.sampling import GenerationSettings, Sampler
 
     if temperature <= 0:
         raise ValueError(f"temperature={temperature}; sampling needs a temperature > 0.")
-    pad = tokenizer.pad_token_id
-    config = GenerationConfig(
-        do_sample=True,
+    settings = GenerationSettings(
+        max_new_tokens=int(max_new_tokens),
         temperature=float(temperature),
         top_k=0,
         top_p=1.0,
-        max_new_tokens=int(max_new_tokens),
-        eos_token_id=list(stop_ids),
-        pad_token_id=pad,
+        seed=int(seed),
+        constrain_cells=constraint is not None,
     )
+    sampler = Sampler(model, tokenizer, stop_ids=stop_ids, constraint=constraint)
     items = np.asarray(items, dtype=np.int64)
-    stop = set(int(s) for s in stop_ids)
-    completions: list[list[int]] = []
-    finished: list[bool] = []
-    was_training = model.training
-    model.eval()
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
-            torch.manual_seed(int(seed))
-            starts = range(0, len(items), batch_size)
-            for start in tqdm(starts, desc="held-out samples", disable=not progress, leave=False):
-                batch = [list(prompt_ids[i]) for i in items[start : start + batch_size]]
-                ids, mask = _left_pad(batch, pad, torch)
-                out = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    generation_config=config,
-                    logits_processor=LogitsProcessorList([constraint] if constraint else []),
-                )
-                for row in out[:, ids.shape[1] :].tolist():
-                    cut = next((k for k, t in enumerate(row) if t in stop), None)
-                    completions.append(row[: cut + 1] if cut is not None else _strip_pad(row, pad))
-                    finished.append(cut is not None)
-    finally:
-        model.train(was_training)
-    texts = [answer_text(tokenizer, c, list(stop)) for c in completions]
-    return SampledAnswers(items, completions, texts, np.asarray(finished, dtype=bool))
+    done = sampler.generate_ids(
+        [prompt_ids[i] for i in items],
+        settings,
+        batch_size=batch_size,
+        progress=progress,
+        desc="held-out samples",
+    )
+    return SampledAnswers(
+        items,
+        [list(c.token_ids) for c in done],
+        [c.text for c in done],
+        np.asarray([c.finished for c in done], dtype=bool),
+    )
 
 
 def answer_logprobs(
@@ -167,6 +134,7 @@ def answer_logprobs(
     import torch
 
     from cellrlhf.ppo.constrained_policy import masked_logits
+    from cellrlhf.sampling import pad_rows
 
     items = np.asarray(items, dtype=np.int64)
     total = np.zeros(len(items), dtype=np.float64)
@@ -177,11 +145,11 @@ def answer_logprobs(
         with torch.no_grad():
             for start in range(0, len(items), batch_size):
                 rows = range(start, min(start + batch_size, len(items)))
-                prompts, pmask = _left_pad(
-                    [list(prompt_ids[items[r]]) for r in rows], pad_token_id, torch
+                prompts, pmask = pad_rows(
+                    [prompt_ids[items[r]] for r in rows], pad_token_id, "left"
                 )
-                answers, amask = _right_pad(
-                    [list(completion_ids[r]) for r in rows], pad_token_id, torch
+                answers, amask = pad_rows(
+                    [completion_ids[r] for r in rows], pad_token_id, "right", min_width=1
                 )
                 ids = torch.cat([prompts, answers], dim=1).to(device)
                 mask = torch.cat([pmask, amask], dim=1).to(device)
@@ -199,32 +167,3 @@ def answer_logprobs(
     finally:
         model.train(was_training)
     return total, lengths
-
-
-def _left_pad(rows: list[list[int]], pad: int, torch):
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for k, r in enumerate(rows):
-        if r:
-            ids[k, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[k, width - len(r) :] = 1
-    return ids, mask
-
-
-def _right_pad(rows: list[list[int]], pad: int, torch):
-    width = max(max((len(r) for r in rows), default=0), 1)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for k, r in enumerate(rows):
-        if r:
-            ids[k, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[k, : len(r)] = 1
-    return ids, mask
-
-
-def _strip_pad(row: list[int], pad: int) -> list[int]:
-    end = len(row)
-    while end > 0 and row[end - 1] == pad:
-        end -= 1
-    return row[:end]

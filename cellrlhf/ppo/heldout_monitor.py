@@ -246,7 +246,6 @@ class HeldoutMonitor(TrainerCallback):
                 stop_ids=self.stop_ids,
                 batch_size=s.batch_size,
                 seed=seed,
-                device=device,
                 constraint=constraint,
             )
             common = {

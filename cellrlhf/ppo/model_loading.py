@@ -8,7 +8,8 @@
 
 PPO feeds the policy's token ids straight into the reward and value models, and GRPO scores
 the policy's text with the reward model's tokenizer, so their vocabularies must be the
-policy's: :func:`check_same_tokenizer` refuses anything else.
+policy's: :func:`check_same_tokenizer` refuses anything else. Every refusal is a
+:class:`~cellrlhf.sft.model_dir.ModelDirError`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from cellrlhf.sft.model_dir import ModelDirError, load_cell_model
+
 __all__ = [
-    "ModelLoadingError",
     "check_model_dir",
     "load_policy",
     "load_scoring_model",
@@ -27,28 +29,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class ModelLoadingError(ValueError):
-    """A model directory cannot serve in an RL run."""
-
-
 def check_model_dir(path: str | Path | None, *, what: str, flag: str) -> Path:
     """An existing saved model directory with weights, or a clear error naming ``flag``."""
     if not path:
-        raise ModelLoadingError(
-            f"no {what} given: pass {flag} <directory> (or set it in the YAML)."
-        )
+        raise ModelDirError(f"no {what} given: pass {flag} <directory> (or set it in the YAML).")
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ModelLoadingError(f"{what} directory {root} does not exist.")
+        raise ModelDirError(f"{what} directory {root} does not exist.")
     if (root / "adapter_config.json").exists() and not any(root.glob("model*.safetensors")):
-        raise ModelLoadingError(
+        raise ModelDirError(
             f"{root} holds LoRA adapters only; RL needs the full {what} weights. Re-save it merged "
             "(`cellrlhf sft ... --peft_save merged`, the default)."
         )
     if not (root / "config.json").exists():
-        raise ModelLoadingError(f"{root} has no config.json: it is not a saved {what} directory.")
+        raise ModelDirError(f"{root} has no config.json: it is not a saved {what} directory.")
     if not any(root.glob("*.safetensors")):
-        raise ModelLoadingError(
+        raise ModelDirError(
             f"{root} has no .safetensors weights (only safetensors are loaded, never pickles)."
         )
     return root
@@ -56,8 +52,6 @@ def check_model_dir(path: str | Path | None, *, what: str, flag: str) -> Path:
 
 def load_policy(path: str | Path, *, dtype: str | None = None):
     """The SFT policy, its tokenizer and ``cellrlhf.json``: ``(model, tokenizer, info)``."""
-    from cellrlhf.sft.model_dir import load_cell_model
-
     root = check_model_dir(path, what="SFT policy", flag="--model_name_or_path")
     model, tokenizer, info = load_cell_model(root, dtype=_dtype(dtype))
     stage = info.get("stage")
@@ -80,12 +74,12 @@ def load_scoring_model(path: str | Path, *, tokenizer, dtype: str | None = None,
         str(root), num_labels=1, use_safetensors=True, dtype=_dtype(dtype)
     )
     if model.config.num_labels != 1:
-        raise ModelLoadingError(
+        raise ModelDirError(
             f"{root} has num_labels={model.config.num_labels}; a {what} outputs one score."
         )
     embeddings = model.get_input_embeddings().num_embeddings  # weights may be ZeRO-3 partitions
     if embeddings < len(tokenizer):
-        raise ModelLoadingError(
+        raise ModelDirError(
             f"{root} embeds {embeddings} tokens but the policy's tokenizer has {len(tokenizer)}."
         )
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -99,7 +93,7 @@ def check_same_tokenizer(policy_tokenizer, other_tokenizer, *, where: str) -> No
         only_policy = sorted(set(a) - set(b))[:5]
         only_other = sorted(set(b) - set(a))[:5]
         moved = sum(1 for t in set(a) & set(b) if a[t] != b[t])
-        raise ModelLoadingError(
+        raise ModelDirError(
             f"the tokenizer of {where} differs from the policy's (tokens only in the policy: "
             f"{only_policy}, only there: {only_other}, {moved} shared tokens with other ids). "
             "The reward model must be trained from the same SFT model (`cellrlhf reward "
@@ -107,7 +101,7 @@ def check_same_tokenizer(policy_tokenizer, other_tokenizer, *, where: str) -> No
         )
     for name in ("pad_token_id", "eos_token_id"):
         if getattr(policy_tokenizer, name) != getattr(other_tokenizer, name):
-            raise ModelLoadingError(
+            raise ModelDirError(
                 f"{where} has {name}={getattr(other_tokenizer, name)}, the policy "
                 f"{getattr(policy_tokenizer, name)}; they must agree."
             )
@@ -120,5 +114,5 @@ def _dtype(dtype: str | None):
 
     value = getattr(torch, str(dtype), None)
     if not isinstance(value, torch.dtype):
-        raise ModelLoadingError(f"dtype={dtype!r} is not a torch dtype (float32, bfloat16, ...).")
+        raise ModelDirError(f"dtype={dtype!r} is not a torch dtype (float32, bfloat16, ...).")
     return value

@@ -24,7 +24,6 @@ generation uses ``synced_gpus``).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import re
@@ -258,10 +257,7 @@ class GenerationEvaluator:
         constrain_cells: bool = False,
     ) -> None:
         self.examples = list(examples)
-        # a private copy: padded calls leave their padding settings in the backend tokenizer,
-        # which would then be saved with the model (and load as left padding)
-        self.tokenizer = copy.deepcopy(tokenizer)
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = tokenizer
         self.decoder = decoder
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size = max(1, int(batch_size))
@@ -366,13 +362,7 @@ class GenerationEvaluator:
     ) -> list[str]:
         n = len(examples)
         if accelerator is None or accelerator.num_processes == 1:
-            return self._generate(
-                model,
-                examples,
-                do_sample=do_sample,
-                device=_device_of(model, accelerator),
-                constrained=constrained,
-            )
+            return self._generate(model, examples, do_sample=do_sample, constrained=constrained)
         from accelerate.utils import gather_object
 
         index = list(range(n))
@@ -381,7 +371,6 @@ class GenerationEvaluator:
                 model,
                 [examples[i] for i in mine],
                 do_sample=do_sample,
-                device=accelerator.device,
                 synced=_zero3_enabled(),
                 rank=accelerator.process_index,
                 constrained=constrained,
@@ -393,58 +382,21 @@ class GenerationEvaluator:
             answers.setdefault(i, text)
         return [answers[i] for i in range(n)]
 
-    def _generate(
-        self, model, examples, *, do_sample, device, synced=False, rank=0, constrained=False
-    ) -> list[str]:
-        import torch
-        from transformers import LogitsProcessorList
+    def _generate(self, model, examples, *, do_sample, synced=False, rank=0, constrained=False):
+        from cellrlhf.sampling import GenerationSettings, Sampler
 
-        tok = self.tokenizer
-        eos = _stop_ids(tok)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        out: list[str] = []
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():
-            torch.manual_seed(self.seed + 1000 * rank)
-            for start in range(0, len(examples), self.batch_size):
-                batch = examples[start : start + self.batch_size]
-                prompts, add_special = self._prompt_texts(batch)
-                enc = tok(
-                    prompts, return_tensors="pt", padding=True, add_special_tokens=add_special
-                )
-                enc = {
-                    k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
-                }
-                kwargs = {"do_sample": do_sample}
-                if constrained:
-                    kwargs["logits_processor"] = LogitsProcessorList([self.constraint])
-                if do_sample:
-                    kwargs.update(temperature=self.temperature, top_k=0, top_p=1.0)
-                generated = model.generate(
-                    **enc,
-                    max_new_tokens=self.max_new_tokens,
-                    pad_token_id=pad_id,
-                    eos_token_id=eos,
-                    synced_gpus=synced,
-                    **kwargs,
-                )
-                new = generated[:, enc["input_ids"].shape[1] :]
-                out.extend(
-                    _with_open_marker(e, _clean(tok, row))
-                    for e, row in zip(batch, new.tolist(), strict=True)
-                )
-        return out
-
-    def _prompt_texts(self, batch) -> tuple[list[str], bool]:
-        if all(e.is_chat for e in batch):
-            texts = [
-                self.tokenizer.apply_chat_template(
-                    list(e.prompt), add_generation_prompt=True, tokenize=False
-                )
-                for e in batch
-            ]
-            return texts, False
-        return [str(e.prompt) for e in batch], True
+        settings = GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature if do_sample else 0.0,
+            top_k=0,
+            top_p=1.0,
+            seed=self.seed + 1000 * rank,
+            constrain_cells=constrained,
+        )
+        sampler = Sampler(model, self.tokenizer, constraint=self.constraint)
+        prompts = [e.prompt if e.is_chat else str(e.prompt) for e in examples]
+        done = sampler.generate(prompts, settings, batch_size=self.batch_size, synced_gpus=synced)
+        return [_with_open_marker(e, c.text) for e, c in zip(examples, done, strict=True)]
 
 
 def _with_open_marker(example: GenerationExample, answer: str) -> str:
@@ -452,32 +404,6 @@ def _with_open_marker(example: GenerationExample, answer: str) -> str:
     if not example.is_chat and str(example.prompt).endswith(CELL_START):
         return f"{CELL_START} {answer}"
     return answer
-
-
-def _stop_ids(tokenizer) -> list[int]:
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if not ids:
-        raise ValueError("the tokenizer has no eos token; generation could never stop.")
-    return ids
-
-
-def _clean(tokenizer, ids: list[int]) -> str:
-    """Decode generated ids up to the first stop token, keeping markup tokens, dropping padding."""
-    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-    kept = []
-    for i in ids:
-        if i in stop:
-            break
-        kept.append(i)
-    return tokenizer.decode(
-        kept, skip_special_tokens=False, clean_up_tokenization_spaces=False
-    ).strip()
-
-
-def _device_of(model, accelerator):
-    if accelerator is not None:
-        return accelerator.device
-    return next(model.parameters()).device
 
 
 def _zero3_enabled() -> bool:

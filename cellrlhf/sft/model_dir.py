@@ -23,8 +23,9 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from cellrlhf.cell2text.vocab import VOCAB_FILENAME
+from cellrlhf.cell2text.vocab import VOCAB_FILENAME, GeneVocab
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME
 from cellrlhf.sft.dataset_dir import DECODER_FILENAME, CellDatasetDir
 
@@ -37,6 +38,8 @@ __all__ = [
     "load_model_info",
     "save_model_dir",
     "load_cell_model",
+    "LoadedModel",
+    "load_model_dir",
     "run_config_dict",
 ]
 
@@ -58,10 +61,22 @@ def is_cell_model_dir(path: str | Path) -> bool:
     return (Path(path) / MODEL_INFO_FILENAME).is_file()
 
 
-def load_model_info(path: str | Path) -> dict:
-    """Read ``cellrlhf.json`` of a model directory."""
+def load_model_info(path: str | Path, *, required: bool = True) -> dict:
+    """Read ``cellrlhf.json`` of a model directory.
+
+    Without the file: :class:`ModelDirError` when ``required``, else ``{}`` with a warning (a
+    plain transformers model, whose task prompts assume the defaults).
+    """
     file = Path(path) / MODEL_INFO_FILENAME
     if not file.is_file():
+        if not required:
+            logger.warning(
+                "%s has no %s: not written by a cellrlhf stage (or its save was interrupted); "
+                "task prompts assume the defaults.",
+                path,
+                MODEL_INFO_FILENAME,
+            )
+            return {}
         raise ModelDirError(
             f"{path} has no {MODEL_INFO_FILENAME}: it is not a complete cellrlhf model directory (was its "
             "save interrupted?). Point to the output directory of `cellrlhf pretrain` / `cellrlhf sft`."
@@ -173,20 +188,118 @@ def save_model_dir(
 
 
 def load_cell_model(path: str | Path, *, dtype=None, trust_remote_code: bool = False):
-    """Load a saved model directory: ``(model, tokenizer, info)``.
+    """Load a saved model directory for training: ``(model, tokenizer, info)``.
 
-    Full-weight directories load directly; adapter directories load their base model (from
-    ``adapter_config.json``), resize it to the tokenizer, and apply the adapter. Weights are read
-    from safetensors only.
+    ``cellrlhf.json`` is required. Full-weight directories load directly; adapter directories
+    load their base model (from ``adapter_config.json``), resize it to the tokenizer, and apply
+    the adapter. Weights are read from safetensors only.
     """
-    from transformers import AutoModelForCausalLM
-
     from cellrlhf.cell2text.tokenizer import load_cell_tokenizer
 
     path = Path(path)
     info = load_model_info(path)
     tokenizer = load_cell_tokenizer(path)
-    kwargs = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    model = _load_weights(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model, tokenizer, info
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """Everything read from a model directory by :func:`load_model_dir`."""
+
+    model: Any
+    tokenizer: Any
+    vocab: GeneVocab
+    decoder: Any
+    info: dict = dataclasses.field(default_factory=dict)
+    data_manifest: dict = dataclasses.field(default_factory=dict)
+    path: Path | None = None
+
+
+def load_model_dir(
+    model_dir: str | Path,
+    *,
+    device_map=None,
+    dtype=None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a model directory to generate with: weights, tokenizer, vocabulary, decoder, metadata.
+
+    Weights are read from safetensors only (a directory with pickle weights only is refused
+    before transformers sees it); a reward model (a sequence classifier) is refused, since it
+    cannot write answers. Without ``cellrlhf.json`` (a plain transformers model) the metadata
+    is empty and a warning says so.
+
+    Parameters
+    ----------
+    model_dir
+        A local model directory (see :func:`cellrlhf.hub.model_files.resolve_model_dir`).
+    device_map
+        Passed to ``from_pretrained`` (``"auto"`` spreads the model over the available GPUs and
+        CPU with accelerate; ``None`` loads on CPU).
+    dtype
+        Weight dtype (``"auto"``, ``torch.bfloat16``...); ``None`` keeps transformers' default.
+    trust_remote_code
+        Allow code shipped with the model to run. Off unless you trust the model's author.
+    """
+    from cellrlhf.cell2text.decoder import ExpressionDecoder
+    from cellrlhf.cell2text.tokenizer import load_cell_tokenizer
+    from cellrlhf.hub.model_files import check_safe_weights
+
+    model_dir = Path(model_dir)
+    check_safe_weights(model_dir)
+    info = load_model_info(model_dir, required=False)
+    _check_generative(model_dir, info)
+    for name in (VOCAB_FILENAME, DECODER_FILENAME):
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(
+                f"{model_dir} has no {name}: a cellrlhf model directory carries the gene "
+                "vocabulary and expression decoder of its training data (copied by `cellrlhf "
+                "sft`). Copy them from the dataset directory the model was trained on."
+            )
+    tokenizer = load_cell_tokenizer(model_dir)
+    model = _load_weights(
+        model_dir,
+        tokenizer,
+        device_map=device_map,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    manifest_file = model_dir / DATA_MANIFEST_FILENAME
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        vocab=GeneVocab.load(model_dir),
+        decoder=ExpressionDecoder.load(model_dir),
+        info=info,
+        data_manifest=manifest if isinstance(manifest, dict) else {},
+        path=model_dir,
+    )
+
+
+def _check_generative(model_dir: Path, info: dict) -> None:
+    """Refuse a reward model (a sequence classifier): it scores answers, it cannot write them."""
+    config_file = model_dir / "config.json"
+    architectures = []
+    if config_file.is_file():
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+    if info.get("stage") == "reward" or any("SequenceClassification" in a for a in architectures):
+        policy = info.get("sft_model") or info.get("base_model")
+        hint = f" (its policy was trained from {policy})" if policy else ""
+        raise ModelDirError(
+            f"{model_dir} is a reward model ({', '.join(architectures) or 'stage reward'}): it "
+            f"scores answers but cannot write them. Chat with the SFT or PPO model instead{hint}."
+        )
+
+
+def _load_weights(path: Path, tokenizer, *, device_map=None, dtype=None, trust_remote_code=False):
+    """The causal LM of ``path`` (safetensors only), in eval mode; adapters on their base model."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if dtype is not None:
         kwargs["dtype"] = dtype
     if (path / "adapter_config.json").exists():
@@ -203,7 +316,7 @@ def load_cell_model(path: str | Path, *, dtype=None, trust_remote_code: bool = F
         model = PeftModel.from_pretrained(base, str(path))
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    return model, tokenizer, info
+    return model.eval()
 
 
 def _move_into(staged: Path, output_dir: Path) -> None:

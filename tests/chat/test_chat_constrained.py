@@ -1,11 +1,10 @@
-"""Opt-in constrained decoding of cells in CellLM, ChatGenerator and the chat CLIs."""
+"""Opt-in constrained decoding of cells in CellLM and the chat CLIs."""
 
 from __future__ import annotations
 
 import pytest
 
 from cellrlhf.cell2text.markup import extract_cell
-from cellrlhf.chat.generation import ChatGenerator, GenerationSettings
 
 
 def _cell_problems(answers, genes) -> int:
@@ -60,14 +59,7 @@ def test_predict_perturbation_and_chat_honour_the_default(lm, pbmc):
     assert off.uns["cellrlhf_generation"]["params"]["constrain_cells"] is False
 
 
-def test_generator_needs_genes_and_gene_tokens(lm):
-    bare = ChatGenerator(lm.model, lm.tokenizer)
-    with pytest.raises(ValueError, match="cell_genes"):
-        bare.generate(
-            [[{"role": "user", "content": "hi"}]], GenerationSettings(constrain_cells=True)
-        )
-    assert len(bare.logits_processors(GenerationSettings())) == 0
-
+def test_cell_lm_needs_gene_tokens(lm):
     from cellrlhf.cell2text.tokenizer import genes_as_text_tokenizer
     from cellrlhf.chat import CellLM
     from tests.cell2text.test_tokenizer import _byte_level_base

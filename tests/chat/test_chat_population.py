@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from cell_screens import CONTEXTS, MEASURED, low_vocabulary_cells, perturbed_screen
 
-from cellrlhf.chat.generation import Completion
+from cellrlhf.sampling import Completion
 
 
 def test_roles_of_a_screen_and_of_plain_cells(lm, pbmc):

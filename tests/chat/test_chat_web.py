@@ -155,7 +155,7 @@ def test_web_upload_size_limit(lm, chromium_page, pbmc, tmp_path):
 @pytest.fixture
 def gene_free_answers(lm, monkeypatch):
     """The model answers without a single gene (an invalid prediction)."""
-    from cellrlhf.chat.generation import Completion
+    from cellrlhf.sampling import Completion
 
     def generate(conversations, settings, **kwargs):
         return [Completion("No changes </pert>", 0.0, 3, True) for _ in conversations]

@@ -216,8 +216,8 @@ def test_single_cell_answer_sampling_is_fully_valid_and_scored_as_sampled(tok, m
     from transformers import LogitsProcessorList
 
     from cellrlhf.cell2text.decoder import ExpressionDecoder
-    from cellrlhf.ppo.heldout_generation import answer_text
     from cellrlhf.ppo.sample_checks import fully_valid_cells
+    from cellrlhf.sampling import answer_text
 
     answer = policy_cell_constraint(tok, GENES)
     prompt = _chat_prompt(tok, "Generate a cell of type T cell.")

@@ -79,25 +79,27 @@ def test_cli_doors_show_help(capsys):
 
 
 def test_missing_inputs_are_named(tmp_path, rl_dataset_dir):
-    from cellrlhf.ppo.model_loading import ModelLoadingError, check_model_dir
+    from cellrlhf.ppo.model_loading import check_model_dir
+    from cellrlhf.sft.model_dir import ModelDirError
 
-    with pytest.raises(ModelLoadingError, match="--reward_model_path"):
+    with pytest.raises(ModelDirError, match="--reward_model_path"):
         check_model_dir(None, what="reward model", flag="--reward_model_path")
     (tmp_path / "adapter_config.json").write_text("{}")
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
-    with pytest.raises(ModelLoadingError, match="LoRA adapters only"):
+    with pytest.raises(ModelDirError, match="LoRA adapters only"):
         check_model_dir(tmp_path, what="SFT policy", flag="--model_name_or_path")
-    with pytest.raises(ModelLoadingError, match="has no config.json"):
+    with pytest.raises(ModelDirError, match="has no config.json"):
         check_model_dir(rl_dataset_dir, what="SFT policy", flag="--model_name_or_path")
 
 
 def test_reward_model_with_another_vocabulary_is_refused(sft_tokenizer):
     import copy
 
-    from cellrlhf.ppo.model_loading import ModelLoadingError, check_same_tokenizer
+    from cellrlhf.ppo.model_loading import check_same_tokenizer
+    from cellrlhf.sft.model_dir import ModelDirError
 
     other = copy.deepcopy(sft_tokenizer)
     other.add_tokens(["NEWGENE"])
-    with pytest.raises(ModelLoadingError, match="NEWGENE"):
+    with pytest.raises(ModelDirError, match="NEWGENE"):
         check_same_tokenizer(sft_tokenizer, other, where="rm")
     check_same_tokenizer(sft_tokenizer, copy.deepcopy(sft_tokenizer), where="rm")
