@@ -235,10 +235,10 @@ def predict(
     import anndata as ad
     import scipy.sparse as sp
 
-    from cellrlhf.chat.generation import ChatGenerator, GenerationSettings
-    from cellrlhf.chat.model_loading import load_model_dir
     from cellrlhf.data.layout import load_built_dataset
     from cellrlhf.reward.diversity import distinct_fraction
+    from cellrlhf.sampling import GenerationSettings, Sampler
+    from cellrlhf.sft.model_dir import load_model_dir
 
     model_dir, dataset_dir = Path(model_dir), Path(dataset_dir)
     name = name or model_dir.name
@@ -267,7 +267,7 @@ def predict(
         constrain_cells=constrained,
         single_cell_answer=constrained,
     )
-    generator = ChatGenerator(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
+    generator = Sampler(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
     prompt_of = np.repeat(np.arange(len(rows)), cells_per_prompt)
     prompts = list(rows["prompt"])
     logger.info(
