@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellrlhf.data.de import differential_expression, top_de_genes
+from cellrlhf.metrics.de import differential_expression, top_de_genes
 
 __all__ = ["References"]
 

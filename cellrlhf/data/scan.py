@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from cellrlhf.data.expression import iter_expression_blocks
 from cellrlhf.data.fingerprint import TableHasher
 from cellrlhf.data.prompts import PromptWriter
-from cellrlhf.data.pseudobulk import GroupAccumulator
+from cellrlhf.metrics.pseudobulk import GroupAccumulator
 
 __all__ = ["ScanPlan", "ScanResult", "scan_cells", "prefix_text", "cell_prefixes"]
 

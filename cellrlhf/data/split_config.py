@@ -24,7 +24,7 @@ class SplitError(ValueError):
 
 
 class LeakageError(AssertionError):
-    """Held-out information found in training data."""
+    """Held-out information (cells, perturbations, pairs) found in training or preference data."""
 
 
 @dataclass(frozen=True)

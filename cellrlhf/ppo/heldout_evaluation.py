@@ -133,9 +133,9 @@ def score_heldout_samples(
     distance
         ``"energy"`` or ``"mmd"``.
     """
+    from cellrlhf.metrics.fidelity import pearson_delta, pearson_delta_top_k
     from cellrlhf.ppo.sample_checks import fully_valid_cells
     from cellrlhf.reward.fidelity_reward import GroupFidelityReward
-    from cellrlhf.reward.metrics import pearson_delta, pearson_delta_top_k
 
     if len(completions) != len(prompts):
         raise ValueError(f"{len(completions)} answer groups for {len(prompts)} prompts.")

@@ -45,7 +45,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellrlhf.cell2text.markup import split_perturbation
-from cellrlhf.reward.pseudobulk import PseudoBulks, pseudobulk
+from cellrlhf.metrics.pseudobulk import PseudoBulks, pseudobulk
 
 __all__ = [
     "BASELINES",

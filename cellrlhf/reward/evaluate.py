@@ -37,22 +37,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellrlhf.cell2text.markup import split_perturbation
-from cellrlhf.reward.de import (
-    FDR_THRESHOLD,
-    differential_expression,
+from cellrlhf.metrics.de import FDR_THRESHOLD, differential_expression
+from cellrlhf.metrics.de_overlap import (
     direction_match,
     overlap_at_n,
     precision_at_n,
     sig_genes_recall,
     signed_overlap_at_n,
 )
-from cellrlhf.reward.discrimination import (
-    DISTANCE_METRICS,
-    discrimination_score,
-    target_gene_mask,
-)
-from cellrlhf.reward.diversity import distinct_rows_fraction
-from cellrlhf.reward.metrics import (
+from cellrlhf.metrics.fidelity import (
     change_from_control,
     mae,
     mse,
@@ -62,7 +55,13 @@ from cellrlhf.reward.metrics import (
     pearson_specific_top_k,
     specific_change,
 )
-from cellrlhf.reward.pseudobulk import group_codes, group_means
+from cellrlhf.metrics.pseudobulk import group_codes, group_means
+from cellrlhf.reward.discrimination import (
+    DISTANCE_METRICS,
+    discrimination_score,
+    target_gene_mask,
+)
+from cellrlhf.reward.diversity import distinct_rows_fraction
 
 __all__ = [
     "KIND_ALL",

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from cellrlhf.metrics.fidelity import top_k_changed_genes
 from cellrlhf.reward.distribution import (
     DISTRIBUTION_DISTANCES,
     ReferenceCells,
@@ -59,7 +60,6 @@ from cellrlhf.reward.distribution import (
 )
 from cellrlhf.reward.diversity import diversity_metrics
 from cellrlhf.reward.jackknife import group_pearson_with_leave_one_out
-from cellrlhf.reward.metrics import top_k_changed_genes
 from cellrlhf.reward.process_gather import gather_reward_batch
 from cellrlhf.reward.specific_reference import CONTEXT_COLUMN, checked_context_means, context_rows
 

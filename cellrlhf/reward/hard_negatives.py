@@ -25,13 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cellrlhf.metrics.fidelity import pearson_rows
+
 __all__ = [
     "HARD_NEGATIVE_KINDS",
     "PromptReference",
     "HardNegative",
     "profile_sentence",
     "shuffle_ranks",
-    "delta_pearson",
     "build_hard_negatives",
 ]
 
@@ -147,14 +148,6 @@ def shuffle_ranks(sentence: str, rng: np.random.Generator) -> str | None:
     return " ".join(words)
 
 
-def delta_pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two responses; 0 when either is constant."""
-    a = np.asarray(a, dtype=np.float64) - np.mean(a)
-    b = np.asarray(b, dtype=np.float64) - np.mean(b)
-    denom = float(np.sqrt((a @ a) * (b @ b)))
-    return float(a @ b / denom) if denom > 0 else 0.0
-
-
 def build_hard_negatives(
     target: PromptReference,
     pool: Sequence[PromptReference],
@@ -189,7 +182,8 @@ def build_hard_negatives(
         differentially expressed genes.
     max_other_delta_pearson
         ``other_perturbation`` negatives come only from perturbations whose response correlates
-        with the target's below this value, so the label "worse" holds.
+        with the target's below this value (Pearson of the two deltas from control; 0 when
+        either is constant), so the label "worse" holds.
 
     Returns
     -------
@@ -224,7 +218,7 @@ def build_hard_negatives(
             for other in pool
             if other.perturbation != target.perturbation
             and any(s.strip() for s in other.reference_sentences)
-            and delta_pearson(other.delta, target_delta) < max_other_delta_pearson
+            and pearson_rows(other.delta, target_delta, zero_variance=0.0) < max_other_delta_pearson
         ]
         same_context = [c for c in candidates if c.cell_context == target.cell_context]
         candidates = same_context or candidates

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from cellrlhf.cell2text.markup import CELL_END, CELL_START, format_cell
+from cellrlhf.data.split_config import LeakageError
 from cellrlhf.reward.hard_negatives import (
     HARD_NEGATIVE_KINDS,
     PromptReference,
@@ -85,10 +86,6 @@ _RL_COLUMNS = (
     "reference_sentences",
 )
 _CHOSEN_MODES = ("real", "best_sample")
-
-
-class LeakageError(AssertionError):
-    """A held-out perturbation reached the training pairs."""
 
 
 @dataclass

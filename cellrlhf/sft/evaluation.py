@@ -339,7 +339,7 @@ class GenerationEvaluator:
         return list(groups.values())[:limit]
 
     def _fidelity(self, model, accelerator) -> dict[str, float]:
-        from cellrlhf.reward.metrics import pearson_delta
+        from cellrlhf.metrics.fidelity import pearson_delta
 
         repeated = [e for e in self.fidelity_groups for _ in range(self.fidelity_cells)]
         answers = self._generate_distributed(model, accelerator, repeated, do_sample=True)

@@ -3,8 +3,8 @@ import pytest
 from tiny_rl_data import HELDOUT
 
 from cellrlhf.cell2text.markup import format_cell
+from cellrlhf.metrics.fidelity import pearson_delta
 from cellrlhf.ppo.heldout_evaluation import heldout_prompts_from_dataset, score_heldout_samples
-from cellrlhf.reward.metrics import pearson_delta
 
 
 @pytest.fixture(scope="module")

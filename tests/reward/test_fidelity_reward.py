@@ -3,6 +3,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cellrlhf.metrics.fidelity import pearson_rows
 from cellrlhf.reward.distribution import ReferenceCells, energy_coefficient, mmd_rbf
 from cellrlhf.reward.fidelity_reward import (
     GroupFidelityReward,
@@ -10,7 +11,6 @@ from cellrlhf.reward.fidelity_reward import (
     completion_text,
     group_by_prompt,
 )
-from cellrlhf.reward.metrics import pearson_rows
 
 GENES = [f"GENE{i}" for i in range(12)]
 NO_DISTRIBUTION = RewardWeights(distribution=0.0)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from cellrlhf.metrics.fidelity import pearson_rows
 from cellrlhf.reward.jackknife import group_pearson_with_leave_one_out
-from cellrlhf.reward.metrics import pearson_rows
 
 
 def _brute_force(X, codes, control, truth, mask):

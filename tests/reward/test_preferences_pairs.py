@@ -14,7 +14,6 @@ from cellrlhf.reward.hard_negatives import (
     HARD_NEGATIVE_KINDS,
     PromptReference,
     build_hard_negatives,
-    delta_pearson,
     profile_sentence,
     shuffle_ranks,
 )
@@ -66,11 +65,6 @@ def test_shuffle_ranks_keeps_genes_and_changes_order(words, seed):
         assert shuffled is not None
         assert sorted(shuffled.split()) == sorted(words)
         assert shuffled.split() != words
-
-
-def test_delta_pearson_of_constant_is_zero():
-    assert delta_pearson(np.ones(5), np.arange(5.0)) == 0.0
-    assert delta_pearson(np.arange(5.0), 2 * np.arange(5.0)) == pytest.approx(1.0)
 
 
 def test_hard_negatives_kinds_sources_and_rules():

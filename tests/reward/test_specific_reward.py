@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from cellrlhf.metrics.fidelity import pearson_rows
 from cellrlhf.reward.fidelity_reward import GroupFidelityReward, RewardWeights
-from cellrlhf.reward.metrics import pearson_rows
 from cellrlhf.reward.specific_reference import context_mean_deltas, with_specific_term
 
 N_GENES = 12

@@ -4,7 +4,7 @@ Every function takes plain arrays: one pseudo-bulk (mean log-normalized expressi
 perturbation's cells) per row, genes in columns, predicted and real rows aligned. A 1-D input
 is one perturbation and gives a float; a 2-D input gives one value per row.
 
-Definitions (``cell-eval`` 0.8.2 names; tested against it in ``tests/reward``):
+Definitions (``cell-eval`` 0.8.2 names; the evaluation tests compare them with ``cell-eval``):
 
 - ``pearson_delta``: Pearson correlation between the predicted change from control
   (``pred - pred_control``) and the real one (``real - real_control``). The predicted control

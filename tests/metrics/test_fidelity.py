@@ -4,7 +4,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import pearsonr
 
-from cellrlhf.reward.metrics import (
+from cellrlhf.metrics.fidelity import (
     mae,
     mae_delta,
     mse,
@@ -175,3 +175,10 @@ def test_specific_change_of_the_mean_prediction_is_zero_where_the_reference_clip
     pred = np.maximum(ctrl + m, 0.0).astype(np.float32)
     pred[0] = 0.0
     np.testing.assert_array_equal(specific_change(pred, ctrl, m), 0.0)
+
+
+def test_pearson_rows_of_a_constant_response_is_the_given_value():
+    # hard negatives compare two responses this way: a constant one correlates 0
+    assert pearson_rows(np.ones(5), np.arange(5.0), zero_variance=0.0) == 0.0
+    assert np.isnan(pearson_rows(np.ones(5), np.arange(5.0)))
+    assert pearson_rows(np.arange(5.0), 2 * np.arange(5.0), zero_variance=0.0) == pytest.approx(1.0)
