@@ -73,6 +73,10 @@ class EvidencePhrases:
         return self.lines[key].format(**values)
 
 
+# evidence about the cell context, not the perturbation: the only kinds a control prompt shows
+_CONTEXT_KINDS = ("average_response",)
+
+
 def load_evidence_phrases(directory: str | Path | None = None) -> EvidencePhrases:
     """Load ``evidence.json`` (packaged, or from ``directory`` when it has one)."""
     path = Path(directory) / "evidence.json" if directory else None
@@ -297,7 +301,9 @@ class EvidenceBuilder:
             }
             lines = [self.phrases.line("header")]
             sources: list[dict] = []
-            for kind in self.config.kinds:
+            # a control prompt (the model's own reference) carries the context's evidence only
+            kinds = [k for k in self.config.kinds if k in _CONTEXT_KINDS]
+            for kind in kinds if perturbation == CONTROL_LABEL else self.config.kinds:
                 kind_lines, kind_sources = makers[kind](perturbation, context)
                 lines += kind_lines
                 sources += kind_sources

@@ -74,6 +74,7 @@ def rl_features():
     return Features(
         {
             "prompt": _messages(),
+            "control_prompt": _messages(),
             "perturbation": Value("string"),
             "cell_context": Value("string"),
             "perturbation_type": Value("string"),

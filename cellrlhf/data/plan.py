@@ -215,17 +215,8 @@ def plan_sft(config, table: CellTable, groups: GroupIndex, seed: int) -> list[Ex
             elif task == "cell_generation":
                 rows = table.cells(split, control=True) if perturbed_data else table.cells(split)
                 key = table.contexts
-            elif task == "perturbation_response":
-                rows = table.cells(split, control=False)
-                key = table.pert_context
-            else:  # perturbation_identification
-                perturbed = table.cells(split, control=False)
-                controls = table.cells(split, control=True)
-                n_controls = int(round(task_config.control_fraction * len(perturbed)))
-                if task_config.control_fraction > 0:
-                    n_controls = max(n_controls, 1) if len(controls) else 0
-                controls = _cap(controls, n_controls, rng)
-                rows = np.sort(np.concatenate([perturbed, controls]))
+            else:  # perturbation_response / perturbation_identification
+                rows = _with_controls(table, split, task_config.control_fraction, rng)
                 key = table.pert_context
             if len(rows) == 0:
                 continue
@@ -252,7 +243,20 @@ def plan_sft(config, table: CellTable, groups: GroupIndex, seed: int) -> list[Ex
     return specs
 
 
+def _with_controls(table, split: str, control_fraction: float, rng) -> np.ndarray:
+    """The perturbed cells of ``split`` plus ``control_fraction`` of their number in controls."""
+    perturbed = table.cells(split, control=False)
+    controls = table.cells(split, control=True)
+    n_controls = int(round(control_fraction * len(perturbed)))
+    if control_fraction > 0:
+        n_controls = max(n_controls, 1) if len(controls) else 0
+    controls = _cap(controls, n_controls, rng)
+    return np.sort(np.concatenate([perturbed, controls]))
+
+
 def _plan_response(table, groups, split, rows, mode, rng) -> list[ExampleSpec]:
+    """Response examples; a control answer (the model's own reference, see
+    ``docs/evidence.md``) is paired with a *different* control cell in its prompt."""
     modes = _context_modes(mode, len(rows), rng)
     specs = []
     for r, context_mode in zip(rows, modes, strict=True):
@@ -261,6 +265,7 @@ def _plan_response(table, groups, split, rows, mode, rng) -> list[ExampleSpec]:
         control_cell = -1
         if context_mode == "control_cell":
             pool = table.cells(groups.control_split(split, context), control=True, context=context)
+            pool = pool[pool != r]
             if len(pool) == 0:
                 continue
             control_cell = int(rng.choice(pool))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from cellrlhf.data.evidence import with_evidence
 from cellrlhf.data.plan import task_rng
-from cellrlhf.data.schema import perturbation_targets
+from cellrlhf.data.schema import CONTROL_LABEL, perturbation_targets
 
 __all__ = ["sft_rows", "rl_rows"]
 
@@ -132,19 +134,32 @@ def rl_rows(specs, table, references, writer, seed: int, evidence=None) -> dict[
             control_sentence = sentences[spec.prompt_control_cell]
         elif spec.context_mode == "pseudobulk":
             control_sentence = references.pseudobulk_sentence(spec.control_group)
+        rng = rngs("rl", spec.split)
+        twin_rng = copy.deepcopy(rng)  # the control twin draws the same template
         prompt, template = writer.response(
             cell_context=spec.cell_context,
             perturbation=spec.perturbation,
             perturbation_type=spec.perturbation_type,
             control_sentence=control_sentence,
             context_mode=spec.context_mode,
-            rng=rngs("rl", spec.split),
+            rng=rng,
+            answer_sentence=None,
+        )
+        control_prompt, _ = writer.response(
+            cell_context=spec.cell_context,
+            perturbation=CONTROL_LABEL,
+            perturbation_type=spec.perturbation_type,
+            control_sentence=control_sentence,
+            context_mode=spec.context_mode,
+            rng=twin_rng,
             answer_sentence=None,
         )
         up, down = references.de_genes(spec.group, spec.control_group)
         n_targets = len(perturbation_targets(spec.perturbation))
         row = {
             "prompt": prompt,
+            # the same prompt about the control: the model's own reference (evaluation)
+            "control_prompt": control_prompt,
             "perturbation": spec.perturbation,
             "cell_context": spec.cell_context,
             "perturbation_type": spec.perturbation_type,
@@ -163,6 +178,10 @@ def rl_rows(specs, table, references, writer, seed: int, evidence=None) -> dict[
             "control_split": groups.keys[spec.control_group][0],
             "template": template,
         }
+        if evidence is not None:
+            row["control_prompt"] = with_evidence(
+                control_prompt, evidence.block(CONTROL_LABEL, spec.cell_context)[0]
+            )
         _add_evidence(row, "prompt", evidence, spec.perturbation, spec.cell_context)
         out[spec.split].append(row)
     return out

@@ -50,6 +50,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="sample under the single-cell answer grammar (one valid cell, then the end); "
         "default: as each model was trained (constrain_cells in its cellrlhf.json)",
     )
+    parser.add_argument(
+        "--reference",
+        choices=("auto", "model", "real"),
+        help="what a model's change is taken against: its own answers to each prompt's control "
+        "twin (model), the real control cells through the decoder (real); default auto: model "
+        "when the dataset taught control answers",
+    )
     parser.add_argument("--no_progress", "--no-progress", action="store_true")
 
 
@@ -64,6 +71,7 @@ def settings_from_args(args):
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         constrain_cells=args.constrain_cells,
+        reference=args.reference,
     )
 
 

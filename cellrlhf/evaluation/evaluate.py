@@ -198,7 +198,30 @@ def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
     return metrics, summary
 
 
-def _markdown(summary, validity, manifest: dict, settings: EvalSettings, models, same) -> str:
+def _reference_text(references: Mapping[str, str]) -> str:
+    """How the report states each model's reference (``predict``'s ``params["reference"]``)."""
+    own = [f"`{m}`" for m, r in references.items() if r == "model"]
+    real = [f"`{m}`" for m, r in references.items() if r != "model"]
+    parts = []
+    if own:
+        parts.append(
+            "its own answers to the control twin of each prompt (the same prompt about "
+            f"`<pert> <control> </pert>`, which the dataset teaches): {', '.join(own)}"
+        )
+    if real:
+        parts.append("the real test control cells through the same decoder: " + ", ".join(real))
+    return "; ".join(parts) or "no model"
+
+
+def _reference_of(prediction) -> str:
+    from cellrlhf.evaluation.prediction import PREDICTION_KEY
+
+    return str(prediction.uns[PREDICTION_KEY]["params"].get("reference", "real"))
+
+
+def _markdown(
+    summary, validity, manifest: dict, settings: EvalSettings, models, same, references=None
+) -> str:
     from cellrlhf.reward.eval_report import KEY_METRICS, markdown_summary
 
     lines = ["# Held-out perturbations: models vs baselines and ceilings", ""]
@@ -213,8 +236,8 @@ def _markdown(summary, validity, manifest: dict, settings: EvalSettings, models,
         "Every method is scored on the same real test cells of each cell context (its own "
         "control). Baselines learn from the training cells; `split_half` is the real-vs-real "
         "ceiling (Spearman-Brown: at full depth); `representation_decoder` is real cells through "
-        "encode -> decode, the best any sentence model can do with this decoder. Model control "
-        "rows are the real control cells through the same decoder. `pearson_specific` scores "
+        "encode -> decode, the best any sentence model can do with this decoder. A model's change "
+        f"is taken against {_reference_text(references or {})}. `pearson_specific` scores "
         "the change relative to the context's mean training change (the `mean` baseline scores "
         "0 on it; a positive value is signal specific to the perturbation); definitions with "
         "worked examples in docs/metrics.md.",
@@ -345,7 +368,15 @@ def evaluate_models(
     summary.to_csv(paths["summary_csv"], index=False)
     validity.to_csv(paths["validity_csv"], index=False)
     paths["markdown"].write_text(
-        _markdown(summary, validity, manifest, settings, list(predictions), same)
+        _markdown(
+            summary,
+            validity,
+            manifest,
+            settings,
+            list(predictions),
+            same,
+            {n: _reference_of(p) for n, p in predictions.items()},
+        )
     )
     bars = plot_metric_bars(summary, out / "metrics.png", models=list(predictions))
     if bars:

@@ -4,10 +4,12 @@ For every RL test prompt (one perturbation in one cell context) the model writes
 ``cells_per_prompt`` answers, sampled as the RL trainers sample (temperature 1.0, no top-k / top-p
 truncation: the distribution RL optimised). Each answer's cell sentence is extracted
 (:func:`~cellrlhf.cell2text.markup.extract_cell`) and decoded with the *dataset's*
-:class:`~cellrlhf.cell2text.decoder.ExpressionDecoder`. The control rows are the real control
-cells of the test split passed through encode -> decode with the same decoder, i.e. the control
-as the model sees it, so that predicted changes are not dominated by the decoder's bias (see
-``docs/perturbation-rl-findings.md``).
+:class:`~cellrlhf.cell2text.decoder.ExpressionDecoder`. The control rows are the reference the
+predicted change is taken against: by default the model's own answers to the control twin of
+each prompt (the same prompt about ``<pert> <control> </pert>``, which the dataset teaches), so
+that what all the model's answers share (cell length, rank calibration) cancels in its change as
+it does in real data; or the real control cells of the test split passed through encode ->
+decode with the same decoder (``reference="real"``, see ``docs/perturbation-rl-findings.md``).
 
 A policy is sampled the way it was trained: an RL policy trained with ``constrain_cells`` (its
 ``cellrlhf.json`` says so) is sampled under the same single-cell answer grammar
@@ -162,6 +164,63 @@ def _constrained(constrain_cells: bool | None, info: dict, name: str) -> tuple[b
     return trained, "cellrlhf.json"
 
 
+REFERENCES = ("auto", "model", "real")
+
+
+def _reference(reference: str, rows, manifest: dict) -> tuple[str, str]:
+    """``"model"`` or ``"real"``, and why (recorded in ``params``).
+
+    ``"auto"`` takes the model's own control answers when the dataset taught them (its
+    ``perturbation_response`` task has ``control_fraction > 0``) and its RL rows carry the
+    control twin of every prompt; otherwise the real decoded control.
+    """
+    if reference not in REFERENCES:
+        raise ValueError(f"reference={reference!r}; choose one of {REFERENCES}.")
+    has_twins = "control_prompt" in rows.column_names
+    if reference == "model" and not has_twins:
+        raise ValueError(
+            "reference='model' needs the control twin of each prompt (rl column "
+            "`control_prompt`): rebuild the dataset with this version of cellrlhf, or use "
+            "reference='real'."
+        )
+    if reference != "auto":
+        return reference, "argument"
+    tasks = ((manifest.get("config") or {}).get("sft") or {}).get("tasks") or {}
+    response = tasks.get("perturbation_response") or {}
+    taught = response.get("enabled", True) and float(response.get("control_fraction", 0)) > 0
+    if taught and has_twins:
+        return "model", "dataset teaches control answers"
+    return "real", "dataset does not teach control answers"
+
+
+def _model_controls(generator, rows, settings, n_cells: int, sample: dict, name: str):
+    """The model's own answers to the control twins of ``rows``, ``n_cells`` per context.
+
+    Returns
+    -------
+    (X, obs, validity): decoded cells, their ``perturbation`` / ``cell_context`` (controls),
+    and the validity figures of these answers.
+    """
+    twins: dict[str, list] = {}
+    for ctx, twin in zip(rows["cell_context"], rows["control_prompt"], strict=True):
+        if twin not in twins.setdefault(str(ctx), []):
+            twins[str(ctx)].append(twin)
+    prompts, contexts = [], []
+    for ctx, options in twins.items():
+        prompts += [options[k % len(options)] for k in range(n_cells)]
+        contexts += [ctx] * n_cells
+    extracted, X, report, _, valid, validity = _sample(
+        generator, prompts, settings, desc=f"control {name}", **sample
+    )
+    from cellrlhf.data.schema import CONTROL_LABEL
+
+    obs = pd.DataFrame({"perturbation": CONTROL_LABEL, "cell_context": contexts})
+    obs["valid"] = valid
+    obs["n_genes"] = report.n_valid.astype(np.int64)
+    obs["cell_sentence"] = [e.sentence for e in extracted]
+    return X, obs, validity
+
+
 def predict(
     model_dir: str | os.PathLike,
     dataset_dir: str | os.PathLike,
@@ -181,6 +240,8 @@ def predict(
     progress: bool = True,
     constrain_cells: bool | None = None,
     unconstrained_validity_cells: int = 16,
+    reference: str = "auto",
+    reference_cells: int | None = None,
 ):
     """Sample a model's cells for the dataset's held-out prompts and decode them.
 
@@ -219,6 +280,16 @@ def predict(
         When constrained, also sample this many answers per prompt (at most
         ``cells_per_prompt``) without the grammar, for the model's own validity
         (``validity["unconstrained"]``); ``0`` skips it.
+    reference
+        What the model's predicted change is taken against. ``"model"``: the model's own
+        answers to the control twin of each prompt (the same prompt with ``<pert> <control>
+        </pert>``), so that biases shared by all its answers (cell length, rank calibration)
+        cancel in the change, as they do in real data; ``"real"``: the real test control cells
+        through encode -> decode; ``"auto"`` (default): ``"model"`` when the dataset taught
+        control answers (``perturbation_response`` ``control_fraction > 0``), else ``"real"``.
+    reference_cells
+        Control answers sampled per cell context with ``reference="model"`` (default: twice
+        ``cells_per_prompt``).
 
     Returns
     -------
@@ -245,14 +316,14 @@ def predict(
     built = load_built_dataset(dataset_dir)
     decoder = built.decoder
     rows, indices = load_test_prompts(dataset_dir, max_prompts=max_prompts, seed=seed)
-    if real_test is None:
+    contexts = sorted(set(rows["cell_context"]))
+    reference, reference_by = _reference(reference, rows, built.manifest)
+    if real_test is None and reference == "real":
         from cellrlhf.evaluation.real_data import real_cells
 
         real_test = real_cells(
             dataset_dir, "test", data_dir=data_dir, cache_dir=cache_dir, progress=progress
         )
-    contexts = sorted(set(rows["cell_context"]))
-    control_X, control_obs = _decoded_controls(real_test, decoder, contexts, built.manifest)
 
     loaded = load_model_dir(model_dir, device_map=device_map, dtype=dtype)
     _check_same_genes(loaded.vocab, decoder, model_dir, dataset_dir)
@@ -295,6 +366,22 @@ def predict(
         )[-1]
         validity["unconstrained"]["cells_per_prompt"] = n_free
 
+    if reference == "model":
+        n_ref = int(reference_cells or 2 * cells_per_prompt)
+        control_X, control_obs, validity["reference"] = _model_controls(
+            generator, rows, settings, n_ref, sample, name
+        )
+        control_valid = control_obs["valid"].to_numpy(dtype=bool)
+        control_genes = control_obs["n_genes"].to_numpy(dtype=np.int64)
+        control_names = [f"model_control_{name}_{k}" for k in range(len(control_obs))]
+        control_sentences = control_obs["cell_sentence"].tolist()
+    else:
+        control_X, control_obs = _decoded_controls(real_test, decoder, contexts, built.manifest)
+        control_valid = np.ones(control_X.shape[0], dtype=bool)
+        control_genes = np.diff(sp.csr_matrix(control_X).indptr).astype(np.int64)
+        control_names = [f"decoded_control_{c}" for c in control_obs.index]
+        control_sentences = [""] * control_X.shape[0]
+
     def pick(column: str) -> np.ndarray:
         return np.asarray(rows[column], dtype=object)[prompt_of]
 
@@ -320,14 +407,14 @@ def predict(
             "cell_context": control_obs["cell_context"].astype(str).to_numpy(),
             "split_kind": [CONTROL_KIND] * n_ctrl,
             "prompt_index": np.full(n_ctrl, -1, dtype=np.int64),
-            "cell_sentence": [""] * n_ctrl,
-            "valid": np.ones(n_ctrl, dtype=bool),
+            "cell_sentence": control_sentences,
+            "valid": control_valid,
             "valid_gene_fraction": np.ones(n_ctrl, dtype=np.float32),
-            "n_genes": np.diff(sp.csr_matrix(control_X).indptr).astype(np.int64),
+            "n_genes": control_genes,
             "closed": np.ones(n_ctrl, dtype=bool),
             "finished": np.ones(n_ctrl, dtype=bool),
         },
-        index=[f"decoded_control_{c}" for c in control_obs.index],
+        index=control_names,
     )
     obs = pd.concat([generated, controls])
     for column in ("perturbation", "cell_context", "split_kind"):
@@ -357,7 +444,13 @@ def predict(
             "constrain_cells": constrained,
             "constrain_cells_source": constrained_by,
             "batch_size": int(batch_size),
-            "control": "real test-split control cells, encode -> decode (dataset decoder)",
+            "reference": reference,
+            "reference_source": reference_by,
+            "control": (
+                "the model's own answers to the control twin of each prompt"
+                if reference == "model"
+                else "real test-split control cells, encode -> decode (dataset decoder)"
+            ),
         },
         "validity": validity,
         "diversity": {

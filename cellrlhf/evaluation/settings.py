@@ -43,6 +43,11 @@ class EvalSettings:
     constrain_cells
         Sample under the single-cell answer grammar: ``null`` as each model was trained (its
         ``cellrlhf.json``), ``true`` / ``false`` for every model.
+    reference
+        What a model's predicted change is taken against: ``model`` (its own answers to the
+        control twin of each prompt, so that its shared biases cancel), ``real`` (the real
+        control cells through encode -> decode) or ``auto`` (``model`` when the dataset taught
+        control answers; see :func:`~cellrlhf.evaluation.prediction.predict`).
     """
 
     cells_per_prompt: int = 64
@@ -67,8 +72,13 @@ class EvalSettings:
     device_map: str | None = None
     dtype: str | None = None
     constrain_cells: bool | None = None
+    reference: str = "auto"
 
     def __post_init__(self) -> None:
+        from cellrlhf.evaluation.prediction import REFERENCES
+
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference={self.reference!r}; choose one of {REFERENCES}.")
         if self.cells_per_prompt < 1:
             raise ValueError(f"cells_per_prompt={self.cells_per_prompt} must be >= 1.")
         if self.max_prompts is not None and self.max_prompts < 1:
@@ -107,6 +117,7 @@ class EvalSettings:
             "device_map",
             "dtype",
             "constrain_cells",
+            "reference",
         )
         return {name: getattr(self, name) for name in names}
 

@@ -78,6 +78,7 @@ SINGLES = {
     ("C", "K1"): ([3, 0, 6, 0, 5], 2),
     ("T", "K1"): ([0, 0, 0, 7, 1], 2),
 }
+CONTROL_IDS = {f"c{i}" for i in range(12)}  # _adata names cells in SINGLES order
 SINGLES_SPLIT = {"kind": "unseen_single", "test_perturbations": ["T"]}
 
 
@@ -331,3 +332,32 @@ def test_norman_mcfaline_evidence_config_builds_on_real_data(real_data_dir, tmp_
             assert "average perturbed" in _user(row["prompt"])
             used = {s["perturbation"] for s in row["evidence_sources"]}
             assert used and not used & (held | {row["perturbation"]})
+
+
+def test_control_twin_carries_only_the_contexts_evidence(singles_built, pairs_built):
+    """The model's own reference prompt shows what is known about the context (the average
+    response), never perturbation-level evidence, and is otherwise its prompt's twin."""
+    built, _, _, _ = singles_built
+    row = next(r for r in built.rl["test"] if r["perturbation"] == "T")
+    evidence, question = _user(row["prompt"]).split("\n\n", 1)
+    twin_evidence, twin_question = _user(row["control_prompt"]).split("\n\n", 1)
+    assert twin_evidence == evidence  # average_response of K1 (T is held out either way)
+    assert twin_question == question.replace("<pert> T </pert>", "<pert> <control> </pert>")
+    pair = pairs_built[("test", "A+B", "X")]
+    assert _user(pair["control_prompt"]).split("\n\n")[0] == HEADER
+    assert "<pert> <control> </pert>" in _user(pair["control_prompt"])
+
+
+def test_response_task_teaches_control_answers(singles_built):
+    """``control_fraction`` of the response examples answer the control prompt with a control
+    cell; without evidence the prompt shows the control pseudo-bulk."""
+    _, off, _, _ = singles_built
+    train = off.sft["train"].filter(lambda r: r["task"] == "perturbation_response")
+    controls = [r for r in train if r["perturbation"] == "control"]
+    perturbed = [r for r in train if r["perturbation"] != "control"]
+    assert len(controls) == max(1, round(0.1 * len(perturbed)))
+    for row in controls:
+        assert "<pert> <control> </pert>" in _user(row["messages"])
+        # a control cell expresses all five genes; no perturbed cell does
+        assert set(row["messages"][-1]["content"].split()[1:-1]) == {"G1", "G2", "G3", "G4", "G5"}
+        assert row["cell_ids"][0] in CONTROL_IDS

@@ -19,6 +19,7 @@ def prediction(sim_model_dir, sim_dataset_dir, sim_real_test):
         seed=7,
         batch_size=12,
         progress=False,
+        reference="real",
     )
 
 
@@ -90,7 +91,13 @@ def test_decoded_control_matches_the_builds_decoded_control(prediction, sim_data
 def test_same_seed_same_cells_other_seed_other_cells(
     prediction, sim_model_dir, sim_dataset_dir, sim_real_test
 ):
-    kwargs = dict(real_test=sim_real_test, cells_per_prompt=CELLS, max_prompts=3, batch_size=12)
+    kwargs = dict(
+        real_test=sim_real_test,
+        cells_per_prompt=CELLS,
+        max_prompts=3,
+        batch_size=12,
+        reference="real",
+    )
     again = predict(sim_model_dir, sim_dataset_dir, seed=7, progress=False, **kwargs)
     assert again.obs["cell_sentence"].tolist() == prediction.obs["cell_sentence"].tolist()
     assert (again.X != prediction.X).nnz == 0
@@ -135,7 +142,13 @@ def test_a_constrained_policy_is_sampled_as_trained_with_both_validities(
     prediction, sim_model_dir, sim_dataset_dir, sim_real_test, tmp_path
 ):
     policy = _constrained_copy(sim_model_dir, tmp_path)
-    kwargs = dict(real_test=sim_real_test, cells_per_prompt=CELLS, max_prompts=3, batch_size=12)
+    kwargs = dict(
+        real_test=sim_real_test,
+        cells_per_prompt=CELLS,
+        max_prompts=3,
+        batch_size=12,
+        reference="real",
+    )
     pred = predict(policy, sim_dataset_dir, seed=7, progress=False, **kwargs)
     uns = pred.uns[PREDICTION_KEY]
     assert (
@@ -161,3 +174,62 @@ def test_a_constrained_policy_is_sampled_as_trained_with_both_validities(
     uns = asked.uns[PREDICTION_KEY]
     assert uns["params"]["constrain_cells_source"] == "argument"
     assert uns["validity"]["valid_cell_fraction"] == 1.0 and "unconstrained" not in uns["validity"]
+
+
+def test_the_default_reference_is_the_models_own_control_answers(sim_model_dir, sim_dataset_dir):
+    """The dataset teaches control answers, so ``auto`` samples the model's answers to each
+    prompt's control twin (no real cells needed) and labels them as the control rows."""
+    pred = predict(
+        sim_model_dir,
+        sim_dataset_dir,
+        cells_per_prompt=CELLS,
+        max_prompts=3,
+        seed=7,
+        batch_size=12,
+        progress=False,
+    )
+    params = pred.uns[PREDICTION_KEY]["params"]
+    assert params["reference"] == "model"
+    assert params["reference_source"] == "dataset teaches control answers"
+    rows, _ = load_test_prompts(sim_dataset_dir, max_prompts=3, seed=7)
+    controls = pred.obs[pred.obs["split_kind"] == "control"]
+    per_context = controls.groupby("cell_context").size()
+    assert sorted(per_context.index) == sorted(set(rows["cell_context"]))
+    assert (per_context == 2 * CELLS).all()
+    assert set(controls["perturbation"]) == {"control"}
+    assert controls.index.str.startswith("model_control_").all()
+    counts = np.diff(pred.X.tocsr().indptr)[-len(controls) :]
+    assert (counts == controls["n_genes"].to_numpy()).all()
+    assert "valid_cell_fraction" in pred.uns[PREDICTION_KEY]["validity"]["reference"]
+
+
+def test_each_control_twin_differs_from_its_prompt_only_in_the_perturbation(sim_dataset_dir):
+    rows, _ = load_test_prompts(sim_dataset_dir, max_prompts=None, seed=0)
+    for row in rows:
+        prompt, twin = row["prompt"], row["control_prompt"]
+        assert [m["role"] for m in prompt] == [m["role"] for m in twin]
+        assert prompt[:-1] == twin[:-1]
+        assert "<pert> <control> </pert>" in twin[-1]["content"]
+        targets = row["perturbation"].split("+")
+        markup = "<pert> " + " ".join(targets) + " </pert>"
+        assert twin[-1]["content"] == prompt[-1]["content"].replace(
+            markup, "<pert> <control> </pert>"
+        )
+
+
+def test_reference_choice_is_checked(sim_model_dir, sim_dataset_dir):
+    from cellrlhf.evaluation.prediction import _reference
+
+    rows, _ = load_test_prompts(sim_dataset_dir, max_prompts=None, seed=0)
+    manifest = json.loads((sim_dataset_dir / "manifest.json").read_text())
+    assert _reference("auto", rows, manifest)[0] == "model"
+    assert _reference("real", rows, manifest) == ("real", "argument")
+    untaught = json.loads(json.dumps(manifest))
+    untaught["config"]["sft"]["tasks"]["perturbation_response"]["control_fraction"] = 0.0
+    assert _reference("auto", rows, untaught)[0] == "real"
+    old = rows.remove_columns("control_prompt")
+    assert _reference("auto", old, manifest)[0] == "real"
+    with pytest.raises(ValueError, match="rebuild the dataset"):
+        _reference("model", old, manifest)
+    with pytest.raises(ValueError, match="choose one of"):
+        _reference("mine", rows, manifest)
