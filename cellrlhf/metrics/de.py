@@ -1,39 +1,31 @@
 """Differential expression of perturbed against control cells: one test for every stage.
 
-:func:`differential_expression` tests every gene of a perturbed group against its control
-cells, two-sided, and corrects over the genes of that comparison with Benjamini-Hochberg
-(:func:`scipy.stats.false_discovery_control`). The data stage uses it for the DE genes of SFT
-``perturbation_effect`` answers and RL ``de_genes_up`` / ``de_genes_down``; evaluation and the
-reward use it for ``overlap_at_N`` and the other DE metrics (:mod:`cellrlhf.metrics.de_overlap`).
-
-Methods (:data:`DE_METHODS`):
+:func:`differential_expression` tests every gene, two-sided, and adjusts over the genes with
+Benjamini-Hochberg (:func:`scipy.stats.false_discovery_control`). The data stage takes the DE
+genes of SFT ``perturbation_effect`` answers and RL ``de_genes_up/down`` from it
+(:func:`top_de_genes`); evaluation scores ``overlap_at_N`` and friends on it
+(:mod:`cellrlhf.metrics.de_overlap`). Methods (:data:`DE_METHODS`):
 
 ``wilcoxon``
-    Wilcoxon rank-sum / Mann-Whitney U on the groups' cells
-    (:func:`scipy.stats.mannwhitneyu`, ``method="asymptotic"``: normal approximation with tie
-    correction and continuity correction, vectorised over genes). This is the test of
-    ``cell-eval`` 0.8.2 (through ``pdex``), so the DE metrics agree with it. ``scanpy``'s
-    ``rank_genes_groups(method="wilcoxon")`` ranks the same way but by default applies neither
-    correction, so its p-values are slightly smaller; gene rankings agree. A gene without spread
-    (one value in both groups) gets ``p = 1``.
+    Mann-Whitney U on the cells (:func:`scipy.stats.mannwhitneyu`, ``method="asymptotic"``,
+    tie and continuity corrections, vectorised over genes): the test of ``cell-eval`` 0.8.2
+    (``pdex``). ``scanpy``'s ``rank_genes_groups(method="wilcoxon")`` uses the same statistic
+    without either correction by default, so its p-values differ slightly. A gene with one value
+    in both groups gets ``p = 1``.
 ``welch``
-    Welch's unequal-variance t-test (:func:`scipy.stats.ttest_ind_from_stats`,
-    ``equal_var=False``) from per-group moments (count, mean, variance per gene), so the data
-    stage can stream a backed AnnData (:class:`~cellrlhf.metrics.pseudobulk.GroupAccumulator`)
-    without holding a group in memory. A gene with zero variance in both groups gets ``t = 0,
-    p = 1`` when the means agree and ``p = 0`` when they differ; fewer than 2 cells on a side
-    gives ``p = 1`` (no variance to test against).
+    Welch's t-test from per-group moments (:func:`scipy.stats.ttest_ind_from_stats`,
+    ``equal_var=False``), so the data stage can stream the moments of a backed AnnData
+    (:class:`~cellrlhf.metrics.pseudobulk.GroupAccumulator`). Zero variance in both groups
+    gives ``t = 0, p = 1`` when the means agree and ``p = 0`` when they differ; fewer than 2
+    cells on a side gives ``p = 1``.
 
-Every result carries two effect sizes, both from the group means of the expression given:
-
-- ``effect``: difference of means, perturbed - control (on log1p data a natural-log fold change
-  of normalized expression; the data stage ranks its DE genes by it);
-- ``log2_fold_change``: ``log2(expm1(mean(X_pert)) / expm1(mean(X_ctrl)))`` for log1p data,
-  float32, 0/0 = 0 and x/0 = inf (``cell-eval``'s fold change of the geometric-mean pseudo-bulks
-  in count space; the DE metrics rank significant genes by its magnitude).
+Two effect sizes come from the group means: ``effect`` = mean(perturbed) - mean(control) (the
+data stage ranks its DE genes by it) and ``log2_fold_change`` =
+``log2(expm1(mean(X_pert)) / expm1(mean(X_ctrl)))`` on log1p data, float32, 0/0 = 0, x/0 = inf
+(``cell-eval``'s count-space fold change; the DE metrics rank significant genes by it).
 
 Example: perturbed cells ``[[3], [4], [5]]`` against control ``[[0], [1], [2]]`` give
-``U = 9``, ``p = 0.0809`` (scipy's asymptotic test), ``effect = 3``.
+``U = 9``, ``p = 0.0809``, ``effect = 3``.
 """
 
 from __future__ import annotations
@@ -134,13 +126,9 @@ def _wilcoxon(x, y) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(result.statistic, np.float64), np.nan_to_num(result.pvalue, nan=1.0)
 
 
-def _log2_fold_change(
-    perturbed_log_mean: np.ndarray, control_log_mean: np.ndarray, epsilon: float
-) -> np.ndarray:
+def _log2_fold_change(log_mean_p: np.ndarray, log_mean_c: np.ndarray, eps: float) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
-        lfc = np.log2(
-            (np.expm1(perturbed_log_mean) + epsilon) / (np.expm1(control_log_mean) + epsilon)
-        )
+        lfc = np.log2((np.expm1(log_mean_p) + eps) / (np.expm1(log_mean_c) + eps))
     return np.where(np.isnan(lfc), 0.0, lfc).astype(np.float32)
 
 

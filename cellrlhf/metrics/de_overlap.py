@@ -35,8 +35,13 @@ __all__ = [
 ]
 
 
-def _cut(k: int | None, available: int) -> int:
-    return min(available if not k else int(k), available)
+def _top_k(real: DEResult, pred: DEResult, k, fdr_threshold: float, *, by_pred: bool = False):
+    """The effective cut-off and the genes in both top-``k`` lists."""
+    r = real.ranked_significant(fdr_threshold)
+    p = pred.ranked_significant(fdr_threshold)
+    available = (p if by_pred else r).size
+    k_eff = min(available if not k else int(k), available)
+    return k_eff, np.intersect1d(r[:k_eff], p[:k_eff])
 
 
 def overlap_at_n(
@@ -53,12 +58,8 @@ def overlap_at_n(
     fdr_threshold
         Significance threshold on the adjusted p-values.
     """
-    r = real.ranked_significant(fdr_threshold)
-    p = pred.ranked_significant(fdr_threshold)
-    k_eff = _cut(k, r.size)
-    if k_eff == 0:
-        return 0.0
-    return np.intersect1d(r[:k_eff], p[:k_eff]).size / k_eff
+    k_eff, shared = _top_k(real, pred, k, fdr_threshold)
+    return shared.size / k_eff if k_eff else 0.0
 
 
 def precision_at_n(
@@ -68,24 +69,17 @@ def precision_at_n(
 
     ``k`` defaults to, and is capped at, the number of predicted significant genes.
     """
-    r = real.ranked_significant(fdr_threshold)
-    p = pred.ranked_significant(fdr_threshold)
-    k_eff = _cut(k, p.size)
-    if k_eff == 0:
-        return 0.0
-    return np.intersect1d(r[:k_eff], p[:k_eff]).size / k_eff
+    k_eff, shared = _top_k(real, pred, k, fdr_threshold, by_pred=True)
+    return shared.size / k_eff if k_eff else 0.0
 
 
 def signed_overlap_at_n(
     real: DEResult, pred: DEResult, k: int | None = None, *, fdr_threshold: float = FDR_THRESHOLD
 ) -> float:
     """``overlap_at_n`` counting a shared gene only when it moves the same way in both."""
-    r = real.ranked_significant(fdr_threshold)
-    p = pred.ranked_significant(fdr_threshold)
-    k_eff = _cut(k, r.size)
+    k_eff, shared = _top_k(real, pred, k, fdr_threshold)
     if k_eff == 0:
         return 0.0
-    shared = np.intersect1d(r[:k_eff], p[:k_eff])
     same = np.sign(real.log2_fold_change[shared]) == np.sign(pred.log2_fold_change[shared])
     return int(np.count_nonzero(same)) / k_eff
 

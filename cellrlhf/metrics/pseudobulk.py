@@ -1,17 +1,10 @@
 """Pseudo-bulks: per-group counts, sums, means and variances of cells x genes expression.
 
-Every fidelity metric compares pseudo-bulks (one mean profile per perturbation), never single
-cells, and the Welch test needs each group's per-gene mean and variance. One kernel,
-:func:`group_sums`, computes them for dense and sparse matrices alike with one sparse matrix
-product (a group x cells indicator times the cells x genes block) instead of a Python loop:
-
-- :func:`group_means` and :func:`pseudobulk` average a whole matrix at once (evaluation,
-  baselines);
-- :class:`GroupAccumulator` adds block after block while a backed AnnData is streamed (the data
-  stage), so no group is ever held in memory, and hands out :class:`GroupStats`.
-
-Example: rows ``[1, 0], [3, 2], [5, 5]`` in groups ``0, 0, 1`` have the means ``[2, 1]`` and
-``[5, 5]``; group 0's unbiased variances are ``[2, 2]``.
+One kernel, :func:`group_sums` (per-group sums of a dense or sparse cells x genes block, in one
+vectorised pass), serves :func:`group_means` / :func:`pseudobulk` (a whole matrix at once:
+evaluation, baselines) and :class:`GroupAccumulator` (block by block while the data stage
+streams a backed AnnData; it hands out :class:`GroupStats` for the Welch test). Example: rows
+``[1, 0], [3, 2], [5, 5]`` in groups ``0, 0, 1`` have means ``[2, 1]`` and ``[5, 5]``.
 """
 
 from __future__ import annotations
@@ -55,52 +48,63 @@ def group_codes(labels: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def group_sums(
-    X, codes: np.ndarray, n_groups: int | None = None, *, squares: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Count, per-gene sum (and sum of squares) of the rows of ``X`` in each group.
+    X, codes: np.ndarray, *, squares: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Count, per-gene sum (and sum of squares) of the rows of ``X`` in each group present.
+
+    Sums are float64 and, for sparse ``X``, added row by row in row order (one
+    :func:`numpy.bincount` over the stored values); only groups present in ``codes`` get a
+    row, so a block of a few thousand cells costs the same however many groups there are.
 
     Parameters
     ----------
     X
         Cells x genes, dense or any scipy sparse format.
     codes
-        Group of each row: integers in ``[0, n_groups)``, or ``-1`` for "in no group".
-    n_groups
-        Number of groups (default ``codes.max() + 1``).
+        Group of each row: integers ``>= 0``, or ``-1`` for "in no group".
     squares
         Also sum the squared values.
 
     Returns
     -------
+    groups
+        Sorted codes present (``-1`` excluded).
     counts
-        ``(n_groups,)`` int64 rows per group.
+        ``int64`` rows per group.
     total, total_sq
-        ``(n_groups, n_genes)`` float64 sums; ``total_sq`` is ``None`` unless ``squares``.
+        ``(len(groups), n_genes)`` sums; ``total_sq`` is ``None`` unless ``squares``.
     """
     codes = np.asarray(codes, dtype=np.int64)
     if codes.ndim != 1 or codes.shape[0] != X.shape[0]:
         raise ValueError(f"codes has shape {codes.shape}; expected ({X.shape[0]},), one per row.")
-    if n_groups is None:
-        n_groups = int(codes.max()) + 1 if codes.size else 0
-    if codes.size and codes.max() >= n_groups:
-        raise ValueError(f"group code {codes.max()} is out of range for {n_groups} groups.")
-    kept = np.flatnonzero(codes >= 0)
-    indicator = sp.csr_matrix(
-        (np.ones(kept.size), (codes[kept], kept)), shape=(n_groups, codes.size)
-    )
-
-    def _sum(values) -> np.ndarray:
-        out = indicator @ values
-        return np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float64)
-
+    if codes.size and codes.min() < -1:
+        raise ValueError(f"group code {codes.min()}; codes are >= 0, or -1 for no group.")
+    groups, local = np.unique(codes, return_inverse=True)
+    local = local.ravel() - int(groups.size and groups[0] == -1)
+    groups = groups[groups >= 0]
+    n_genes = X.shape[1]
+    total_sq = None
     if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=np.float64)
-        total_sq = _sum(X.multiply(X)) if squares else None
+        X = sp.csr_matrix(X)
+        row_of_value = np.repeat(local, np.diff(X.indptr))
+        kept = row_of_value >= 0
+        flat = row_of_value[kept] * n_genes + X.indices[kept]
+        data = X.data[kept].astype(np.float64)
+        size = groups.size * n_genes
+        total = np.bincount(flat, weights=data, minlength=size).reshape(groups.size, n_genes)
+        if squares:
+            total_sq = np.bincount(flat, weights=data * data, minlength=size)
+            total_sq = total_sq.reshape(groups.size, n_genes)
     else:
+        rows = np.flatnonzero(local >= 0)
+        indicator = sp.csr_matrix(
+            (np.ones(rows.size), (local[rows], rows)), shape=(groups.size, codes.size)
+        )
         X = np.asarray(X, dtype=np.float64)
-        total_sq = _sum(X * X) if squares else None
-    counts = np.bincount(codes[kept], minlength=n_groups).astype(np.int64)
-    return counts, _sum(X), total_sq
+        total = np.asarray(indicator @ X)
+        total_sq = np.asarray(indicator @ (X * X)) if squares else None
+    counts = np.bincount(local[local >= 0], minlength=groups.size).astype(np.int64)
+    return groups, counts, total, total_sq
 
 
 def group_means(X, codes: np.ndarray, n_groups: int | None = None) -> np.ndarray:
@@ -115,9 +119,14 @@ def group_means(X, codes: np.ndarray, n_groups: int | None = None) -> np.ndarray
     n_groups
         Number of groups (default ``codes.max() + 1``). Empty groups get a row of NaN.
     """
-    counts, total, _ = group_sums(X, codes, n_groups)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return total / counts[:, None]
+    groups, counts, total, _ = group_sums(X, codes)
+    if n_groups is None:
+        n_groups = int(groups[-1]) + 1 if groups.size else 0
+    if groups.size and groups[-1] >= n_groups:
+        raise ValueError(f"group code {groups[-1]} is out of range for {n_groups} groups.")
+    means = np.full((n_groups, X.shape[1]), np.nan)
+    means[groups] = total / counts[:, None]
+    return means
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,9 @@ class GroupStats:
     @classmethod
     def from_matrix(cls, X) -> GroupStats:
         """Moments of a (cells x genes) dense or sparse matrix."""
-        counts, total, total_sq = group_sums(X, np.zeros(X.shape[0], np.int64), 1, squares=True)
+        if X.shape[0] == 0:
+            return cls.from_sums(0, np.zeros(X.shape[1]), np.zeros(X.shape[1]))
+        _, counts, total, total_sq = group_sums(X, np.zeros(X.shape[0], np.int64), squares=True)
         return cls.from_sums(int(counts[0]), total[0], total_sq[0])
 
 
@@ -179,10 +190,12 @@ class GroupAccumulator:
         groups = np.asarray(groups, dtype=np.int64)
         if values.shape[0] != len(groups):
             raise ValueError(f"{values.shape[0]} rows but {len(groups)} group labels.")
-        counts, total, total_sq = group_sums(values, groups, len(self.n), squares=True)
-        self.n += counts
-        self.total += total
-        self.total_sq += total_sq
+        present, counts, total, total_sq = group_sums(values, groups, squares=True)
+        if present.size and present[-1] >= len(self.n):
+            raise ValueError(f"group {present[-1]} is out of range for {len(self.n)} groups.")
+        self.n[present] += counts
+        self.total[present] += total
+        self.total_sq[present] += total_sq
 
     def mean(self, group: int) -> np.ndarray:
         """Mean expression of ``group`` (zeros for an empty group)."""
@@ -265,7 +278,7 @@ def pseudobulk(adata, *, pert_col: str, control: str, layer: str | None = None) 
             f"control label {control!r} is not in adata.obs[{pert_col!r}] "
             f"(labels: {list(categories)[:10]}...). Pass the label your control cells carry."
         )
-    counts, total, _ = group_sums(X, codes, len(categories))
+    _, counts, total, _ = group_sums(X, codes)  # every category has cells
     means = total / counts[:, None]
     is_control = categories == control
     ctrl = int(np.flatnonzero(is_control)[0])

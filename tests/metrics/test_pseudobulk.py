@@ -58,8 +58,10 @@ def test_group_sums_and_moments_hand_computed(sparse):
     # rows [1, 0], [3, 2], [5, 5], [0, 1]; groups 0, 0, 1, -1 (the last row in no group)
     X = np.array([[1.0, 0], [3, 2], [5, 5], [0, 1]], dtype=np.float32)
     codes = np.array([0, 0, 1, -1])
-    counts, total, total_sq = group_sums(sp.csr_matrix(X) if sparse else X, codes, 2, squares=True)
-    assert counts.tolist() == [2, 1]
+    groups, counts, total, total_sq = group_sums(
+        sp.csr_matrix(X) if sparse else X, codes, squares=True
+    )
+    assert groups.tolist() == [0, 1] and counts.tolist() == [2, 1]
     np.testing.assert_array_equal(total, [[4.0, 2.0], [5.0, 5.0]])
     np.testing.assert_array_equal(total_sq, [[10.0, 4.0], [25.0, 25.0]])
     assert total.dtype == np.float64
@@ -69,10 +71,16 @@ def test_group_sums_and_moments_hand_computed(sparse):
     np.testing.assert_array_equal(stats.var, [2.0, 2.0])
     one = GroupStats.from_matrix(X[2:3])
     assert one.n == 1 and one.var.tolist() == [0.0, 0.0]
+    # only groups present get a row: codes 0 and 5 give two rows
+    groups, counts, total, _ = group_sums(X, np.array([5, 0, 5, -1]))
+    assert groups.tolist() == [0, 5] and counts.tolist() == [1, 2]
+    np.testing.assert_array_equal(total, [[3.0, 2.0], [6.0, 5.0]])
     with pytest.raises(ValueError, match="out of range"):
-        group_sums(X, np.array([0, 0, 2, 0]), 2)
+        group_means(X, np.array([0, 0, 2, 0]), 2)
     with pytest.raises(ValueError, match="one per row"):
-        group_sums(X, np.array([0, 0]), 2)
+        group_sums(X, np.array([0, 0]))
+    with pytest.raises(ValueError, match="-1 for no group"):
+        group_sums(X, np.array([0, -2, 0, 0]))
 
 
 def test_group_stats_from_dense_and_sparse_agree_with_numpy():
@@ -107,3 +115,5 @@ def test_streamed_group_sums_equal_full_computation(seed, cuts):
             np.testing.assert_allclose(acc.stats(g).var, rows.var(axis=0, ddof=1), atol=1e-12)
     with pytest.raises(ValueError, match="group labels"):
         acc.add(X[:3], groups[:2])
+    with pytest.raises(ValueError, match="out of range"):
+        acc.add(X[:1], np.array([3]))
