@@ -285,7 +285,8 @@ class CellPPOConfig(PPOConfig):
     Differences from TRL's defaults: the policy stops at the tokenizer's end token
     (``stop_token="eos"``); answers that never end lose ``missing_eos_penalty=0.5``;
     TRL's debug sample generations are off (the held-out monitor replaces them); ``bf16`` is
-    on only where CUDA is; the paths of the SFT and reward models have no hub default.
+    on only where CUDA is; the paths of the SFT and reward models have no hub default; a re-run
+    resumes from the latest complete checkpoint unless ``--overwrite_output_dir``.
     """
 
     sft_model_path: str | None = field(
@@ -314,6 +315,14 @@ class CellPPOConfig(PPOConfig):
         default=0,
         metadata={
             "help": "TRL's debug sample tables; the held-out monitor replaces them (0: off)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over even when output_dir holds PPO checkpoints (by default a re-run "
+            "resumes from the latest complete one, every save_steps updates; "
+            "--resume_from_checkpoint none does the same as this flag)."
         },
     )
 

@@ -170,7 +170,8 @@ class HeldoutMonitor(TrainerCallback):
 
     # ------------------------------------------------------------------ callback events
     def on_train_begin(self, args, state, control, **kwargs):
-        self._evaluate(state.global_step, control)
+        if not self.history:  # a resumed run's history (restored) holds its evaluations
+            self._evaluate(state.global_step, control)
 
     def on_step_end(self, args, state, control, **kwargs):
         every = self.settings.every_steps

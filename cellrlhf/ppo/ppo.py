@@ -50,6 +50,8 @@ def build_run(
     script_args: CellRLScriptArguments, training_args: CellPPOConfig, model_args: ModelConfig
 ):
     """Load data and models and build the PPO trainer and its monitor (:class:`RLRun`)."""
+    from transformers import set_seed
+
     from cellrlhf.ppo.model_loading import check_model_dir, load_policy, load_scoring_model
     from cellrlhf.ppo.phase_timing import PhaseTimer
     from cellrlhf.ppo.ppo_trainer import CellPPOTrainer
@@ -67,6 +69,9 @@ def build_run(
             "PPO needs an end token: keep stop_token: eos (or set stop_token_id); without one every "
             "answer runs to response_length and the missing-end penalty cannot apply."
         )
+    # TRL's PPO seeds torch only; its minibatches are numpy permutations: seed every RNG, as
+    # transformers' Trainer does, so a run is reproducible (and a resumed one comparable)
+    set_seed(training_args.seed)
     data = open_rl_data(script_args, seed=training_args.seed)
 
     policy, tokenizer, sft_info = load_policy(sft_dir, dtype=model_args.dtype)

@@ -8,6 +8,12 @@
 - **Early stopping**: TRL's PPO loop ignores ``control.should_training_stop``; the training
   batches are drawn through :class:`_StoppableBatches`, which ends training cleanly (callbacks'
   ``on_train_end`` included) before the next step once a callback asks to stop.
+- **Resume** (:mod:`cellrlhf.ppo.ppo_resume`): TRL 1.12's ``train`` has none (it resets the
+  state and loops over updates ``1..num_total_batches``). ``train(resume_from_checkpoint=...)``
+  loads a PPO checkpoint, runs TRL's loop over the remaining updates only, restores the state
+  (update, episode, log history, monitor) in ``on_train_begin`` and replays the prompt order
+  (:class:`_StoppableBatches`); ``_save_checkpoint`` writes checkpoints that hold all of it.
+  Not under DeepSpeed: there no checkpoint is written.
 - **Saving under DeepSpeed**: TRL 1.12's ``save_model`` points transformers' DeepSpeed save
   path at the bare policy (trl#2885: ``'...ForCausalLM' object has no attribute
   'zero_gather_16bit_weights_on_model_save'``); here the policy's weights are gathered from the
@@ -35,6 +41,16 @@ from trl.experimental.ppo import PPOTrainer
 from trl.experimental.ppo import ppo_trainer as _trl_ppo
 
 from cellrlhf.ppo.phase_timing import PhaseTimer
+from cellrlhf.ppo.ppo_resume import (
+    LoaderPosition,
+    ResumePoint,
+    capture_rng_states,
+    load_ppo_checkpoint,
+    prepare_fresh_start,
+    restore_rng_states,
+    restore_trainer_state,
+    save_ppo_checkpoint,
+)
 
 __all__ = ["CellPPOTrainer", "TrainingStopped"]
 
@@ -48,16 +64,39 @@ class TrainingStopped(Exception):
 
 
 class _StoppableBatches:
-    """The PPO training data loader, ending training when asked and marking step starts."""
+    """The PPO training data loader: ends training when asked, marks step starts, and keeps
+    its position (RNG states at the start of the pass, batches drawn) so a resumed run replays
+    the same prompt order."""
 
     def __init__(self, loader, trainer: CellPPOTrainer) -> None:
         self.loader = loader
         self.trainer = trainer
+        self.position = LoaderPosition()
+        self.resume: ResumePoint | None = None
 
     def __iter__(self):
-        for batch in self.loader:
+        generator = getattr(self.loader, "synchronized_generator", None)
+        resume, self.resume = self.resume, None
+        if resume is not None:
+            self.trainer._resumed_first_batch()
+        if resume is not None and 0 < resume.loader.batches < len(self.loader):
+            # restart the interrupted pass from its saved RNG state and skip the batches used
+            restore_rng_states(resume.loader.pass_rng, generator)
+            self.position = LoaderPosition(resume.loader.pass_rng, 0)
+            batches = iter(self.loader)
+            for _ in range(resume.loader.batches):
+                next(batches)
+                self.position.batches += 1
+            restore_rng_states(resume.rng, generator)
+        else:
+            if resume is not None:
+                restore_rng_states(resume.rng, generator)
+            self.position = LoaderPosition(capture_rng_states(generator), 0)
+            batches = iter(self.loader)
+        for batch in batches:
             if self.trainer.control.should_training_stop:
                 raise TrainingStopped
+            self.position.batches += 1
             self.trainer._begin_step()
             yield batch
 
@@ -82,6 +121,8 @@ class CellPPOTrainer(PPOTrainer):
         Everything ``trl.experimental.ppo.PPOTrainer`` takes.
     """
 
+    writes_checkpoint_marker = True  # checkpoints are resumed only when complete (marker)
+
     def __init__(
         self, *args, phase_timer: PhaseTimer | None = None, cell_constraint=None, **kwargs
     ) -> None:
@@ -98,8 +139,22 @@ class CellPPOTrainer(PPOTrainer):
         self._step_open = False
 
     # ------------------------------------------------------------------ training
-    def train(self):
-        with self._timed_phases():
+    def train(self, resume_from_checkpoint: str | None = None):
+        """Train; with ``resume_from_checkpoint`` (a PPO ``checkpoint-N``), continue after update N.
+
+        The checkpoint's weights, optimizer and scheduler are loaded first (a checkpoint of
+        another configuration is refused, :class:`~cellrlhf.ppo.ppo_resume.PPOResumeError`).
+        TRL's loop always starts at update 1 and resets the state: it is given the remaining
+        updates only, the state is restored as training begins, and the loader replays the
+        prompt order up to the checkpoint (:class:`_StoppableBatches`).
+        """
+        resume = None
+        if resume_from_checkpoint is not None:
+            resume = load_ppo_checkpoint(self, resume_from_checkpoint)
+        elif self.args.should_save:
+            prepare_fresh_start(self.args.output_dir)
+        self.accelerator.wait_for_everyone()
+        with self._timed_phases(), self._resumed_loop(resume):
             try:
                 super().train()
             except TrainingStopped:
@@ -107,6 +162,34 @@ class CellPPOTrainer(PPOTrainer):
                 self.control = self.callback_handler.on_train_end(
                     self.args, self.state, self.control
                 )
+
+    @contextmanager
+    def _resumed_loop(self, resume: ResumePoint | None):
+        """Run TRL's loop over the updates after the checkpoint, with the state restored."""
+        if resume is None:
+            yield
+            return
+        args, handler = self.args, self.callback_handler
+        total = args.num_total_batches
+        on_train_begin = handler.on_train_begin
+
+        def restored_on_train_begin(args_, state, control):
+            restore_trainer_state(self, resume, max_steps=total)
+            return on_train_begin(args_, state, control)
+
+        args.num_total_batches = total - resume.step  # TRL's range(1, num_total_batches + 1)
+        handler.on_train_begin = restored_on_train_begin
+        self.dataloader.resume = resume
+        try:
+            yield
+        finally:
+            args.num_total_batches = total
+            self.dataloader.resume = None
+            del handler.on_train_begin
+
+    def _resumed_first_batch(self) -> None:
+        """TRL has built its update range: the arguments hold the run's full count again."""
+        self.args.num_total_batches = self.state.max_steps
 
     def _begin_step(self) -> None:
         self.phase_timer.begin_step()
@@ -165,6 +248,18 @@ class CellPPOTrainer(PPOTrainer):
                 setattr(_trl_ppo, name, original)
 
     # ------------------------------------------------------------------ saving
+    def _save_checkpoint(self, model, trial):
+        """A resumable PPO checkpoint (:func:`~cellrlhf.ppo.ppo_resume.save_ppo_checkpoint`)."""
+        if self.is_deepspeed_enabled:
+            if not getattr(self, "_warned_deepspeed_checkpoint", False):
+                logger.warning(
+                    "PPO checkpoints are not written under DeepSpeed (its partitioned optimizer "
+                    "state is not saved by cellrlhf): a killed run starts over."
+                )
+                self._warned_deepspeed_checkpoint = True
+            return
+        save_ppo_checkpoint(self, self.dataloader.position)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Save the policy only (not the value head), on every DeepSpeed stage."""
         if not self.is_deepspeed_enabled:

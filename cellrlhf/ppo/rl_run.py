@@ -237,29 +237,18 @@ def resume_checkpoint(trainer) -> str | None:
     """The checkpoint the run resumes from (``None``: from the start).
 
     Like every training stage, a re-run resumes from the latest complete checkpoint of the output
-    directory unless ``--resume_from_checkpoint none`` (or ``--overwrite_output_dir``, where the
-    config has it) says to start over. A trainer whose ``train`` takes no checkpoint (TRL's PPO)
-    cannot resume: the log says that it starts at step 0.
+    directory unless ``--resume_from_checkpoint none`` or ``--overwrite_output_dir`` says to
+    start over. A trainer with ``writes_checkpoint_marker`` (PPO's) resumes only from
+    checkpoints stamped with cellrlhf's marker; TRL's trainers from any with a trainer state.
     """
-    import inspect
-
-    from cellrlhf.sft.checkpoints import list_checkpoints, resolve_resume_checkpoint
+    from cellrlhf.sft.checkpoints import resolve_resume_checkpoint
 
     args = trainer.args
-    if "resume_from_checkpoint" not in inspect.signature(trainer.train).parameters:
-        if list_checkpoints(args.output_dir) or args.resume_from_checkpoint:
-            logger.warning(
-                "%s cannot resume from a checkpoint (TRL's trainer has none): training starts "
-                "at step 0 and the checkpoints in %s may be rotated away.",
-                type(trainer).__name__,
-                args.output_dir,
-            )
-        return None
     return resolve_resume_checkpoint(
         args.resume_from_checkpoint,
         args.output_dir,
         overwrite_output_dir=bool(getattr(args, "overwrite_output_dir", False)),
-        require_marker=False,
+        require_marker=bool(getattr(trainer, "writes_checkpoint_marker", False)),
     )
 
 
