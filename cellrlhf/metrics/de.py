@@ -122,7 +122,7 @@ def _wilcoxon(x, y) -> tuple[np.ndarray, np.ndarray]:
         result = stats.mannwhitneyu(
             x, y, axis=0, alternative="two-sided", method="asymptotic", use_continuity=True
         )
-    # no spread at all: scipy divides 0 by 0; the data give no evidence
+    # a gene with one value in both groups: scipy gives p = 1 (NaN guarded all the same)
     return np.asarray(result.statistic, np.float64), np.nan_to_num(result.pvalue, nan=1.0)
 
 

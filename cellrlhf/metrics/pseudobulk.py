@@ -239,13 +239,6 @@ class PseudoBulks:
         """Change from control, ``values - control``."""
         return self.values - self.control[None, :]
 
-    def row(self, perturbation: str) -> np.ndarray:
-        """Pseudo-bulk of one perturbation (``KeyError`` naming it when absent)."""
-        hits = np.flatnonzero(self.perturbations == perturbation)
-        if hits.size == 0:
-            raise KeyError(f"perturbation {perturbation!r} has no cells here.")
-        return self.values[hits[0]]
-
 
 def pseudobulk(adata, *, pert_col: str, control: str, layer: str | None = None) -> PseudoBulks:
     """Pseudo-bulk every perturbation of ``adata`` and its control cells.

@@ -44,9 +44,7 @@ def test_pseudobulk_of_adata():
     np.testing.assert_allclose(bulks.control, [2.0, 1.0])
     np.testing.assert_allclose(bulks.deltas, [[-2.0, 3.0], [0.0, 1.0]])
     assert bulks.n_cells.tolist() == [1, 1] and bulks.n_control == 2
-    np.testing.assert_allclose(bulks.row("B"), [2.0, 2.0])
-    with pytest.raises(KeyError, match="no cells"):
-        bulks.row("C")
+    np.testing.assert_allclose(bulks.values, [[0.0, 4.0], [2.0, 2.0]])
     with pytest.raises(ValueError, match="control label"):
         pseudobulk(adata, pert_col="p", control="control")
     with pytest.raises(KeyError, match="pert_col"):
