@@ -18,11 +18,11 @@ import yaml
 
 from cellrlhf.config_types import check_types
 from cellrlhf.data.balance import BalanceConfig
-from cellrlhf.data.de import DE_METHODS
 from cellrlhf.data.evidence_config import EvidenceConfig
 from cellrlhf.data.schema import SchemaMapping
 from cellrlhf.data.splits import SplitConfig
 from cellrlhf.data.task_templates import TASKS
+from cellrlhf.metrics.de import DE_METHODS
 
 __all__ = [
     "ConfigError",
@@ -204,7 +204,11 @@ class TaskConfig:
         ``"control_cell"`` (a random control cell of the context), ``"pseudobulk"`` (the
         control pseudo-bulk sentence), ``"mixed"`` (half each) or ``"none"``.
     control_fraction
-        ``perturbation_identification`` only: share of examples that are control cells.
+        ``perturbation_identification`` and ``perturbation_response``: control cells added, as a
+        share of the perturbed examples. In ``perturbation_response`` they teach the answer to
+        the control prompt (``<pert> <control> </pert>``), the model's own reference that
+        evaluation subtracts (``reference: model``), so that the model's biases (cell length,
+        rank calibration) cancel in its predicted change.
     balance
         Balanced sampling of the training cells used (validation and test sets keep their
         natural composition).
