@@ -131,7 +131,10 @@ def percentile_interval(
     if len(x) < SMALL_SAMPLE:
         from scipy.stats import sem, t
 
-        low, high = t.interval(confidence_level, len(x) - 1, loc=mean, scale=sem(x))
+        scale = float(sem(x))
+        if not scale > 0:  # spread below float resolution (subnormal differences)
+            return mean, mean, mean
+        low, high = t.interval(confidence_level, len(x) - 1, loc=mean, scale=scale)
         if bounds is not None:
             low, high = max(low, bounds[0]), min(high, bounds[1])
         return mean, float(low), float(high)

@@ -21,6 +21,7 @@ from cellrlhf.data.task_templates import TASKS
 SFT_COLUMNS = ["messages", "task", "perturbation", "cell_context", "cell_ids", "template"]
 RL_COLUMNS = [
     "prompt",
+    "control_prompt",
     "perturbation",
     "cell_context",
     "perturbation_type",
