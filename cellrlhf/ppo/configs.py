@@ -320,8 +320,8 @@ class CellPPOConfig(PPOConfig):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Start over even when output_dir holds PPO checkpoints (by default a re-run "
-            "resumes from the latest complete one, every save_steps updates; "
+            "help": "Start over even when output_dir holds PPO checkpoints (saved every "
+            "save_steps updates; by default a re-run resumes from the latest complete one; "
             "--resume_from_checkpoint none does the same as this flag)."
         },
     )

@@ -11,6 +11,11 @@ Run it as ``accelerate launch ppo.py --config configs/ppo/<name>.yaml`` (any acc
 DeepSpeed config) or ``cellrlhf ppo --config ...``; every TRL / transformers flag overrides the
 YAML on the command line. ``--use_peft`` trains LoRA adapters (the reference is then the
 policy with adapters disabled; the saved model has them merged).
+
+Like every training stage, PPO saves a checkpoint every ``save_steps`` updates and a re-run
+resumes from the latest complete one in ``output_dir`` (``--overwrite_output_dir`` or
+``--resume_from_checkpoint none`` starts over): weights, optimizer, scheduler, counters, RNG
+states, prompt order and held-out monitor continue exactly (:mod:`cellrlhf.ppo.ppo_resume`).
 """
 
 from __future__ import annotations

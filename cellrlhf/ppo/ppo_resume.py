@@ -237,6 +237,11 @@ def restore_trainer_state(trainer, point: ResumePoint, *, max_steps: int) -> Non
         if key in saved:
             setattr(state, key, saved[key])
     state.max_steps = max_steps
+    if getattr(args, "num_sample_generations", 0) > 0:
+        logger.warning(
+            "TRL's sample generations draw random numbers after each checkpoint is saved: with "
+            "num_sample_generations > 0 the resumed run is not identical to an uninterrupted one."
+        )
     for key in ("logging_steps", "eval_steps", "save_steps"):
         value = getattr(args, key, None)
         if value is not None and value < 1:

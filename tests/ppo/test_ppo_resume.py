@@ -116,13 +116,13 @@ def runs(tmp_path_factory, rl_dataset_dir, sft_model_dir, reward_model_dir):
     killed.trainer.add_callback(KillAfterSave(3))
     with pytest.raises(Killed):
         train_run(killed)
-    return snapshot(whole), root / "killed", models
+    return snapshot(whole), root / "killed", models, root / "whole"
 
 
 def test_killed_run_resumes_where_it_stopped_and_ends_identical(runs, tmp_path):
     from cellrlhf.ppo.rl_run import finish_run, resume_checkpoint, train_run
 
-    reference, killed, models = runs
+    reference, killed, models, _ = runs
     out = tmp_path / "run"
     shutil.copytree(killed, out)
     run = build(out, *models)
@@ -138,7 +138,7 @@ def test_killed_run_resumes_where_it_stopped_and_ends_identical(runs, tmp_path):
 def test_resume_at_the_end_of_a_pass_over_the_prompts(runs, tmp_path):
     from cellrlhf.ppo.rl_run import train_run
 
-    reference, killed, models = runs
+    reference, killed, models, _ = runs
     out = tmp_path / "run"
     shutil.copytree(killed, out)
     shutil.rmtree(out / "checkpoint-3")
@@ -150,8 +150,23 @@ def test_resume_at_the_end_of_a_pass_over_the_prompts(runs, tmp_path):
     assert_same_run(snapshot(run), reference)
 
 
+def test_a_run_killed_after_its_last_update_only_finishes(runs, tmp_path):
+    from cellrlhf.ppo.rl_run import finish_run, train_run
+
+    reference, _, models, whole = runs
+    out = tmp_path / "run"
+    shutil.copytree(whole, out)
+    run = build(out, *models)
+    updates = CountUpdates()
+    run.trainer.add_callback(updates)
+    train_run(run)
+    assert updates.steps == []
+    assert_same_run(snapshot(run), reference)
+    assert finish_run(run)["last_step"] == UPDATES
+
+
 def test_checkpoint_holds_weights_optimizer_scheduler_and_rng(runs):
-    _, killed, _ = runs
+    _, killed, _, _ = runs
     checkpoint = killed / "checkpoint-3"
     names = {p.name for p in checkpoint.iterdir()}
     assert names == {
@@ -169,7 +184,7 @@ def test_checkpoint_holds_weights_optimizer_scheduler_and_rng(runs):
 def test_incomplete_and_staged_checkpoints_are_ignored(runs, tmp_path):
     from cellrlhf.ppo.rl_run import resume_checkpoint
 
-    _, killed, models = runs
+    _, killed, models, _ = runs
     out = tmp_path / "run"
     shutil.copytree(killed, out)
     (out / "checkpoint-3" / CHECKPOINT_MARKER).unlink()  # killed before its marker: incomplete
@@ -182,7 +197,7 @@ def test_incomplete_and_staged_checkpoints_are_ignored(runs, tmp_path):
 def test_a_checkpoint_of_another_configuration_is_refused(runs, tmp_path):
     from cellrlhf.ppo.rl_run import train_run
 
-    _, killed, models = runs
+    _, killed, models, _ = runs
     out = tmp_path / "run"
     shutil.copytree(killed, out)
     run = build(out, *models, "--total_episodes", "16", "--per_device_train_batch_size", "4")
@@ -200,7 +215,7 @@ def test_a_checkpoint_of_another_configuration_is_refused(runs, tmp_path):
 def test_overwrite_output_dir_starts_at_update_zero(runs, tmp_path):
     from cellrlhf.ppo.rl_run import resume_checkpoint, train_run
 
-    _, killed, models = runs
+    _, killed, models, _ = runs
     out = tmp_path / "run"
     shutil.copytree(killed, out)
     run = build(out, *models, "--overwrite_output_dir", "--total_episodes", "2")
