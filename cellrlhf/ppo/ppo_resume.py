@@ -200,6 +200,11 @@ def load_ppo_checkpoint(trainer, checkpoint: str | Path) -> ResumePoint:
         updates, batch sizes or models.
     """
     checkpoint = Path(checkpoint)
+    if trainer.is_deepspeed_enabled:
+        raise PPOResumeError(
+            f"PPO cannot resume from {checkpoint} under DeepSpeed; run without it, or pass "
+            "--overwrite_output_dir (or --resume_from_checkpoint none) to start over."
+        )
     record = _read_record(checkpoint)
     _check_signature(record["signature"], run_signature(trainer), checkpoint)
     from safetensors.torch import load_model
