@@ -54,8 +54,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference",
         choices=("auto", "model", "real"),
         help="what a model's change is taken against: its own answers to each prompt's control "
-        "twin (model), the real control cells through the decoder (real); default auto: model "
-        "when the dataset taught control answers",
+        "twin (model), the real control cells through the decoder (real, the default); auto: "
+        "model when the dataset taught control answers",
     )
     parser.add_argument("--no_progress", "--no-progress", action="store_true")
 

@@ -46,8 +46,8 @@ class EvalSettings:
     reference
         What a model's predicted change is taken against: ``model`` (its own answers to the
         control twin of each prompt, so that its shared biases cancel), ``real`` (the real
-        control cells through encode -> decode) or ``auto`` (``model`` when the dataset taught
-        control answers; see :func:`~cellrlhf.evaluation.prediction.predict`).
+        control cells through encode -> decode; the default) or ``auto`` (``model`` when the
+        dataset taught control answers; see :func:`~cellrlhf.evaluation.prediction.predict`).
     """
 
     cells_per_prompt: int = 64
@@ -72,7 +72,7 @@ class EvalSettings:
     device_map: str | None = None
     dtype: str | None = None
     constrain_cells: bool | None = None
-    reference: str = "auto"
+    reference: str = "real"
 
     def __post_init__(self) -> None:
         from cellrlhf.evaluation.prediction import REFERENCES

@@ -19,7 +19,6 @@ def prediction(sim_model_dir, sim_dataset_dir, sim_real_test):
         seed=7,
         batch_size=12,
         progress=False,
-        reference="real",
     )
 
 
@@ -62,6 +61,7 @@ def test_prediction_has_every_prompt_its_cells_and_the_decoded_control(
     uns = pred.uns[PREDICTION_KEY]
     assert uns["params"]["cells_per_prompt"] == CELLS and uns["params"]["temperature"] == 1.0
     assert uns["params"]["seed"] == 7 and uns["params"]["simulated"]
+    assert uns["params"]["reference"] == "real"  # the default, although the data teach controls
     for key in ("valid_fraction", "duplicate_fraction", "unclosed_fraction", "valid_cell_fraction"):
         assert 0.0 <= uns["validity"][key] <= 1.0
     assert 0.0 < uns["diversity"]["distinct_fraction"] <= 1.0
@@ -176,7 +176,7 @@ def test_a_constrained_policy_is_sampled_as_trained_with_both_validities(
     assert uns["validity"]["valid_cell_fraction"] == 1.0 and "unconstrained" not in uns["validity"]
 
 
-def test_the_default_reference_is_the_models_own_control_answers(sim_model_dir, sim_dataset_dir):
+def test_auto_reference_takes_the_models_own_control_answers(sim_model_dir, sim_dataset_dir):
     """The dataset teaches control answers, so ``auto`` samples the model's answers to each
     prompt's control twin (no real cells needed) and labels them as the control rows."""
     pred = predict(
@@ -187,6 +187,7 @@ def test_the_default_reference_is_the_models_own_control_answers(sim_model_dir, 
         seed=7,
         batch_size=12,
         progress=False,
+        reference="auto",
     )
     params = pred.uns[PREDICTION_KEY]["params"]
     assert params["reference"] == "model"
