@@ -38,7 +38,7 @@ _HOME = {
     "predict": "cellrlhf.evaluation.prediction",
     "EvalSettings": "cellrlhf.evaluation.settings",
     "load_eval_settings": "cellrlhf.evaluation.settings",
-    "ModelDirError": "cellrlhf.evaluation.model_dirs",
+    "ModelDirError": "cellrlhf.sft.model_dir",
     "resolve_model_dirs": "cellrlhf.evaluation.model_dirs",
     "EvaluationResult": "cellrlhf.evaluation.evaluate",
     "evaluate_models": "cellrlhf.evaluation.evaluate",

@@ -1,4 +1,8 @@
-"""Model directories named on the command line: ``name=DIR``, checked before anything runs."""
+"""Model directories named on the command line: ``name=DIR``, checked before anything runs.
+
+A missing or incomplete directory raises :class:`cellrlhf.sft.model_dir.ModelDirError`, the
+error of the model directory contract.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from cellrlhf.sft.model_dir import ModelDirError
+
 __all__ = [
-    "ModelDirError",
     "LAST_SUFFIX",
     "parse_model_args",
     "with_last_policies",
@@ -22,10 +27,6 @@ logger = logging.getLogger(__name__)
 LAST_SUFFIX = "_last"
 # a model directory is complete when a stage has written these
 _REQUIRED = ("config.json", "model.safetensors", "gene_vocab.json", "expression_decoder.json")
-
-
-class ModelDirError(FileNotFoundError):
-    """A model directory is missing or incomplete."""
 
 
 def parse_model_args(values: Iterable[str]) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cellrlhf.hub.source_info import source_license, source_lines
+from cellrlhf.data.source_info import source_license, source_lines
 
 __all__ = ["build_dataset_card", "DATASET_TAGS"]
 

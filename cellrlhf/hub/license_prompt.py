@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cellrlhf.hub.source_info import source_license
+from cellrlhf.data.source_info import source_license
 
 __all__ = ["data_license", "resolve_license", "LICENSE_NEEDED"]
 

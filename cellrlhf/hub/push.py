@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cellrlhf.hub.model_files import looks_like_hub_id
+from cellrlhf.sft.model_files import looks_like_hub_id
 
 __all__ = ["is_network_error", "push_model", "push_dataset", "push_space", "cli"]
 

@@ -73,8 +73,8 @@ def plan_space_upload(
     """
     from huggingface_hub import CommitOperationAdd
 
-    from cellrlhf.hub.model_files import looks_like_hub_id
     from cellrlhf.hub.upload_plan import UploadPlan
+    from cellrlhf.sft.model_files import looks_like_hub_id
 
     if not looks_like_hub_id(model_id):
         raise ValueError(f"the Space loads its model from the Hub: {model_id!r} is not 'org/name'.")

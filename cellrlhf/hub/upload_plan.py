@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cellrlhf.hub.model_files import list_model_files
+from cellrlhf.sft.model_files import list_model_files
 
 __all__ = ["UploadPlan", "plan_model_upload", "plan_dataset_upload", "DATASET_FILES"]
 
@@ -111,7 +111,7 @@ def plan_model_upload(
     ----------
     model_dir
         A saved model directory. Only safetensors weights are uploaded; a directory with pickle
-        weights only raises :class:`~cellrlhf.hub.model_files.UnsafeModelError`.
+        weights only raises :class:`~cellrlhf.sft.model_files.UnsafeModelError`.
     repo_id
         Target repository, used in the card's usage examples.
     eval_results
@@ -125,12 +125,14 @@ def plan_model_upload(
     """
     from huggingface_hub import CommitOperationAdd
 
-    from cellrlhf.hub.eval_results import find_eval_files, latest_eval
-    from cellrlhf.hub.model_card import build_model_card
+    from cellrlhf.hub.evaluation_summary import read_evaluation_dirs
+    from cellrlhf.sft.eval_results import find_eval_files, latest_eval
+    from cellrlhf.sft.model_card import build_model_card
 
     model_dir = Path(model_dir)
     files = [p for p in list_model_files(model_dir) if not (card and p.name == "README.md")]
     ops = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+    eval_results = read_evaluation_dirs(eval_results, model_dir)
     latest = latest_eval(find_eval_files(model_dir, eval_results))
     if latest is not None and latest.source.parent.resolve() != model_dir.resolve():
         ops = [op for op in ops if op.path_in_repo != "eval_results.json"]

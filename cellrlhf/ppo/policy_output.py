@@ -175,7 +175,7 @@ def _write_model_files(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (target / MODEL_INFO_FILENAME).write_text(json.dumps(full, indent=1, default=str))
-    from cellrlhf.hub.model_card import write_stage_card
+    from cellrlhf.sft.model_card import write_stage_card
 
     write_stage_card(target, str(info.get("stage", "policy")))  # the project's card, not TRL's
 

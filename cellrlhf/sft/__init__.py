@@ -19,17 +19,23 @@ Modules, one concern each (heavy libraries are imported only when a run starts):
 - :mod:`~cellrlhf.sft.evaluation`: generation metrics on a held-out slice;
 - :mod:`~cellrlhf.sft.trainer`: ``CellSFTTrainer`` (atomic checkpoints, perplexity, metrics);
 - :mod:`~cellrlhf.sft.checkpoints`: atomic checkpoint writes and resume resolution;
-- :mod:`~cellrlhf.sft.model_dir`: the saved model directory (save, ``load_cell_model``).
+- :mod:`~cellrlhf.sft.model_dir`: the saved model directory (save, ``load_cell_model``);
+  :mod:`~cellrlhf.sft.model_files` (which files make it, safetensors only, Hub ids),
+  :mod:`~cellrlhf.sft.model_card` and :mod:`~cellrlhf.sft.eval_results` (the ``README.md`` card
+  every stage writes on save). ``hub`` publishes these directories; it sits above the stages.
 """
 
 __all__ = [
     "checkpoints",
     "configs",
     "dataset_dir",
+    "eval_results",
     "evaluation",
     "gene_embedding_init",
+    "model_card",
     "model_dir",
     "model_factory",
+    "model_files",
     "perturbation_dropout",
     "pretrain",
     "sft",

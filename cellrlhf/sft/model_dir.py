@@ -177,7 +177,7 @@ def save_model_dir(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (staged / MODEL_INFO_FILENAME).write_text(json.dumps(full_info, indent=1))
-        from cellrlhf.hub.model_card import write_stage_card
+        from cellrlhf.sft.model_card import write_stage_card
 
         write_stage_card(staged, output_dir.resolve().name)  # the project's card, not TRL's
         _move_into(staged, output_dir)
@@ -233,7 +233,7 @@ def load_model_dir(
     Parameters
     ----------
     model_dir
-        A local model directory (see :func:`cellrlhf.hub.model_files.resolve_model_dir`).
+        A local model directory (see :func:`cellrlhf.sft.model_files.resolve_model_dir`).
     device_map
         Passed to ``from_pretrained`` (``"auto"`` spreads the model over the available GPUs and
         CPU with accelerate; ``None`` loads on CPU).
@@ -244,7 +244,7 @@ def load_model_dir(
     """
     from cellrlhf.cell2text.decoder import ExpressionDecoder
     from cellrlhf.cell2text.tokenizer import load_cell_tokenizer
-    from cellrlhf.hub.model_files import check_safe_weights
+    from cellrlhf.sft.model_files import check_safe_weights
 
     model_dir = Path(model_dir)
     check_safe_weights(model_dir)

@@ -204,7 +204,7 @@ def test_save_load_round_trip_gives_identical_outputs(lm, few, tmp_path):
 
 def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
     from cellrlhf.chat import CellLM
-    from cellrlhf.hub.model_files import UnsafeModelError
+    from cellrlhf.sft.model_files import UnsafeModelError
 
     d = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, d)

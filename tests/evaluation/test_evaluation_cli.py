@@ -5,8 +5,9 @@ import pytest
 
 from cellrlhf.cli import COMMANDS
 from cellrlhf.cli import main as cellrlhf_main
-from cellrlhf.evaluation.model_dirs import ModelDirError, parse_model_args, resolve_model_dirs
+from cellrlhf.evaluation.model_dirs import parse_model_args, resolve_model_dirs
 from cellrlhf.evaluation.settings import EvalSettings, load_eval_settings
+from cellrlhf.sft.model_dir import ModelDirError
 
 REPO = Path(__file__).resolve().parents[2]
 

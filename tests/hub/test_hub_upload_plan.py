@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from cellrlhf.hub.model_files import UnsafeModelError, check_safe_weights, looks_like_hub_id
 from cellrlhf.hub.push import cli as push_cli
 from cellrlhf.hub.upload_plan import plan_dataset_upload, plan_model_upload
+from cellrlhf.sft.model_files import UnsafeModelError, check_safe_weights, looks_like_hub_id
 
 
 def _card_metadata(card_text: str) -> dict:
@@ -251,7 +251,7 @@ def test_dataset_plan_needs_a_manifest(tmp_path):
 
 
 def test_trainer_bookkeeping_is_not_a_metric(tmp_path):
-    from cellrlhf.hub.eval_results import latest_eval
+    from cellrlhf.sft.eval_results import latest_eval
 
     f = tmp_path / "eval_results.json"
     f.write_text(

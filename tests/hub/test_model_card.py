@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cellrlhf.hub.model_card import write_model_card
+from cellrlhf.hub.evaluation_summary import evaluation_dir_summary
+from cellrlhf.sft.model_card import write_model_card
 
 TRL_PLACEHOLDER = """---
 license: license
@@ -93,7 +94,7 @@ def test_the_project_card_replaces_trls_placeholder(model_dir):
 
 def test_evaluate_output_becomes_model_index_metrics_per_held_out_kind(model_dir, tmp_path):
     evaluation = _evaluation_dir(tmp_path, model_dir)
-    write_model_card(model_dir, eval_results=[evaluation])
+    write_model_card(model_dir, eval_results=[evaluation_dir_summary(evaluation, model_dir)])
     meta = _card_metadata((model_dir / "README.md").read_text())
     (result,) = meta["model-index"][0]["results"]
     assert result["dataset"]["name"] == "pbmc-test" and result["dataset"]["split"] == "test"
@@ -109,6 +110,22 @@ def test_evaluate_output_becomes_model_index_metrics_per_held_out_kind(model_dir
         ("mae", "single"): 0.125,
         ("mae", "combo"): 0.125,
     }
+
+
+def test_the_push_plan_reads_an_evaluation_directory(model_dir, tmp_path):
+    from cellrlhf.hub.upload_plan import plan_model_upload
+
+    evaluation = _evaluation_dir(tmp_path, model_dir)
+    plan = plan_model_upload(model_dir, repo_id="me/x", eval_results=[evaluation])
+    (result,) = _card_metadata(plan.card_text)["model-index"][0]["results"]
+    got = {(m["type"], m.get("config")): m["value"] for m in result["metrics"]}
+    assert got[("pearson_delta", "combo")] == 0.7  # the sft row, not ppo's 1.1
+
+
+def test_an_unread_evaluation_directory_is_refused_with_the_reader_named(model_dir, tmp_path):
+    evaluation = _evaluation_dir(tmp_path, model_dir)
+    with pytest.raises(ValueError, match="evaluation_dir_summary"):
+        write_model_card(model_dir, eval_results=[evaluation])
 
 
 def _sft_test_module(name: str):

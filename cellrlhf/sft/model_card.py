@@ -1,5 +1,9 @@
 """Generate the Hub model card (``README.md``) of a saved cellrlhf model.
 
+Every training stage writes the card into the model directory it saves (so the card belongs to
+the model directory, owned by :mod:`cellrlhf.sft.model_dir`, below the stages that save models);
+``cellrlhf push`` builds it again with the latest evaluation (:mod:`cellrlhf.hub.upload_plan`).
+
 The card's YAML metadata lets the Hub index the model (``library_name``, ``pipeline_tag``, tags
 such as ``single-cell`` and ``cell2sentence``, ``base_model``, ``datasets``, metrics of the latest
 evaluation as ``model-index``); its text says what the model was trained on, what it is for,
@@ -15,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cellrlhf.hub.eval_results import EvalSummary, find_eval_files, latest_eval
-from cellrlhf.hub.model_files import looks_like_hub_id
-from cellrlhf.hub.source_info import source_lines
+from cellrlhf.data.source_info import source_lines
+from cellrlhf.sft.eval_results import EvalSummary, find_eval_files, latest_eval
+from cellrlhf.sft.model_files import looks_like_hub_id
 
 __all__ = [
     "ModelMetadata",
@@ -113,7 +117,7 @@ def read_model_metadata(model_dir: str | Path, *, eval_results=()) -> ModelMetad
     vocab = _read_json(model_dir / "gene_vocab.json")
     if "genes" in vocab:
         meta.n_genes = len(vocab["genes"])
-    meta.evaluation = latest_eval(find_eval_files(model_dir, eval_results), model_dir=model_dir)
+    meta.evaluation = latest_eval(find_eval_files(model_dir, eval_results))
     return meta
 
 
@@ -424,7 +428,7 @@ def write_model_card(
     pushed. ``license`` defaults to the training data's licence when the data manifest names
     one; otherwise the card leaves it out (``cellrlhf push`` asks for it).
     """
-    from cellrlhf.hub.source_info import source_license
+    from cellrlhf.data.source_info import source_license
 
     model_dir = Path(model_dir)
     meta = read_model_metadata(model_dir)

@@ -1,0 +1,91 @@
+"""The key metrics of a ``cellrlhf evaluate`` output directory, for the model card.
+
+The directory (``summary.csv`` + ``manifest.json``) is read as one evaluation: the key metrics
+(pearson_delta and friends, :data:`~cellrlhf.reward.eval_report.KEY_METRICS`) of the model's row
+over all cell contexts, one per held-out kind (``all``, ``single``, ``combo``), named
+``"<metric>/<kind>"``. The result is an :class:`~cellrlhf.sft.eval_results.EvalSummary`, which
+the card builder (:mod:`cellrlhf.sft.model_card`) takes like any evaluation file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from cellrlhf.sft.eval_results import EvalSummary, is_evaluation_dir
+
+__all__ = ["evaluation_dir_summary", "read_evaluation_dirs"]
+
+
+def _evaluated_model(manifest: Mapping, model_dir: Path | None, path: Path) -> str:
+    models = manifest.get("models") or {}
+    if model_dir is not None:
+        mine = [
+            name
+            for name, record in models.items()
+            if record.get("dir") and Path(record["dir"]).resolve() == Path(model_dir).resolve()
+        ]
+        if len(mine) == 1:
+            return mine[0]
+    if len(models) == 1:
+        return next(iter(models))
+    raise ValueError(
+        f"the evaluation in {path} scored models {sorted(models)}, none of them saved in "
+        f"{model_dir}; pass the evaluation of this model."
+    )
+
+
+def evaluation_dir_summary(path: str | Path, model_dir: str | Path | None = None) -> EvalSummary:
+    """The key metrics of one model in a ``cellrlhf evaluate`` output directory.
+
+    Parameters
+    ----------
+    path
+        The evaluation directory.
+    model_dir
+        The model whose row is read (matched by directory); optional when one model was scored.
+    """
+    from fnmatch import fnmatch
+
+    import pandas as pd
+
+    from cellrlhf.evaluation.evaluate import ALL_CONTEXTS
+    from cellrlhf.reward.eval_report import KEY_METRICS
+
+    path = Path(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    model = _evaluated_model(manifest, Path(model_dir) if model_dir else None, path)
+    summary = pd.read_csv(path / "summary.csv")
+    rows = summary[(summary["method"] == model) & (summary["cell_context"] == ALL_CONTEXTS)]
+    columns = [c for c in summary.columns if any(fnmatch(c, p) for p in KEY_METRICS)]
+    metrics = {
+        f"{column}/{row['kind']}": float(row[column])
+        for _, row in rows.iterrows()
+        for column in columns
+        if pd.notna(row[column]) and math.isfinite(float(row[column]))
+    }
+    dataset = manifest.get("dataset") or {}
+    started = manifest.get("started")
+    return EvalSummary(
+        metrics=metrics,
+        source=path / "summary.csv",
+        dataset=dataset.get("name") if isinstance(dataset.get("name"), str) else None,
+        split="test",
+        extra={"model": model, "split_kind": dataset.get("split_kind")},
+        created=str(started) if started is not None else None,
+    )
+
+
+def read_evaluation_dirs(
+    items: Iterable[str | Path | EvalSummary], model_dir: str | Path | None = None
+) -> list[str | Path | EvalSummary]:
+    """``items`` with each ``cellrlhf evaluate`` directory replaced by its summary (the row of
+    ``model_dir``); evaluation files and summaries are passed on as they are."""
+    return [
+        evaluation_dir_summary(item, model_dir)
+        if not isinstance(item, EvalSummary) and is_evaluation_dir(item)
+        else item
+        for item in items
+    ]
