@@ -81,6 +81,12 @@ class CellSentenceConstraint:
         The answer budget (``max_new_tokens`` / ``max_completion_length``), at least 5: with
         ``single_cell_answer``, the cell is closed when only ``</cell>`` and the end token still
         fit. ``None``: no limit (a cell longer than the budget is cut open by ``generate``).
+    min_genes
+        A cell may close only after this many distinct genes (default 1; capped at the genes
+        that have a token). For length-calibrated sampling: an undertrained model closes its
+        cells early, and a pseudo-bulk of short cells sits below the control on every
+        lower-ranked gene whatever the perturbation. The answer budget still wins: a cell
+        that reaches it is closed.
 
     Raises
     ------
@@ -103,6 +109,7 @@ class CellSentenceConstraint:
         single_cell_answer: bool = False,
         end_ids: Iterable[int] | None = None,
         max_answer_tokens: int | None = None,
+        min_genes: int = 1,
     ):
         from cellrlhf.cell2text.tokenizer import gene_token_ids, markup_token_id, tokenizer_mode
 
@@ -159,6 +166,9 @@ class CellSentenceConstraint:
                 "(single_cell_answer=True) and must hold <cell>, a gene, a separator, </cell> "
                 "and the end token (>= 5)."
             )
+        if int(min_genes) < 1:
+            raise ValueError(f"min_genes={min_genes}: a cell has at least one gene (>= 1).")
+        self.min_genes = min(int(min_genes), len(self.gene_ids))
         self._masks: dict[tuple[int, str], tuple] = {}
 
     def _vocab_masks(self, n_vocab: int, device):
@@ -222,8 +232,8 @@ class CellSentenceConstraint:
             ``(batch, n_positions, n_vocab)`` bool, ``True`` where the token is banned after
             the prefix ``input_ids[:, : t + 1]``: inside an open cell, genes already written in
             it since its ``<cell>``, any token but a gene, ``</cell>`` or one whitespace
-            token, ``</cell>`` before the cell's first gene, and a whitespace token right after
-            another. Outside a cell, nothing.
+            token, ``</cell>`` before the cell's ``min_genes``-th gene, and a whitespace token
+            right after another. Outside a cell, nothing.
 
         Notes
         -----
@@ -260,7 +270,8 @@ class CellSentenceConstraint:
         used = diff.view(batch, n + 1, n_vocab)[:, :n].cumsum(dim=1, dtype=torch.int32) > 0
         after_space = is_space[ids[:, first:]]
         banned = used | ~allowed[None, None, :]
-        banned[:, :, self.cell_end_id] |= ~used.any(dim=-1)  # a cell has at least one gene
+        # a cell has at least min_genes genes (one by default)
+        banned[:, :, self.cell_end_id] |= used.sum(dim=-1) < self.min_genes
         banned |= after_space[:, :, None] & is_space[None, None, :]  # one separator between words
         banned &= is_open[:, :, None]
         if not self.single_cell_answer:

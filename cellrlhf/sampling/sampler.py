@@ -65,6 +65,9 @@ class GenerationSettings:
         for ``</cell>`` and the end token to fit ``max_new_tokens``), the grammar RL's
         constrained policy was trained under; for sampling cells (``cellrlhf evaluate``), not
         free chat.
+    min_genes
+        With ``constrain_cells``: a cell closes only after this many distinct genes (length-
+        calibrated sampling; the answer budget still wins). Default 1.
     """
 
     max_new_tokens: int = 256
@@ -74,8 +77,13 @@ class GenerationSettings:
     seed: int = 0
     constrain_cells: bool = False
     single_cell_answer: bool = False
+    min_genes: int = 1
 
     def __post_init__(self) -> None:
+        if self.min_genes < 1:
+            raise ValueError(f"min_genes={self.min_genes} must be >= 1.")
+        if self.min_genes > 1 and not self.constrain_cells:
+            raise ValueError("min_genes > 1 is a rule of constrain_cells=True; set both.")
         if self.single_cell_answer and not self.constrain_cells:
             raise ValueError("single_cell_answer=True is a rule of constrain_cells=True; set both.")
         if self.max_new_tokens < 1:
@@ -228,7 +236,7 @@ class Sampler:
         if self.constraint is not None:
             return LogitsProcessorList([self.constraint])
         single = bool(settings.single_cell_answer)
-        key = (single, settings.max_new_tokens if single else None)
+        key = (single, settings.max_new_tokens if single else None, int(settings.min_genes))
         if key not in self._constraints:
             from cellrlhf.cell2text.sentence_constraints import CellSentenceConstraint
 
@@ -243,6 +251,7 @@ class Sampler:
                 single_cell_answer=single,
                 end_ids=self.stop_ids,
                 max_answer_tokens=key[1],
+                min_genes=key[2],
             )
         return LogitsProcessorList([self._constraints[key]])
 

@@ -372,3 +372,33 @@ def test_single_cell_answers_are_one_valid_cell_then_eos(tok, tiny_model):
         cell = extract_cell(answer)
         assert answer.endswith("</cell></s>") and cell.closed and cell.sentence, answer
         assert row.count(tok.eos_token_id) == 1
+
+
+def test_min_genes_holds_the_cell_open_until_that_many_genes(tok):
+    """``</cell>`` is banned until the open cell has ``min_genes`` distinct genes, then allowed;
+    a repeated gene does not count (it cannot be written); the cap is the genes with tokens."""
+    constraint = CellSentenceConstraint(tok, GeneVocab(GENES), min_genes=3)
+    end = constraint.cell_end_id
+    rows = [
+        _ids(tok, "<cell> CD3E CD8A"),  # 2 genes: may not close
+        _ids(tok, "<cell> CD3E CD8A NKG7"),  # 3 genes: may close
+        _ids(tok, "<cell> CD3E CD8A NKG7 </cell> and <cell> LYZ"),  # a new cell counts anew
+    ]
+    banned = constraint.banned(_batch(tok, rows), len(tok))
+    assert [bool(b) for b in banned[:, end]] == [True, False, True]
+    assert CellSentenceConstraint(tok, GeneVocab(GENES), min_genes=50).min_genes == len(GENES)
+    with pytest.raises(ValueError, match="min_genes=0"):
+        CellSentenceConstraint(tok, GeneVocab(GENES), min_genes=0)
+
+
+def test_min_genes_yields_to_the_answer_budget(tok):
+    """A cell that reaches the budget is closed even below ``min_genes``."""
+    constraint = CellSentenceConstraint(
+        tok, GeneVocab(GENES), single_cell_answer=True, max_answer_tokens=6, min_genes=5
+    )
+    prompt = _ids(tok, "What type<|assistant|>\n")
+    short = constraint.banned(torch.tensor([prompt + _ids(tok, "<cell> CD3E CD8A")]), len(tok))
+    assert short[0, constraint.cell_end_id]  # 2 genes, budget not reached: stays open
+    full = prompt + _ids(tok, "<cell> CD3E CD8A NKG7")  # <cell> + 3 genes: </cell> + end fit
+    banned = constraint.banned(torch.tensor([full]), len(tok))[0]
+    assert set(torch.nonzero(~banned).ravel().tolist()) == {constraint.cell_end_id}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -165,6 +166,17 @@ def test_single_cell_answers_are_valid_cells(sampler):
     assert not all(extract_cell(c.text).closed for c in free)
 
 
+def test_min_genes_gives_cells_of_at_least_that_many_genes(sampler):
+    n = min(4, len(GENES))
+    settings = GenerationSettings(max_new_tokens=3 * n + 4, temperature=1.5, seed=4,
+                                  constrain_cells=True, single_cell_answer=True, min_genes=n)  # fmt: skip
+    done = sampler.generate(CONVERSATIONS, settings, batch_size=4)
+    lengths = [len(extract_cell(c.text).sentence.split()) for c in done]
+    assert min(lengths) >= n
+    plain = sampler.generate(CONVERSATIONS, replace(settings, min_genes=1), batch_size=4)
+    assert min(len(extract_cell(c.text).sentence.split()) for c in plain) < n
+
+
 def test_constraint_needs_genes_and_an_explicit_one_wins(sampler, tok):
     bare = Sampler(sampler.model, tok)
     assert len(bare.logits_processors(GenerationSettings())) == 0
@@ -184,6 +196,10 @@ def test_settings_refuse_bad_values():
         GenerationSettings(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationSettings(max_new_tokens=0)
+    with pytest.raises(ValueError, match="min_genes"):
+        GenerationSettings(min_genes=3)  # a rule of the constraint
+    with pytest.raises(ValueError, match="min_genes"):
+        GenerationSettings(min_genes=0, constrain_cells=True)
 
 
 # ---------------------------------------------------------------------------- scores
