@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from cellrlhf.pipeline.runner import latest_checkpoint
 from cellrlhf.pipeline.spec import PipelineSpec
 from cellrlhf.pipeline.stage_marker import read_markers
+from cellrlhf.sft.checkpoints import last_complete_checkpoint
 
 __all__ = [
     "AGGREGATE_FORMAT",
@@ -91,7 +91,7 @@ def find_trainer_history(output_dir: Path) -> list[dict]:
             return list(payload["log_history"])
         if isinstance(payload, list):
             return payload
-    ckpt = latest_checkpoint(output_dir)
+    ckpt = last_complete_checkpoint(output_dir)
     if ckpt is not None:
         payload = _read_json(ckpt / "trainer_state.json")
         if isinstance(payload, dict):

@@ -1,5 +1,10 @@
 """Run a pipeline's stages, skipping finished ones and resuming killed training.
 
+A resumable stage re-run after a kill gets ``--resume_from_checkpoint <checkpoint-N>`` when its
+output directory holds a complete checkpoint, judged by the training stages' own rule
+(:func:`cellrlhf.sft.checkpoints.last_complete_checkpoint`); with ``force`` it gets
+``--resume_from_checkpoint none`` and starts over.
+
 Stages start as soon as the stages they need have finished, up to ``max_parallel`` at once (in
 file order among the ready ones), like ``make -j``; without ``needs`` every stage waits for all
 earlier ones, so a pipeline runs strictly in order.
@@ -11,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -21,19 +25,19 @@ from cellrlhf.pipeline.spec import PipelineSpec, StageSpec
 from cellrlhf.pipeline.stage_graph import selected_needs, threads_per_stage
 from cellrlhf.pipeline.stage_marker import is_finished, marker_path, write_marker
 from cellrlhf.pipeline.stage_process import StageProcess, StageResult, TerminalEcho
+from cellrlhf.sft.checkpoints import last_complete_checkpoint
 
 __all__ = [
     "StageFailed",
     "run_pipeline",
     "stage_argv",
-    "latest_checkpoint",
+    "stage_resume_argument",
     "stage_summary",
     "available_cpus",
 ]
 
 logger = logging.getLogger(__name__)
 
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # seconds a stage gets to exit after SIGTERM (on Ctrl-C) before it is killed
 TERMINATE_GRACE_S = 10.0
 # how often the scheduler wakes up while waiting, so Ctrl-C is handled promptly
@@ -44,24 +48,23 @@ class StageFailed(RuntimeError):
     """A stage's command exited non-zero; the message names the stage and its log."""
 
 
-def latest_checkpoint(output_dir: str | Path | None) -> Path | None:
-    """The highest-numbered complete ``checkpoint-N`` directory in ``output_dir``, if any.
+def stage_resume_argument(stage: StageSpec, *, force: bool = False) -> str | Path | None:
+    """What a run of ``stage`` passes as ``--resume_from_checkpoint`` (``None``: nothing).
 
-    A checkpoint counts as complete when it holds ``trainer_state.json`` (the Trainer writes it
-    last), so a directory left half-written by a kill is ignored.
+    A resumable stage resumes from the last complete checkpoint of its ``output_dir``, the one its
+    training command would pick itself; ``force`` makes it start over (``none``), since training
+    commands resume by default.
     """
-    if not output_dir or not Path(output_dir).is_dir():
+    if not stage.resumable:
         return None
-    found = []
-    for child in Path(output_dir).iterdir():
-        match = _CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir() and (child / "trainer_state.json").exists():
-            found.append((int(match.group(1)), child))
-    return max(found)[1] if found else None
+    if force:
+        return "none"
+    return last_complete_checkpoint(stage.output_dir)
 
 
-def stage_argv(stage: StageSpec, *, resume_from: Path | None = None) -> list[str]:
-    """The full command line of a stage (``accelerate launch ... -m cellrlhf`` or ``python -m``)."""
+def stage_argv(stage: StageSpec, *, resume_from: str | Path | None = None) -> list[str]:
+    """The full command line of a stage (``accelerate launch ... -m cellrlhf`` or ``python -m``),
+    with ``--resume_from_checkpoint resume_from`` when given (:func:`stage_resume_argument`)."""
     args = list(stage.command)
     if resume_from is not None:
         args += ["--resume_from_checkpoint", str(resume_from)]
@@ -220,12 +223,14 @@ class _Scheduler:
         run_dir = self.spec.run_dir
         if self.force and marker_path(run_dir, stage).exists():
             marker_path(run_dir, stage).unlink()
-        resume_from = (
-            latest_checkpoint(stage.output_dir) if stage.resumable and not self.force else None
-        )
+        resume_from = stage_resume_argument(stage, force=self.force)
         argv = stage_argv(stage, resume_from=resume_from)
         env = dict(self.env)
-        notes = [f"resuming from {resume_from}"] if resume_from else []
+        notes = []
+        if resume_from is not None:
+            notes.append(
+                "starting over" if resume_from == "none" else f"resuming from {resume_from}"
+            )
         if not self.user_threads:
             self.threads[stage.name] = self._threads_for(stage)
             env["OMP_NUM_THREADS"] = str(self.threads[stage.name])

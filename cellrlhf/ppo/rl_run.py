@@ -238,17 +238,15 @@ def resume_checkpoint(trainer) -> str | None:
 
     Like every training stage, a re-run resumes from the latest complete checkpoint of the output
     directory unless ``--resume_from_checkpoint none`` or ``--overwrite_output_dir`` says to
-    start over. A trainer with ``writes_checkpoint_marker`` (PPO's) resumes only from
-    checkpoints stamped with cellrlhf's marker; TRL's trainers from any with a trainer state.
+    start over (:func:`cellrlhf.sft.checkpoints.resolve_resume`).
     """
-    from cellrlhf.sft.checkpoints import resolve_resume_checkpoint
+    from cellrlhf.sft.checkpoints import resolve_resume
 
     args = trainer.args
-    return resolve_resume_checkpoint(
+    return resolve_resume(
         args.resume_from_checkpoint,
         args.output_dir,
         overwrite_output_dir=bool(getattr(args, "overwrite_output_dir", False)),
-        require_marker=bool(getattr(trainer, "writes_checkpoint_marker", False)),
     )
 
 

@@ -53,7 +53,8 @@ class CellRewardConfig(RewardConfig):
         default=False,
         metadata={
             "help": "Start over even when output_dir holds checkpoints (by default a run resumes "
-            "from the latest complete checkpoint there)."
+            "from the latest complete checkpoint there; --resume_from_checkpoint none does the "
+            "same as this flag)."
         },
     )
     preferences_dir: str | None = field(
@@ -319,7 +320,7 @@ def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
     from trl import RewardTrainer
 
     from cellrlhf.reward.preferences import load_preference_pairs
-    from cellrlhf.sft.checkpoints import resolve_resume_checkpoint
+    from cellrlhf.sft.checkpoints import resolve_resume
     from cellrlhf.sft.model_dir import save_model_dir
 
     sft_dir = check_sft_model_dir(model_args.model_name_or_path)
@@ -385,11 +386,10 @@ def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
     )
     check_kept_pairs(len(train), len(trainer.train_dataset), args.max_length)
     trainer.train(
-        resume_from_checkpoint=resolve_resume_checkpoint(
+        resume_from_checkpoint=resolve_resume(
             args.resume_from_checkpoint,
             args.output_dir,
             overwrite_output_dir=args.overwrite_output_dir,
-            require_marker=False,
         )
     )
 

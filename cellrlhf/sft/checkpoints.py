@@ -1,18 +1,31 @@
-"""Atomic training checkpoints, and finding the one to resume from.
+"""The one checkpoint contract: atomic writes, completeness, and which checkpoint a run resumes.
 
-A checkpoint is written into ``<output_dir>/.staging/checkpoint-N`` by every process, then, once
-all processes are done, stamped with :data:`CHECKPOINT_MARKER` (the list of its files and their
-sizes) and renamed to ``<output_dir>/checkpoint-N`` in one ``rename``. A run killed while saving
-leaves at most a staging directory, which is never resumed from and is removed by the next run:
-``checkpoint-N`` directories are always complete.
+Every training stage (pretrain, SFT, reward, PPO, GRPO, RLOO) and the pipeline decide with the
+functions here; nothing else in the package judges a ``checkpoint-N`` directory.
 
-A run resumes by default: when ``--resume_from_checkpoint`` is not given and the output
-directory holds a complete checkpoint, training continues from the latest one (and says so);
-``--resume_from_checkpoint none`` or ``--overwrite_output_dir`` start over.
+Writing. cellrlhf's own savers (SFT/pretrain trainer, PPO) write a checkpoint into
+``<output_dir>/.staging/checkpoint-N`` on every process, then, once all processes are done,
+stamp it with :data:`CHECKPOINT_MARKER` (the list of its files and their sizes) and rename it to
+``<output_dir>/checkpoint-N`` in one ``rename``. A run killed while saving leaves at most a
+staging directory, which is never resumed from and is removed by the next run.
 
-Resuming checks the marker again (every listed file present with its recorded size), so a
-checkpoint damaged later, or one copied half-way, is skipped with a warning when the latest is
-requested, and refused when named explicitly.
+Completeness (:func:`checkpoint_problem`), one rule for every stage: a checkpoint with a marker
+is complete when every listed file is present with its recorded size; one without a marker
+(written by a plain ``transformers``/TRL trainer: reward, GRPO, RLOO) when it holds
+``trainer_state.json``, which the Trainer writes last.
+
+Resuming (:func:`resolve_resume`). ``--resume_from_checkpoint`` takes
+
+- nothing (the default): the last complete checkpoint of the output directory, found with
+  :func:`last_complete_checkpoint` (``transformers``' ``get_last_checkpoint`` plus the rule
+  above), else a fresh start; ``--overwrite_output_dir`` starts over instead;
+- ``last`` (also ``latest``, ``true``; :data:`LATEST_ALIASES`): the same, even with
+  ``--overwrite_output_dir``;
+- ``none`` (also ``false``, ``no``, ``""``; :data:`START_OVER`): a fresh start;
+- a ``checkpoint-N`` path: that checkpoint, which must be complete
+  (:class:`CheckpointError` otherwise, naming the last complete one).
+
+The pipeline asks :func:`last_complete_checkpoint` whether a stage left a checkpoint to resume.
 """
 
 from __future__ import annotations
@@ -33,8 +46,8 @@ __all__ = [
     "write_checkpoint_marker",
     "checkpoint_problem",
     "list_checkpoints",
-    "latest_complete_checkpoint",
-    "resolve_resume_checkpoint",
+    "last_complete_checkpoint",
+    "resolve_resume",
     "publish_checkpoint",
     "clear_staging",
 ]
@@ -43,10 +56,11 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_MARKER = "cellrlhf_checkpoint.json"
 STAGING_DIRNAME = ".staging"
-LATEST_ALIASES = {"true", "last", "latest", "yes", "1"}
-START_OVER = {"", "false", "no", "0", "none", "null"}
+# the words --resume_from_checkpoint takes (any case); a YAML ``null`` is the flag not given
+LATEST_ALIASES = frozenset({"last", "latest", "true"})
+START_OVER = frozenset({"none", "false", "no", ""})
 TRAINER_STATE = "trainer_state.json"
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers' PREFIX_CHECKPOINT_DIR
 
 
 class CheckpointError(RuntimeError):
@@ -70,29 +84,31 @@ def write_checkpoint_marker(checkpoint: str | Path, *, step: int) -> Path:
     return marker
 
 
-def checkpoint_problem(checkpoint: str | Path, *, require_marker: bool = True) -> str | None:
+def checkpoint_problem(checkpoint: str | Path) -> str | None:
     """Why ``checkpoint`` cannot be resumed from, or ``None`` when it is complete.
 
     Parameters
     ----------
     checkpoint
         A ``checkpoint-N`` directory.
-    require_marker
-        Checkpoints of cellrlhf's own trainer carry :data:`CHECKPOINT_MARKER`. Without it
-        (``False``: checkpoints written by a plain ``transformers`` / TRL trainer), a checkpoint
-        without a marker counts as complete when it holds ``trainer_state.json``, which the
-        Trainer writes last.
+
+    Returns
+    -------
+    str or None
+        ``None`` when its :data:`CHECKPOINT_MARKER` lists every file with its size, or, without a
+        marker (a plain ``transformers``/TRL trainer's checkpoint), when it holds
+        ``trainer_state.json`` (the Trainer writes it last); else what is wrong.
     """
     root = Path(checkpoint)
     marker = root / CHECKPOINT_MARKER
     if not root.is_dir():
         return f"{root} is not a directory"
     if not marker.exists():
-        if not require_marker:
-            if (root / TRAINER_STATE).is_file():
-                return None
-            return f"{root} has no {TRAINER_STATE} (its save was interrupted)"
-        return f"{root} has no {CHECKPOINT_MARKER} (its save was interrupted, or it was not written by cellrlhf)"
+        if (root / TRAINER_STATE).is_file():
+            return None
+        return (
+            f"{root} has neither {CHECKPOINT_MARKER} nor {TRAINER_STATE} (its save was interrupted)"
+        )
     try:
         files = json.loads(marker.read_text())["files"]
     except (ValueError, KeyError) as err:
@@ -107,7 +123,7 @@ def checkpoint_problem(checkpoint: str | Path, *, require_marker: bool = True) -
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """``checkpoint-N`` directories of ``output_dir``, by step."""
+    """``checkpoint-N`` directories of ``output_dir``, by step (``checkpoint-9`` before ``-10``)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
@@ -119,21 +135,26 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_complete_checkpoint(
-    output_dir: str | Path, *, require_marker: bool = True
-) -> Path | None:
-    """The highest-step complete checkpoint; incomplete ones are skipped with a warning.
+def last_complete_checkpoint(output_dir: str | Path | None) -> Path | None:
+    """The highest-step complete checkpoint of ``output_dir`` (``None``: there is none).
 
-    The candidates are the ``checkpoint-N`` directories ``transformers``'
-    :func:`~transformers.trainer_utils.get_last_checkpoint` would consider, newest first, each
-    checked with :func:`checkpoint_problem`.
+    ``transformers``' :func:`~transformers.trainer_utils.get_last_checkpoint` names the newest
+    ``checkpoint-N``; when :func:`checkpoint_problem` finds it incomplete it is skipped with a
+    warning and the next older one is tried. This is what a training stage resumes from by
+    default, and what the pipeline passes to a resumable stage it re-runs.
+
+    Parameters
+    ----------
+    output_dir
+        A run's output directory; ``None`` or a missing directory hold no checkpoint.
     """
+    if output_dir is None or not list_checkpoints(output_dir):
+        return None  # before importing transformers: the pipeline asks this of every stage
     from transformers.trainer_utils import get_last_checkpoint
 
-    if not Path(output_dir).is_dir() or get_last_checkpoint(str(output_dir)) is None:
-        return None
-    for checkpoint in reversed(list_checkpoints(output_dir)):
-        problem = checkpoint_problem(checkpoint, require_marker=require_marker)
+    newest = Path(get_last_checkpoint(str(output_dir)))
+    for checkpoint in [newest, *reversed(list_checkpoints(output_dir)[:-1])]:
+        problem = checkpoint_problem(checkpoint)
         if problem is None:
             return checkpoint
         logger.warning("skipping checkpoint %s: %s", checkpoint.name, problem)
@@ -141,7 +162,11 @@ def latest_complete_checkpoint(
 
 
 def _is_start_over(value) -> bool:
-    return value is False or str(value).strip().lower() in START_OVER
+    return value is False or (value is not None and str(value).strip().lower() in START_OVER)
+
+
+def _is_latest(value) -> bool:
+    return value is True or str(value).strip().lower() in LATEST_ALIASES
 
 
 def _resuming(checkpoint: Path) -> str:
@@ -154,69 +179,58 @@ def _resuming(checkpoint: Path) -> str:
     return str(checkpoint)
 
 
-def resolve_resume_checkpoint(
-    value: str | bool | None,
+def resolve_resume(
+    resume_from_checkpoint: str | bool | None,
     output_dir: str | Path,
     *,
     overwrite_output_dir: bool = False,
-    require_marker: bool = True,
 ) -> str | None:
     """Turn ``--resume_from_checkpoint`` into a checkpoint path (or ``None`` to start fresh).
 
     Parameters
     ----------
-    value
-        ``None`` (the flag not given): the latest complete checkpoint of ``output_dir`` when
-        there is one (the log says so), else a fresh start. ``none``/``false``/``""``: start
-        fresh. ``true``/``last``/``latest``: the latest complete checkpoint (fresh start, with a
-        warning, when there is none). A path: that checkpoint, which must be complete.
+    resume_from_checkpoint
+        ``None`` (the flag not given): the last complete checkpoint of ``output_dir`` when
+        there is one (the log says so), else a fresh start. A word of :data:`START_OVER`
+        (``none``): start fresh. A word of :data:`LATEST_ALIASES` (``last``): the last complete
+        checkpoint (fresh start, with a warning, when there is none). Anything else is a path to
+        a checkpoint, which must be complete.
     output_dir
         The run's output directory.
     overwrite_output_dir
-        ``--overwrite_output_dir``: start fresh unless a checkpoint is named explicitly.
-    require_marker
-        See :func:`checkpoint_problem`.
+        ``--overwrite_output_dir``: start fresh unless ``resume_from_checkpoint`` asks for a
+        checkpoint (by path or ``last``).
 
     Raises
     ------
     CheckpointError
-        When an explicitly named checkpoint is missing or incomplete.
+        When a checkpoint named by path is missing or incomplete.
     """
-    if value is None:
-        if overwrite_output_dir:
-            if list_checkpoints(output_dir):
-                logger.info("--overwrite_output_dir: starting over in %s", output_dir)
-            return None
-        latest = latest_complete_checkpoint(output_dir, require_marker=require_marker)
-        if latest is None:
-            if list_checkpoints(output_dir):
+    value = resume_from_checkpoint
+    if value is None and overwrite_output_dir:
+        if list_checkpoints(output_dir):
+            logger.info("--overwrite_output_dir: starting over in %s", output_dir)
+        return None
+    if _is_start_over(value):
+        return None
+    if value is None or _is_latest(value):
+        last = last_complete_checkpoint(output_dir)
+        if last is None:
+            if value is not None or list_checkpoints(output_dir):
                 logger.warning(
                     "no complete checkpoint in %s to resume from; training starts fresh.",
                     output_dir,
                 )
             return None
-        return _resuming(latest)
-    if _is_start_over(value):
-        return None
-    if value is True or str(value).strip().lower() in LATEST_ALIASES:
-        latest = latest_complete_checkpoint(output_dir, require_marker=require_marker)
-        if latest is None:
-            logger.warning(
-                "no complete checkpoint in %s to resume from; training starts fresh.", output_dir
-            )
-            return None
-        return _resuming(latest)
-    problem = checkpoint_problem(value, require_marker=require_marker)
+        return _resuming(last)
+    problem = checkpoint_problem(value)
     if problem is not None:
-        parent = Path(value).parent
-        latest = (
-            latest_complete_checkpoint(parent, require_marker=require_marker)
-            if parent.is_dir()
-            else None
-        )
-        hint = f" The latest complete one is {latest}." if latest else ""
+        last = last_complete_checkpoint(Path(value).parent)
+        hint = f" The last complete one is {last}." if last else ""
         raise CheckpointError(
-            f"cannot resume from {value}: {problem}.{hint} Pass --resume_from_checkpoint last."
+            f"cannot resume from {value!r}: {problem}.{hint} Pass a complete checkpoint-N "
+            f"directory, --resume_from_checkpoint last (the last complete checkpoint of "
+            f"output_dir) or --resume_from_checkpoint none (start over)."
         )
     return str(value)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from cellrlhf.cell2text.markup import CELL_END, CELL_START
-from cellrlhf.sft.checkpoints import clear_staging, resolve_resume_checkpoint
+from cellrlhf.sft.checkpoints import clear_staging, resolve_resume
 from cellrlhf.sft.dataset_dir import CellDatasetDir, DatasetDirError, open_dataset_dir
 
 __all__ = [
@@ -82,7 +82,7 @@ def train_stage(
     )
 
     output_dir = Path(training_args.output_dir)
-    resume = resolve_resume_checkpoint(
+    resume = resolve_resume(
         training_args.resume_from_checkpoint,
         output_dir,
         overwrite_output_dir=training_args.overwrite_output_dir,

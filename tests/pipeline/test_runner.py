@@ -3,9 +3,11 @@ import sys
 
 import pytest
 
-from cellrlhf.pipeline.runner import StageFailed, latest_checkpoint, run_pipeline, stage_argv
+from cellrlhf.pipeline import runner
+from cellrlhf.pipeline.runner import StageFailed, run_pipeline, stage_argv, stage_resume_argument
 from cellrlhf.pipeline.spec import load_pipeline
 from cellrlhf.pipeline.stage_marker import read_markers
+from cellrlhf.sft.checkpoints import write_checkpoint_marker
 
 
 def _spec(tmp_path, stages):
@@ -44,14 +46,57 @@ def test_declared_outputs_must_exist(tmp_path):
         run_pipeline(spec)
 
 
-def test_latest_checkpoint_ignores_incomplete(tmp_path):
+def _training_stage(tmp_path, **extra):
+    entry = {"name": "sft", "command": ["sft"], "resumable": True, "output_dir": str(tmp_path)}
+    return _spec(tmp_path, [{**entry, **extra}]).stage("sft")
+
+
+def test_resume_argument_follows_the_trainers_completeness_rule(tmp_path):
+    # plain transformers/TRL checkpoints (reward, GRPO): complete once trainer_state.json is there
     for step, complete in [(5, True), (10, True), (15, False)]:
         ckpt = tmp_path / f"checkpoint-{step}"
         ckpt.mkdir()
         if complete:
             (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    assert latest_checkpoint(tmp_path).name == "checkpoint-10"
-    assert latest_checkpoint(tmp_path / "none") is None
+    stage = _training_stage(tmp_path)
+    assert stage_resume_argument(stage) == tmp_path / "checkpoint-10"
+    # a marked checkpoint whose weights were damaged after the save is not passed on (the
+    # trainer would refuse it), although it holds trainer_state.json
+    damaged = tmp_path / "checkpoint-20"
+    damaged.mkdir()
+    (damaged / "trainer_state.json").write_text("{}")
+    (damaged / "model.safetensors").write_bytes(b"weights")
+    write_checkpoint_marker(damaged, step=20)
+    (damaged / "model.safetensors").write_bytes(b"w")
+    assert stage_resume_argument(stage) == tmp_path / "checkpoint-10"
+
+
+def test_resume_argument_without_checkpoints_forced_or_not_resumable(tmp_path):
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    assert stage_resume_argument(_training_stage(tmp_path)) == tmp_path / "checkpoint-3"
+    assert stage_resume_argument(_training_stage(tmp_path), force=True) == "none"
+    assert stage_resume_argument(_training_stage(tmp_path, resumable=False)) is None
+    assert stage_resume_argument(_training_stage(tmp_path, output_dir=str(tmp_path / "x"))) is None
+    assert stage_resume_argument(_training_stage(tmp_path, output_dir=None)) is None
+
+
+def test_a_rerun_resumes_and_force_starts_over(tmp_path, monkeypatch):
+    # training commands resume by default, so --force must say `none` to start over
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    passed = []
+
+    def fake_argv(stage, *, resume_from=None):
+        passed.append(resume_from)
+        return [sys.executable, "-c", "pass"]
+
+    monkeypatch.setattr(runner, "stage_argv", fake_argv)
+    entry = {"name": "sft", "command": ["sft"], "resumable": True, "output_dir": str(tmp_path)}
+    spec = _spec(tmp_path, [entry])
+    run_pipeline(spec)
+    run_pipeline(spec, force=True)
+    assert passed == [tmp_path / "checkpoint-4", "none"]
 
 
 def test_accelerate_stages_launch_the_module(tmp_path):
