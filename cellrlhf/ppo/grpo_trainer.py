@@ -4,7 +4,8 @@ Completions reach the reward functions with their cell markup (``<cell> ... </ce
 decodes them with ``skip_special_tokens=True``, which would drop the markup tokens the decoder
 and the reward model read; they are decoded again up to the end token, markup kept.
 
-Timing (see :mod:`cellrlhf.ppo.phase_timing`), with exclusive phases around TRL's own methods:
+Timing (see :mod:`cellrlhf.ppo.phase_timing`), with exclusive phases around TRL's own methods
+(hooked in :class:`cellrlhf.trl_compat.GRPOTrainerHooks`, which reaches TRL's private API):
 
 - ``generation``: ``_generate`` (sampling the group of completions);
 - ``reward``: ``_calculate_rewards`` (every reward function / reward model);
@@ -27,12 +28,19 @@ log-probability TRL computes (policy, old policy, reference) uses the same maske
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from transformers import Trainer, TrainerCallback
 from trl import GRPOTrainer, RLOOTrainer
 
 from cellrlhf.ppo.phase_timing import PhaseTimer
+from cellrlhf.trl_compat import (
+    GRPOTrainerHooks,
+    RLOOTrainerHooks,
+    check_trl_version,
+    log_step_metric,
+    uses_continuous_batching,
+)
 
 __all__ = ["CellGRPOTrainer", "CellRLOOTrainer"]
 
@@ -81,15 +89,14 @@ class _CellRLMixin:
         sample_checks=None,
         **kwargs,
     ) -> None:
+        check_trl_version()
         self.phase_timer = phase_timer or PhaseTimer()
         self.cell_constraint = cell_constraint
         self.sample_checks = sample_checks
         # first callback: the step is closed before any other callback (the monitor) runs
         kwargs["callbacks"] = [_StepBoundaries(self.phase_timer), *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
-        if cell_constraint is not None and getattr(
-            self, "use_transformers_continuous_batching", False
-        ):
+        if cell_constraint is not None and uses_continuous_batching(self):
             raise ValueError(
                 "constrain_cells needs transformers' generate (continuous batching takes no logits "
                 "processor); turn one of them off."
@@ -109,56 +116,46 @@ class _CellRLMixin:
             return prepare_deepspeed(model, self.accelerator)
         return self.accelerator.prepare_model(model, evaluation_mode=True)
 
-    # ------------------------------------------------------------------ timed phases
-    def _generate(self, prompts):
-        with self.phase_timer.phase("generation"):
-            result = list(super()._generate(prompts))
-        # TRL decodes with skip_special_tokens=True, which drops the <cell> ... </cell> markup
-        # tokens: rewards (and the reward model, trained on marked answers) read them.
-        completion_ids = result[1]
-        index = self._completions_index
-        texts = [self._answer_text(ids) for ids in completion_ids]
-        result[index] = [
-            [{"role": "assistant", "content": text}] if isinstance(completion, list) else text
-            for completion, text in zip(result[index], texts, strict=True)
-        ]
-        if self.sample_checks is not None:
-            mode = "train" if self.model.training else "eval"
-            for name, value in self.sample_checks(texts, completion_ids).items():
-                self._metrics[mode][name].append(value)
-        return tuple(result)
+    # ------------------------------------------------------------------ hooks of trl_compat
+    def timed_phase(self, name: str):
+        """The timer of phase ``name`` (generation, reward, logprobs)."""
+        return self.phase_timer.phase(name)
 
-    # ------------------------------------------------------------------ constrained policy
-    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+    def completion_texts(self, completion_ids) -> list[str]:
+        """The completions the rewards read: decoded up to the end token, cell markup kept.
+
+        TRL decodes with ``skip_special_tokens=True``, which drops the ``<cell> ... </cell>``
+        markup tokens: rewards (and the reward model, trained on marked answers) read them.
+        With ``sample_checks`` their metrics are logged for this generation step.
+        """
+        texts = [self._answer_text(ids) for ids in completion_ids]
+        if self.sample_checks is not None:
+            for name, value in self.sample_checks(texts, completion_ids).items():
+                log_step_metric(self, name, value)
+        return texts
+
+    def generation_context(self, policy):
+        """The policy samples under the cell grammar when it is constrained."""
         if self.cell_constraint is None:
-            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            return nullcontext()
         from transformers import LogitsProcessorList
 
         from cellrlhf.ppo.constrained_policy import constrained_generation
 
-        policy = self.accelerator.unwrap_model(self.model_wrapped)
-        with constrained_generation(policy, LogitsProcessorList([self.cell_constraint])):
-            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        return constrained_generation(policy, LogitsProcessorList([self.cell_constraint]))
 
-    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
-        if self.cell_constraint is not None:
-            from cellrlhf.ppo.constrained_policy import ConstrainedLM
+    def scoring_model(self, model):
+        """The model every log-probability is read from: the constrained policy's masked logits."""
+        if self.cell_constraint is None:
+            return model
+        from cellrlhf.ppo.constrained_policy import ConstrainedLM
 
-            model = ConstrainedLM(model, self.cell_constraint)
-        return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        return ConstrainedLM(model, self.cell_constraint)
 
     def _answer_text(self, ids) -> str:
         from cellrlhf.sampling import answer_text
 
         return answer_text(self.processing_class, ids, [self.processing_class.eos_token_id])
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        with self.phase_timer.phase("reward"):
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-
-    def _generate_and_score_completions(self, inputs):
-        with self.phase_timer.phase("logprobs"):
-            return super()._generate_and_score_completions(inputs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with self.phase_timer.phase("update"):
@@ -213,15 +210,9 @@ class _CellRLMixin:
         return self._monitor_reward_model
 
 
-class CellGRPOTrainer(_CellRLMixin, GRPOTrainer):
+class CellGRPOTrainer(_CellRLMixin, GRPOTrainerHooks, GRPOTrainer):
     """:class:`trl.GRPOTrainer` with phase timing and held-out monitor hooks."""
 
-    # _generate returns (prompt_ids, completion_ids, tool_mask, completions, ...)
-    _completions_index = 3
 
-
-class CellRLOOTrainer(_CellRLMixin, RLOOTrainer):
+class CellRLOOTrainer(_CellRLMixin, RLOOTrainerHooks, RLOOTrainer):
     """:class:`trl.RLOOTrainer` with phase timing and held-out monitor hooks."""
-
-    # _generate returns (prompt_ids, completion_ids, completions)
-    _completions_index = 2

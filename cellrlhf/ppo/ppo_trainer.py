@@ -2,7 +2,7 @@
 
 - **Per-phase timing**: TRL's PPO loop is one method; the module-level helpers it calls
   (``batch_generation``, ``get_reward``, ``forward``) are wrapped for the duration of
-  :meth:`CellPPOTrainer.train` only, so each step is split into generation, reward (reward
+  :meth:`CellPPOTrainer.train` only (:func:`cellrlhf.trl_compat.ppo_helper_hooks`), so each step is split into generation, reward (reward
   model), value (value model), logprobs (reference forward) and update (the PPO epochs: the
   remainder of the step). See :mod:`cellrlhf.ppo.phase_timing`.
 - **Early stopping**: TRL's PPO loop ignores ``control.should_training_stop``; the training
@@ -12,7 +12,8 @@
   state and loops over updates ``1..num_total_batches``). ``train(resume_from_checkpoint=...)``
   loads a PPO checkpoint, runs TRL's loop over the remaining updates only, restores the state
   (update, episode, log history, monitor) in ``on_train_begin`` and replays the prompt order
-  (:class:`_StoppableBatches`); ``_save_checkpoint`` writes checkpoints that hold all of it.
+  (:class:`_StoppableBatches`); TRL's checkpoint hook writes checkpoints that hold all of it
+  (:meth:`CellPPOTrainer.save_resumable_checkpoint`).
   Not under DeepSpeed: there no checkpoint is written.
 - **Saving under DeepSpeed**: TRL 1.12's ``save_model`` points transformers' DeepSpeed save
   path at the bare policy (trl#2885: ``'...ForCausalLM' object has no attribute
@@ -27,6 +28,10 @@
   the masked logits (:func:`~cellrlhf.ppo.constrained_policy.masked_logits`). Ratios, the KL
   penalty and the gradients are those of the constrained distribution; the value model reads
   the same sequences unchanged.
+
+Everything that reaches into TRL's private API is in :mod:`cellrlhf.trl_compat`; this module
+implements its hooks (``timed_phase``, ``generation_context``, ``policy_logits``,
+``save_resumable_checkpoint``).
 """
 
 from __future__ import annotations
@@ -35,10 +40,8 @@ import logging
 import os
 from contextlib import contextmanager, nullcontext
 
-import torch
 from transformers import Trainer
 from trl.experimental.ppo import PPOTrainer
-from trl.experimental.ppo import ppo_trainer as _trl_ppo
 
 from cellrlhf.ppo.phase_timing import PhaseTimer
 from cellrlhf.ppo.ppo_resume import (
@@ -51,12 +54,18 @@ from cellrlhf.ppo.ppo_resume import (
     restore_trainer_state,
     save_ppo_checkpoint,
 )
+from cellrlhf.trl_compat import (
+    PPOTrainerHooks,
+    check_trl_version,
+    ppo_helper_hooks,
+    ppo_policy_state,
+    ppo_update_range_built,
+    ppo_updates_after,
+)
 
 __all__ = ["CellPPOTrainer", "TrainingStopped"]
 
 logger = logging.getLogger(__name__)
-
-_PATCHED = ("batch_generation", "get_reward", "forward")
 
 
 class TrainingStopped(Exception):
@@ -78,7 +87,7 @@ class _StoppableBatches:
         generator = getattr(self.loader, "synchronized_generator", None)
         resume, self.resume = self.resume, None
         if resume is not None:
-            self.trainer._resumed_first_batch()
+            ppo_update_range_built(self.trainer)
         if resume is not None and 0 < resume.loader.batches < len(self.loader):
             # restart the interrupted pass from its saved RNG state and skip the batches used
             restore_rng_states(resume.loader.pass_rng, generator)
@@ -107,7 +116,7 @@ class _StoppableBatches:
         return getattr(self.loader, name)
 
 
-class CellPPOTrainer(PPOTrainer):
+class CellPPOTrainer(PPOTrainerHooks, PPOTrainer):
     """``PPOTrainer`` with phase timing, early stopping, DeepSpeed-safe saving and monitor hooks.
 
     Parameters
@@ -126,12 +135,7 @@ class CellPPOTrainer(PPOTrainer):
     def __init__(
         self, *args, phase_timer: PhaseTimer | None = None, cell_constraint=None, **kwargs
     ) -> None:
-        missing = [name for name in _PATCHED if not hasattr(_trl_ppo, name)]
-        if missing:
-            raise RuntimeError(
-                f"trl.experimental.ppo.ppo_trainer lacks {missing}: this TRL version is not the "
-                "pinned 1.12.x this trainer was written for."
-            )
+        check_trl_version()
         super().__init__(*args, **kwargs)
         self.phase_timer = phase_timer or PhaseTimer()
         self.cell_constraint = cell_constraint
@@ -169,27 +173,16 @@ class CellPPOTrainer(PPOTrainer):
         if resume is None:
             yield
             return
-        args, handler = self.args, self.callback_handler
-        total = args.num_total_batches
-        on_train_begin = handler.on_train_begin
 
-        def restored_on_train_begin(args_, state, control):
+        def restore(total: int) -> None:
             restore_trainer_state(self, resume, max_steps=total)
-            return on_train_begin(args_, state, control)
 
-        args.num_total_batches = total - resume.step  # TRL's range(1, num_total_batches + 1)
-        handler.on_train_begin = restored_on_train_begin
-        self.dataloader.resume = resume
-        try:
-            yield
-        finally:
-            args.num_total_batches = total
-            self.dataloader.resume = None
-            del handler.on_train_begin
-
-    def _resumed_first_batch(self) -> None:
-        """TRL has built its update range: the arguments hold the run's full count again."""
-        self.args.num_total_batches = self.state.max_steps
+        with ppo_updates_after(self, resume.step, restore):
+            self.dataloader.resume = resume
+            try:
+                yield
+            finally:
+                self.dataloader.resume = None
 
     def _begin_step(self) -> None:
         self.phase_timer.begin_step()
@@ -205,50 +198,34 @@ class CellPPOTrainer(PPOTrainer):
     @contextmanager
     def _timed_phases(self):
         """Wrap TRL's PPO helpers with phase timers (and the cell grammar) while training runs."""
+        with ppo_helper_hooks(self):
+            yield
+
+    # ------------------------------------------------------------------ hooks of ppo_helper_hooks
+    def timed_phase(self, name: str):
+        """The timer of phase ``name`` (generation, reward, value, logprobs)."""
+        return self.phase_timer.phase(name)
+
+    def generation_context(self, model):
+        """Rollouts are sampled under the cell grammar when the policy is constrained."""
+        if self.cell_constraint is None:
+            return nullcontext()
         from transformers import LogitsProcessorList
 
-        from cellrlhf.ppo.constrained_policy import constrained_generation, masked_logits
+        from cellrlhf.ppo.constrained_policy import constrained_generation
 
-        timer = self.phase_timer
-        originals = {name: getattr(_trl_ppo, name) for name in _PATCHED}
-        trainer = self
-        constraint = self.cell_constraint
+        return constrained_generation(model, LogitsProcessorList([self.cell_constraint]))
 
-        def batch_generation(model, *args, **kwargs):
-            with timer.phase("generation"):
-                if constraint is None:
-                    return originals["batch_generation"](model, *args, **kwargs)
-                with constrained_generation(model, LogitsProcessorList([constraint])):
-                    return originals["batch_generation"](model, *args, **kwargs)
+    def policy_logits(self, ids, logits):
+        """The constrained policy's masked logits (unchanged when unconstrained)."""
+        if self.cell_constraint is None:
+            return logits
+        from cellrlhf.ppo.constrained_policy import masked_logits
 
-        def get_reward(model, *args, **kwargs):
-            phase = "reward" if model is trainer.reward_model else "value"
-            with timer.phase(phase):
-                return originals["get_reward"](model, *args, **kwargs)
-
-        def forward(model, *args, **kwargs):
-            # without gradients: the reference log-probs of the rollout; with: the PPO update
-            context = timer.phase("logprobs") if not torch.is_grad_enabled() else nullcontext()
-            with context:
-                output = originals["forward"](model, *args, **kwargs)
-            if constraint is None:
-                return output
-            ids = kwargs.get("query_responses", args[0] if args else None)
-            policy_output = output[0] if isinstance(output, tuple) else output  # (policy, value)
-            policy_output.logits = masked_logits(constraint, ids, policy_output.logits)
-            return output
-
-        _trl_ppo.batch_generation = batch_generation
-        _trl_ppo.get_reward = get_reward
-        _trl_ppo.forward = forward
-        try:
-            yield
-        finally:
-            for name, original in originals.items():
-                setattr(_trl_ppo, name, original)
+        return masked_logits(self.cell_constraint, ids, logits)
 
     # ------------------------------------------------------------------ saving
-    def _save_checkpoint(self, model, trial):
+    def save_resumable_checkpoint(self) -> None:
         """A resumable PPO checkpoint (:func:`~cellrlhf.ppo.ppo_resume.save_ppo_checkpoint`)."""
         if self.is_deepspeed_enabled:
             if not getattr(self, "_warned_deepspeed_checkpoint", False):
@@ -278,7 +255,7 @@ class CellPPOTrainer(PPOTrainer):
             full = engine.module.state_dict() if self.args.should_save else None
         if self.args.should_save:
             policy = self.accelerator.unwrap_model(self.model).policy
-            state = {k[len("policy.") :]: v for k, v in full.items() if k.startswith("policy.")}
+            state = ppo_policy_state(full)
             os.makedirs(output_dir, exist_ok=True)
             policy.save_pretrained(output_dir, state_dict=state, safe_serialization=True)
             if self.processing_class is not None:

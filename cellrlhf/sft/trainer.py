@@ -1,6 +1,7 @@
 """TRL's ``SFTTrainer`` with what cell language models need on top.
 
-- atomic checkpoints (:mod:`cellrlhf.sft.checkpoints`): ``checkpoint-N`` appears only complete;
+- atomic checkpoints (:mod:`cellrlhf.sft.checkpoints`): ``checkpoint-N`` appears only complete
+  (staged through :class:`cellrlhf.trl_compat.StagedCheckpointHooks`);
 - evaluation adds ``eval_perplexity`` and the generation metrics of
   :class:`~cellrlhf.sft.evaluation.GenerationEvaluator`, logged through the trainer's ``log`` so
   every ``report_to`` backend (tensorboard, wandb, ...) receives them;
@@ -16,12 +17,13 @@ import math
 import os
 from pathlib import Path
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import rotate_checkpoints
 from trl import SFTTrainer
 
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME, publish_checkpoint, write_checkpoint_marker
 from cellrlhf.sft.perturbation_dropout import PerturbationDropout, PerturbationDropoutCollator
 from cellrlhf.sft.repeat_unlikelihood import RepeatUnlikelihood
+from cellrlhf.trl_compat import StagedCheckpointHooks, check_trl_version, log_step_metric
 
 __all__ = ["CellSFTTrainer", "perplexity"]
 
@@ -33,7 +35,7 @@ def perplexity(loss: float) -> float:
     return float(math.exp(min(float(loss), 50.0)))
 
 
-class CellSFTTrainer(SFTTrainer):
+class CellSFTTrainer(StagedCheckpointHooks, SFTTrainer):
     """``SFTTrainer`` with atomic checkpoints, perplexity / generation metrics and perturbation dropout.
 
     Parameters
@@ -58,12 +60,12 @@ class CellSFTTrainer(SFTTrainer):
         repeat_unlikelihood: RepeatUnlikelihood | None = None,
         **kwargs,
     ) -> None:
+        check_trl_version()
         super().__init__(*args, **kwargs)
         self.repeat_unlikelihood = repeat_unlikelihood
         self.generation_evaluator = generation_evaluator
         self.perturbation_dropout = perturbation_dropout
         self._pending_eval_logs: dict[str, float] = {}
-        self._checkpoint_root: str | None = None
 
     # ------------------------------------------------------------------ data
     def get_train_dataloader(self):
@@ -95,11 +97,10 @@ class CellSFTTrainer(SFTTrainer):
         terms = self.repeat_unlikelihood.terms(
             outputs.logits, input_ids, labels=labels, position_ids=position_ids
         )
-        mode = "train" if self.model.training else "eval"
         if terms.positions:
-            self._metrics[mode]["repeat_mass"].append(float(terms.repeat_mass) / terms.positions)
-            self._metrics[mode]["repeat_unlikelihood"].append(
-                float(terms.unlikelihood.detach()) / terms.positions
+            log_step_metric(self, "repeat_mass", float(terms.repeat_mass) / terms.positions)
+            log_step_metric(
+                self, "repeat_unlikelihood", float(terms.unlikelihood.detach()) / terms.positions
             )
         if self.model.training:
             # normalised like the cross-entropy: per trained token of the (accumulated) batch
@@ -131,23 +132,12 @@ class CellSFTTrainer(SFTTrainer):
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ checkpoints
-    def _get_output_dir(self, trial) -> str:
-        if self._checkpoint_root is not None:
-            return self._checkpoint_root
-        return super()._get_output_dir(trial)
+    checkpoint_staging_dirname = STAGING_DIRNAME
 
-    def _save_checkpoint(self, model, trial) -> None:
-        run_dir = super()._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging_root = os.path.join(run_dir, STAGING_DIRNAME)
-        staged = os.path.join(staging_root, name)
-        final = os.path.join(run_dir, name)
-        limit = self.args.save_total_limit
-        self._checkpoint_root, self.args.save_total_limit = staging_root, None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._checkpoint_root, self.args.save_total_limit = None, limit
+    def publish_staged_checkpoint(
+        self, staged: str, final: str, run_dir: str, save_total_limit: int | None
+    ) -> None:
+        """Mark the staged ``checkpoint-N`` complete, move it in place, then rotate old ones."""
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             self._point_best_checkpoint_at(staged, final)
@@ -155,7 +145,7 @@ class CellSFTTrainer(SFTTrainer):
             publish_checkpoint(staged, final)
             rotate_checkpoints(
                 output_dir=run_dir,
-                save_total_limit=limit,
+                save_total_limit=save_total_limit,
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=False,
             )
