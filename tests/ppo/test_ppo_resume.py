@@ -187,11 +187,29 @@ def test_incomplete_and_staged_checkpoints_are_ignored(runs, tmp_path):
     _, killed, models, _ = runs
     out = tmp_path / "run"
     shutil.copytree(killed, out)
-    (out / "checkpoint-3" / CHECKPOINT_MARKER).unlink()  # killed before its marker: incomplete
+    optimizer = out / "checkpoint-3" / "optimizer.pt"  # cut short after its marker: incomplete
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
     staged = out / STAGING_DIRNAME / "checkpoint-4"
     shutil.copytree(out / "checkpoint-2", staged)  # killed mid-save: only staged
     run = build(out, *models)
     assert resume_checkpoint(run.trainer) == str(out / "checkpoint-2")
+
+
+def test_a_plain_trl_checkpoint_is_refused_not_deleted(runs, tmp_path):
+    # one completeness rule for every stage: an unmarked checkpoint with its trainer state is
+    # complete, so PPO names it and says how to start over instead of deleting it silently
+    from cellrlhf.ppo.rl_run import resume_checkpoint, train_run
+
+    _, _, models, _ = runs
+    out = tmp_path / "run"
+    other = out / "checkpoint-5"  # e.g. a GRPO run's, written by TRL
+    other.mkdir(parents=True)
+    (other / "trainer_state.json").write_text('{"global_step": 5}')
+    run = build(out, *models)
+    assert resume_checkpoint(run.trainer) == str(other)
+    with pytest.raises(PPOResumeError, match="not a resumable cellrlhf PPO checkpoint"):
+        train_run(run)
+    assert (other / "trainer_state.json").is_file()
 
 
 def test_a_checkpoint_of_another_configuration_is_refused(runs, tmp_path):
