@@ -199,18 +199,16 @@ def test_start_over_flags_train_from_step_zero(tiny_data, tmp_path, start_over, 
 
 
 def test_incomplete_checkpoints_are_skipped_by_the_default(tmp_path):
-    from cellrlhf.sft.checkpoints import resolve_resume_checkpoint, write_checkpoint_marker
+    from cellrlhf.sft.checkpoints import resolve_resume, write_checkpoint_marker
 
     for step in (2, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_text("x")
     write_checkpoint_marker(tmp_path / "checkpoint-2", step=2)
-    assert resolve_resume_checkpoint(None, tmp_path) == str(tmp_path / "checkpoint-2")
-    assert resolve_resume_checkpoint("none", tmp_path) is None
-    assert resolve_resume_checkpoint(None, tmp_path, overwrite_output_dir=True) is None
+    assert resolve_resume(None, tmp_path) == str(tmp_path / "checkpoint-2")
+    assert resolve_resume("none", tmp_path) is None
+    assert resolve_resume(None, tmp_path, overwrite_output_dir=True) is None
     # plain transformers checkpoints: complete when trainer_state.json was written
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
-    assert resolve_resume_checkpoint(None, tmp_path, require_marker=False) == str(
-        tmp_path / "checkpoint-4"
-    )
-    assert resolve_resume_checkpoint(None, tmp_path / "missing") is None
+    assert resolve_resume(None, tmp_path) == str(tmp_path / "checkpoint-4")
+    assert resolve_resume(None, tmp_path / "missing") is None
