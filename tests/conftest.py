@@ -38,6 +38,15 @@ def _clean_package_loggers():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny cell model directory (saved-model contract) of the chat and hub tests, trained
+    once per session (:mod:`tests.fixtures.tiny_cell_model`)."""
+    from tests.fixtures.tiny_cell_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny_cell_model")
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real-data directory (``CELLRLHF_DATA_DIR``); tests that need it skip when absent."""
     value = os.environ.get("CELLRLHF_DATA_DIR")

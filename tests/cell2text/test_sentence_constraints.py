@@ -180,7 +180,7 @@ def test_banned_after_checks_the_window(tok, constraint):
 # ---------------------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def tiny_model(tok):
-    from tiny_llama import random_llama
+    from tests.fixtures.tiny_model import random_llama
 
     return random_llama(tok).eval()
 

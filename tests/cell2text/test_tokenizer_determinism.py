@@ -45,9 +45,8 @@ def _build_and_save(out: Path) -> list[list[int]]:
 _CHILD = """
 import json, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
 from tests.cell2text.test_tokenizer_determinism import _build_and_save
-ids = _build_and_save(Path(sys.argv[2]))
+ids = _build_and_save(Path(sys.argv[1]))
 print(json.dumps(ids))
 """
 
@@ -73,7 +72,8 @@ def test_builds_in_separate_processes_are_byte_identical(tmp_path):
         env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
         out = tmp_path / f"child{seed}"
         done = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(REPO), str(out)],
+            [sys.executable, "-c", _CHILD, str(out)],
+            cwd=REPO,  # ``python -c`` imports from the working directory: the repository root
             env=env,
             capture_output=True,
             text=True,

@@ -1,15 +1,11 @@
-"""Session fixtures of the chat tests: a tiny trained model directory and its CellLM."""
+"""Session fixtures of the chat tests: the CellLM of the tiny model (``tiny_model_dir``, in
+tests/conftest.py) and its example cells."""
 
 from __future__ import annotations
 
 import pytest
-from tiny_cell_model import build_tiny_model, pbmc_cells
 
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """The tiny model directory (saved-model contract), trained once per session."""
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny_cell_model")
+from tests.fixtures.tiny_cell_model import pbmc_cells
 
 
 @pytest.fixture(scope="session")

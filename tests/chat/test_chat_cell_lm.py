@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tiny_cell_model import TARGETS, UNKNOWN_TARGET
+
+from tests.fixtures.tiny_cell_model import TARGETS, UNKNOWN_TARGET
 
 
 @pytest.fixture(scope="module")

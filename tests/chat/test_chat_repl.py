@@ -8,7 +8,8 @@ import sys
 import time
 
 import pytest
-from tiny_cell_model import TARGETS
+
+from tests.fixtures.tiny_cell_model import TARGETS
 
 PROMPT = r"\] > "
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_cell_model import TARGETS
+
+from tests.fixtures.tiny_cell_model import TARGETS
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

@@ -13,7 +13,8 @@ import time
 import uuid
 
 import pytest
-from tiny_cell_model import TARGETS
+
+from tests.fixtures.tiny_cell_model import TARGETS
 
 EXPLOIT = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
 

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from data_stage_helpers import SIM_SETTINGS, small_config
 
 from cellrlhf.data.build import build_datasets
+from tests.fixtures.sim_data import SIM_SETTINGS, small_config
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import pytest
-from data_stage_helpers import SIM_SETTINGS, small_config
 
 from cellrlhf.cell2text.decoder import ExpressionDecoder
 from cellrlhf.cell2text.encoding import encode
@@ -17,6 +16,7 @@ from cellrlhf.data.layout import load_built_dataset
 from cellrlhf.data.leakage import LeakageError, check_no_leakage
 from cellrlhf.data.schema import CONTROL_LABEL
 from cellrlhf.data.task_templates import TASKS
+from tests.fixtures.sim_data import SIM_SETTINGS, small_config
 
 SFT_COLUMNS = ["messages", "task", "perturbation", "cell_context", "cell_ids", "template"]
 RL_COLUMNS = [

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from data_stage_helpers import small_config
 
 from cellrlhf.data.build import build_datasets
 from cellrlhf.data.cli import cli
@@ -17,6 +16,7 @@ from cellrlhf.data.evidence_config import EvidenceError
 from cellrlhf.data.evidence_table import load_gene_table
 from cellrlhf.data.layout import load_built_dataset
 from cellrlhf.data.leakage import LeakageError, check_no_leakage
+from tests.fixtures.sim_data import small_config
 
 HEADER = "Measured evidence (pseudo-bulks of training cells):"
 SIM_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "data" / "simulated.yaml"

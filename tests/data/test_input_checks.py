@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from data_stage_helpers import small_config
 
 from cellrlhf.data.build import build_datasets
 from cellrlhf.data.expression import as_supported_dtype
@@ -17,6 +16,7 @@ from cellrlhf.data.input_checks import (
     nonzero_per_row,
 )
 from cellrlhf.data.layout import load_built_dataset
+from tests.fixtures.sim_data import small_config
 
 
 def _log1p_cp10k(X):

@@ -3,26 +3,24 @@ SFT-trained on it for a few steps (built once per session)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from eval_fixtures import build_small_dataset, train_small_model  # noqa: E402
+from tests.fixtures.sim_data import build_sim_dataset, eval_config
+from tests.fixtures.tiny_model import train_tiny_sft
 
 
 @pytest.fixture(scope="session")
 def sim_dataset_dir(tmp_path_factory) -> Path:
     """A simulated dataset (two cell contexts, ``unseen_single`` split, ``rl/`` test prompts)."""
-    return build_small_dataset(tmp_path_factory.mktemp("eval_data") / "sim")
+    return build_sim_dataset(tmp_path_factory.mktemp("eval_data") / "sim", eval_config())
 
 
 @pytest.fixture(scope="session")
 def sim_model_dir(sim_dataset_dir, tmp_path_factory) -> Path:
     """A saved model directory trained by the SFT stage on :func:`sim_dataset_dir`."""
-    return train_small_model(sim_dataset_dir, tmp_path_factory.mktemp("eval_sft") / "model")
+    return train_tiny_sft(sim_dataset_dir, tmp_path_factory.mktemp("eval_sft") / "model", steps=30)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -128,24 +126,15 @@ def test_an_unread_evaluation_directory_is_refused_with_the_reader_named(model_d
         write_model_card(model_dir, eval_results=[evaluation])
 
 
-def _sft_test_module(name: str):
-    """A helper module of tests/sft (loaded by path, as tests/hub/conftest.py loads its own)."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "sft" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.mark.slow
 def test_a_trained_stage_saves_the_project_card(tmp_path):
     from cellrlhf.cli import main
+    from tests.fixtures.tiny_data import write_tiny_dataset
+    from tests.fixtures.tiny_model import tiny_args
 
-    data = _sft_test_module("sft_tiny_data").write_tiny_dataset(tmp_path / "data")
+    data = write_tiny_dataset(tmp_path / "data")
     out = tmp_path / "pretrained"
-    argv = _sft_test_module("sft_helpers").tiny_args("pretrain", data, out, "--max_steps", "2")
+    argv = tiny_args("pretrain", data, out, "--max_steps", "2")
     assert main(["pretrain", *argv]) == 0
     text = (out / "README.md").read_text()
     assert "fine-tuned version of" not in text and "license: license" not in text

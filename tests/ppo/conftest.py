@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from tiny_rl_data import write_tiny_rl_dataset
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from ppo_test_support import REPO  # noqa: E402
-from tiny_rl_data import write_tiny_rl_dataset  # noqa: E402
+from tests.fixtures.tiny_model import train_tiny_sft
 
 
 @pytest.fixture(scope="session")
@@ -29,25 +26,7 @@ def rl_dataset_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sft_model_dir(rl_dataset_dir, tmp_path_factory) -> Path:
     """A tiny model instruction-tuned by the SFT stage on the tiny data set."""
-    from cellrlhf.sft.sft import main, make_parser
-
-    out = tmp_path_factory.mktemp("sft") / "model"
-    args = make_parser().parse_args_and_config(
-        [
-            "--config",
-            str(REPO / "configs" / "sft" / "tiny.yaml"),
-            "--dataset_dir",
-            str(rl_dataset_dir),
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "40",
-            "--eval_generation_samples",
-            "0",
-        ]
-    )
-    main(*args)
-    return out
+    return train_tiny_sft(rl_dataset_dir, tmp_path_factory.mktemp("sft") / "model", steps=40)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from tiny_llama import random_llama
 
 from cellrlhf.cell2text.markup import extract_cell
 from cellrlhf.cell2text.sentence_constraints import CellSentenceConstraint
@@ -21,6 +20,7 @@ from cellrlhf.ppo.constrained_policy import (
     policy_cell_constraint,
 )
 from cellrlhf.ppo.grpo_trainer import CellGRPOTrainer
+from tests.fixtures.tiny_model import random_llama
 
 GENES = ("CD3E", "CD8A", "MS4A1", "NKG7", "GNLY", "LYZ")
 TEXTS = ["Generate a cell of type T cell.", "What type of cell is this?"] * 5

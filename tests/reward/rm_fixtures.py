@@ -191,10 +191,10 @@ def write_sft_model(
     import torch
     import yaml
     from datasets import load_from_disk
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from cellrlhf.cell2text.tokenizer import build_cell_tokenizer
     from cellrlhf.cell2text.vocab import GeneVocab
+    from tests.fixtures.tiny_model import random_llama
 
     out = Path(out)
     torch.manual_seed(seed)
@@ -204,21 +204,14 @@ def write_sft_model(
     tokenizer = build_cell_tokenizer(
         GeneVocab.load(dataset_dir), extra_genes=TRAIN_TARGETS + TEST_TARGETS
     )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+    model = random_llama(  # initial weights independent of the tests that ran before
+        tokenizer,
+        seed=seed,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)  # initial weights independent of the tests that ran before
-    model = LlamaForCausalLM(config)
     losses = _train_lm(model, tokenizer, chats, steps=steps, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tiny_llama import random_llama
 
 from cellrlhf.cell2text.markup import extract_cell
 from cellrlhf.cell2text.tokenizer import build_cell_tokenizer
 from cellrlhf.cell2text.vocab import GeneVocab
 from cellrlhf.sampling import GenerationSettings, Sampler, answer_ids, answer_text, pad_rows
+from tests.fixtures.tiny_model import random_llama
 
 GENES = ("CD3E", "CD8A", "MS4A1", "NKG7", "GNLY", "LYZ")
 TEXTS = ["What type of cell is this?", "Generate a cell of type T cell."] * 5

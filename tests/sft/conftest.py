@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from sft_helpers import tiny_args, train
-from sft_tiny_data import write_tiny_dataset
+from sft_helpers import train
+
+from tests.fixtures.tiny_data import write_tiny_dataset
+from tests.fixtures.tiny_model import tiny_args
 
 
 @pytest.fixture(scope="session")

@@ -11,21 +11,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tiny_args(stage: str, data: Path, out: Path, *extra: str) -> list[str]:
-    """Arguments of a tiny ``pretrain`` / ``sft`` run (the repository's tiny YAML + overrides)."""
-    return [
-        "--config",
-        str(REPO / "configs" / stage / "tiny.yaml"),
-        "--model_config",
-        str(REPO / "configs" / "model" / "tiny.yaml"),
-        "--dataset_dir",
-        str(data),
-        "--output_dir",
-        str(out),
-        *extra,
-    ]
-
-
 def parse(stage: str, argv: list[str]):
     """Parsed ``(script_args, training_args, model_args)`` of a stage's parser."""
     if stage == "pretrain":

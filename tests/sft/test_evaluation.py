@@ -116,9 +116,8 @@ def test_perplexity_is_exp_loss_and_finite():
 
 def _random_cell_lm(genes):
     """A random 1-layer Llama with the cell tokenizer: it writes any token, often repeated."""
-    from tiny_llama import random_llama
-
     from cellrlhf.cell2text.tokenizer import build_cell_tokenizer
+    from tests.fixtures.tiny_model import random_llama
 
     tok = build_cell_tokenizer(GeneVocab(genes), texts=["A cell of type T cell:"] * 4)
     return random_llama(tok), tok

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
-from sft_helpers import parse, tiny_args, train
+from sft_helpers import parse, train
 
 from cellrlhf.sft.gene_embedding_init import init_gene_embeddings, mean_piece_rows
+from tests.fixtures.tiny_model import tiny_args, tiny_llama_config
 
 CORPUS = [
     "The gene KLF1 drives erythroid differentiation; GATA1 and HBB follow.",
@@ -21,7 +22,7 @@ CORPUS = [
 def text_lm(tmp_path_factory):
     """A tiny 'pretrained' causal LM with a byte-level BPE text tokenizer, saved like a Hub model."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -37,16 +38,12 @@ def text_lm(tmp_path_factory):
         tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
     )
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+    config = tiny_llama_config(
+        tokenizer,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
+        max_position_embeddings=2048,
         tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
     path = tmp_path_factory.mktemp("text_lm") / "lm"
     torch.manual_seed(0)
@@ -65,17 +62,9 @@ def test_mean_piece_rows_exact():
 
 
 def test_init_sets_input_and_untied_output_rows():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=10,
-            hidden_size=8,
-            intermediate_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        )
-    )
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=10, hidden_size=8, intermediate_size=16))
     assert init_gene_embeddings(model, {9: [1, 2, 3]}) == 1
     for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
         torch.testing.assert_close(weight[9], weight[[1, 2, 3]].mean(0))

@@ -8,9 +8,10 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sft_helpers import tiny_args, train
+from sft_helpers import train
 
 from cellrlhf.sft.repeat_unlikelihood import repeat_unlikelihood_terms
+from tests.fixtures.tiny_model import tiny_args
 
 torch = pytest.importorskip("torch")
 

@@ -12,9 +12,10 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from sft_helpers import REPO, subprocess_env, tiny_args, train
+from sft_helpers import REPO, subprocess_env, train
 
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME, checkpoint_problem, list_checkpoints
+from tests.fixtures.tiny_model import tiny_args
 
 STEPS = 120
 RUN = ("--max_steps", str(STEPS), "--logging_steps", "10", "--eval_generation_samples", "0")

@@ -1,8 +1,7 @@
 """Mistakes on the ``cellrlhf sft`` command line end in one message, not a traceback."""
 
-from sft_helpers import tiny_args
-
 from cellrlhf.cli import main
+from tests.fixtures.tiny_model import tiny_args
 
 
 def test_missing_local_model_directory(tiny_data, tmp_path, capsys):

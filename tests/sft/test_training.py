@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from sft_helpers import tiny_args, train
+from sft_helpers import train
 
 from cellrlhf.sft.model_dir import load_cell_model
+from tests.fixtures.tiny_model import tiny_args
 
 
 def _losses(model_dir) -> list[float]:
