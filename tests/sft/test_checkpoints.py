@@ -67,7 +67,7 @@ def test_truncated_missing_or_unmarked_checkpoints_are_rejected(tmp_path):
     assert "interrupted" in checkpoint_problem(unmarked)
 
 
-def test_latest_complete_checkpoint_skips_broken_ones(tmp_path, caplog):
+def test_last_complete_checkpoint_skips_broken_ones(tmp_path, caplog):
     _checkpoint(tmp_path, 2)
     good = _checkpoint(tmp_path, 10)
     _checkpoint(tmp_path, 12, complete=False)
