@@ -149,8 +149,8 @@ class CellLM:
         constrain_cells
             Constrained decoding of generated cells by default (see the class).
         """
-        from cellrlhf.sft.model_files import resolve_model_dir
         from cellrlhf.sft.model_dir import load_model_dir
+        from cellrlhf.sft.model_files import resolve_model_dir
 
         model_dir = resolve_model_dir(
             path_or_hub_id,
