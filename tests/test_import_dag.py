@@ -58,7 +58,7 @@ class Import(NamedTuple):
 
     module: str  # the importing module, e.g. ``cellrlhf.sft.model_dir``
     line: int
-    target: str  # the imported module, e.g. ``cellrlhf.hub.model_card``
+    target: str  # the imported module, e.g. ``cellrlhf.sft.model_card``
 
 
 def _module_name(path: Path) -> tuple[str, bool]:

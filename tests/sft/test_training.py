@@ -73,9 +73,8 @@ def test_pretrained_model_dir_contract(pretrained, tiny_data):
 
 
 def test_every_gene_and_target_is_one_token(pretrained):
-    from sft_tiny_data import GENES
-
     from cellrlhf.cell2text.tokenizer import gene_token_ids, load_cell_tokenizer
+    from tests.fixtures.tiny_data import GENES
 
     tokenizer = load_cell_tokenizer(pretrained)
     ids = gene_token_ids(tokenizer, [*GENES, "FOXA1"])
