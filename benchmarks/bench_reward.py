@@ -194,8 +194,8 @@ def _pilot_comparison(summary) -> str:
 def run_baselines(args) -> list[str]:
     import anndata as ad
 
-    from cellrlhf.reward.comparison import SPLIT_HALF, compare_methods
-    from cellrlhf.reward.eval_report import markdown_summary, summary_table, write_report
+    from cellrlhf.evaluation.comparison import SPLIT_HALF, compare_methods
+    from cellrlhf.evaluation.eval_report import markdown_summary, summary_table, write_report
 
     path = Path(args.data_dir) / "perturbench_devel.h5ad"
     if not path.exists():

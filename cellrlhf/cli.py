@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 __all__ = ["COMMANDS", "main"]
 
-# name -> (module with a ``cli(argv) -> int`` function, one-line help)
+# name -> (module with a ``cli(argv) -> int`` function, or ``module:function``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("cellrlhf.cell2text.cli", "turn an .h5ad into cell sentences (Parquet shards)"),
     "data": ("cellrlhf.data.cli", "build training datasets from AnnData (`data build --config`)"),
@@ -24,9 +24,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward": ("cellrlhf.reward.train", "train a reward model on preference pairs"),
     "ppo": ("cellrlhf.ppo.ppo", "RLHF with TRL's PPO on perturbation fidelity"),
     "grpo": ("cellrlhf.ppo.grpo", "GRPO / RLOO with programmatic or learned rewards"),
-    "eval": ("cellrlhf.reward.eval_cli", "evaluate perturbation predictions against baselines"),
     "predict": ("cellrlhf.evaluation.predict_cli", "sample a model's cells for held-out prompts"),
-    "evaluate": ("cellrlhf.evaluation.cli", "models vs baselines and ceilings on held-out data"),
+    "evaluate": (
+        "cellrlhf.evaluation.command",
+        "models (or prediction files: --real) vs baselines and ceilings on held-out data",
+    ),
+    "eval": ("cellrlhf.evaluation.command:eval_alias", "deprecated: `evaluate --real ...`"),
     "aggregate": ("cellrlhf.evaluation.aggregate_cli", "pool evaluations: intervals and verdict"),
     "chat": ("cellrlhf.chat.repl", "chat with a model about your cells in the terminal"),
     "serve": ("cellrlhf.chat.web", "serve a chat web app (gradio) on 127.0.0.1"),
@@ -71,7 +74,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     from cellrlhf.third_party_noise import quiet_known_noise
 
     quiet_known_noise()
-    module_name, _ = COMMANDS[name]
+    module_name, _, function = COMMANDS[name][0].partition(":")
 
     def run(args: list[str]) -> int:
         try:
@@ -84,6 +87,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
                 )
                 return 2
             raise
-        return int(module.cli(args) or 0)
+        return int(getattr(module, function or "cli")(args) or 0)
 
     return run_guarded(prog or f"cellrlhf {name}", run, [*rest, *([DEBUG_FLAG] if debug else [])])

@@ -4,7 +4,7 @@ The web app predicts from the *control cells* of the chosen cell context (never 
 that may already be perturbed), compares the predicted population with those controls as the
 model sees them (encoded and decoded), and, when the data holds cells with that perturbation in
 that context, puts the measured response beside it with the evaluation's metrics
-(:func:`cellrlhf.reward.evaluate.evaluate_predictions`, the numbers ``cellrlhf evaluate``
+(:func:`cellrlhf.evaluation.scoring.evaluate_predictions`, the numbers ``cellrlhf evaluate``
 reports). Predicted cells without a single valid gene are left out; when none is valid the
 prediction is reported as invalid, never as an effect.
 
@@ -126,7 +126,7 @@ class PopulationPrediction:
     n_valid
         Predicted cells with at least one valid gene (the others are left out of the means).
     evaluation
-        :class:`~cellrlhf.reward.evaluate.Evaluation` against the measured cells (``None``
+        :class:`~cellrlhf.evaluation.scoring.Evaluation` against the measured cells (``None``
         without measured cells, or when the prediction is invalid).
     n_measured
         Cells of the data with this perturbation in this context.
@@ -271,7 +271,7 @@ def _evaluate(prediction, valid, adata, roles, measured, context, layer):
     import scipy.sparse as sp
 
     from cellrlhf.data.expression import transform_block
-    from cellrlhf.reward.evaluate import evaluate_predictions
+    from cellrlhf.evaluation.scoring import evaluate_predictions
 
     pred = prediction.adata
     label = prediction.perturbation

@@ -10,7 +10,12 @@ directories (``cellrlhf sft`` / ``ppo`` / ``grpo``). Python API::
     result = evaluate_models("runs/demo/data", {"sft": "runs/demo/sft", "ppo": "runs/demo/ppo"},
                              "runs/demo/eval")
 
-Command line: ``cellrlhf predict`` and ``cellrlhf evaluate`` (:mod:`cellrlhf.evaluation.cli`).
+Scoring predictions you made yourself against real cells, next to baselines and ceilings::
+
+    from cellrlhf.evaluation import compare_methods, evaluate_predictions, write_report
+
+Command line: ``cellrlhf predict`` and ``cellrlhf evaluate`` (models with ``--dataset_dir``,
+prediction files with ``--real``; :mod:`cellrlhf.evaluation.command`).
 Names are imported lazily so that ``cellrlhf --help`` stays fast.
 """
 
@@ -24,11 +29,14 @@ __all__ = [
     "ModelDirError",
     "SourceChecksumError",
     "SourceNotFoundError",
+    "compare_methods",
     "evaluate_models",
+    "evaluate_predictions",
     "load_eval_settings",
     "predict",
     "real_cells",
     "resolve_model_dirs",
+    "write_report",
 ]
 
 _HOME = {
@@ -42,6 +50,9 @@ _HOME = {
     "resolve_model_dirs": "cellrlhf.evaluation.model_dirs",
     "EvaluationResult": "cellrlhf.evaluation.evaluate",
     "evaluate_models": "cellrlhf.evaluation.evaluate",
+    "compare_methods": "cellrlhf.evaluation.comparison",
+    "evaluate_predictions": "cellrlhf.evaluation.scoring",
+    "write_report": "cellrlhf.evaluation.eval_report",
 }
 
 

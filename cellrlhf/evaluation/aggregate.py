@@ -142,7 +142,7 @@ def _with_kind_all(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _spearman_brown_rows(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """``split_half (Spearman-Brown)`` rows: the split-half values mapped to full depth."""
-    from cellrlhf.reward.evaluate import is_correlation_metric, spearman_brown
+    from cellrlhf.evaluation.scoring import is_correlation_metric, spearman_brown
 
     rows = table[
         (table["method"] == SPLIT_HALF) & table["metric"].map(is_correlation_metric)
@@ -163,7 +163,7 @@ def _per_fold(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pooled(rows: pd.DataFrame, n_boot: int, seed: int, level: float) -> pd.DataFrame:
-    from cellrlhf.reward.evaluate import is_correlation_metric
+    from cellrlhf.evaluation.scoring import is_correlation_metric
 
     out = []
     keys = ["setting", "method", "method_type", "kind", "metric"]

@@ -1,7 +1,7 @@
 """Models, baselines and ceilings on the held-out perturbations, per cell context, in one table.
 
 For every model: :func:`~cellrlhf.evaluation.prediction.predict` on the RL test prompts. Then,
-per cell context (each has its own control), :func:`cellrlhf.reward.comparison.compare_methods`
+per cell context (each has its own control), :func:`cellrlhf.evaluation.comparison.compare_methods`
 scores the models next to the baselines learned from the training cells of that context and the
 ceilings (split-half real vs real; the dataset decoder's representation ceiling), all against
 the same real test cells: the perturbations that were prompted, plus the context's control.
@@ -126,7 +126,7 @@ def _context_evaluation(
     ctx, prompted, real_test, real_train, predictions, decoder, settings, manifest
 ):
     from cellrlhf.data.schema import CONTROL_LABEL
-    from cellrlhf.reward.comparison import compare_methods
+    from cellrlhf.evaluation.comparison import compare_methods
 
     preds = {
         name: _subset(pred, pred.obs["cell_context"].astype(str) == ctx)
@@ -157,8 +157,8 @@ def _context_evaluation(
 
 
 def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
-    from cellrlhf.reward.comparison import SPLIT_HALF
-    from cellrlhf.reward.eval_report import (
+    from cellrlhf.evaluation.comparison import SPLIT_HALF
+    from cellrlhf.evaluation.eval_report import (
         combine,
         not_applicable_table,
         summarize_methods,
@@ -222,7 +222,7 @@ def _reference_of(prediction) -> str:
 def _markdown(
     summary, validity, manifest: dict, settings: EvalSettings, models, same, references=None
 ) -> str:
-    from cellrlhf.reward.eval_report import KEY_METRICS, markdown_summary
+    from cellrlhf.evaluation.eval_report import KEY_METRICS, markdown_summary
 
     lines = ["# Held-out perturbations: models vs baselines and ceilings", ""]
     if manifest.get("simulated"):
@@ -295,11 +295,11 @@ def evaluate_models(
     """
     from cellrlhf import __version__
     from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.evaluation.eval_report import write_report
     from cellrlhf.evaluation.model_dirs import resolve_model_dirs
     from cellrlhf.evaluation.plots import plot_change_scatter, plot_metric_bars, plot_validity
     from cellrlhf.evaluation.prediction import predict
     from cellrlhf.evaluation.real_data import real_cells
-    from cellrlhf.reward.eval_report import write_report
 
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
     settings = settings or EvalSettings()

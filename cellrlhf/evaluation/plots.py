@@ -87,7 +87,7 @@ def plot_change_scatter(
 ) -> Path | None:
     """Predicted vs real change from control of ``model``, one panel per (context, perturbation).
 
-    ``evaluations`` maps cell context -> method -> :class:`~cellrlhf.reward.evaluate.Evaluation`.
+    ``evaluations`` maps cell context -> method -> :class:`~cellrlhf.evaluation.scoring.Evaluation`.
     Panels are spread over contexts (round robin) so that every context shows up.
     """
     per_context = [(ctx, evals[model]) for ctx, evals in evaluations.items() if model in evals]

@@ -94,7 +94,7 @@ def _check_same_genes(model_vocab, decoder, model_dir: Path, dataset_dir: Path) 
 def _decoded_controls(real_test, decoder, contexts: list[str], manifest: dict):
     """Real test-split control cells of ``contexts`` through encode -> decode."""
     from cellrlhf.data.schema import CONTROL_LABEL
-    from cellrlhf.reward.baselines import representation_ceiling
+    from cellrlhf.evaluation.baselines import representation_ceiling
 
     obs = real_test.obs
     mask = (obs["perturbation"].astype(str) == CONTROL_LABEL).to_numpy()

@@ -28,7 +28,7 @@ class EvalSettings:
     batch_size
         Answers per ``generate`` call.
     baselines
-        Baselines learned from the training cells (:data:`cellrlhf.reward.baselines.BASELINES`).
+        Baselines learned from the training cells (:data:`cellrlhf.evaluation.baselines.BASELINES`).
     split_half_ceiling, representation_ceiling
         Add the split-half (real vs real) and the decoder's representation ceilings.
     de

@@ -1,7 +1,7 @@
 """The key metrics of a ``cellrlhf evaluate`` output directory, for the model card.
 
 The directory (``summary.csv`` + ``manifest.json``) is read as one evaluation: the key metrics
-(pearson_delta and friends, :data:`~cellrlhf.reward.eval_report.KEY_METRICS`) of the model's row
+(pearson_delta and friends, :data:`~cellrlhf.evaluation.eval_report.KEY_METRICS`) of the model's row
 over all cell contexts, one per held-out kind (``all``, ``single``, ``combo``), named
 ``"<metric>/<kind>"``. The result is an :class:`~cellrlhf.sft.eval_results.EvalSummary`, which
 the card builder (:mod:`cellrlhf.sft.model_card`) takes like any evaluation file.
@@ -51,8 +51,8 @@ def evaluation_dir_summary(path: str | Path, model_dir: str | Path | None = None
 
     import pandas as pd
 
+    from cellrlhf.evaluation.eval_report import KEY_METRICS
     from cellrlhf.evaluation.evaluate import ALL_CONTEXTS
-    from cellrlhf.reward.eval_report import KEY_METRICS
 
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())

@@ -171,7 +171,7 @@ def _selection_section(art: RunArtifacts, out_dir: Path) -> Section:
 
 
 def _other_section(art: RunArtifacts, out_dir: Path) -> Section:
-    """Result tables and plots of other stages (e.g. ``cellrlhf eval``), as they are."""
+    """Result tables and plots of other stages (e.g. ``cellrlhf evaluate``), as they are."""
     sec = Section("Other result tables and plots")
     for name, frame in art.metric_tables.items():
         sec.text(f"`{name}`")

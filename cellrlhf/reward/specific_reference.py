@@ -5,7 +5,7 @@ The data stage's ``rl/train`` split holds, for every training (perturbation, cel
 group, the real pseudo-bulk (``reference_perturbed``) and its control's (``reference_control``),
 in the decoder's vocabulary order. The reference of a context is the mean over its training
 perturbations (each weighs 1, whatever its number of prompts) of ``perturbed - control``: what
-the ``mean`` baseline predicts there (:func:`cellrlhf.reward.baselines.training_mean_delta`,
+the ``mean`` baseline predicts there (:func:`cellrlhf.evaluation.baselines.training_mean_delta`,
 on the groups that became RL prompts).
 """
 

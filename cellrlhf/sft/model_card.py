@@ -121,7 +121,7 @@ def read_model_metadata(model_dir: str | Path, *, eval_results=()) -> ModelMetad
     return meta
 
 
-# the kinds cellrlhf evaluate summarises over (cellrlhf.reward.evaluate.summarize)
+# the kinds cellrlhf evaluate summarises over (cellrlhf.evaluation.scoring.summarize)
 _HELD_OUT_KINDS = ("all", "single", "combo")
 
 
@@ -203,7 +203,7 @@ def _data_section(manifest: dict) -> str:
 def _eval_section(ev: EvalSummary | None) -> str:
     if ev is None:
         return (
-            "No evaluation results were saved with this model. Run `cellrlhf eval` and push "
+            "No evaluation results were saved with this model. Run `cellrlhf evaluate` and push "
             "again with `--eval-results` to add them.\n"
         )
     where = f" on `{ev.dataset}`" if ev.dataset else ""

@@ -1,5 +1,6 @@
 """Fixtures of the evaluation tests: a simulated dataset built by the data stage and a model
-SFT-trained on it for a few steps (built once per session)."""
+SFT-trained on it for a few steps (built once per session); small synthetic perturbation cells
+(:mod:`tests.fixtures.perturbation_cells`) for the scoring tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.perturbation_cells import line_decoder, perturbation_adata  # noqa: F401
 from tests.fixtures.sim_data import build_sim_dataset, eval_config
 from tests.fixtures.tiny_model import train_tiny_sft
 

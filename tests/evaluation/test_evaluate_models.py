@@ -100,7 +100,7 @@ def test_outputs_plots_predictions_and_manifest(evaluation, sim_dataset_dir):
 
 
 def _evaluation(rows):
-    from cellrlhf.reward.evaluate import Evaluation
+    from cellrlhf.evaluation.scoring import Evaluation
 
     table = pd.DataFrame(
         rows, columns=["perturbation", "kind", "pearson_delta", "pearson_specific"]

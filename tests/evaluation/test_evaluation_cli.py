@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_commands_are_registered():
-    assert COMMANDS["evaluate"][0] == "cellrlhf.evaluation.cli"
+    assert COMMANDS["evaluate"][0] == "cellrlhf.evaluation.command"
+    assert COMMANDS["eval"][0] == "cellrlhf.evaluation.command:eval_alias"
     assert COMMANDS["predict"][0] == "cellrlhf.evaluation.predict_cli"
 
 

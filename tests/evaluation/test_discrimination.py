@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import pairwise_distances as sk_pairwise
 
-from cellrlhf.reward.discrimination import (
+from cellrlhf.evaluation.discrimination import (
     discrimination_score,
     pairwise_distances,
     target_gene_mask,

@@ -4,7 +4,7 @@ Each baseline predicts the change from control of test perturbations from a *tra
 AnnData (log-normalized, ``obs[pert_col]``, control cells labelled ``control``), and
 :func:`prediction_adata` turns the predicted changes into a prediction AnnData (one pseudo-bulk
 row per perturbation, on top of the control cells the evaluation uses), ready for
-:func:`~cellrlhf.reward.evaluate.evaluate_predictions`:
+:func:`~cellrlhf.evaluation.scoring.evaluate_predictions`:
 
 - ``control``: no change at all ("nothing happens"; its change metrics are undefined);
 - ``mean``: the mean change over all training perturbations (each perturbation weighs 1);
@@ -28,7 +28,7 @@ Ceilings, from the real test cells themselves:
 
 - :func:`split_half`: each perturbation's cells and the control cells split in two disjoint
   halves (seeded); one half predicts the other (``cell-eval``'s data ceiling, at half depth;
-  :func:`~cellrlhf.reward.evaluate.spearman_brown` maps correlations to full depth);
+  :func:`~cellrlhf.evaluation.scoring.spearman_brown` maps correlations to full depth);
 - :func:`representation_ceiling`: real cells written as sentences and decoded back, with the
   decoded control as the control. No sentence model can beat its decoder here; a better
   :class:`~cellrlhf.cell2text.decoder.ExpressionDecoder` raises it.

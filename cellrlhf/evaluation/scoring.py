@@ -14,7 +14,7 @@ Per perturbation (rows of :attr:`Evaluation.per_perturbation`):
   relative to the mean training change of the context (``reference_delta=``; NaN without it);
   the ``mean`` baseline scores 0 on them (:func:`cellrlhf.reward.metrics.pearson_specific`);
 - ``discrimination_score_{l1,l2,cosine}``: rank of the true perturbation among all real
-  perturbations in ``real`` (:mod:`cellrlhf.reward.discrimination`);
+  perturbations in ``real`` (:mod:`cellrlhf.evaluation.discrimination`);
 - with ``de=True``: ``overlap_at_N``, ``overlap_at_{k}``, ``precision_at_N``,
   ``signed_overlap_at_N``, ``de_direction_match``, ``de_sig_genes_recall``, ``de_n_real``,
   ``de_n_pred`` (:mod:`cellrlhf.reward.de`). A prediction given as one pseudo-bulk row per
@@ -37,6 +37,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellrlhf.cell2text.markup import split_perturbation
+from cellrlhf.evaluation.discrimination import (
+    DISTANCE_METRICS,
+    discrimination_score,
+    target_gene_mask,
+)
 from cellrlhf.metrics.de import FDR_THRESHOLD, differential_expression
 from cellrlhf.metrics.de_overlap import (
     direction_match,
@@ -56,11 +61,6 @@ from cellrlhf.metrics.fidelity import (
     specific_change,
 )
 from cellrlhf.metrics.pseudobulk import group_codes, group_means
-from cellrlhf.reward.discrimination import (
-    DISTANCE_METRICS,
-    discrimination_score,
-    target_gene_mask,
-)
 from cellrlhf.reward.diversity import distinct_rows_fraction
 
 __all__ = [

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellrlhf.reward.baselines import (
+from cellrlhf.evaluation.baselines import (
     additive_baseline,
     control_baseline,
     mean_baseline,
@@ -116,7 +116,7 @@ def test_split_half_is_disjoint_and_seeded(perturbation_adata):
 
 def test_representation_ceiling_decodes_real_cells(perturbation_adata):
     from cellrlhf.cell2text.decoder import ExpressionDecoder
-    from cellrlhf.reward.evaluate import evaluate_predictions
+    from cellrlhf.evaluation.scoring import evaluate_predictions
 
     real = perturbation_adata(seed=0, effect=0.8, noise=0.4)
     decoder = ExpressionDecoder.fit(real, method="per_gene")
@@ -136,7 +136,7 @@ def test_control_baseline_change_is_exactly_zero_on_many_sparse_control_cells():
     # tolerance; the prediction must keep "no change" exactly zero (was pearson_delta 0.045)
     import scipy.sparse as sp
 
-    from cellrlhf.reward.evaluate import evaluate_predictions
+    from cellrlhf.evaluation.scoring import evaluate_predictions
 
     rng = np.random.default_rng(0)
     n, g = 30000, 50
@@ -176,7 +176,7 @@ def contexts_train():
 
 
 def test_context_transfer_averages_the_other_contexts_changes(contexts_train):
-    from cellrlhf.reward.baselines import context_transfer_baseline
+    from cellrlhf.evaluation.baselines import context_transfer_baseline
 
     got = context_transfer_baseline(contexts_train, ["P", "Q", "R"], context="Z")
     assert got.perturbations.tolist() == ["P", "Q"] and got.not_applicable == ("R",)

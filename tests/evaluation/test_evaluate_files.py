@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from cellrlhf.cli import main
-from cellrlhf.reward.eval_cli import cli
+from cellrlhf.evaluation.command import DEPRECATION, cli
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def files(perturbation_adata, tmp_path):
     return paths
 
 
-def test_eval_writes_table_markdown_and_plots(files, tmp_path, capsys):
+def test_evaluate_real_writes_table_markdown_and_plots(files, tmp_path, capsys):
     out = tmp_path / "report"
     code = cli(
         [
@@ -67,11 +67,14 @@ def test_eval_writes_table_markdown_and_plots(files, tmp_path, capsys):
     assert "| additive |" in capsys.readouterr().out
 
 
-def test_eval_through_the_main_command(files, tmp_path):
+@pytest.mark.parametrize("command", ["evaluate", "eval"])
+def test_files_form_through_the_main_command(command, files, tmp_path, capsys):
+    """``cellrlhf evaluate --real`` scores a prediction file; ``cellrlhf eval`` still does, with
+    a one-line notice naming the new form."""
     out = tmp_path / "r2"
     code = main(
         [
-            "eval",
+            command,
             "--pred",
             f"mine={files['pred']}",
             "--real",
@@ -84,9 +87,21 @@ def test_eval_through_the_main_command(files, tmp_path):
     )
     assert code == 0
     assert set(pd.read_csv(out / "metrics.csv")["method"]) == {"mine"}
+    notices = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert notices == ([DEPRECATION] if command == "eval" else [])
 
 
-def test_eval_errors(files, tmp_path):
+def test_evaluate_help_names_both_forms(capsys):
+    assert cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--dataset_dir" in out and "cellrlhf evaluate --real TEST.h5ad --pred" in out
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--real", "x.h5ad", "--help"])
+    assert exit_.value.code == 0
+    assert "--train" in capsys.readouterr().out
+
+
+def test_files_form_errors(files, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="--pred"):
         cli(
             [
@@ -98,7 +113,7 @@ def test_eval_errors(files, tmp_path):
                 str(tmp_path),
             ]
         )
-    with pytest.raises(SystemExit, match="unknown baseline"):
+    with pytest.raises(SystemExit):
         cli(
             [
                 "--real",
@@ -111,5 +126,7 @@ def test_eval_errors(files, tmp_path):
                 str(tmp_path),
             ]
         )
-    with pytest.raises(SystemExit, match="nothing to evaluate"):
+    assert "unknown baseline(s) ['oracle']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         cli(["--real", str(files["real"]), "--no-split-half", "--out", str(tmp_path)])
+    assert "nothing to evaluate" in capsys.readouterr().err

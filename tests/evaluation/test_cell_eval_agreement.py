@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellrlhf.reward.evaluate import evaluate_predictions
+from cellrlhf.evaluation.scoring import evaluate_predictions
 
 cell_eval = pytest.importorskip("cell_eval")
 

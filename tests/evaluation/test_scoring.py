@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellrlhf.reward.evaluate import (
+from cellrlhf.evaluation.scoring import (
     evaluate_predictions,
     perturbation_kind,
     spearman_brown,
@@ -114,7 +114,7 @@ def test_collapsed_generator_shows_in_distinct_fraction(perturbation_adata):
 
 
 def test_specific_metrics_need_the_reference_and_score_the_mean_baseline_zero(perturbation_adata):
-    from cellrlhf.reward.baselines import mean_baseline, prediction_adata, training_mean_delta
+    from cellrlhf.evaluation.baselines import mean_baseline, prediction_adata, training_mean_delta
 
     train = perturbation_adata(seed=3, perturbations=("control", "G1", "KLF1", "MAPK1"))
     real = perturbation_adata(seed=1, perturbations=("control", "CEBPA", "KLF1+CEBPA"))

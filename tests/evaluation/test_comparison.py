@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellrlhf.reward.comparison import SPLIT_HALF, compare_methods
+from cellrlhf.evaluation.comparison import SPLIT_HALF, compare_methods
 
 SINGLES = ("control", "G1", "KLF1", "MAPK1", "CEBPA")
 
@@ -50,9 +50,13 @@ def contexts(perturbation_adata):
 
 
 def test_baselines_that_do_not_apply_say_so(contexts):
-    from cellrlhf.reward.baselines import control_baseline, prediction_adata, training_mean_delta
-    from cellrlhf.reward.eval_report import markdown_summary, summary_table
-    from cellrlhf.reward.evaluate import evaluate_predictions
+    from cellrlhf.evaluation.baselines import (
+        control_baseline,
+        prediction_adata,
+        training_mean_delta,
+    )
+    from cellrlhf.evaluation.eval_report import markdown_summary, summary_table
+    from cellrlhf.evaluation.scoring import evaluate_predictions
 
     train, real = contexts
     evals = compare_methods(real, predictions={"model": real}, train=train, context="Z", de=False)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellrlhf.reward.evaluate import (
+from cellrlhf.evaluation.scoring import (
     KIND_ALL,
     Evaluation,
     is_correlation_metric,
@@ -124,7 +124,7 @@ def summarize_methods(
 
     ``spearman_brown_from`` names a split-half method: a row ``"<name> (Spearman-Brown)"`` is
     added with every correlation-like mean
-    (:func:`~cellrlhf.reward.evaluate.is_correlation_metric`) mapped to full depth, ``2r / (1 +
+    (:func:`~cellrlhf.evaluation.scoring.is_correlation_metric`) mapped to full depth, ``2r / (1 +
     r)``, and the other metrics NaN, as ``cell-eval`` reports its data ceiling.
     """
     summary = summarize(table, by=("method",))
@@ -366,7 +366,7 @@ def write_report(
     Parameters
     ----------
     evaluations
-        Method name -> :class:`~cellrlhf.reward.evaluate.Evaluation`.
+        Method name -> :class:`~cellrlhf.evaluation.scoring.Evaluation`.
     out_dir
         Directory (created).
     scatter_method

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cellrlhf.reward.comparison import SPLIT_HALF, compare_methods
-from cellrlhf.reward.eval_report import summary_table
+from cellrlhf.evaluation.comparison import SPLIT_HALF, compare_methods
+from cellrlhf.evaluation.eval_report import summary_table
 
 TEST_SINGLES = ["HK2", "MAP4K3", "MAP4K5", "MIDN", "PLK4", "SGK1"]
 TEST_COMBOS = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]

@@ -2,13 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellrlhf.reward.eval_report import (
+from cellrlhf.evaluation.eval_report import (
     ceiling_notes,
     markdown_summary,
     summarize_methods,
     summary_table,
 )
-from cellrlhf.reward.evaluate import Evaluation
+from cellrlhf.evaluation.scoring import Evaluation
 
 
 def _long(rows):

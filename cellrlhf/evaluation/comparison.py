@@ -10,8 +10,8 @@ evaluations = compare_methods(
 write_report(evaluations, "report/", spearman_brown_from="split_half")
 
 A baseline that does not apply to some test perturbations (see
-:mod:`cellrlhf.reward.baselines`) is scored on the others and lists the rest in
-:attr:`~cellrlhf.reward.evaluate.Evaluation.not_applicable`; one that applies to none is an
+:mod:`cellrlhf.evaluation.baselines`) is scored on the others and lists the rest in
+:attr:`~cellrlhf.evaluation.scoring.Evaluation.not_applicable`; one that applies to none is an
 evaluation with no rows and all of them listed there.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from cellrlhf.reward.baselines import (
+from cellrlhf.evaluation.baselines import (
     BASELINES,
     CONTEXT_COLUMN,
     PredictedDeltas,
@@ -35,7 +35,7 @@ from cellrlhf.reward.baselines import (
     split_half,
     training_mean_delta,
 )
-from cellrlhf.reward.evaluate import Evaluation, evaluate_predictions, perturbation_kinds
+from cellrlhf.evaluation.scoring import Evaluation, evaluate_predictions, perturbation_kinds
 
 __all__ = ["SPLIT_HALF", "compare_methods"]
 
@@ -79,7 +79,7 @@ def compare_methods(
         of ``context``; ``context_transfer`` from those of the other contexts. ``None``:
         ``train`` is one context's cells and ``context_transfer`` applies to nothing.
     baselines
-        Which baselines (:data:`~cellrlhf.reward.baselines.BASELINES`).
+        Which baselines (:data:`~cellrlhf.evaluation.baselines.BASELINES`).
     split_half_ceiling
         Add the split-half real-vs-real ceiling (method ``"split_half"``).
     decoders
