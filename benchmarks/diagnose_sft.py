@@ -41,6 +41,7 @@ def _variant(name: str, cells: int) -> dict:
         "budget": None,
         "valid_only": False,
         "own_control": False,
+        "length_matched": False,
     }
     if name == "base":
         return spec
@@ -50,6 +51,8 @@ def _variant(name: str, cells: int) -> dict:
         return {**spec, "valid_only": True}
     if name == "own_control":
         return {**spec, "own_control": True}
+    if name == "length_matched":  # constrained, each cell >= the context's median real length
+        return {**spec, "constrained": True, "length_matched": True}
     for prefix, key, cast in (
         ("cells", "cells", int),
         ("temp", "temperature", float),
@@ -83,6 +86,17 @@ def _own_controls(generator, settings, rows, decoder, n_cells: int) -> dict:
         X, _ = decoder.decode([extract_cell(c.text).sentence for c in comps])
         X = np.asarray(X.todense()) if hasattr(X, "todense") else np.asarray(X)
         out[ctx] = X.mean(axis=0)
+    return out
+
+
+def _length_matched(generator, settings, rows, n_cells: int, median_length: dict) -> list:
+    """Each prompt's answers with ``min_genes`` = its context's median real cell length."""
+    from dataclasses import replace
+
+    out = []
+    for r in rows:
+        calibrated = replace(settings, min_genes=max(1, median_length[r["cell_context"]]))
+        out += generator.generate([r["prompt"]] * n_cells, calibrated, batch_size=64)
     return out
 
 
@@ -141,6 +155,19 @@ def main() -> None:
         rows = [r for r in train if r["cell_context"] == ctx]
         mean_delta[ctx] = np.mean([real_delta_of(r) for r in rows], axis=0)
 
+    median_length = {  # genes per real training cell of each context (rl/train references)
+        ctx: int(
+            np.median(
+                [
+                    len(x.split())
+                    for r in train
+                    if r["cell_context"] == ctx
+                    for x in r["reference_sentences"]
+                ]
+            )
+        )  # fmt: skip
+        for ctx in set(train["cell_context"])
+    }
     loaded = load_model_dir(args.model)
     generator = Sampler(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
     top_k = ((built.manifest.get("config") or {}).get("sentences") or {}).get("top_k") or 100
@@ -163,7 +190,10 @@ def main() -> None:
             )
             t0 = time.perf_counter()
             prompts = [r["prompt"] for r in rows for _ in range(v["cells"])]
-            comps = generator.generate(prompts, settings, batch_size=64)
+            if v["length_matched"]:
+                comps = _length_matched(generator, settings, rows, v["cells"], median_length)
+            else:
+                comps = generator.generate(prompts, settings, batch_size=64)
             extracted = [extract_cell(c.text) for c in comps]
             X, report = decoder.decode([e.sentence for e in extracted])
             X = np.asarray(X.todense()) if hasattr(X, "todense") else np.asarray(X)
