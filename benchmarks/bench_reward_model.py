@@ -58,7 +58,7 @@ def untrained_eval(sft: Path, prefs: Path) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from cellrlhf.reward.preferences import load_preferences
+    from cellrlhf.reward.preference_files import load_preferences
     from cellrlhf.reward.reward_model_eval import evaluate_reward_model
 
     torch.manual_seed(0)
@@ -97,7 +97,8 @@ def label_reliability(prefs_a: Path, prefs_b: Path, data: Path, split: str = "te
     from datasets import load_from_disk
 
     from cellrlhf.cell2text.decoder import ExpressionDecoder
-    from cellrlhf.reward.preferences import PreferenceConfig, load_preferences
+    from cellrlhf.reward.preference_config import PreferenceConfig
+    from cellrlhf.reward.preference_files import load_preferences
     from cellrlhf.reward.reward_model_eval import spearman, within_group_spearman
 
     config = json.loads((prefs_a / "manifest.json").read_text())["config"]

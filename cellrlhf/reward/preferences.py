@@ -14,15 +14,11 @@ Pairs ``(i, j)`` of completions of the same prompt whose scores differ by more t
 cell of the perturbation (or the prompt's best sample) as the chosen answer. Every answer is
 scored in the context of the prompt's sampled group, so all scores share one scale.
 
-Output (``output_dir``)::
-
-    pairs/         DatasetDict train/test, TRL preference format (conversational, explicit
-                   prompt): prompt, chosen, rejected, plus score_chosen, score_rejected,
-                   pair_kind, perturbation, cell_context, split_kind, prompt_id, rejected_source
-    completions/   DatasetDict train/test: every sampled completion with its score and terms
-                   (the reward model's rank-correlation evaluation uses test)
-    manifest.json  configuration, inputs, counts, held-out perturbations, leakage check
-    preferences.png  score distributions and pair counts
+This module samples (:func:`sample_completions`), checks leakage and runs the build
+(:func:`build_preferences`); the settings live in :mod:`cellrlhf.reward.preference_config`,
+scoring and pairing in :mod:`cellrlhf.reward.preference_pairs`, and the output directory
+(``pairs/``, ``completions/``, ``manifest.json``, ``preferences.png``) with its readers in
+:mod:`cellrlhf.reward.preference_files`.
 
 Training pairs come only from the ``train`` split and test pairs only from ``test`` (hard
 negatives draw other perturbations from their own split); the held-out perturbations of the
@@ -35,228 +31,26 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cellrlhf.cell2text.markup import CELL_END, CELL_START, format_cell
 from cellrlhf.data.split_config import LeakageError
-from cellrlhf.reward.hard_negatives import (
-    HARD_NEGATIVE_KINDS,
-    PromptReference,
-    build_hard_negatives,
-)
+from cellrlhf.reward.preference_config import PreferenceConfig
+from cellrlhf.reward.preference_files import preferences_manifest, write_preferences
+from cellrlhf.reward.preference_pairs import RL_COLUMNS, score_and_pair
 
 __all__ = [
-    "PAIR_KINDS",
-    "PAIRS_DIRNAME",
-    "COMPLETIONS_DIRNAME",
-    "MANIFEST_FILENAME",
-    "PreferenceConfig",
     "SampledGroup",
-    "LeakageError",
-    "sample_completions",
-    "select_sampled_pairs",
-    "answer_with_sentence",
-    "held_out_keys",
-    "check_no_leakage",
     "build_preferences",
-    "load_preference_pairs",
-    "load_preferences",
+    "check_no_leakage",
+    "held_out_keys",
+    "sample_completions",
 ]
 
 logger = logging.getLogger(__name__)
-
-PAIR_KINDS = ("sampled", *HARD_NEGATIVE_KINDS)
-PAIRS_DIRNAME = "pairs"
-COMPLETIONS_DIRNAME = "completions"
-MANIFEST_FILENAME = "manifest.json"
-PLOT_FILENAME = "preferences.png"
-_FORMAT = "cellrlhf.preferences"
-_VERSION = 1
-_RL_COLUMNS = (
-    "prompt",
-    "perturbation",
-    "cell_context",
-    "reference_perturbed",
-    "reference_control",
-    "decoded_control",
-    "reference_sentences",
-)
-_CHOSEN_MODES = ("real", "best_sample")
-
-
-@dataclass
-class PreferenceConfig:
-    """Arguments of ``cellrlhf preferences`` (``--config`` YAML, flags override it)."""
-
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "SFT model directory to sample completions from (written by `cellrlhf sft`). Required."
-        },
-    )
-    dataset_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Dataset directory written by `cellrlhf data build` (with rl/ and splits.json). Required."
-        },
-    )
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where pairs/, completions/ and manifest.json are written. Required."},
-    )
-    train_split: str = field(
-        default="train", metadata={"help": "rl/ split that yields the training pairs."}
-    )
-    test_split: str = field(
-        default="test",
-        metadata={
-            "help": "rl/ split of held-out perturbations that yields the evaluation pairs ('' to skip)."
-        },
-    )
-    num_completions: int = field(
-        default=64,
-        metadata={
-            "help": "Completions sampled per prompt: the group whose pseudo-bulk is scored (the pilot needed "
-            ">= 64 cells for a stable pseudo-bulk)."
-        },
-    )
-    generation_batch_size: int = field(
-        default=256, metadata={"help": "Sequences generated together (per process)."}
-    )
-    max_new_tokens: int = field(default=256, metadata={"help": "Token budget of each completion."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1: off)."})
-    seed: int = field(
-        default=0, metadata={"help": "Seed of sampling, pair selection and hard negatives."}
-    )
-    max_prompts: int | None = field(
-        default=None,
-        metadata={"help": "Use at most this many prompts per split (seeded subsample)."},
-    )
-    min_score_margin: float = field(
-        default=0.1,
-        metadata={"help": "Sampled pairs need score(chosen) - score(rejected) above this margin."},
-    )
-    max_pairs_per_prompt: int = field(
-        default=32,
-        metadata={
-            "help": "Sampled pairs kept per prompt (drawn at random among qualifying pairs)."
-        },
-    )
-    hard_negative_kinds: list[str] = field(
-        default_factory=lambda: list(HARD_NEGATIVE_KINDS),
-        metadata={
-            "help": f"Hard negatives to add, any of {list(HARD_NEGATIVE_KINDS)} (empty list: none)."
-        },
-    )
-    hard_negatives_per_kind: int = field(
-        default=2, metadata={"help": "Hard negatives of each kind per prompt."}
-    )
-    hard_negative_chosen: str = field(
-        default="real",
-        metadata={
-            "help": "Chosen answer of hard-negative pairs: `real` (a real cell of the perturbation) or "
-            "`best_sample` (the prompt's best-scoring sample).",
-            "choices": list(_CHOSEN_MODES),
-        },
-    )
-    min_de_genes: int = field(
-        default=1,
-        metadata={
-            "help": "A perturbation with at least this many DE genes acts: it gets `control` negatives."
-        },
-    )
-    max_other_delta_pearson: float = field(
-        default=0.5,
-        metadata={
-            "help": "`other_perturbation` negatives come from perturbations whose response correlates with "
-            "the prompt's below this value."
-        },
-    )
-    reward_weights: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": "Weights of the group reward's terms (RewardWeights: fidelity, top_de, distribution, "
-            "duplicates, unclosed, unknown, empty), as a mapping in YAML or a JSON string. Default: the "
-            "reward's defaults."
-        },
-    )
-    reward_credit: str = field(
-        default="jackknife",
-        metadata={
-            "help": "Credit of each completion: `jackknife` (leave-one-out) or `group`.",
-            "choices": ["jackknife", "group"],
-        },
-    )
-    reward_distance: str = field(
-        default="energy",
-        metadata={
-            "help": "Realism distance to real cells: `energy` or `mmd`.",
-            "choices": ["energy", "mmd"],
-        },
-    )
-    reward_top_k: int = field(default=20, metadata={"help": "Genes of the reward's top-DE term."})
-    reward_pseudo_clip: float = field(
-        default=3.0, metadata={"help": "Bound on leave-one-out pseudo-values."}
-    )
-    dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "Dtype of the model for sampling.",
-            "choices": ["float32", "bfloat16", "float16"],
-        },
-    )
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-
-    def __post_init__(self) -> None:
-        if isinstance(self.reward_weights, str):
-            self.reward_weights = (
-                json.loads(self.reward_weights) if self.reward_weights.strip() else None
-            )
-        if self.num_completions < 2:
-            raise ValueError(
-                f"num_completions={self.num_completions}; a group needs at least 2 completions."
-            )
-        if self.generation_batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("generation_batch_size and max_new_tokens must be >= 1.")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature}; sampling needs a temperature > 0.")
-        if (
-            self.min_score_margin < 0
-            or self.max_pairs_per_prompt < 0
-            or self.hard_negatives_per_kind < 0
-        ):
-            raise ValueError(
-                "min_score_margin, max_pairs_per_prompt and hard_negatives_per_kind must be >= 0."
-            )
-        unknown = set(self.hard_negative_kinds) - set(HARD_NEGATIVE_KINDS)
-        if unknown:
-            raise ValueError(
-                f"hard_negative_kinds has unknown kinds {sorted(unknown)}; choose from {HARD_NEGATIVE_KINDS}."
-            )
-        if self.hard_negative_chosen not in _CHOSEN_MODES:
-            raise ValueError(
-                f"hard_negative_chosen={self.hard_negative_chosen!r}; choose one of {_CHOSEN_MODES}."
-            )
-
-    def reward(self, decoder):
-        """The :class:`GroupFidelityReward` these settings describe."""
-        from cellrlhf.reward.fidelity_reward import GroupFidelityReward
-
-        return GroupFidelityReward(
-            decoder,
-            weights=self.reward_weights,
-            credit=self.reward_credit,
-            top_k=self.reward_top_k,
-            distance=self.reward_distance,
-            pseudo_clip=self.reward_pseudo_clip,
-            gather=False,
-        )
 
 
 # --------------------------------------------------------------------------- sampling
@@ -346,64 +140,6 @@ def sample_completions(
     return [SampledGroup(t, e) for t, e in zip(texts, ended, strict=True)]
 
 
-# --------------------------------------------------------------------------- pairs
-def select_sampled_pairs(
-    scores: np.ndarray,
-    sentences: Sequence[str],
-    *,
-    min_margin: float,
-    max_pairs: int,
-    rng: np.random.Generator,
-) -> list[tuple[int, int]]:
-    """Pairs ``(chosen, rejected)`` of one group whose scores differ by more than ``min_margin``.
-
-    Pairs of identical answers (same sentence after whitespace normalisation) are skipped; at
-    most ``max_pairs`` are drawn uniformly at random among those that qualify, then listed in
-    a fixed order.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    keys = [" ".join(s.split()).upper() for s in sentences]
-    diff = scores[:, None] - scores[None, :]
-    chosen, rejected = np.nonzero(diff > min_margin)
-    keep = np.fromiter(
-        (keys[i] != keys[j] for i, j in zip(chosen, rejected, strict=True)),
-        dtype=bool,
-        count=len(chosen),
-    )
-    chosen, rejected = chosen[keep], rejected[keep]
-    if len(chosen) > max_pairs:
-        picked = np.sort(rng.choice(len(chosen), size=max_pairs, replace=False))
-        chosen, rejected = chosen[picked], rejected[picked]
-    return [(int(i), int(j)) for i, j in zip(chosen, rejected, strict=True)]
-
-
-def answer_with_sentence(template: str | None, sentence: str) -> str:
-    """An answer carrying ``sentence``, written the way the model writes its answers.
-
-    The cell inside ``template`` (a sampled answer, ``... <cell> G1 G2 </cell> ...``) is replaced
-    by ``sentence``, so hard negatives and real cells differ from sampled answers in their genes
-    only, never in their wording; without a usable template the answer is ``format_cell(sentence)``.
-    """
-    cell = format_cell(sentence)
-    if not template:
-        return cell
-    start = template.find(CELL_START)
-    end = template.find(CELL_END, start + len(CELL_START)) if start >= 0 else -1
-    if start < 0 or end < 0:
-        return cell
-    return template[:start] + cell + template[end + len(CELL_END) :]
-
-
-def _template_of(texts: Sequence[str], scores: np.ndarray) -> str | None:
-    """The best-scoring sampled answer that has a closed cell, as the wording template."""
-    for i in np.argsort(-np.asarray(scores), kind="stable"):
-        text = texts[i]
-        start = text.find(CELL_START)
-        if start >= 0 and text.find(CELL_END, start) >= 0:
-            return text
-    return None
-
-
 # --------------------------------------------------------------------------- leakage
 def held_out_keys(dataset_dir: str | Path, train_rows, test_rows) -> set[tuple[str, str]]:
     """``(perturbation, cell_context)`` pairs that are held out, from the dataset's ``splits.json``.
@@ -463,175 +199,6 @@ def check_no_leakage(pairs, held_out: set[tuple[str, str]]) -> None:
         )
 
 
-# --------------------------------------------------------------------------- building
-def _references(rows: dict[str, list]) -> list[PromptReference]:
-    n = len(rows["prompt"])
-    up = rows.get("de_genes_up") or [[]] * n
-    down = rows.get("de_genes_down") or [[]] * n
-    return [
-        PromptReference(
-            perturbation=str(p),
-            cell_context=str(c),
-            reference_perturbed=np.asarray(rp, dtype=np.float64),
-            reference_control=np.asarray(rc, dtype=np.float64),
-            reference_sentences=tuple(s),
-            n_de_genes=len(u or []) + len(d or []),
-        )
-        for p, c, rp, rc, s, u, d in zip(
-            rows["perturbation"],
-            rows["cell_context"],
-            rows["reference_perturbed"],
-            rows["reference_control"],
-            rows["reference_sentences"],
-            up,
-            down,
-            strict=True,
-        )
-    ]
-
-
-def _score_groups(reward, groups: list[list[str]], rows: dict[str, list], row_of_group: list[int]):
-    """Score several groups of answers in one call; one breakdown for all rows."""
-    texts = [t for g in groups for t in g]
-    keys = [k for k, g in enumerate(groups) for _ in g]
-    index = [row_of_group[k] for k in keys]
-
-    def column(name: str) -> list:
-        values = rows[name]
-        return [values[i] for i in index]
-
-    return reward.score(
-        keys,
-        texts,
-        reference_perturbed=column("reference_perturbed"),
-        reference_control=column("reference_control"),
-        decoded_control=column("decoded_control"),
-        reference_sentences=column("reference_sentences"),
-    )
-
-
-def _split_records(
-    config: PreferenceConfig,
-    reward,
-    rows,
-    groups: list[SampledGroup],
-    split: str,
-    stream: int,
-) -> tuple[list[dict], list[dict]]:
-    """Pairs and scored completions of one split."""
-    from tqdm.auto import tqdm
-
-    wanted = (*_RL_COLUMNS, "split_kind", "de_genes_up", "de_genes_down")
-    rows = {name: list(rows[name]) for name in wanted if name in rows.column_names}
-    refs = _references(rows)
-    genes = list(reward.decoder.vocab.genes)
-    split_kind = rows.get("split_kind") or [""] * len(rows["prompt"])
-    pairs: list[dict] = []
-    completions: list[dict] = []
-    n_samples = len(groups[0].texts) if groups else 0
-    for r in tqdm(range(len(rows["prompt"])), desc=f"scoring {split}", disable=not config.progress):
-        prompt = rows["prompt"][r]
-        group = groups[r]
-        prompt_id = f"{split}:{r}"
-        common = {
-            "perturbation": refs[r].perturbation,
-            "cell_context": refs[r].cell_context,
-            "split_kind": str(split_kind[r]),
-            "prompt_id": prompt_id,
-        }
-        # the sampled group itself: completion i's score is its leave-one-out credit
-        texts = list(group.texts)
-        breakdown = _score_groups(reward, [texts], rows, [r])
-        scores = breakdown.reward
-        for i, text in enumerate(texts):
-            completions.append(
-                {
-                    "prompt": prompt,
-                    "completion": [{"role": "assistant", "content": text}],
-                    "score": float(scores[i]),
-                    "fidelity": float(breakdown.fidelity[i]),
-                    "distribution": float(breakdown.distribution[i]),
-                    "duplicate_fraction": float(breakdown.duplicate_fraction[i]),
-                    "unclosed": float(breakdown.unclosed[i]),
-                    "ended": bool(group.ended[i]),
-                    "group_fidelity": float(breakdown.group_fidelity[i]),
-                    **common,
-                }
-            )
-        rng = np.random.default_rng([config.seed, stream, r])
-        for i, j in select_sampled_pairs(
-            scores,
-            texts,
-            min_margin=config.min_score_margin,
-            max_pairs=config.max_pairs_per_prompt,
-            rng=rng,
-        ):
-            pairs.append(
-                _pair(
-                    prompt, texts[i], texts[j], scores[i], scores[j], "sampled", "sampled", common
-                )
-            )
-
-        negatives = build_hard_negatives(
-            refs[r],
-            refs,
-            genes=genes,
-            rng=rng,
-            kinds=config.hard_negative_kinds,
-            per_kind=config.hard_negatives_per_kind,
-            min_de_genes=config.min_de_genes,
-            max_other_delta_pearson=config.max_other_delta_pearson,
-        )
-        if not negatives:
-            continue
-        template = _template_of(texts, scores)
-        best = int(np.argmax(scores))
-        answers: list[tuple[str, str]] = []  # (chosen, rejected) texts
-        for neg in negatives:
-            chosen = (
-                texts[best]
-                if config.hard_negative_chosen == "best_sample"
-                else answer_with_sentence(template, neg.chosen)
-            )
-            answers.append((chosen, answer_with_sentence(template, neg.rejected)))
-        # every answer scored as one more member of the prompt's sampled group
-        candidates = [a for pair in answers for a in pair]
-        scored = _score_groups(
-            reward, [[*texts, c] for c in candidates], rows, [r] * len(candidates)
-        )
-        last = np.cumsum([n_samples + 1] * len(candidates)) - 1
-        cand_scores = scored.reward[last]
-        for k, (neg, (chosen, rejected)) in enumerate(zip(negatives, answers, strict=True)):
-            pairs.append(
-                _pair(
-                    prompt,
-                    chosen,
-                    rejected,
-                    cand_scores[2 * k],
-                    cand_scores[2 * k + 1],
-                    neg.kind,
-                    neg.source,
-                    common,
-                )
-            )
-    return pairs, completions
-
-
-def _pair(
-    prompt, chosen: str, rejected: str, s_chosen, s_rejected, kind: str, source: str, common: dict
-) -> dict:
-    return {
-        "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "score_chosen": float(s_chosen),
-        "score_rejected": float(s_rejected),
-        "pair_kind": kind,
-        "rejected_source": source,
-        **common,
-    }
-
-
 def _subsample(rows, limit: int | None, seed: int, stream: int):
     if limit is None or len(rows) <= limit:
         return rows
@@ -651,7 +218,7 @@ def _load_rl(dataset_dir: Path):
     if not isinstance(rl, DatasetDict):
         raise ValueError(f"{where} holds a single Dataset; expected train/test splits.")
     for name, split in rl.items():
-        missing = [c for c in _RL_COLUMNS if c not in split.column_names]
+        missing = [c for c in RL_COLUMNS if c not in split.column_names]
         if missing:
             raise ValueError(
                 f"{where} split {name!r} lacks column(s) {missing}; rebuild it with `cellrlhf data build`."
@@ -682,7 +249,6 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
     on the main process (other processes return the manifest without writing).
     """
     from accelerate import PartialState
-    from datasets import Dataset, DatasetDict
 
     from cellrlhf.cell2text.decoder import ExpressionDecoder
 
@@ -745,145 +311,20 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
             progress=config.progress,
         )
         if state.is_main_process:
-            pair_splits[split], completion_splits[split] = _split_records(
+            pair_splits[split], completion_splits[split] = score_and_pair(
                 config, reward, rows, groups, split, stream
             )
 
-    manifest = _manifest(
+    manifest = preferences_manifest(
         config, dataset_dir, pair_splits, completion_splits, held, time.perf_counter() - started
     )
     if state.is_main_process:
-        pairs = DatasetDict(
-            {s: Dataset.from_list(v) if v else _empty_pairs() for s, v in pair_splits.items()}
+        write_preferences(
+            config.output_dir,
+            pair_splits,
+            completion_splits,
+            manifest,
+            check=lambda pairs: check_no_leakage(pairs[config.train_split], held),
         )
-        check_no_leakage(pairs[config.train_split], held)
-        completions = DatasetDict(
-            {s: Dataset.from_list(v) for s, v in completion_splits.items() if v}
-        )
-        out = Path(config.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        pairs.save_to_disk(str(out / PAIRS_DIRNAME))
-        completions.save_to_disk(str(out / COMPLETIONS_DIRNAME))
-        _plot(completion_splits, pair_splits, out / PLOT_FILENAME)
-        (out / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
-        logger.info("preference data written to %s: %s", out, manifest["counts"])
     state.wait_for_everyone()
     return manifest
-
-
-def _empty_pairs():
-    from datasets import Dataset, Features, Value
-
-    message = [{"role": Value("string"), "content": Value("string")}]
-    features = Features(
-        {
-            "prompt": message,
-            "chosen": message,
-            "rejected": message,
-            "score_chosen": Value("float64"),
-            "score_rejected": Value("float64"),
-            "pair_kind": Value("string"),
-            "rejected_source": Value("string"),
-            "perturbation": Value("string"),
-            "cell_context": Value("string"),
-            "split_kind": Value("string"),
-            "prompt_id": Value("string"),
-        }
-    )
-    return Dataset.from_dict({k: [] for k in features}, features=features)
-
-
-def _manifest(
-    config, dataset_dir: Path, pairs: dict, completions: dict, held: set, seconds: float
-) -> dict:
-    data_manifest_path = dataset_dir / "manifest.json"
-    data_manifest = (
-        json.loads(data_manifest_path.read_text()) if data_manifest_path.exists() else {}
-    )
-    counts = {
-        split: {kind: sum(1 for p in rows if p["pair_kind"] == kind) for kind in PAIR_KINDS}
-        for split, rows in pairs.items()
-    }
-    scores = {
-        split: {
-            "n_completions": len(rows),
-            "score_mean": float(np.mean([c["score"] for c in rows])) if rows else None,
-            "score_std": float(np.std([c["score"] for c in rows])) if rows else None,
-            "ended_fraction": float(np.mean([c["ended"] for c in rows])) if rows else None,
-            "group_fidelity_mean": float(np.mean([c["group_fidelity"] for c in rows]))
-            if rows
-            else None,
-        }
-        for split, rows in completions.items()
-    }
-    return {
-        "format": _FORMAT,
-        "version": _VERSION,
-        "config": asdict(config),
-        "model": str(config.model_name_or_path),
-        "dataset_dir": str(dataset_dir),
-        "dataset_fingerprint": data_manifest.get("fingerprint"),
-        "simulated": bool(data_manifest.get("simulated", False)),
-        "counts": counts,
-        "completions": scores,
-        "perturbations": {
-            split: sorted({p["perturbation"] for p in rows}) for split, rows in pairs.items()
-        },
-        "held_out": sorted(f"{p} | {c}" for p, c in held),
-        "leakage_check": "passed: no held-out perturbation in the training pairs",
-        "seconds": round(seconds, 1),
-    }
-
-
-def _plot(completions: dict[str, list[dict]], pairs: dict[str, list[dict]], path: Path) -> None:
-    from cellrlhf.figures import subplots
-
-    fig, axes = subplots(1, 2, figsize=(10, 3.8))
-    for split, rows in completions.items():
-        if rows:
-            axes[0].hist([c["score"] for c in rows], bins=40, alpha=0.6, label=split)
-    axes[0].set_xlabel("group-aware score of sampled completions")
-    axes[0].set_ylabel("completions")
-    axes[0].legend()
-    width = 0.8 / max(len(pairs), 1)
-    for k, (split, rows) in enumerate(pairs.items()):
-        heights = [sum(1 for p in rows if p["pair_kind"] == kind) for kind in PAIR_KINDS]
-        axes[1].bar(np.arange(len(PAIR_KINDS)) + k * width, heights, width=width, label=split)
-    axes[1].set_xticks(np.arange(len(PAIR_KINDS)) + 0.4 - width / 2, PAIR_KINDS, rotation=15)
-    axes[1].set_ylabel("pairs")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-# --------------------------------------------------------------------------- loading
-def _check_preferences_dir(path: str | Path) -> Path:
-    root = Path(path)
-    if not (root / MANIFEST_FILENAME).exists() or not (root / PAIRS_DIRNAME).exists():
-        raise FileNotFoundError(
-            f"{root} is not a preference directory (no {MANIFEST_FILENAME} / {PAIRS_DIRNAME}/); build one with "
-            "`cellrlhf preferences --config ...`."
-        )
-    return root
-
-
-def load_preference_pairs(path: str | Path):
-    """The ``pairs`` DatasetDict of a preference directory (TRL preference format)."""
-    from datasets import load_from_disk
-
-    return load_from_disk(str(_check_preferences_dir(path) / PAIRS_DIRNAME))
-
-
-def load_preferences(path: str | Path, split: str):
-    """``(pairs, completions)`` of one split; ``completions`` is ``None`` when absent."""
-    from datasets import load_from_disk
-
-    root = _check_preferences_dir(path)
-    pairs = load_from_disk(str(root / PAIRS_DIRNAME))
-    if split not in pairs:
-        raise ValueError(f"{root} has no {split!r} split of pairs (splits: {list(pairs)}).")
-    completions = None
-    if (root / COMPLETIONS_DIRNAME).exists():
-        all_completions = load_from_disk(str(root / COMPLETIONS_DIRNAME))
-        completions = all_completions.get(split)
-    return pairs[split], completions

@@ -7,7 +7,7 @@
 
 Sampling runs on every process of an ``accelerate launch`` (chunks are split between them);
 scoring and writing happen once. Every field of
-:class:`~cellrlhf.reward.preferences.PreferenceConfig` is a flag and a YAML key.
+:class:`~cellrlhf.reward.preference_config.PreferenceConfig` is a flag and a YAML key.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ def make_parser(prog: str | None = None):
     """``TrlParser`` of :class:`PreferenceConfig` (``--config`` YAML, flags override it)."""
     from trl import TrlParser
 
-    from cellrlhf.reward.preferences import PreferenceConfig
+    from cellrlhf.reward.preference_config import PreferenceConfig
 
     return TrlParser((PreferenceConfig,), prog=prog)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, build the preference data, print the pair counts."""
-    from cellrlhf.reward.preferences import LeakageError, build_preferences
+    from cellrlhf.data.split_config import LeakageError
+    from cellrlhf.reward.preferences import build_preferences
 
     parser = make_parser(prog="cellrlhf preferences")
     try:

@@ -491,7 +491,7 @@ def evaluate_saved(
     max_pairs, max_completions
         Evaluate the first this many rows only (quick checks).
     """
-    from cellrlhf.reward.preferences import load_preferences
+    from cellrlhf.reward.preference_files import load_preferences
 
     pairs, completions = load_preferences(preferences_dir, split)
     if max_pairs is not None:

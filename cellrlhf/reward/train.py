@@ -319,7 +319,7 @@ def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
     from trl import RewardTrainer
 
-    from cellrlhf.reward.preferences import load_preference_pairs
+    from cellrlhf.reward.preference_files import load_preference_pairs
     from cellrlhf.sft.checkpoints import resolve_resume
     from cellrlhf.sft.model_dir import save_model_dir
 

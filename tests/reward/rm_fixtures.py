@@ -253,7 +253,8 @@ PREFERENCE_TEST_SETTINGS = _preference_test_settings()
 
 def build_preferences_for_tests(sft_dir: Path, dataset_dir: Path, out: Path, **overrides):
     """Preference directory from the tiny SFT model (test settings plus ``overrides``)."""
-    from cellrlhf.reward.preferences import PreferenceConfig, build_preferences
+    from cellrlhf.reward.preference_config import PreferenceConfig
+    from cellrlhf.reward.preferences import build_preferences
 
     config = PreferenceConfig(
         model_name_or_path=str(sft_dir),

@@ -20,12 +20,9 @@ from rm_fixtures import (
 from trl.data_utils import is_conversational
 
 from cellrlhf.cell2text.markup import extract_cell
-from cellrlhf.reward.preferences import (
-    PAIR_KINDS,
-    LeakageError,
-    load_preference_pairs,
-    load_preferences,
-)
+from cellrlhf.data.split_config import LeakageError
+from cellrlhf.reward.preference_files import load_preference_pairs, load_preferences
+from cellrlhf.reward.preference_pairs import PAIR_KINDS
 
 # the shared session fixtures (tests/reward/rm_fixtures.py)
 rm_dataset_dir = rm_fixtures.rm_dataset_dir

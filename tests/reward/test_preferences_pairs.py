@@ -10,6 +10,7 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cellrlhf.data.split_config import LeakageError
 from cellrlhf.reward.hard_negatives import (
     HARD_NEGATIVE_KINDS,
     PromptReference,
@@ -17,14 +18,9 @@ from cellrlhf.reward.hard_negatives import (
     profile_sentence,
     shuffle_ranks,
 )
-from cellrlhf.reward.preferences import (
-    LeakageError,
-    PreferenceConfig,
-    answer_with_sentence,
-    check_no_leakage,
-    held_out_keys,
-    select_sampled_pairs,
-)
+from cellrlhf.reward.preference_config import PreferenceConfig
+from cellrlhf.reward.preference_pairs import answer_with_sentence, select_sampled_pairs
+from cellrlhf.reward.preferences import check_no_leakage, held_out_keys
 
 GENES = [f"G{i}" for i in range(12)]
 
