@@ -299,8 +299,6 @@ def evaluate_predictions(
     progress
         Progress bar over perturbations.
     """
-    from tqdm.auto import tqdm
-
     for which, adata in (("predicted", pred), ("real", real)):
         if adata.n_obs == 0:
             raise ValueError(f"the {which} AnnData has no cells.")
@@ -367,57 +365,17 @@ def evaluate_predictions(
             p_delta, all_real_delta, true_index=true_index, exclude=exclude, metric=metric
         )
 
-    per_pert_rows: dict[str, dict] = {}
-    de_columns = [
-        "overlap_at_N",
-        *(f"overlap_at_{k}" for k in de_k),
-        "precision_at_N",
-        "signed_overlap_at_N",
-        "de_direction_match",
-        "de_sig_genes_recall",
-        "de_n_real",
-        "de_n_pred",
-    ]
-    distinct = np.full(len(perts), np.nan)
-    pred_ctrl_cells = real_ctrl_cells = None
-    if de:
-        pred_ctrl_cells = _rows(
-            Xp, np.flatnonzero(pred_codes == np.flatnonzero(pred_cats == control)[0]), pred_genes
-        )
-        real_ctrl_cells = _rows(Xr, np.flatnonzero(real_codes == real_pos[control]), real_genes)
-    for i, p in enumerate(tqdm(perts, desc="evaluate", disable=not progress)):
-        p_cells_idx = np.flatnonzero(pred_codes == pred_rows[i])
-        if len(p_cells_idx) > 1:
-            block = Xp[p_cells_idx]
-            distinct[i] = distinct_rows_fraction(block)[0]
-        if not de:
-            continue
-        r_cells = _rows(Xr, np.flatnonzero(real_codes == real_rows[i]), real_genes)
-        real_de = differential_expression(r_cells, real_ctrl_cells, is_log1p=is_log1p)
-        n_real_de = int(real_de.significant(fdr_threshold).sum())
-        if len(p_cells_idx) == 1:  # one profile: nothing to test
-            per_pert_rows[p] = {**dict.fromkeys(de_columns, np.nan), "de_n_real": n_real_de}
-            continue
-        p_cells = _rows(Xp, p_cells_idx, pred_genes)
-        pred_de = differential_expression(p_cells, pred_ctrl_cells, is_log1p=is_log1p)
-        row = {
-            "overlap_at_N": overlap_at_n(real_de, pred_de, None, fdr_threshold=fdr_threshold),
-            **{
-                f"overlap_at_{k}": overlap_at_n(real_de, pred_de, k, fdr_threshold=fdr_threshold)
-                for k in de_k
-            },
-            "precision_at_N": precision_at_n(real_de, pred_de, None, fdr_threshold=fdr_threshold),
-            "signed_overlap_at_N": signed_overlap_at_n(
-                real_de, pred_de, None, fdr_threshold=fdr_threshold
-            ),
-            "de_direction_match": direction_match(real_de, pred_de, fdr_threshold=fdr_threshold),
-            "de_sig_genes_recall": sig_genes_recall(real_de, pred_de, fdr_threshold=fdr_threshold),
-            "de_n_real": n_real_de,
-            "de_n_pred": int(pred_de.significant(fdr_threshold).sum()),
-        }
-        per_pert_rows[p] = row
-    if de:
-        de_table = pd.DataFrame.from_dict(per_pert_rows, orient="index", columns=de_columns)
+    distinct, de_table = _cell_level_metrics(
+        (Xp, pred_codes, pred_rows, int(np.flatnonzero(pred_cats == control)[0]), pred_genes),
+        (Xr, real_codes, real_rows, real_pos[control], real_genes),
+        perts,
+        de=de,
+        de_k=de_k,
+        fdr_threshold=fdr_threshold,
+        is_log1p=is_log1p,
+        progress=progress,
+    )
+    if de_table is not None:
         table = table.join(de_table, on="perturbation")
     table["distinct_fraction"] = distinct
     params = {
@@ -439,6 +397,70 @@ def evaluate_predictions(
         real_delta=r_delta,
         genes=np.asarray(genes, dtype=object),
     )
+
+
+def _de_columns(de_k) -> list[str]:
+    return [
+        "overlap_at_N",
+        *(f"overlap_at_{k}" for k in de_k),
+        "precision_at_N",
+        "signed_overlap_at_N",
+        "de_direction_match",
+        "de_sig_genes_recall",
+        "de_n_real",
+        "de_n_pred",
+    ]
+
+
+def _de_row(real_de, pred_de, de_k, fdr_threshold: float) -> dict:
+    """The DE metrics of one perturbation from its real and predicted DE tests."""
+    fdr = {"fdr_threshold": fdr_threshold}
+    return {
+        "overlap_at_N": overlap_at_n(real_de, pred_de, None, **fdr),
+        **{f"overlap_at_{k}": overlap_at_n(real_de, pred_de, k, **fdr) for k in de_k},
+        "precision_at_N": precision_at_n(real_de, pred_de, None, **fdr),
+        "signed_overlap_at_N": signed_overlap_at_n(real_de, pred_de, None, **fdr),
+        "de_direction_match": direction_match(real_de, pred_de, **fdr),
+        "de_sig_genes_recall": sig_genes_recall(real_de, pred_de, **fdr),
+        "de_n_real": int(real_de.significant(fdr_threshold).sum()),
+        "de_n_pred": int(pred_de.significant(fdr_threshold).sum()),
+    }
+
+
+def _cell_level_metrics(pred, real, perts, *, de, de_k, fdr_threshold, is_log1p, progress):
+    """Per perturbation: the fraction of distinct predicted cells, and (``de``) the DE metrics.
+
+    ``pred`` and ``real`` are ``(X, codes, row of each perturbation, control row, genes)``.
+    Returns ``(distinct, de_table)``; ``de_table`` is ``None`` without ``de``.
+    """
+    from tqdm.auto import tqdm
+
+    Xp, pred_codes, pred_rows, pred_control, pred_genes = pred
+    Xr, real_codes, real_rows, real_control, real_genes = real
+    columns = _de_columns(de_k)
+    distinct = np.full(len(perts), np.nan)
+    rows: dict[str, dict] = {}
+    if de:
+        pred_ctrl_cells = _rows(Xp, np.flatnonzero(pred_codes == pred_control), pred_genes)
+        real_ctrl_cells = _rows(Xr, np.flatnonzero(real_codes == real_control), real_genes)
+    for i, p in enumerate(tqdm(perts, desc="evaluate", disable=not progress)):
+        p_cells_idx = np.flatnonzero(pred_codes == pred_rows[i])
+        if len(p_cells_idx) > 1:
+            distinct[i] = distinct_rows_fraction(Xp[p_cells_idx])[0]
+        if not de:
+            continue
+        r_cells = _rows(Xr, np.flatnonzero(real_codes == real_rows[i]), real_genes)
+        real_de = differential_expression(r_cells, real_ctrl_cells, is_log1p=is_log1p)
+        if len(p_cells_idx) == 1:  # one profile: nothing to test
+            n_real_de = int(real_de.significant(fdr_threshold).sum())
+            rows[p] = {**dict.fromkeys(columns, np.nan), "de_n_real": n_real_de}
+            continue
+        p_cells = _rows(Xp, p_cells_idx, pred_genes)
+        pred_de = differential_expression(p_cells, pred_ctrl_cells, is_log1p=is_log1p)
+        rows[p] = _de_row(real_de, pred_de, de_k, fdr_threshold)
+    if not de:
+        return distinct, None
+    return distinct, pd.DataFrame.from_dict(rows, orient="index", columns=columns)
 
 
 def _reference_on_genes(reference_delta, real, real_genes: np.ndarray) -> np.ndarray | None:
