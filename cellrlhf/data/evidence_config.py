@@ -11,7 +11,14 @@ from dataclasses import dataclass, field, fields
 
 from cellrlhf.config_types import check_types
 
-__all__ = ["EVIDENCE_KINDS", "EvidenceError", "NeighbourConfig", "EvidenceConfig"]
+__all__ = [
+    "EVIDENCE_KINDS",
+    "EvidenceError",
+    "NeighbourConfig",
+    "EvidenceConfig",
+    "SAME_INFORMATION_BASELINE",
+    "evidence_note",
+]
 
 EVIDENCE_KINDS = ("average_response", "components", "other_contexts", "neighbours")
 
@@ -103,3 +110,31 @@ class EvidenceConfig:
         _check_keys(neighbours, NeighbourConfig, "evidence.neighbours")
         spec["neighbours"] = NeighbourConfig(**neighbours)
         return cls(**spec)
+
+
+# the baseline that uses the same information as each kind (a gain is never just the evidence)
+SAME_INFORMATION_BASELINE = {
+    "average_response": "mean",
+    "components": "additive",
+    "other_contexts": "context_transfer",
+    "neighbours": "nearest",
+}
+
+
+def evidence_note(manifest: dict) -> str | None:
+    """One sentence on the measured evidence a built dataset's prompts carry, naming the
+    baseline that uses the same information for each kind; ``None`` without evidence.
+
+    Parameters
+    ----------
+    manifest
+        A dataset's ``manifest.json`` (its ``config.evidence.kinds`` is read).
+    """
+    kinds = list((((manifest or {}).get("config") or {}).get("evidence") or {}).get("kinds") or [])
+    if not kinds:
+        return None
+    pairs = ", ".join(f"`{k}` (vs `{SAME_INFORMATION_BASELINE.get(k, '?')}`)" for k in kinds)
+    return (
+        f"Prompts carry measured evidence from training cells: {pairs}; each model is to be read "
+        "against the baseline that uses the same information."
+    )

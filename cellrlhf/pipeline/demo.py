@@ -21,7 +21,8 @@ __all__ = ["choose_data_config", "make_parser", "cli", "DEMO_PIPELINE"]
 logger = logging.getLogger(__name__)
 
 DEMO_PIPELINE = "configs/pipeline/demo.yaml"
-REAL_DATA_CONFIG = "configs/data/norman_mcfaline.yaml"
+# the real subset with the average training response as evidence in every perturbation prompt
+REAL_DATA_CONFIG = "configs/data/norman_mcfaline_evidence.yaml"
 SIMULATED_DATA_CONFIG = "configs/data/simulated.yaml"
 
 

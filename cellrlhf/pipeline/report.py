@@ -426,7 +426,9 @@ def build_sections(art: RunArtifacts, out_dir: Path) -> list[Section]:
     """The report's sections, in :data:`SECTION_TITLES` order (the verdict first)."""
     source = load_aggregate(art)
     sections = [
-        verdict_section(source),
+        verdict_section(
+            source, art.data_manifests or ({"data": art.data_manifest} if art.data_manifest else {})
+        ),
         data_section(art),
         _evaluation_section(art, out_dir, source.aggregate),
         intervals_section(source, out_dir),

@@ -43,9 +43,11 @@ def _runs_phrase(agg, setting: str) -> str:
     )
 
 
-def verdict_section(source: AggregateSource) -> Section:
+def verdict_section(source: AggregateSource, manifests: dict | None = None) -> Section:
     """Per setting: the verdict table (best model, best baseline, ceilings, paired differences
-    with intervals) and its sentences."""
+    with intervals) and its sentences; first, the measured evidence the prompts carry (from
+    the data ``manifests``) and the baselines that use the same information."""
+    from cellrlhf.data.evidence_config import evidence_note
     from cellrlhf.evaluation.verdict import setting_verdicts, verdict_table
 
     sec = Section(VERDICT_TITLE)
@@ -60,6 +62,9 @@ def verdict_section(source: AggregateSource) -> Section:
         f"{agg.seed}), Student's t below {SMALL_SAMPLE} perturbations, where a bootstrap is too "
         f"narrow. Source: {source.origin}."
     )
+    for note in dict.fromkeys(evidence_note(m) for m in (manifests or {}).values()):
+        if note:
+            sec.text(note)
     for verdict in setting_verdicts(agg):
         sec.heading(f"{verdict.setting}: {_runs_phrase(agg, verdict.setting)}")
         sec.table(verdict_table(verdict))
@@ -200,6 +205,10 @@ def data_tables(manifest: dict, splits: dict) -> tuple[pd.DataFrame, pd.DataFram
                 "cell contexts": _names(manifest.get("cell_contexts")),
                 "genes": _count((manifest.get("vocab") or {}).get("n_genes")),
                 "held out": split.get("kind", "-"),
+                "evidence in prompts": ", ".join(
+                    ((manifest.get("config") or {}).get("evidence") or {}).get("kinds") or []
+                )
+                or "none",
                 "fold": "-" if fold is None else f"{fold} of {config_split.get('folds')}",
             }
         ]

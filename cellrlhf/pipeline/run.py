@@ -125,5 +125,24 @@ def print_verdict(run_dir: str | Path) -> list[str]:
         logger.warning("no verdict for %s: %s", run_dir, err)
         return []
     if lines:
+        lines += _evidence_notes(Path(run_dir))
         print("\n".join(["", "Verdict", *lines]), flush=True)
     return lines
+
+
+def _evidence_notes(run_dir: Path) -> list[str]:
+    """The evidence sentence of each distinct data set under ``run_dir`` (its data stages)."""
+    import json
+
+    from cellrlhf.data.evidence_config import evidence_note
+
+    notes = []
+    for path in sorted(run_dir.glob("**/manifest.json")):
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        note = evidence_note(manifest) if "vocab" in manifest else None
+        if note and note not in notes:
+            notes.append(note)
+    return notes

@@ -361,3 +361,12 @@ def test_response_task_teaches_control_answers(singles_built):
         # a control cell expresses all five genes; no perturbed cell does
         assert set(row["messages"][-1]["content"].split()[1:-1]) == {"G1", "G2", "G3", "G4", "G5"}
         assert row["cell_ids"][0] in CONTROL_IDS
+
+
+def test_evidence_note_names_each_kind_and_its_same_information_baseline():
+    from cellrlhf.data.evidence_config import evidence_note
+
+    assert evidence_note({}) is None
+    assert evidence_note({"config": {"evidence": {"kinds": []}}}) is None
+    note = evidence_note({"config": {"evidence": {"kinds": ["other_contexts", "neighbours"]}}})
+    assert "`other_contexts` (vs `context_transfer`), `neighbours` (vs `nearest`)" in note

@@ -1,8 +1,10 @@
+
 """``cellrlhf pipeline --dry-run`` shows the expanded stages and runs none; the verdict closes a
 run's terminal output."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -114,3 +116,23 @@ def test_no_verdict_module_or_results_prints_nothing(tmp_path, capsys, monkeypat
     monkeypatch.setitem(sys.modules, "cellrlhf.evaluation.verdict", fake)
     assert print_verdict(tmp_path) == []
     assert capsys.readouterr().out == ""
+
+
+def test_the_terminal_verdict_names_the_evidence_and_its_baseline(tmp_path, capsys, monkeypatch):
+    fake = types.ModuleType("cellrlhf.evaluation.verdict")
+    fake.verdict_lines = lambda run_dir: ["SFT did not improve over mean."]
+    monkeypatch.setitem(sys.modules, "cellrlhf.evaluation.verdict", fake)
+    data = {"vocab": {}, "config": {"evidence": {"kinds": ["average_response", "components"]}}}
+    for fold in (0, 1):  # one sentence per distinct data set, not per fold
+        (tmp_path / f"fold{fold}" / "data").mkdir(parents=True)
+        (tmp_path / f"fold{fold}" / "data" / "manifest.json").write_text(json.dumps(data))
+    (tmp_path / "eval").mkdir()  # an evaluation's manifest is not a data set's
+    (tmp_path / "eval" / "manifest.json").write_text(json.dumps({"config": data["config"]}))
+    lines = print_verdict(tmp_path)
+    assert lines == [
+        "SFT did not improve over mean.",
+        "Prompts carry measured evidence from training cells: `average_response` (vs `mean`), "
+        "`components` (vs `additive`); each model is to be read against the baseline that uses "
+        "the same information.",
+    ]
+    assert capsys.readouterr().out.endswith(lines[-1] + "\n")

@@ -306,7 +306,10 @@ def test_data_section_is_a_small_human_table(tmp_path):
         "perturbations": ["control", "A", "B", "A+B", "C"],
         "cell_contexts": ["K562"],
         "vocab": {"n_genes": 2000},
-        "config": {"split": {"kind": "unseen_single", "folds": 3, "fold": 1}},
+        "config": {
+            "split": {"kind": "unseen_single", "folds": 3, "fold": 1},
+            "evidence": {"kinds": ["average_response"]},
+        },
         "split": {
             "kind": "unseen_single",
             "test_perturbations": ["B"],
@@ -322,11 +325,12 @@ def test_data_section_is_a_small_human_table(tmp_path):
     md = write_report(spec)["markdown"].read_text()
     section = re.sub(r" +", " ", md.split("## Data")[1].split("\n## ")[0])
     assert (
-        "| data set | source | cells | perturbations | cell contexts | genes | held out | fold |"
-        in (section)
+        "| data set | source | cells | perturbations | cell contexts | genes | held out "
+        "| evidence in prompts | fold |" in (section)
     )
     assert (
-        "| norman | norman.h5ad | 12,345 | 4 | K562 | 2,000 | unseen_single | 1 of 3 |" in section
+        "| norman | norman.h5ad | 12,345 | 4 | K562 | 2,000 | unseen_single | average_response "
+        "| 1 of 3 |" in section
     )
     for row in ("| train | 9,000 | the rest |", "| validation | 1,000 | C |", "| test | 2,000 | B |",
                 "| excluded | 345 | A+B |"):  # fmt: skip
