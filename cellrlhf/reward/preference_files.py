@@ -96,12 +96,11 @@ def _empty_pairs():
 
 
 def preferences_manifest(
-    config, dataset_dir: Path, pairs: dict, completions: dict, held: set, seconds: float
+    config, built, pairs: dict, completions: dict, held: set, seconds: float
 ) -> dict:
-    data_manifest_path = dataset_dir / "manifest.json"
-    data_manifest = (
-        json.loads(data_manifest_path.read_text()) if data_manifest_path.exists() else {}
-    )
+    """``manifest.json`` of a preference directory built from ``built`` (a
+    :class:`~cellrlhf.data.layout.BuiltDataset`)."""
+    data_manifest = built.manifest
     counts = {
         split: {kind: sum(1 for p in rows if p["pair_kind"] == kind) for kind in PAIR_KINDS}
         for split, rows in pairs.items()
@@ -123,7 +122,7 @@ def preferences_manifest(
         "version": _VERSION,
         "config": asdict(config),
         "model": str(config.model_name_or_path),
-        "dataset_dir": str(dataset_dir),
+        "dataset_dir": str(built.path),
         "dataset_fingerprint": data_manifest.get("fingerprint"),
         "simulated": bool(data_manifest.get("simulated", False)),
         "counts": counts,

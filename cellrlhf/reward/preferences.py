@@ -27,10 +27,9 @@ dataset's ``splits.json`` are checked to be absent from every training pair.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,12 +140,13 @@ def sample_completions(
 
 
 # --------------------------------------------------------------------------- leakage
-def held_out_keys(dataset_dir: str | Path, train_rows, test_rows) -> set[tuple[str, str]]:
-    """``(perturbation, cell_context)`` pairs that are held out, from the dataset's ``splits.json``.
+def held_out_keys(splits: Mapping, train_rows, test_rows) -> set[tuple[str, str]]:
+    """``(perturbation, cell_context)`` pairs that are held out, by the dataset's ``splits.json``
+    (``splits``, as :func:`~cellrlhf.data.layout.load_built_dataset` reads it).
 
     ``unseen_single``: every pair whose perturbation names a held-out target; ``unseen_combo``:
-    the held-out combinations; ``unseen_context``: every pair in a held-out context. Without a
-    split manifest (or for ``random_cells``), the test pairs that never occur in train.
+    the held-out combinations; ``unseen_context``: every pair in a held-out context. Always: the
+    test pairs that never occur in train (all there is for ``random_cells`` or empty ``splits``).
     """
     test_keys = {
         (str(p), str(c))
@@ -157,11 +157,7 @@ def held_out_keys(dataset_dir: str | Path, train_rows, test_rows) -> set[tuple[s
         for p, c in zip(train_rows["perturbation"], train_rows["cell_context"], strict=True)
     }
     all_keys = test_keys | train_keys
-    path = Path(dataset_dir) / "splits.json"
     held = test_keys - train_keys
-    if not path.exists():
-        return held
-    splits = json.loads(path.read_text())
     kind = splits.get("kind")
     if kind == "unseen_single":
         targets = {t.upper() for t in splits.get("test_targets", [])}
@@ -206,15 +202,16 @@ def _subsample(rows, limit: int | None, seed: int, stream: int):
     return rows.select(np.sort(rng.choice(len(rows), size=limit, replace=False)).tolist())
 
 
-def _load_rl(dataset_dir: Path):
-    from datasets import DatasetDict, load_from_disk
+def _rl_prompts(built):
+    """The checked ``rl/`` prompt set of a built dataset."""
+    from datasets import DatasetDict
 
-    where = dataset_dir / "rl"
-    if not where.exists():
+    where = built.path / "rl"
+    rl = built.rl
+    if rl is None:
         raise FileNotFoundError(
-            f"{dataset_dir} has no rl/ prompt set; build it with `cellrlhf data build` (rl enabled)."
+            f"{built.path} has no rl/ prompt set; build it with `cellrlhf data build` (rl enabled)."
         )
-    rl = load_from_disk(str(where))
     if not isinstance(rl, DatasetDict):
         raise ValueError(f"{where} holds a single Dataset; expected train/test splits.")
     for name, split in rl.items():
@@ -250,7 +247,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
     """
     from accelerate import PartialState
 
-    from cellrlhf.cell2text.decoder import ExpressionDecoder
+    from cellrlhf.data.layout import load_built_dataset
 
     if not config.dataset_dir or not config.output_dir:
         raise ValueError(
@@ -258,18 +255,15 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
         )
     started = time.perf_counter()
     dataset_dir = Path(config.dataset_dir)
-    rl = _load_rl(dataset_dir)
+    built = load_built_dataset(dataset_dir)
+    rl = _rl_prompts(built)
     splits = [s for s in (config.train_split, config.test_split) if s]
     for split in splits:
         if split not in rl:
             raise ValueError(f"{dataset_dir}/rl has no split {split!r} (splits: {list(rl)}).")
-    held = (
-        held_out_keys(dataset_dir, rl[config.train_split], rl[config.test_split])
-        if config.test_split
-        else held_out_keys(
-            dataset_dir, rl[config.train_split], {"perturbation": [], "cell_context": []}
-        )
-    )
+    no_test = {"perturbation": [], "cell_context": []}
+    test_rows = rl[config.test_split] if config.test_split else no_test
+    held = held_out_keys(built.splits, rl[config.train_split], test_rows)
     leaked = sorted(
         {
             (str(p), str(c))
@@ -286,8 +280,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
             f"the rl {config.train_split!r} split holds prompts of held-out perturbations {leaked[:5]} "
             f"(splits.json of {dataset_dir}); rebuild the dataset with `cellrlhf data build`."
         )
-    decoder = ExpressionDecoder.load(dataset_dir)
-    reward = config.reward(decoder)
+    reward = config.reward(built.decoder)
     model, tokenizer, _ = _load_sft_model(config.model_name_or_path, config.dtype)
     state = PartialState()
 
@@ -316,7 +309,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
             )
 
     manifest = preferences_manifest(
-        config, dataset_dir, pair_splits, completion_splits, held, time.perf_counter() - started
+        config, built, pair_splits, completion_splits, held, time.perf_counter() - started
     )
     if state.is_main_process:
         write_preferences(

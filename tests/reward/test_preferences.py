@@ -145,9 +145,18 @@ def test_leaked_training_split_is_refused(rm_sft_dir, rm_dataset_dir, tmp_path):
 def test_missing_inputs_give_clear_errors(rm_sft_dir, tmp_path, capsys):
     from cellrlhf.cli import main as cellrlhf_main
 
-    code = cellrlhf_main(
-        ["preferences", "--model_name_or_path", str(rm_sft_dir), "--dataset_dir", str(tmp_path)]
-        + ["--output_dir", str(tmp_path / "out")]
-    )
-    assert code == 2
+    def run(dataset_dir):
+        return cellrlhf_main(
+            ["preferences", "--model_name_or_path", str(rm_sft_dir)]
+            + ["--dataset_dir", str(dataset_dir), "--output_dir", str(tmp_path / "out")]
+        )
+
+    assert run(tmp_path) == 2
+    assert "not a built cellrlhf dataset" in capsys.readouterr().err
+    # a built dataset (manifest, splits) without the rl/ prompt set
+    built = tmp_path / "data"
+    built.mkdir()
+    (built / "manifest.json").write_text('{"format": "cellrlhf.dataset"}')
+    (built / "splits.json").write_text("{}")
+    assert run(built) == 2
     assert "no rl/ prompt set" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -145,20 +143,16 @@ def _rows(pairs):
     return {"perturbation": [p for p, _ in pairs], "cell_context": [c for _, c in pairs]}
 
 
-def test_held_out_keys_from_split_manifest(tmp_path):
+def test_held_out_keys_from_split_manifest():
     train = _rows([("A", "K562"), ("A+B", "K562"), ("C", "K562")])
     test = _rows([("B", "K562"), ("D", "K562")])
-    # without splits.json: test keys absent from train
-    assert held_out_keys(tmp_path, train, test) == {("B", "K562"), ("D", "K562")}
+    # no split kind (random_cells): test keys absent from train
+    assert held_out_keys({}, train, test) == {("B", "K562"), ("D", "K562")}
     # unseen_single: every combination naming a held-out target is held out too
-    (tmp_path / "splits.json").write_text(
-        json.dumps({"kind": "unseen_single", "test_targets": ["b", "D"]})
-    )
-    assert held_out_keys(tmp_path, train, test) == {("B", "K562"), ("D", "K562"), ("A+B", "K562")}
-    (tmp_path / "splits.json").write_text(
-        json.dumps({"kind": "unseen_context", "test_contexts": ["K562"]})
-    )
-    assert len(held_out_keys(tmp_path, train, test)) == 5
+    splits = {"kind": "unseen_single", "test_targets": ["b", "D"]}
+    assert held_out_keys(splits, train, test) == {("B", "K562"), ("D", "K562"), ("A+B", "K562")}
+    splits = {"kind": "unseen_context", "test_contexts": ["K562"]}
+    assert len(held_out_keys(splits, train, test)) == 5
 
 
 def test_check_no_leakage_catches_prompts_and_hard_negative_sources():
