@@ -181,6 +181,8 @@ class HeldoutMonitor(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._last_step != state.global_step:
             self._evaluate(state.global_step, control, final=True)
+        elif self.history and self.trainer.accelerator.is_main_process:
+            self.write_history(plot=True)  # the plot is drawn once, at the end
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -316,11 +318,14 @@ class HeldoutMonitor(TrainerCallback):
             }
         )
         if self.trainer.accelerator.is_main_process:
-            self.write_history()
+            self.write_history(plot=final)
 
     # ------------------------------------------------------------------ outputs
-    def write_history(self) -> Path:
-        """Write ``heldout_eval_history.json`` and its plot into the output directory."""
+    def write_history(self, *, plot: bool = True) -> Path:
+        """Write ``heldout_eval_history.json`` (and, with ``plot``, its plot) into the output
+        directory. During training only the JSON is rewritten at each evaluation; the plot is
+        drawn at the end (redrawing it every time cost more than the evaluation itself:
+        benchmarks/figures/trainer_overhead.md)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         payload = {
             "settings": asdict(self.settings),
@@ -332,9 +337,10 @@ class HeldoutMonitor(TrainerCallback):
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(_finite(payload), indent=1))
         tmp.replace(path)
-        plot_heldout_history(
-            self.history, self.output_dir / PLOT_FILENAME, best_step=self.best_step
-        )
+        if plot:
+            plot_heldout_history(
+                self.history, self.output_dir / PLOT_FILENAME, best_step=self.best_step
+            )
         return path
 
 
