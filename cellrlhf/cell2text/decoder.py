@@ -115,12 +115,6 @@ class ExpressionDecoder:
         """In-sample R^2 of the fitted model on the expressed values (NaN when not fitted)."""
         return float(self.params.get("r2", float("nan")))
 
-    def expected_value(self, genes: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-        """Decoded value of vocabulary gene indices ``genes`` written at 0-based ``ranks``."""
-        genes = np.asarray(genes, dtype=np.int64)
-        x = np.log10(np.asarray(ranks, dtype=np.float64) + 1.0)
-        return np.maximum(self.intercept[genes] + self.slope[genes] * x, 0.0)
-
     # ------------------------------------------------------------------ fit
     @classmethod
     def fit(

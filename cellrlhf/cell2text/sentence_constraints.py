@@ -197,17 +197,6 @@ class CellSentenceConstraint:
             self._masks[key] = (is_gene, allowed, is_space, not_start, not_end)
         return self._masks[key]
 
-    def open_cells(self, input_ids):
-        """``(batch,)`` bool: whether each row is inside an unclosed ``<cell>``, and the
-        ``(batch,)`` position of its last ``<cell>`` (``-1`` where none)."""
-        import torch
-
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        none = torch.full_like(input_ids, -1)
-        last_open = torch.where(input_ids == self.cell_start_id, positions, none).amax(dim=1)
-        last_close = torch.where(input_ids == self.cell_end_id, positions, none).amax(dim=1)
-        return last_open > last_close, last_open
-
     def banned(self, input_ids, n_vocab: int):
         """``(batch, n_vocab)`` bool: the tokens each row may not write next."""
         return self.banned_after(input_ids, n_vocab, 1)[:, 0]

@@ -37,8 +37,6 @@ __all__ = [
 MANIFEST_FILENAME = "manifest.json"
 SPLITS_FILENAME = "splits.json"
 MANIFEST_FORMAT = "cellrlhf.dataset"
-SFT_SPLITS = ("train", "validation", "test")
-RL_SPLITS = ("train", "validation", "test")  # validation: held-out validation perturbations
 
 
 def pretrain_features():

@@ -175,10 +175,6 @@ class SplitConfig:
     def holds_out_validation_perturbations(self) -> bool:
         return bool(self.validation_perturbations) or self.n_validation_perturbations > 0
 
-    @property
-    def holds_out_validation_pairs(self) -> bool:
-        return bool(self.validation_pairs) or self.n_validation_pairs > 0
-
     @classmethod
     def from_dict(cls, spec: Mapping | None) -> SplitConfig:
         from cellrlhf.data.split_pairs import normalize_pair_spec

@@ -69,10 +69,6 @@ class PhaseTimer:
         if self._step_start is None:
             self._step_start = self._clock()
 
-    @property
-    def in_step(self) -> bool:
-        return self._step_start is not None
-
     def end_step(self, step: int, *, remainder: str = "other") -> dict[str, float]:
         """Close the current step; its record lists every phase and ``total``.
 
