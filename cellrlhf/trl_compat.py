@@ -48,6 +48,7 @@ __all__ = [
     "check_trl_version",
     "missing_private_api",
     "log_step_metric",
+    "auto_bf16",
     "ppo_helper_hooks",
     "ppo_updates_after",
     "ppo_update_range_built",
@@ -235,6 +236,15 @@ def log_step_metric(trainer, name: str, value: float) -> None:
     """Add ``value`` to the trainer's metrics, averaged into its next train (or eval) log line."""
     mode = "train" if trainer.model.training else "eval"
     trainer._metrics[mode][name].append(value)
+
+
+def auto_bf16(config) -> None:
+    """TRL turns bf16 on whenever it is unset; cellrlhf only where a CUDA device is present.
+
+    Call in a training config's ``__post_init__`` before TRL's own.
+    """
+    if config.bf16 is None and not config.fp16:
+        config.bf16 = torch.cuda.is_available()
 
 
 # ---------------------------------------------------------------------- PPO

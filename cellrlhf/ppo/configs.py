@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig, RLOOConfig, ScriptArguments
 from trl.experimental.ppo import PPOConfig
 
+from cellrlhf.trl_compat import auto_bf16
+
 __all__ = [
     "RL_TRAINERS",
     "REWARD_SOURCES",
@@ -270,14 +272,6 @@ class CellGRPOScriptArguments(CellRLScriptArguments):
             )
 
 
-def _auto_bf16(config) -> None:
-    """TRL turns bf16 on whenever it is unset; cellrlhf only where a CUDA device is present."""
-    if config.bf16 is None and not config.fp16:
-        import torch
-
-        config.bf16 = torch.cuda.is_available()
-
-
 @dataclass
 class CellPPOConfig(PPOConfig):
     """Training arguments of ``ppo``: TRL's ``PPOConfig`` with cell defaults.
@@ -327,7 +321,7 @@ class CellPPOConfig(PPOConfig):
     )
 
     def __post_init__(self) -> None:
-        _auto_bf16(self)
+        auto_bf16(self)
         super().__post_init__()
 
 
@@ -355,7 +349,7 @@ class _GroupRLFields:
     )
 
     def __post_init__(self) -> None:
-        _auto_bf16(self)
+        auto_bf16(self)
         super().__post_init__()
 
 

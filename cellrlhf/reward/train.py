@@ -28,6 +28,8 @@ from typing import Any
 
 from trl import ModelConfig, RewardConfig
 
+from cellrlhf.trl_compat import auto_bf16
+
 __all__ = [
     "check_kept_pairs",
     "CellRewardConfig",
@@ -114,19 +116,12 @@ class CellRewardConfig(RewardConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.bf16 is None and not self.fp16:
-            self.bf16 = _cuda_available()
+        auto_bf16(self)
         super().__post_init__()
         if self.score_margin_scale < 0:
             raise ValueError(f"score_margin_scale={self.score_margin_scale}; it must be >= 0.")
         if self.max_train_pairs is not None and self.max_train_pairs < 1:
             raise ValueError("max_train_pairs must be >= 1 when set.")
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def check_kept_pairs(n_pairs: int, n_kept: int, max_length: int | None) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments, SFTConfig
 
+from cellrlhf.trl_compat import auto_bf16
+
 __all__ = [
     "TOKENIZER_MODES",
     "PEFT_SAVE_MODES",
@@ -214,8 +216,7 @@ class CellSFTConfig(SFTConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.bf16 is None and not self.fp16:
-            self.bf16 = _cuda_available()
+        auto_bf16(self)
         if self.repeat_unlikelihood_weight > 0 and self.loss_type is None:
             self.loss_type = "nll"  # the repeat term reads the logits, which chunked_nll skips
         super().__post_init__()
@@ -280,9 +281,3 @@ class CellPretrainConfig(CellSFTConfig):
         super().__post_init__()
         if self.perturbation_dropout:
             raise ValueError("perturbation_dropout applies to SFT prompts; pretraining takes 0.")
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
