@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cellrlhf.cell2text.markup import CONTROL_PERT, split_perturbation
 from cellrlhf.cell2text.vocab import VOCAB_FILENAME, GeneVocab
+from cellrlhf.data.layout import MANIFEST_FILENAME
 
 __all__ = [
     "MANIFEST_FILENAME",
@@ -27,7 +28,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILENAME = "manifest.json"
 DECODER_FILENAME = "expression_decoder.json"
 SFT_COLUMNS = ("messages", "task", "perturbation", "cell_context")
 _CONTROL_LABELS = {"control", CONTROL_PERT}
