@@ -13,7 +13,7 @@ Single CPU::
 Many GPUs::
 
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml \\
-        pretrain.py --config configs/pretrain/llama-100m.yaml
+        pretrain.py --config configs/pretrain/gpu.yaml
 
 ``cellrlhf pretrain`` runs the same code.
 """

@@ -7,7 +7,7 @@ Single CPU::
 Many GPUs with DeepSpeed ZeRO-3::
 
     accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml \\
-        sft.py --config configs/sft/llama-100m.yaml --output_dir runs/sft
+        sft.py --config configs/sft/gpu.yaml --output_dir runs/sft
 
 LoRA on a pretrained model (gene tokens added, initialised from the LM's embeddings of the symbols)::
 
