@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from cellrlhf.chat.model_args import add_model_arguments, load_model_from_args
 from cellrlhf.chat.session import MAX_GENERATED, MAX_SAMPLES, CellSelectionError, check_count
 
 __all__ = ["cli", "Repl", "HELP"]
@@ -279,43 +280,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cellrlhf chat", description="Chat with a cell language model about your cells."
     )
-    p.add_argument("--model", required=True, help="model directory or Hugging Face Hub id")
+    add_model_arguments(p)
     p.add_argument("--adata", default=None, help=".h5ad file with cells to talk about")
     p.add_argument("--layer", default=None, help="layer of --adata with expression (default X)")
     p.add_argument("--gene-symbols", default=None, help="var column with gene symbols")
-    p.add_argument("--revision", default=None, help="Hub revision of --model")
-    p.add_argument("--device-map", default=None, help="e.g. auto (GPUs via accelerate)")
-    p.add_argument("--dtype", default=None, help="weight dtype, e.g. bfloat16 or auto")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy answers")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--constrain-cells",
-        action="store_true",
-        help="constrained decoding of generated cells: only the model's genes, each at most "
-        "once per cell (needs gene tokens; default: off, the model's own answers)",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run code shipped with the model (only for models you trust)",
-    )
     return p
 
 
 def load_session(args):
     """Load the model (and data) named on the command line into a ChatSession."""
-    from cellrlhf.chat.cell_lm import CellLM
     from cellrlhf.chat.session import ChatSession
 
-    lm = CellLM.from_pretrained(
-        args.model,
-        revision=args.revision,
-        device_map=args.device_map,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-        constrain_cells=args.constrain_cells,
-    )
+    lm = load_model_from_args(args)
     adata = None
     if args.adata:
         import anndata as ad

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from cellrlhf.chat.model_args import add_model_arguments, load_model_from_args
 from cellrlhf.chat.web_security import AUTH_ENV, is_loopback, parse_auth
 
 __all__ = ["build_app", "launch_app", "cli", "UploadRejected"]
@@ -436,7 +437,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cellrlhf serve", description="Serve a web app to chat with a model about cells."
     )
-    p.add_argument("--model", required=True, help="model directory or Hugging Face Hub id")
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument(
@@ -449,20 +450,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=500, help="largest accepted upload")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--no-example", action="store_true", help="hide the example cells")
-    p.add_argument("--revision", default=None, help="Hub revision of --model")
-    p.add_argument("--device-map", default=None, help="e.g. auto (GPUs via accelerate)")
-    p.add_argument("--dtype", default=None, help="weight dtype, e.g. bfloat16 or auto")
-    p.add_argument(
-        "--constrain-cells",
-        action="store_true",
-        help="constrained decoding of generated cells: only the model's genes, each at most "
-        "once per cell (needs gene tokens; default: off, the model's own answers)",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run code shipped with the model (only for models you trust)",
-    )
     return p
 
 
@@ -485,17 +472,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         print("cellrlhf serve needs gradio: pip install 'cellrlhf[chat]'", file=sys.stderr)
         return 2
-    from cellrlhf.chat.cell_lm import CellLM
-
     try:
-        lm = CellLM.from_pretrained(
-            args.model,
-            revision=args.revision,
-            device_map=args.device_map,
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
-            constrain_cells=args.constrain_cells,
-        )
+        lm = load_model_from_args(args)
     except (FileNotFoundError, ValueError) as err:
         print(f"cellrlhf serve: {err}", file=sys.stderr)
         return 2
