@@ -15,21 +15,14 @@ a directory with ``cellrlhf.json`` is complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
-from cellrlhf.cell2text.vocab import VOCAB_FILENAME
-from cellrlhf.sft.dataset_dir import DECODER_FILENAME, CellDatasetDir
-from cellrlhf.sft.model_dir import (
-    DATA_MANIFEST_FILENAME,
-    MODEL_INFO_FILENAME,
-    TRAINING_CONFIG_FILENAME,
-    load_model_info,
-)
+from cellrlhf.sft.checkpoints import STAGING_DIRNAME
+from cellrlhf.sft.dataset_dir import CellDatasetDir
+from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME, load_model_info, write_model_files
 
 __all__ = ["BEST_DIRNAME", "LAST_DIRNAME", "STAGING_DIRNAME", "save_policy_dir"]
 
@@ -37,8 +30,6 @@ logger = logging.getLogger(__name__)
 
 BEST_DIRNAME = "best"
 LAST_DIRNAME = "last"
-STAGING_DIRNAME = ".staging"
-_MODEL_FORMAT = "cellrlhf.model"  # as written by cellrlhf.sft.model_dir
 _WEIGHT_FILES = ("config.json", "generation_config.json")
 
 
@@ -98,16 +89,15 @@ def save_policy_dir(
         kept = _materialize(
             Path(best_dir) if use_best else raw_last, staging / "kept", sft_dir=Path(sft_dir)
         )
-        _write_model_files(
-            kept, dataset=dataset, run_config=run_config, info={**info, "selected_step": kept_step}
+        files = dict(
+            dataset=dataset, run_config=run_config, card_name=str(info.get("stage", "policy"))
         )
+        write_model_files(kept, info={**info, "selected_step": kept_step}, **files)
         if use_best and keep_last:
             last = _materialize(raw_last, staging / LAST_DIRNAME, sft_dir=Path(sft_dir))
-            _write_model_files(
-                last,
-                dataset=dataset,
-                run_config=run_config,
-                info={**info, "selected_step": last_step, "note": "last policy, not the kept one"},
+            note = "last policy, not the kept one"
+            write_model_files(
+                last, info={**info, "selected_step": last_step, "note": note}, **files
             )
             target = output_dir / LAST_DIRNAME
             shutil.rmtree(target, ignore_errors=True)
@@ -150,34 +140,6 @@ def _materialize(raw: Path, target: Path, *, sft_dir: Path) -> Path:
     # the SFT tokenizer, exactly as saved (RL changes no token)
     AutoTokenizer.from_pretrained(str(sft_dir)).save_pretrained(str(target))
     return target
-
-
-def _write_model_files(
-    target: Path, *, dataset: CellDatasetDir, run_config: dict, info: dict
-) -> None:
-    import yaml
-
-    for name, source in (
-        (VOCAB_FILENAME, dataset.vocab_path),
-        (DECODER_FILENAME, dataset.decoder_path),
-        (DATA_MANIFEST_FILENAME, dataset.manifest_path),
-    ):
-        if source.exists():
-            shutil.copyfile(source, target / name)
-        else:
-            logger.warning("%s has no %s; the model directory will lack it.", dataset.path, name)
-    (target / TRAINING_CONFIG_FILENAME).write_text(yaml.safe_dump(run_config, sort_keys=False))
-    full = {
-        "format": _MODEL_FORMAT,
-        "version": 1,
-        **info,
-        "peft": None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    (target / MODEL_INFO_FILENAME).write_text(json.dumps(full, indent=1, default=str))
-    from cellrlhf.sft.model_card import write_stage_card
-
-    write_stage_card(target, str(info.get("stage", "policy")))  # the project's card, not TRL's
 
 
 def _publish(staged: Path, output_dir: Path) -> None:

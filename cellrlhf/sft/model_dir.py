@@ -37,6 +37,7 @@ __all__ = [
     "is_cell_model_dir",
     "load_model_info",
     "save_model_dir",
+    "write_model_files",
     "load_cell_model",
     "LoadedModel",
     "load_model_dir",
@@ -100,6 +101,41 @@ def run_config_dict(stage: str, script_args, training_args, model_args) -> dict:
     return json.loads(json.dumps(payload, default=str))
 
 
+def write_model_files(
+    target: Path, *, dataset: CellDatasetDir, run_config: dict, info: dict, card_name: str
+) -> None:
+    """Write the cellrlhf files of a model directory beside its weights and tokenizer.
+
+    The data set's ``gene_vocab.json``, ``expression_decoder.json`` and manifest (as
+    ``data_manifest.json``; a missing one is warned about), ``training_config.yaml`` from
+    ``run_config``, ``cellrlhf.json`` from ``info`` (``peft`` defaults to ``None``) and the
+    project's model card (titled ``card_name``; not TRL's).
+    """
+    import yaml
+
+    from cellrlhf.sft.model_card import write_stage_card
+
+    for name, source in (
+        (VOCAB_FILENAME, dataset.vocab_path),
+        (DECODER_FILENAME, dataset.decoder_path),
+        (DATA_MANIFEST_FILENAME, dataset.manifest_path),
+    ):
+        if source.exists():
+            shutil.copyfile(source, target / name)
+        else:
+            logger.warning("%s has no %s; the model directory will lack it.", dataset.path, name)
+    (target / TRAINING_CONFIG_FILENAME).write_text(yaml.safe_dump(run_config, sort_keys=False))
+    full_info = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "peft": None,
+        **info,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (target / MODEL_INFO_FILENAME).write_text(json.dumps(full_info, indent=1, default=str))
+    write_stage_card(target, card_name)
+
+
 def save_model_dir(
     trainer,
     output_dir: str | Path,
@@ -126,7 +162,6 @@ def save_model_dir(
     peft_save
         For PEFT models: ``"merged"`` (full weights) or ``"adapter"``.
     """
-    import yaml
     from peft import PeftModel
 
     output_dir = Path(output_dir)
@@ -161,25 +196,13 @@ def save_model_dir(
         (staged / "training_args.bin").unlink(
             missing_ok=True
         )  # a pickle; training_config.yaml says it all
-        for name, source in (
-            (VOCAB_FILENAME, dataset.vocab_path),
-            (DECODER_FILENAME, dataset.decoder_path),
-            (DATA_MANIFEST_FILENAME, dataset.manifest_path),
-        ):
-            if source.exists():
-                shutil.copyfile(source, staged / name)
-        (staged / TRAINING_CONFIG_FILENAME).write_text(yaml.safe_dump(run_config, sort_keys=False))
-        full_info = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            **info,
-            "peft": (peft_save if is_peft else None),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (staged / MODEL_INFO_FILENAME).write_text(json.dumps(full_info, indent=1))
-        from cellrlhf.sft.model_card import write_stage_card
-
-        write_stage_card(staged, output_dir.resolve().name)  # the project's card, not TRL's
+        write_model_files(
+            staged,
+            dataset=dataset,
+            run_config=run_config,
+            info={**info, "peft": peft_save if is_peft else None},
+            card_name=output_dir.resolve().name,
+        )
         _move_into(staged, output_dir)
         shutil.rmtree(output_dir / STAGING_DIRNAME, ignore_errors=True)
         logger.info("model saved to %s", output_dir)
