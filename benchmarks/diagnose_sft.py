@@ -42,6 +42,7 @@ def _variant(name: str, cells: int) -> dict:
         "valid_only": False,
         "own_control": False,
         "length_matched": False,
+        "unknown_target": False,
     }
     if name == "base":
         return spec
@@ -51,6 +52,8 @@ def _variant(name: str, cells: int) -> dict:
         return {**spec, "valid_only": True}
     if name == "own_control":
         return {**spec, "own_control": True}
+    if name == "unknown_target":  # the target written <unk_pert> (perturbation dropout's word)
+        return {**spec, "unknown_target": True}
     if name == "length_matched":  # constrained, each cell >= the context's median real length
         return {**spec, "constrained": True, "length_matched": True}
     for prefix, key, cast in (
@@ -86,6 +89,17 @@ def _own_controls(generator, settings, rows, decoder, n_cells: int) -> dict:
         X, _ = decoder.decode([extract_cell(c.text).sentence for c in comps])
         X = np.asarray(X.todense()) if hasattr(X, "todense") else np.asarray(X)
         out[ctx] = X.mean(axis=0)
+    return out
+
+
+def _unknown_target(prompt: list[dict]) -> list[dict]:
+    """The prompt with its perturbation written ``<pert> <unk_pert> </pert>``."""
+    import re
+
+    out = [dict(m) for m in prompt]
+    out[-1]["content"] = re.sub(
+        r"<pert>.*?</pert>", "<pert> <unk_pert> </pert>", out[-1]["content"]
+    )
     return out
 
 
@@ -189,7 +203,11 @@ def main() -> None:
                 constrain_cells=v["constrained"],
             )
             t0 = time.perf_counter()
-            prompts = [r["prompt"] for r in rows for _ in range(v["cells"])]
+            prompts = [
+                _unknown_target(r["prompt"]) if v["unknown_target"] else r["prompt"]
+                for r in rows
+                for _ in range(v["cells"])
+            ]
             if v["length_matched"]:
                 comps = _length_matched(generator, settings, rows, v["cells"], median_length)
             else:
