@@ -94,8 +94,14 @@ def extract_cell(text: str) -> ExtractedCell:
         text = "" if text is None else str(text)
     start = text.find(CELL_START)
     if start < 0:
-        return ExtractedCell(" ".join(text.split()), found=False, closed=False)
+        return ExtractedCell(_words(text), found=False, closed=False)
     body_start = start + len(CELL_START)
     end = text.find(CELL_END, body_start)
     body = text[body_start:] if end < 0 else text[body_start:end]
-    return ExtractedCell(" ".join(body.split()), found=True, closed=end >= 0)
+    return ExtractedCell(_words(body), found=True, closed=end >= 0)
+
+
+def _words(text: str) -> str:
+    """Whitespace-joined words; a NUL (a model can write the byte token ``<0x00>``) becomes
+    U+FFFD, an unknown word for the decoder that HDF5 and other string stores can hold."""
+    return " ".join(text.replace("\x00", "\ufffd").split())

@@ -39,3 +39,18 @@ def test_extract_inverts_format(genes):
     sentence = " ".join(genes)
     got = extract_cell("prefix " + format_cell(sentence) + " suffix <cell> other </cell>")
     assert got.sentence == sentence and got.closed
+
+
+def test_a_nul_byte_becomes_a_storable_unknown_word(tmp_path):
+    """A model can write the byte token <0x00>; its sentence must still be storable in .h5ad
+    (this crashed the demo's evaluate stage: "VLEN strings do not support embedded NULLs")."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    cell = extract_cell("<cell> CD3E \x00 LYZ\x00 </cell>")
+    assert cell.sentence == "CD3E \ufffd LYZ\ufffd" and cell.closed
+    assert extract_cell("no cell \x00").sentence == "no cell \ufffd"
+    obs = pd.DataFrame({"cell_sentence": [cell.sentence]}, index=["a"])
+    ad.AnnData(np.zeros((1, 1), dtype=np.float32), obs=obs).write_h5ad(tmp_path / "p.h5ad")
+    assert ad.read_h5ad(tmp_path / "p.h5ad").obs["cell_sentence"].tolist() == [cell.sentence]
