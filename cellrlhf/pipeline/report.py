@@ -28,6 +28,7 @@ from cellrlhf.pipeline.report_verdict import (
     DATA_TITLE,
     INTERVALS_TITLE,
     VERDICT_TITLE,
+    data_manifests,
     data_section,
     intervals_section,
     verdict_section,
@@ -426,9 +427,7 @@ def build_sections(art: RunArtifacts, out_dir: Path) -> list[Section]:
     """The report's sections, in :data:`SECTION_TITLES` order (the verdict first)."""
     source = load_aggregate(art)
     sections = [
-        verdict_section(
-            source, art.data_manifests or ({"data": art.data_manifest} if art.data_manifest else {})
-        ),
+        verdict_section(source, data_manifests(art)),
         data_section(art),
         _evaluation_section(art, out_dir, source.aggregate),
         intervals_section(source, out_dir),

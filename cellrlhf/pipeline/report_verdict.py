@@ -20,6 +20,7 @@ __all__ = [
     "DATA_TITLE",
     "INTERVALS_TITLE",
     "VERDICT_TITLE",
+    "data_manifests",
     "data_section",
     "data_tables",
     "intervals_section",
@@ -235,10 +236,15 @@ def data_tables(manifest: dict, splits: dict) -> tuple[pd.DataFrame, pd.DataFram
     return overview, pd.DataFrame(rows)
 
 
+def data_manifests(art: RunArtifacts) -> dict:
+    """Data stage name -> its dataset manifest (one ``"data"`` entry for a single data stage)."""
+    return art.data_manifests or ({"data": art.data_manifest} if art.data_manifest else {})
+
+
 def data_section(art: RunArtifacts) -> Section:
     """The data set(s) as small human tables: what, how many, and what is held out where."""
     sec = Section(DATA_TITLE)
-    manifests = art.data_manifests or ({"data": art.data_manifest} if art.data_manifest else {})
+    manifests = data_manifests(art)
     if not manifests:
         sec.text("No data manifest found (the data stage has not run).")
         return sec
