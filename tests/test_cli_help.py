@@ -78,3 +78,109 @@ def test_stage_script_help_in_a_subprocess():
     lines = out.stdout.splitlines()
     assert lines[0].startswith("usage:") and "[--config FILE.yaml]" in lines[0]
     assert any("--config FILE.yaml" in line for line in lines[:5])
+
+
+def test_a_training_config_with_a_typo_names_the_close_option(tmp_path, capsys):
+    from cellrlhf.sft.sft import make_parser
+
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset_dir: /data/x\nlearning_rat: 0.1\n")
+    with pytest.raises(SystemExit) as exit_:
+        make_parser(prog="sft.py").parse_args_and_config([f"--config={config}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"{config}: unknown key(s) learning_rat; remove or rename them (did you mean " in err
+    assert "learning_rate" in err and "`sft.py --help` lists every option" in err
+
+
+def _plain_parser():
+    from dataclasses import dataclass, field
+
+    from cellrlhf.cli_help import CellTrlParser, NegatableFlag, RepeatableOption
+
+    @dataclass
+    class Options:
+        item: list[str] = field(default_factory=list, metadata={"action": RepeatableOption})
+        check: bool | None = field(default=None, metadata={"action": NegatableFlag})
+
+    return CellTrlParser((Options,), prog="p")
+
+
+@pytest.mark.parametrize(
+    ("argv", "items"),
+    [
+        ([], ["y"]),
+        (["--item", "a"], ["a"]),
+        (["--item", "a", "--item", "b"], ["a", "b"]),
+        (["--item", "a", "b", "--item", "c"], ["a", "b", "c"]),
+    ],
+)
+def test_a_repeated_option_replaces_the_config_list_and_adds_up(tmp_path, argv, items):
+    config = tmp_path / "c.yaml"
+    config.write_text("item: [y]\n")
+    (options,) = _plain_parser().parse_args_and_config(["--config", str(config), *argv])
+    assert options.item == items
+
+
+@pytest.mark.parametrize(
+    ("argv", "value"),
+    [
+        ([], None),
+        (["--check"], True),
+        (["--check", "yes"], True),
+        (["--check", "false"], False),
+        (["--no_check"], False),
+        (["--no-check"], False),
+    ],
+)
+def test_a_negatable_flag_has_three_states(argv, value):
+    (options,) = _plain_parser().parse_args_and_config(argv)
+    assert options.check is value
+
+
+def test_options_dataclass_mirrors_a_frozen_settings_class():
+    import dataclasses
+
+    from cellrlhf.cli_help import attribute_help, options_dataclass
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        """Settings.
+
+        Attributes
+        ----------
+        names
+            Which ``names``, see :func:`~pkg.mod.thing`.
+        low, high
+            The
+            bounds.
+
+        Notes
+        -----
+        not an attribute
+        """
+
+        names: tuple[str, ...] = ("a", "b")
+        low: int = 0
+        high: float | None = None
+
+    assert attribute_help(Settings) == {
+        "names": "Which names, see thing.",
+        "low": "The bounds.",
+        "high": "The bounds.",
+    }
+    options_type = options_dataclass(Settings, name="SettingsOptions")
+    assert [(f.name, f.type) for f in dataclasses.fields(options_type)] == [
+        ("names", list[str]),
+        ("low", int),
+        ("high", float | None),
+    ]
+    from cellrlhf.cli_help import CellTrlParser
+
+    (options,) = CellTrlParser((options_type,)).parse_args_and_config(
+        ["--names", "c", "--low", "2"]
+    )
+    assert Settings(**{**dataclasses.asdict(options), "names": tuple(options.names)}) == Settings(
+        names=("c",), low=2
+    )
+    assert options_type().names == ["a", "b"] and options_type().names is not options_type().names

@@ -2,23 +2,39 @@
 
 ::
 
-    cellrlhf evaluate --dataset_dir runs/demo/data --model sft=runs/demo/sft \\
-        --model ppo=runs/demo/ppo --out runs/demo/eval --config configs/eval/cpu_demo.yaml
+    cellrlhf evaluate --config configs/eval/cpu_demo.yaml --dataset_dir runs/demo/data \\
+        --model sft=runs/demo/sft --model ppo=runs/demo/ppo --out runs/demo/eval
+
+Options come from three dataclasses parsed by :class:`~cellrlhf.cli_help.CellTrlParser`:
+:class:`EvaluateOptions` (what to evaluate, where to write), :class:`DatasetOptions` (shared with
+``cellrlhf predict``) and :func:`settings_options` (every
+:class:`~cellrlhf.evaluation.settings.EvalSettings` field). ``--config`` takes a
+``configs/eval/*.yaml`` file; any option may be a key there, and flags override it.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from cellrlhf.cli_help import NegatableFlag, RepeatableOption
+
+if TYPE_CHECKING:
+    from cellrlhf.evaluation.settings import EvalSettings
 
 __all__ = [
-    "make_parser",
-    "add_common_arguments",
-    "settings_from_args",
-    "run_reporting_errors",
+    "DatasetOptions",
+    "EvaluateOptions",
     "cli",
+    "main",
+    "make_parser",
+    "run_reporting_errors",
+    "settings_from",
+    "settings_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -26,85 +42,81 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``cellrlhf predict`` and ``cellrlhf evaluate``."""
-    parser.add_argument("--dataset_dir", "--dataset-dir", required=True, help="built dataset dir")
-    parser.add_argument(
-        "--config", help="eval settings YAML (configs/eval/{tiny,cpu_demo,gpu}.yaml)"
-    )
-    parser.add_argument("--cells_per_prompt", "--cells-per-prompt", type=int, help="default 64")
-    parser.add_argument("--max_prompts", "--max-prompts", type=int, help="default: all")
-    parser.add_argument("--seed", type=int, help="sampling / subsample seed (default 0)")
-    parser.add_argument("--batch_size", "--batch-size", type=int, help="answers per generate call")
-    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, help="answer budget")
-    parser.add_argument(
-        "--data_dir",
-        "--data-dir",
-        help="directory with the dataset's source file (else $CELLRLHF_DATA_DIR / cache)",
-    )
-    parser.add_argument(
-        "--constrain-cells",
-        "--constrain_cells",
-        action=argparse.BooleanOptionalAction,
+@dataclass
+class DatasetOptions:
+    """The dataset whose held-out prompts are sampled (``cellrlhf evaluate`` and ``predict``)."""
+
+    dataset_dir: str = field(metadata={"help": "built dataset directory (`cellrlhf data build`)"})
+    data_dir: str | None = field(
         default=None,
-        help="sample under the single-cell answer grammar (one valid cell, then the end); "
-        "default: as each model was trained (constrain_cells in its cellrlhf.json)",
+        metadata={
+            "help": "directory with the dataset's source file (else $CELLRLHF_DATA_DIR / cache)"
+        },
     )
-    parser.add_argument(
-        "--reference",
-        choices=("auto", "model", "real"),
-        help="what a model's change is taken against: its own answers to each prompt's control "
-        "twin (model), the real control cells through the decoder (real, the default); auto: "
-        "model when the dataset taught control answers",
+    no_progress: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+@dataclass
+class EvaluateOptions:
+    """What ``cellrlhf evaluate`` evaluates and where it writes."""
+
+    out: str = field(
+        metadata={"help": "output directory", "aliases": ["--output_dir", "--output-dir"]}
     )
-    parser.add_argument("--no_progress", "--no-progress", action="store_true")
-
-
-def settings_from_args(args):
-    """Settings of ``--config`` with the command-line values on top."""
-    from cellrlhf.evaluation.settings import load_eval_settings
-
-    return load_eval_settings(args.config).with_overrides(
-        cells_per_prompt=args.cells_per_prompt,
-        max_prompts=args.max_prompts,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        constrain_cells=args.constrain_cells,
-        reference=args.reference,
+    model: list[str] = field(
+        default_factory=list,
+        metadata={
+            "action": RepeatableOption,
+            "metavar": "NAME=DIR",
+            "help": "a model to evaluate (repeat: --model sft=DIR --model ppo=DIR); an RL run's "
+            "last policy (DIR/last, when it is not the kept one) is evaluated too, as NAME_last; "
+            "with no --model only the baselines and ceilings are scored",
+        },
+    )
+    no_last_policies: bool = field(
+        default=False,
+        metadata={"help": "evaluate only the named directories, not their last policies"},
+    )
+    skip_missing: bool = field(
+        default=False,
+        metadata={
+            "help": "leave out model dirs that do not exist (a skipped stage), with a warning"
+        },
     )
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cellrlhf evaluate",
+@functools.cache
+def settings_options():
+    """The parser dataclass of every :class:`~cellrlhf.evaluation.settings.EvalSettings` field
+    (same names and defaults; the keys of ``configs/eval/*.yaml``)."""
+    from cellrlhf.cli_help import options_dataclass
+    from cellrlhf.evaluation.settings import EvalSettings
+
+    return options_dataclass(
+        EvalSettings,
+        name="EvalSettingsOptions",
+        metadata={"constrain_cells": {"action": NegatableFlag}},
+    )
+
+
+def settings_from(options) -> EvalSettings:
+    """The :class:`~cellrlhf.evaluation.settings.EvalSettings` of parsed settings options."""
+    from cellrlhf.evaluation.settings import EvalSettings
+
+    return EvalSettings.from_dict(dataclasses.asdict(options), where="evaluation settings")
+
+
+def make_parser(prog: str = "cellrlhf evaluate"):
+    """The :class:`~cellrlhf.cli_help.CellTrlParser` of :class:`EvaluateOptions`,
+    :class:`DatasetOptions` and the settings."""
+    from cellrlhf.cli_help import CellTrlParser
+
+    return CellTrlParser(
+        (DatasetOptions, EvaluateOptions, settings_options()),
+        prog=prog,
         description="Sample every model's cells for the held-out RL prompts and score them next "
-        "to baselines and ceilings, per cell context.",
+        "to baselines and ceilings, per cell context. --config takes configs/eval/*.yaml.",
     )
-    add_common_arguments(parser)
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="NAME=DIR",
-        help="a model to evaluate (repeat: --model sft=DIR --model ppo=DIR); an RL run's last "
-        "policy (DIR/last, when it is not the kept one) is evaluated too, as NAME_last; with "
-        "no --model only the baselines and ceilings are scored",
-    )
-    parser.add_argument(
-        "--no-last-policies",
-        "--no_last_policies",
-        action="store_true",
-        help="evaluate only the named directories, not their last policies (DIR/last)",
-    )
-    parser.add_argument("--out", "--output_dir", required=True, help="output directory")
-    parser.add_argument(
-        "--skip-missing",
-        "--skip_missing",
-        action="store_true",
-        help="leave out model dirs that do not exist (a skipped stage) with a warning",
-    )
-    return parser
 
 
 def run_reporting_errors(run: Callable[[], T]) -> T | None:
@@ -123,28 +135,29 @@ def run_reporting_errors(run: Callable[[], T]) -> T | None:
     return None
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
+def main(dataset: DatasetOptions, options: EvaluateOptions, settings_opts):
+    """Evaluate the models of ``options`` on ``dataset``; returns the evaluation result."""
     from cellrlhf.evaluation.evaluate import evaluate_models
     from cellrlhf.evaluation.model_dirs import parse_model_args, with_last_policies
 
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    models = parse_model_args(options.model)
+    if not options.no_last_policies:
+        models = with_last_policies(models)
+    return evaluate_models(
+        dataset.dataset_dir,
+        models,
+        options.out,
+        settings=settings_from(settings_opts),
+        data_dir=dataset.data_dir,
+        skip_missing=options.skip_missing,
+        progress=not dataset.no_progress,
+    )
 
-    def run():
-        models = parse_model_args(args.model)
-        if not args.no_last_policies:
-            models = with_last_policies(models)
-        return evaluate_models(
-            args.dataset_dir,
-            models,
-            args.out,
-            settings=settings_from_args(args),
-            data_dir=args.data_dir,
-            skip_missing=args.skip_missing,
-            progress=not args.no_progress,
-        )
 
-    result = run_reporting_errors(run)
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``cellrlhf evaluate`` (the models form); returns the exit status."""
+    parsed = make_parser().parse_args_and_config(argv)
+    result = run_reporting_errors(lambda: main(*parsed))
     if result is None:
         return 2
     logger.info("metrics table: %s", result.paths["markdown"])

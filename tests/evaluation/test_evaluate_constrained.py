@@ -4,7 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
-from cellrlhf.evaluation.cli import cli, make_parser, settings_from_args
+from cellrlhf.evaluation.cli import cli, make_parser, settings_from
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,13 +18,23 @@ def _constrained_policy(sim_model_dir, tmp_path) -> Path:
     return policy
 
 
+def _settings(argv):
+    return settings_from(make_parser().parse_args_and_config(argv)[-1])
+
+
 def test_the_flag_overrides_both_ways():
     base = ["--dataset_dir", "d", "--model", "a=b", "--out", "o"]
-    parse = make_parser().parse_args
-    assert settings_from_args(parse(base)).constrain_cells is None
-    assert settings_from_args(parse([*base, "--constrain-cells"])).constrain_cells is True
-    assert settings_from_args(parse([*base, "--no-constrain-cells"])).constrain_cells is False
-    assert settings_from_args(parse(base)).predict_kwargs()["constrain_cells"] is None
+    assert _settings(base).constrain_cells is None
+    assert _settings(base).predict_kwargs()["constrain_cells"] is None
+    for flag, value in [
+        (["--constrain-cells"], True),
+        (["--constrain_cells"], True),
+        (["--constrain_cells", "true"], True),
+        (["--no-constrain-cells"], False),
+        (["--no_constrain_cells"], False),
+        (["--constrain-cells", "false"], False),
+    ]:
+        assert _settings([*base, *flag]).constrain_cells is value, flag
 
 
 def test_manifest_records_how_each_model_was_sampled(sim_model_dir, sim_dataset_dir, tmp_path):

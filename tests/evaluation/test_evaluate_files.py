@@ -101,7 +101,7 @@ def test_evaluate_help_names_both_forms(capsys):
     assert "--train" in capsys.readouterr().out
 
 
-def test_files_form_errors(files, tmp_path, capsys):
+def test_files_form_errors(files, tmp_path):
     with pytest.raises(FileNotFoundError, match="--pred"):
         cli(
             [
@@ -113,7 +113,7 @@ def test_files_form_errors(files, tmp_path, capsys):
                 str(tmp_path),
             ]
         )
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match=r"unknown baseline\(s\) \['oracle'\]"):
         cli(
             [
                 "--real",
@@ -126,7 +126,5 @@ def test_files_form_errors(files, tmp_path, capsys):
                 str(tmp_path),
             ]
         )
-    assert "unknown baseline(s) ['oracle']" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="nothing to evaluate"):
         cli(["--real", str(files["real"]), "--no-split-half", "--out", str(tmp_path)])
-    assert "nothing to evaluate" in capsys.readouterr().err

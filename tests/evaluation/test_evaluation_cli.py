@@ -83,13 +83,14 @@ def test_predict_cli_writes_the_anndata(tmp_path, sim_model_dir, sim_dataset_dir
     assert pred.uns["cellrlhf_prediction"]["params"]["model"] == "model"
 
 
-def test_predict_cli_refuses_a_non_h5ad_output(tmp_path, sim_dataset_dir, caplog):
-    with caplog.at_level(logging.ERROR):
-        code = cellrlhf_main(
-            ["predict", "--model_dir", str(tmp_path), "--dataset_dir", str(sim_dataset_dir)]
-            + ["--out", str(tmp_path / "pred.csv")]
-        )
-    assert code == 2 and ".h5ad" in caplog.text
+def test_predict_cli_refuses_a_non_h5ad_output(tmp_path, sim_dataset_dir, capsys):
+    code = cellrlhf_main(
+        ["predict", "--model_dir", str(tmp_path), "--dataset_dir", str(sim_dataset_dir)]
+        + ["--out", str(tmp_path / "pred.csv")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "write predictions to an .h5ad file" in err
+    assert "Traceback" not in err
 
 
 def test_eval_configs_load_and_the_demo_samples_enough_cells():

@@ -31,8 +31,9 @@ def _parse_stage(argv: list[str]) -> None:
         module.make_parser().parse_args_and_config(args)
     elif hasattr(module, "build_parser"):
         module.build_parser().parse_args(args)
-    else:
-        module.make_parser().parse_args(args)
+    else:  # a TrlParser reads --config itself; plain argparse parsers parse_args
+        parser = module.make_parser()
+        getattr(parser, "parse_args_and_config", parser.parse_args)(args)
 
 
 def _cases():
