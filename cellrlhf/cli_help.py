@@ -196,8 +196,8 @@ class CellTrlParser(TrlParser):
         formatter.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
         formatter.add_text(self.description)
         actions = [a for a in self._actions if a.dest != "help"]
-        own = [a for a in actions if a.dest in self._own]
-        inherited = [a for a in actions if a.dest not in self._own]
+        own = [a for a in actions if a.dest in self._own or not a.option_strings]
+        inherited = [a for a in actions if a not in own]
         # shown, not parsed: TrlParser reads --config before argparse sees the arguments
         config = argparse.Action(
             ["--config"],

@@ -211,7 +211,7 @@ def test_cli_writes_output_and_reports_errors(h5ad, tmp_path, capsys):
     assert "overwrite" in capsys.readouterr().err
     assert cli([str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "x")]) == 1
     assert "no .h5ad file" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--top_k must be a positive integer, got 0"):
         cli([str(path), "--out", str(out), "--top-k", "0"])
 
 
