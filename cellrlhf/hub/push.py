@@ -8,15 +8,24 @@ printed or logged.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cellrlhf.cli_help import RepeatableOption
 from cellrlhf.sft.model_files import looks_like_hub_id
 
-__all__ = ["is_network_error", "push_model", "push_dataset", "push_space", "cli"]
+__all__ = [
+    "PushOptions",
+    "cli",
+    "is_network_error",
+    "make_parser",
+    "push_dataset",
+    "push_model",
+    "push_space",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -187,45 +196,77 @@ def push_space(
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cellrlhf push",
+@dataclass
+class PushOptions:
+    """Options of ``cellrlhf push`` (flags, or keys of a ``--config`` YAML)."""
+
+    repo_id: str = field(metadata={"help": "target repository, ORG_OR_USER/NAME"})
+    model: str | None = field(
+        default=None, metadata={"help": "saved model directory (sft / reward / ppo output)"}
+    )
+    dataset: str | None = field(
+        default=None, metadata={"help": "dataset directory written by `cellrlhf data build`"}
+    )
+    space_for: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "MODEL_ID",
+            "help": "create a gradio Space (at --repo-id) serving this Hub model's chat app",
+        },
+    )
+    requirement: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --space-for: how the Space installs cellrlhf (default "
+            "cellrlhf[chat,scanpy])"
+        },
+    )
+    private: bool = field(default=False, metadata={"help": "create the repository as private"})
+    revision: str | None = field(
+        default=None, metadata={"help": "branch to commit to (default: main)"}
+    )
+    create_pr: bool = field(default=False, metadata={"help": "open a pull request instead"})
+    commit_message: str | None = field(default=None, metadata={"help": "commit message"})
+    license: str | None = field(
+        default=None, metadata={"help": "SPDX license id for the card (apache-2.0, ...)"}
+    )
+    eval_results: list[str] = field(
+        default_factory=list,
+        metadata={
+            "action": RepeatableOption,
+            "metavar": "PATH",
+            "help": "evaluation JSON file or directory to include (repeatable; the latest one "
+            "is used)",
+        },
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "print the files that would be committed (and the card with --show-card); "
+            "no network"
+        },
+    )
+    show_card: bool = field(default=False, metadata={"help": "with --dry-run: print the card"})
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("model", "dataset", "space_for") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "say what to push with exactly one of --model DIR, --dataset DIR or --space-for "
+                f"MODEL_ID (got {', '.join('--' + n for n in given) or 'none'})."
+            )
+
+
+def make_parser(prog: str = "cellrlhf push"):
+    """The :class:`~cellrlhf.cli_help.CellTrlParser` of :class:`PushOptions`."""
+    from cellrlhf.cli_help import CellTrlParser
+
+    return CellTrlParser(
+        (PushOptions,),
+        prog=prog,
         description="Share a saved model (or a dataset built by `cellrlhf data build`) on the "
         "Hugging Face Hub. Log in first with `hf auth login` or set HF_TOKEN.",
     )
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", help="saved model directory (sft / reward / ppo output)")
-    what.add_argument("--dataset", help="dataset directory written by `cellrlhf data build`")
-    what.add_argument(
-        "--space-for",
-        metavar="MODEL_ID",
-        help="create a gradio Space (at --repo-id) serving this Hub model's chat app",
-    )
-    p.add_argument(
-        "--requirement",
-        default=None,
-        help="with --space-for: how the Space installs cellrlhf (default cellrlhf[chat,scanpy])",
-    )
-    p.add_argument("--repo-id", required=True, help="target repository, ORG_OR_USER/NAME")
-    p.add_argument("--private", action="store_true", help="create the repository as private")
-    p.add_argument("--revision", default=None, help="branch to commit to (default: main)")
-    p.add_argument("--create-pr", action="store_true", help="open a pull request instead")
-    p.add_argument("--commit-message", default=None)
-    p.add_argument("--license", default=None, help="SPDX license id for the card (apache-2.0, ...)")
-    p.add_argument(
-        "--eval-results",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="evaluation JSON file or directory to include (repeatable; the latest one is used)",
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the files that would be committed (and the card with --show-card); no network",
-    )
-    p.add_argument("--show-card", action="store_true", help="with --dry-run: print the card")
-    return p
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -234,7 +275,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
     from cellrlhf.hub.upload_plan import plan_dataset_upload, plan_model_upload
 
-    args = _parser().parse_args(argv)
+    (args,) = make_parser().parse_args_and_config(argv)
     try:
         _check_repo_id(args.repo_id)
         if not args.dry_run and _token() is None:
