@@ -4,7 +4,8 @@ Samples a saved model's cells for the RL prompts of a built dataset (any split: 
 perturbations it was trained on, ``validation`` or ``test`` ones it never saw), decodes them with
 the dataset's decoder and scores each prompt's pseudo-bulk change against the real change stored
 in the prompt row (``reference_perturbed - reference_control``), next to the mean baseline (the
-mean real change of the ``rl/train`` rows of the same context). Each ``--variant`` is one
+mean real change of the ``rl/train`` rows of the same context, leaving the prompted perturbation
+out, so that on a training prompt the baseline does not contain the answer). Each ``--variant`` is one
 ablation; all variants run in one process on the same prompts, so they compare side by side.
 
     python benchmarks/diagnose_sft.py --dataset-dir runs/demo/data --model runs/demo/sft \
@@ -16,7 +17,9 @@ grammar: no repeated or unknown gene), ``cells<N>`` (N cells per prompt), ``temp
 ``budget<N>`` (answer budget in tokens), ``valid_only`` (only fully valid cells enter the
 pseudo-bulk), ``own_control`` (the control subtracted is the model's own: its cells for the same
 prompt with the target replaced by ``<control>``, 4x as many cells, instead of the decoded real
-control cells). Columns per (variant, split, prompt): ``pearson_delta`` of the model, of the mean
+control cells), ``oracle_pooled<N>`` / ``oracle_own<N>`` (no model: N real cells of the
+context's other training perturbations / of the prompt's own perturbation stand in for the
+answers; the ceiling of a perfect sampler at N cells). Columns per (variant, split, prompt): ``pearson_delta`` of the model, of the mean
 baseline, the model's correlation with the mean baseline's change (``r_model_mean``), the
 perturbation-specific Pearson (change minus the training mean, both sides), validity, cell length.
 """
@@ -43,6 +46,7 @@ def _variant(name: str, cells: int) -> dict:
         "own_control": False,
         "length_matched": False,
         "unknown_target": False,
+        "oracle": None,
     }
     if name == "base":
         return spec
@@ -56,6 +60,9 @@ def _variant(name: str, cells: int) -> dict:
         return {**spec, "unknown_target": True}
     if name == "length_matched":  # constrained, each cell >= the context's median real length
         return {**spec, "constrained": True, "length_matched": True}
+    m = re.fullmatch(r"oracle_(pooled|own)([0-9]*)", name)
+    if m:  # no model: real cells stand in for its answers (see _oracle_cells)
+        return {**spec, "oracle": m.group(1), "cells": int(m.group(2) or cells)}
     for prefix, key, cast in (
         ("cells", "cells", int),
         ("temp", "temperature", float),
@@ -89,6 +96,28 @@ def _own_controls(generator, settings, rows, decoder, n_cells: int) -> dict:
         X, _ = decoder.decode([extract_cell(c.text).sentence for c in comps])
         X = np.asarray(X.todense()) if hasattr(X, "todense") else np.asarray(X)
         out[ctx] = X.mean(axis=0)
+    return out
+
+
+def _oracle_cells(kind: str, rows, train, n_cells: int, rng) -> list[str]:
+    """Real cell sentences in place of a model's answers, ``n_cells`` per prompt (drawn with
+    replacement). ``pooled``: cells of the context's *other* training perturbations (rl/train
+    reference cells), i.e. what a perfect model of the average perturbed cell writes: its score
+    at ``n_cells`` is the ceiling of a model that knows nothing about the target. ``own``: the
+    prompt's own reference cells (a perfect model of this perturbation; in-sample, since the
+    same cells make the real pseudo-bulk, so an upper bound)."""
+    out = []
+    for r in rows:
+        if kind == "own":
+            pool = list(r["reference_sentences"])
+        else:
+            pool = [
+                s
+                for t in train
+                if t["cell_context"] == r["cell_context"] and t["perturbation"] != r["perturbation"]
+                for s in t["reference_sentences"]
+            ]
+        out += [pool[i] for i in rng.choice(len(pool), size=n_cells, replace=True)]
     return out
 
 
@@ -134,7 +163,7 @@ def _model_centred(records: list[dict], variant: str, split: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", required=True)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="model dir; none for oracle_* only")
     parser.add_argument(
         "--split",
         action="append",
@@ -164,10 +193,13 @@ def main() -> None:
     def real_delta_of(row) -> np.ndarray:
         return np.asarray(row["reference_perturbed"]) - np.asarray(row["reference_control"])
 
-    mean_delta = {}
-    for ctx in set(train["cell_context"]):
-        rows = [r for r in train if r["cell_context"] == ctx]
-        mean_delta[ctx] = np.mean([real_delta_of(r) for r in rows], axis=0)
+    train_deltas = [(r["cell_context"], r["perturbation"], real_delta_of(r)) for r in train]
+
+    def mean_delta_for(ctx: str, perturbation: str) -> np.ndarray:
+        """The mean baseline of a prompt: the mean real change of the context's training
+        perturbations other than the prompted one (on a training prompt, including its own
+        change would put the answer into the baseline)."""
+        return np.mean([d for c, p, d in train_deltas if c == ctx and p != perturbation], axis=0)
 
     median_length = {  # genes per real training cell of each context (rl/train references)
         ctx: int(
@@ -182,8 +214,13 @@ def main() -> None:
         )  # fmt: skip
         for ctx in set(train["cell_context"])
     }
-    loaded = load_model_dir(args.model)
-    generator = Sampler(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
+    generator = None
+    if args.model != "none":
+        loaded = load_model_dir(args.model)
+        generator = Sampler(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
+    elif not all(_variant(v, args.cells)["oracle"] for v in args.variant or ["base"]):
+        raise SystemExit("--model none runs only the oracle_* variants")
+    oracle_rng = np.random.default_rng(args.seed + 1)
     top_k = ((built.manifest.get("config") or {}).get("sentences") or {}).get("top_k") or 100
     default_budget = int(top_k) + 8
     rng = np.random.default_rng(args.seed)
@@ -208,11 +245,16 @@ def main() -> None:
                 for r in rows
                 for _ in range(v["cells"])
             ]
-            if v["length_matched"]:
+            if v["oracle"]:
+                texts = _oracle_cells(v["oracle"], rows, train, v["cells"], oracle_rng)
+                texts = [f"<cell> {t} </cell>" for t in texts]
+            elif v["length_matched"]:
                 comps = _length_matched(generator, settings, rows, v["cells"], median_length)
+                texts = [c.text for c in comps]
             else:
                 comps = generator.generate(prompts, settings, batch_size=64)
-            extracted = [extract_cell(c.text) for c in comps]
+                texts = [c.text for c in comps]
+            extracted = [extract_cell(t) for t in texts]
             X, report = decoder.decode([e.sentence for e in extracted])
             X = np.asarray(X.todense()) if hasattr(X, "todense") else np.asarray(X)
             closed = np.asarray([e.closed for e in extracted])
@@ -238,7 +280,7 @@ def main() -> None:
                 control = own.get(r["cell_context"], np.asarray(r["decoded_control"]))
                 pred_delta = change_from_control(pred, control)
                 real_delta = real_delta_of(r)
-                mean_d = mean_delta[r["cell_context"]]
+                mean_d = mean_delta_for(r["cell_context"], r["perturbation"])
                 records.append(
                     {
                         "variant": vname,
