@@ -182,6 +182,7 @@ def main() -> None:
     from cellrlhf.cell2text.markup import extract_cell
     from cellrlhf.data.layout import load_built_dataset
     from cellrlhf.metrics.fidelity import change_from_control
+    from cellrlhf.metrics.sampling_noise import split_half_change_reliability
     from cellrlhf.sampling import GenerationSettings, Sampler
     from cellrlhf.sft.model_dir import load_model_dir
 
@@ -291,6 +292,11 @@ def main() -> None:
                         "pearson_delta_mean_baseline": _pearson(mean_d, real_delta),
                         "r_model_mean": _pearson(pred_delta, mean_d),
                         "pearson_specific": _pearson(pred_delta - mean_d, real_delta - mean_d),
+                        "sampling_reliability": float(
+                            split_half_change_reliability(
+                                X[sl][keep], np.zeros(int(keep.sum())), np.zeros(1), control
+                            )[0]
+                        ),
                         "valid_cell_fraction": float(valid[sl].mean()),
                         "duplicate_genes_per_cell": float(np.mean(report.n_duplicates[sl])),
                         "genes_per_cell": float(np.mean(report.n_valid[sl])),

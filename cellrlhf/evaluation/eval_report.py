@@ -56,6 +56,7 @@ KEY_METRICS = (
     "signed_overlap_at_N",
     "mae",
     "distinct_fraction",
+    "sampling_reliability",
 )
 
 

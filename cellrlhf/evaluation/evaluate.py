@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,8 @@ __all__ = [
     "identical_models",
     "method_type",
     "MODEL_COLUMNS",
+    "RELIABILITY_WARNING",
+    "sampling_warnings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -263,6 +265,26 @@ def _markdown(
     return "\n".join(lines)
 
 
+# median split-half reliability of a model's predicted changes below which it is called noisy
+RELIABILITY_WARNING = 0.8
+
+
+def sampling_warnings(metrics: pd.DataFrame, models: Sequence[str], cells_per_prompt: int):
+    """One sentence per model whose predictions are mostly sampling noise: the median
+    ``sampling_reliability`` over its perturbations is below :data:`RELIABILITY_WARNING`."""
+    out = []
+    for name in models:
+        values = metrics.loc[metrics["method"] == name, "sampling_reliability"].dropna()
+        if len(values) and float(values.median()) < RELIABILITY_WARNING:
+            out.append(
+                f"{name}: its predicted changes are not reproducible between the two halves of "
+                f"its sampled cells (median split-half reliability {values.median():.2f} < "
+                f"{RELIABILITY_WARNING}); with {cells_per_prompt} cells per prompt its scores "
+                "are partly sampling noise: raise --cells_per_prompt."
+            )
+    return out
+
+
 def evaluate_models(
     dataset_dir: str | os.PathLike,
     models: Mapping[str, str | os.PathLike],
@@ -358,6 +380,9 @@ def evaluate_models(
     records = {name: _model_record(model_dirs[name], pred) for name, pred in predictions.items()}
     same = identical_models(records)
     metrics, summary = _summaries(evaluations, set(predictions), validity)
+    noisy = sampling_warnings(metrics, list(predictions), settings.cells_per_prompt)
+    for line in noisy:
+        logger.warning(line)
     paths.update(
         metrics_csv=out / "metrics.csv",
         summary_csv=out / "summary.csv",
@@ -377,6 +402,7 @@ def evaluate_models(
             same,
             {n: _reference_of(p) for n, p in predictions.items()},
         )
+        + "".join(f"\n**Sampling noise.** {line}\n" for line in noisy)
     )
     bars = plot_metric_bars(summary, out / "metrics.png", models=list(predictions))
     if bars:
@@ -414,6 +440,7 @@ def evaluate_models(
         },
         "models": records,
         "identical_models": same,
+        "sampling_warnings": noisy,
         "skipped_models": sorted(set(models) - set(model_dirs)),
         "settings": settings.to_dict(),
         "seeds": {

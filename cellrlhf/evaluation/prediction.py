@@ -227,7 +227,7 @@ def predict(
     dataset_dir: str | os.PathLike,
     *,
     real_test=None,
-    cells_per_prompt: int = 64,
+    cells_per_prompt: int = 512,
     max_prompts: int | None = None,
     seed: int = 0,
     temperature: float = 1.0,

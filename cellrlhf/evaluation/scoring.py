@@ -24,7 +24,11 @@ Per perturbation (rows of :attr:`Evaluation.per_perturbation`):
   genes), so the numbers are noise. Repeat the rows yourself to get that convention: several
   rows are always treated as cells;
 - ``distinct_fraction``: distinct predicted cells / predicted cells (NaN for one row): a
-  collapsed generator scores ``1 / n``.
+  collapsed generator scores ``1 / n``;
+- ``sampling_reliability``: split-half reliability of the predicted change over the predicted
+  cells (:func:`cellrlhf.metrics.sampling_noise.split_half_change_reliability`; NaN for fewer
+  than 8 rows): well below 1, the prediction is mostly sampling noise and more cells per prompt
+  would change it.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from cellrlhf.metrics.fidelity import (
     specific_change,
 )
 from cellrlhf.metrics.pseudobulk import group_codes, group_means
+from cellrlhf.metrics.sampling_noise import spearman_brown, split_half_change_reliability
 from cellrlhf.reward.diversity import distinct_rows_fraction
 
 __all__ = [
@@ -105,14 +110,6 @@ def is_correlation_metric(column: str) -> bool:
 def perturbation_kind(perturbation: str, *, sep: str = "+") -> str:
     """``"combo"`` for ``A+B`` (two or more targets), else ``"single"``."""
     return "combo" if len(split_perturbation(perturbation, sep=sep)) > 1 else "single"
-
-
-def spearman_brown(r):
-    """Full-depth reliability from a split-half correlation: ``2r / (1 + r)`` (NaN for r <= 0)."""
-    r = np.asarray(r, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(r > 0, 2.0 * r / (1.0 + r), np.nan)
-    return float(out) if out.ndim == 0 else out
 
 
 @dataclass(frozen=True)
@@ -378,6 +375,9 @@ def evaluate_predictions(
     if de_table is not None:
         table = table.join(de_table, on="perturbation")
     table["distinct_fraction"] = distinct
+    table["sampling_reliability"] = split_half_change_reliability(
+        Xp, pred_codes, pred_rows, pred_ctrl, genes=pred_genes
+    )
     params = {
         "pert_col": pert_col,
         "control": control,

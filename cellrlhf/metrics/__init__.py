@@ -16,9 +16,11 @@ Modules
     Pearson correlation of changes from control, specific changes, top-k variants, MAE/MSE.
 :mod:`cellrlhf.metrics.intervals`
     Intervals over perturbations (bootstrap, Student t).
+:mod:`cellrlhf.metrics.sampling_noise`
+    Split-half reliability of a sampled prediction (are there enough cells?); Spearman-Brown.
 
 Import names from the module that defines them (``from cellrlhf.metrics.de import
 differential_expression``); ``from cellrlhf.metrics import *`` imports the modules.
 """
 
-__all__ = ["de", "de_overlap", "fidelity", "intervals", "pseudobulk"]
+__all__ = ["de", "de_overlap", "fidelity", "intervals", "pseudobulk", "sampling_noise"]

@@ -102,7 +102,7 @@ def test_eval_configs_load_and_the_demo_samples_enough_cells():
     assert settings["gpu"].device_map == "auto"
     assert settings["tiny"].cells_per_prompt < 64
     assert all(s.temperature == 1.0 for s in settings.values())
-    assert EvalSettings().cells_per_prompt == 64
+    assert EvalSettings().cells_per_prompt == 512
 
 
 def test_eval_settings_refuse_unknown_keys_and_bad_values(tmp_path):

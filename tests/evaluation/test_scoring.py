@@ -51,6 +51,7 @@ def test_pseudobulk_predictions_have_no_de_metrics(perturbation_adata):
     t = evaluate_predictions(pred, real).per_perturbation
     np.testing.assert_allclose(t["pearson_delta"], 1.0, rtol=1e-6)
     assert (t["n_pred"] == 1).all() and t["distinct_fraction"].isna().all()
+    assert t["sampling_reliability"].isna().all()  # one row: no halves to compare
     # one profile cannot be tested against control cells
     for col in (
         "overlap_at_N",
@@ -142,3 +143,31 @@ def test_specific_metrics_need_the_reference_and_score_the_mean_baseline_zero(pe
         evaluate_predictions(pred, real, de=False, reference_delta=reference.iloc[1:])
     with pytest.raises(ValueError, match="expected \\(30,\\)"):
         evaluate_predictions(pred, real, de=False, reference_delta=np.zeros(3))
+
+
+def test_sampling_reliability_falls_with_fewer_predicted_cells(perturbation_adata):
+    """The same noisy generator, 40 vs 10 cells per perturbation: fewer cells, less reliable."""
+    real, pred = perturbation_adata(seed=1), perturbation_adata(seed=2, noise=1.0)
+    full = evaluate_predictions(pred, real, de=False).per_perturbation
+    labels = pred.obs["perturbation"].to_numpy()
+    keep = np.zeros(pred.n_obs, bool)
+    for p in pd.unique(labels):
+        idx = np.flatnonzero(labels == p)
+        keep[idx if p == "control" else idx[:10]] = True
+    few = evaluate_predictions(pred[keep].copy(), real, de=False).per_perturbation
+    assert full["sampling_reliability"].between(0, 1).all()
+    assert (few["sampling_reliability"].fillna(0) < full["sampling_reliability"]).mean() >= 0.8
+
+
+def test_sampling_warnings_name_noisy_models():
+    from cellrlhf.evaluation.evaluate import sampling_warnings
+
+    metrics = pd.DataFrame(
+        {
+            "method": ["sft", "sft", "grpo", "grpo", "mean"],
+            "sampling_reliability": [0.5, 0.7, 0.95, 0.9, np.nan],
+        }
+    )
+    lines = sampling_warnings(metrics, ["sft", "grpo"], 64)
+    assert len(lines) == 1 and lines[0].startswith("sft:")
+    assert "0.60" in lines[0] and "--cells_per_prompt" in lines[0]
