@@ -45,9 +45,10 @@ AGGREGATE_FORMAT = "cellrlhf.aggregate"
 _TABLES = ("per_fold", "pooled", "paired", "runs", "not_applicable", "flat_metrics")
 
 
-def safe_name(text: str) -> str:
-    """A file-name-safe version of a setting name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "setting"
+def safe_name(text: str, fallback: str = "setting") -> str:
+    """A file-name-safe version of a setting, model or context name (``fallback`` when nothing
+    of it is safe)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or fallback
 
 
 def write_aggregate(agg: Aggregate, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellrlhf.evaluation.aggregate_inputs import EVALUATION_FORMAT
 from cellrlhf.evaluation.settings import EvalSettings
 
 __all__ = [
@@ -75,7 +75,9 @@ def method_type(method: str, models: set[str] | frozenset[str]) -> str:
 
 
 def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "context"
+    from cellrlhf.evaluation.aggregate_files import safe_name
+
+    return safe_name(text, fallback="context")
 
 
 def _subset(adata, mask):
@@ -425,7 +427,7 @@ def evaluate_models(
         paths["validity_plot"] = png
 
     run_manifest = {
-        "format": "cellrlhf.evaluation",
+        "format": EVALUATION_FORMAT,
         "version": 1,
         "cellrlhf_version": __version__,
         "started": started,

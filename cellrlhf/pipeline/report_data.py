@@ -9,6 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+from cellrlhf.data.layout import MANIFEST_FORMAT as DATASET_FORMAT
+from cellrlhf.evaluation.aggregate_files import AGGREGATE_FORMAT
+from cellrlhf.evaluation.aggregate_inputs import EVALUATION_FORMAT
 from cellrlhf.pipeline.spec import PipelineSpec
 from cellrlhf.pipeline.stage_marker import read_markers
 from cellrlhf.sft.checkpoints import last_complete_checkpoint
@@ -26,11 +29,6 @@ __all__ = [
     "read_evaluation",
 ]
 
-# ``format`` of the manifest.json written by ``cellrlhf evaluate``, ``cellrlhf aggregate`` and
-# ``cellrlhf data build``
-EVALUATION_FORMAT = "cellrlhf.evaluation"
-AGGREGATE_FORMAT = "cellrlhf.aggregate"
-DATASET_FORMAT = "cellrlhf.dataset"
 # keys of splits.json listed in the report (the per-cell lists are not)
 _SPLIT_LIST_KEYS = ("cells", "groups")
 
