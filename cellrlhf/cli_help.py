@@ -10,10 +10,17 @@ The commands parse their dataclasses with :class:`CellTrlParser`, TRL's :class:`
   error naming it and the fix (the known keys, or the closest ones), not a ``ValueError``;
 - ``--config=FILE`` works like ``--config FILE``.
 
+A command whose ``--config`` is its own input file (``cellrlhf data build --config
+configs/data/x.yaml``: the nested data config, not a file of option values) declares a
+``config`` field and parses with :class:`CellArgumentParser`: the same dataclasses, help and
+errors, without TRL's option-values file.
+
 Options that a field's ``metadata={"action": ...}`` gives their own command-line form:
 :class:`RepeatableOption` (``--model a=x --model b=y``) and :class:`NegatableFlag`
 (``--constrain-cells`` / ``--no-constrain-cells`` for a ``bool | None``). :func:`options_dataclass`
-mirrors a frozen settings dataclass (tuples and all) as one the parser reads.
+mirrors a frozen settings dataclass (tuples and all) as one the parser reads. A field with
+``metadata={"positional": True}`` is a positional argument (``cellrlhf data check DIR``), optional
+when the field has a default; a ``--config`` file may still give it.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ import dataclasses
 import difflib
 import inspect
 import re
+import sys
 import typing
 from pathlib import Path
 
+from transformers import HfArgumentParser
 from trl import TrlParser
 
 __all__ = [
+    "CellArgumentParser",
     "CellTrlParser",
     "NegatableFlag",
     "RepeatableOption",
@@ -141,21 +151,74 @@ def options_dataclass(settings_type, *, name: str, metadata: dict[str, dict] | N
     return dataclasses.make_dataclass(name, specs, namespace=namespace)
 
 
-class CellTrlParser(TrlParser):
+class _CellParsing:
+    """What both parsers share: positional fields, unknown flags refused, grouped help."""
+
+    _own: set[str]
+
+    def _own_options(self, dataclass_types) -> None:
+        types = dataclass_types if isinstance(dataclass_types, (list, tuple)) else []
+        self._own = set().union(*(own_fields(t) for t in types)) if types else set()
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field: dataclasses.Field) -> None:
+        if not field.metadata.get("positional"):
+            HfArgumentParser._parse_dataclass_field(parser, field)
+            return
+        kwargs = {k: v for k, v in field.metadata.items() if k != "positional"}
+        if field.default is not dataclasses.MISSING:
+            kwargs.update(nargs="?", default=field.default)
+        kwargs.setdefault("metavar", field.name.upper())
+        parser.add_argument(field.name, **kwargs)
+
+    def _refuse_unknown(self, remaining: list[str]) -> None:
+        if remaining:
+            self.error(
+                f"unrecognized arguments: {' '.join(remaining)} "
+                f"(`{self.prog} --help` lists the options)"
+            )
+
+    def _config_action(self) -> argparse.Action | None:
+        """The ``--config`` shown first in the help (``None``: the command has none)."""
+        return None
+
+    def format_help(self) -> str:
+        formatter = self._get_formatter()
+        formatter.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
+        formatter.add_text(self.description)
+        config = self._config_action()
+        actions = [a for a in self._actions if a.dest != "help" and a is not config]
+        own = [a for a in actions if a.dest in self._own or not a.option_strings]
+        inherited = [a for a in actions if a not in own]
+        formatter.start_section("start here")
+        start = [config] if config is not None else []
+        formatter.add_arguments([*start, *(a for a in self._actions if a.dest == "help")])
+        formatter.end_section()
+        formatter.start_section(f"cellrlhf options ({len(own)})" if inherited else "options")
+        formatter.add_arguments(own)
+        formatter.end_section()
+        if inherited:
+            formatter.start_section(
+                f"inherited options ({len(inherited)}: transformers TrainingArguments, TRL configs)"
+            )
+            formatter.add_arguments(inherited)
+            formatter.end_section()
+        formatter.add_text(self.epilog)
+        return formatter.format_help()
+
+
+class CellTrlParser(_CellParsing, TrlParser):
     """:class:`~trl.TrlParser` whose help leads with ``--config`` and cellrlhf's options, and
     whose unknown keys and flags are usage errors that say what is known."""
 
     def __init__(self, dataclass_types=None, **kwargs):
         kwargs.setdefault("usage", "%(prog)s [--config FILE.yaml] [--OPTION VALUE ...]")
         super().__init__(dataclass_types, **kwargs)
-        types = dataclass_types if isinstance(dataclass_types, (list, tuple)) else []
-        self._own = set().union(*(own_fields(t) for t in types)) if types else set()
+        self._own_options(dataclass_types)
         self._config_path: str | None = None
 
     def parse_args_and_config(self, args=None, return_remaining_strings=False, **kwargs):
         """TrlParser's parse, with ``--config=FILE``, and unknown keys and flags refused."""
-        import sys
-
         args = list(sys.argv[1:] if args is None else args)
         args = [p for a in args for p in (a.split("=", 1) if a.startswith("--config=") else [a])]
         if "--config" in args:
@@ -168,11 +231,7 @@ class CellTrlParser(TrlParser):
         output = super().parse_args_and_config(args, return_remaining_strings=True, **kwargs)
         if return_remaining_strings:
             return output
-        if output[-1]:
-            self.error(
-                f"unrecognized arguments: {' '.join(output[-1])} "
-                f"(`{self.prog} --help` lists the options)"
-            )
+        self._refuse_unknown(output[-1])
         return output[:-1]
 
     def set_defaults_with_config(self, **kwargs) -> list[str]:
@@ -191,32 +250,41 @@ class CellTrlParser(TrlParser):
             )
         return super().set_defaults_with_config(**kwargs)
 
-    def format_help(self) -> str:
-        formatter = self._get_formatter()
-        formatter.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
-        formatter.add_text(self.description)
-        actions = [a for a in self._actions if a.dest != "help"]
-        own = [a for a in actions if a.dest in self._own or not a.option_strings]
-        inherited = [a for a in actions if a not in own]
+    def _config_action(self) -> argparse.Action:
         # shown, not parsed: TrlParser reads --config before argparse sees the arguments
-        config = argparse.Action(
+        return argparse.Action(
             ["--config"],
             dest="config",
             metavar="FILE.yaml",
             default=argparse.SUPPRESS,
             help=CONFIG_HELP,
         )
-        formatter.start_section("start here")
-        formatter.add_arguments([config, *(a for a in self._actions if a.dest == "help")])
-        formatter.end_section()
-        formatter.start_section(f"cellrlhf options ({len(own)})" if inherited else "options")
-        formatter.add_arguments(own)
-        formatter.end_section()
-        if inherited:
-            formatter.start_section(
-                f"inherited options ({len(inherited)}: transformers TrainingArguments, TRL configs)"
-            )
-            formatter.add_arguments(inherited)
-            formatter.end_section()
-        formatter.add_text(self.epilog)
-        return formatter.format_help()
+
+
+class CellArgumentParser(_CellParsing, HfArgumentParser):
+    """The parser of a command whose ``--config`` is its own input file, not option values.
+
+    :class:`~transformers.HfArgumentParser` with :class:`CellTrlParser`'s help, positional
+    fields and errors; the command's dataclass declares the ``config`` field itself (``cellrlhf
+    data build``: the nested data config YAML, with ``--set key=value`` overrides), so no YAML
+    of option values is read. :meth:`parse_args_and_config` is named like
+    :meth:`CellTrlParser.parse_args_and_config` so that every command parses alike.
+    """
+
+    def __init__(self, dataclass_types=None, **kwargs):
+        kwargs.setdefault("usage", "%(prog)s --config FILE.yaml [--OPTION VALUE ...]")
+        super().__init__(dataclass_types, **kwargs)
+        self._own_options(dataclass_types)
+
+    def parse_args_and_config(self, args=None, return_remaining_strings=False):
+        """The dataclasses of ``args`` (default ``sys.argv[1:]``); an unknown flag is a usage
+        error naming it (``return_remaining_strings``: returned last instead)."""
+        args = list(sys.argv[1:] if args is None else args)
+        output = self.parse_args_into_dataclasses(args, return_remaining_strings=True)
+        if return_remaining_strings:
+            return output
+        self._refuse_unknown(output[-1])
+        return output[:-1]
+
+    def _config_action(self) -> argparse.Action | None:
+        return next((a for a in self._actions if a.dest == "config"), None)

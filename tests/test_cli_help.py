@@ -184,3 +184,62 @@ def test_options_dataclass_mirrors_a_frozen_settings_class():
         names=("c",), low=2
     )
     assert options_type().names == ["a", "b"] and options_type().names is not options_type().names
+
+
+def _data_file_parser():
+    from dataclasses import dataclass, field
+
+    from cellrlhf.cli_help import CellArgumentParser
+
+    @dataclass
+    class Options:
+        config: str = field(metadata={"help": "the data file"})
+        source: str = field(default="here", metadata={"positional": True})
+        level: int = 1
+
+    return CellArgumentParser((Options,), prog="p")
+
+
+def test_a_data_file_config_is_the_command_s_own_field(tmp_path):
+    data = tmp_path / "data.yaml"
+    data.write_text("level: 7\nsource: there\n")  # never read as option values
+    parser = _data_file_parser()
+    (options,) = parser.parse_args_and_config([f"--config={data}", "--level", "2"])
+    assert (options.config, options.source, options.level) == (str(data), "here", 2)
+    (options,) = parser.parse_args_and_config(["src", "--config", "d.yaml"])
+    assert (options.config, options.source, options.level) == ("d.yaml", "src", 1)
+    help_text = parser.format_help()
+    start, rest = help_text.split("start here:", 1)[1].split("\n\n", 1)
+    assert "--config CONFIG" in start and "the data file" in start
+    assert "--config" not in rest and "SOURCE" in rest and "--level" in rest
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--config", "d.yaml", "--levle=2"], "unrecognized arguments: --levle=2 (`p --help`"),
+        (["--level", "2"], "the following arguments are required: --config"),
+    ],
+)
+def test_a_data_file_parser_refuses_unknown_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _data_file_parser().parse_args_and_config(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_positional_field_may_come_from_the_config_file(tmp_path):
+    from dataclasses import dataclass, field
+
+    from cellrlhf.cli_help import CellTrlParser
+
+    @dataclass
+    class Options:
+        path: str = field(metadata={"positional": True})
+
+    config = tmp_path / "c.yaml"
+    config.write_text("path: from/yaml\n")
+    parser = CellTrlParser((Options,), prog="p")
+    assert parser.parse_args_and_config(["given"])[0].path == "given"
+    assert parser.parse_args_and_config(["--config", str(config)])[0].path == "from/yaml"
+    assert parser.parse_args_and_config(["--config", str(config), "x"])[0].path == "x"

@@ -28,7 +28,7 @@ import yaml
 from cellrlhf.data.schema import _CONTROL_LOOKALIKES, SchemaError, _norm_token, _standard_types
 
 __all__ = ["ColumnGuess", "ExpressionGuess", "DataInspection", "inspect_h5ad", "render_config"]
-__all__ += ["write_data_config", "inspect_adata"]
+__all__ += ["InitOptions", "inspect_adata", "run_init", "write_data_config"]
 
 _SAMPLE_CELLS = 500
 _CONTROL_WORDS = {"control", "ctrl", "dmso", "vehicle", "nontargeting", "untreated", "mock"}
@@ -512,18 +512,21 @@ def write_data_config(
 
 
 # ---------------------------------------------------------------------- command line
-def add_init_parser(sub) -> None:
-    """Register ``cellrlhf data init`` on the ``cellrlhf data`` subparsers."""
-    init = sub.add_parser(
-        "init", help="inspect your own .h5ad and write a commented data config for it"
+@dataclass
+class InitOptions:
+    """Options of ``cellrlhf data init`` (flags, or keys of a ``--config`` YAML)."""
+
+    h5ad: str = field(metadata={"positional": True, "help": "the AnnData file (.h5ad) to inspect"})
+    out: str | None = field(
+        default=None, metadata={"help": "config file to write (default: <file stem>_data.yaml)"}
     )
-    init.add_argument("h5ad", help="the AnnData file (.h5ad) to inspect")
-    init.add_argument("--out", help="config file to write (default: <file stem>_data.yaml)")
-    init.add_argument("--name", help="data set name (default: the file stem)")
-    init.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    name: str | None = field(
+        default=None, metadata={"help": "data set name (default: the file stem)"}
+    )
+    force: bool = field(default=False, metadata={"help": "overwrite an existing --out"})
 
 
-def run_init(args) -> int:
+def run_init(args: InitOptions) -> int:
     """``cellrlhf data init``: write the config, print what was guessed; the exit status."""
     import sys
 

@@ -103,3 +103,82 @@ def test_package_exports_are_lazy_and_resolve():
 
     for name in data.__all__:
         assert getattr(data, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--config", "d.yaml"], {"config": "d.yaml", "overrides": [], "no_progress": False}),
+        (["--config=d.yaml", "--fold", "1", "--out", "o"], {"fold": 1, "out": "o"}),
+        (["--config", "d.yaml", "--data-dir", "a", "--cache-dir", "b"], {"data_dir": "a"}),
+        (["--config", "d.yaml", "--data_dir", "a", "--cache_dir", "b"], {"cache_dir": "b"}),
+        (["--config", "d.yaml", "--set", "a.b=1", "--set", "c=2"], {"overrides": ["a.b=1", "c=2"]}),
+        (["--config", "d.yaml", "--set", "a.b=1", "c=2", "--seed", "3"], {"seed": 3}),
+        (["--config", "d.yaml", "--split", "random_cells", "--no-progress"], {"no_progress": True}),
+    ],
+)
+def test_build_flags_parse_in_every_spelling_in_use(argv, expected):
+    from cellrlhf.data.cli import BuildOptions, make_parser
+
+    (options,) = make_parser("build").parse_args_and_config(argv)
+    assert isinstance(options, BuildOptions)
+    for key, value in expected.items():
+        assert getattr(options, key) == value
+
+
+def test_build_overrides_follow_the_flags():
+    from cellrlhf.data.cli import BuildOptions, build_overrides
+
+    options = BuildOptions(config="d.yaml", overrides=["a=1"], seed=4, no_progress=True)
+    assert build_overrides(options) == ["a=1", "seed=4", "progress=false"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["build", "--config", "d.yaml", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
+        (["build", "--out", "o"], "the following arguments are required: --config"),
+        (["check"], "the following arguments are required: PATH"),
+        (["simulate", "--out", "x.h5ad", "--n-cell", "5", "--n-gene", "5", "--nope"], "--nope"),
+    ],
+)
+def test_bad_flags_are_one_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_or_missing_subcommand_lists_the_commands(capsys):
+    assert cli(["biuld"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'biuld'" in err and "build, init, list, fetch, check, simulate" in err
+    assert cli([]) == 2
+    assert "simulate" in capsys.readouterr().err
+    assert cli(["--help"]) == 0
+    assert "cellrlhf data <command>" in capsys.readouterr().out
+
+
+def test_simulate_reads_a_config_of_option_values_and_flags_override(tmp_path):
+    from cellrlhf.data.cli import make_parser
+
+    config = tmp_path / "sim.yaml"
+    config.write_text("out: a.h5ad\nn_cells: 50\nseed: 3\n")
+    (options,) = make_parser("simulate").parse_args_and_config(
+        ["--config", str(config), "--seed", "4"]
+    )
+    assert (options.out, options.n_cells, options.n_genes, options.seed) == ("a.h5ad", 50, 200, 4)
+
+
+def test_positional_subcommand_arguments(tmp_path):
+    from cellrlhf.data.cli import make_parser
+
+    (fetch,) = make_parser("fetch").parse_args_and_config(["x", "--data-dir", "d"])
+    assert (fetch.name, fetch.data_dir, fetch.cache_dir) == ("x", "d", None)
+    (init,) = make_parser("init").parse_args_and_config(["my.h5ad", "--force"])
+    assert (init.h5ad, init.out, init.force) == ("my.h5ad", None, True)
+    config = tmp_path / "check.yaml"
+    config.write_text("path: built/\n")
+    (check,) = make_parser("check").parse_args_and_config(["--config", str(config)])
+    assert check.path == "built/"

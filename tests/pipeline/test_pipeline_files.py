@@ -29,8 +29,8 @@ def _parse_stage(argv: list[str]) -> None:
         module.make_parser(trainer_choice(args)).parse_args_and_config(args)
     elif name in TRL_PARSED:
         module.make_parser().parse_args_and_config(args)
-    elif hasattr(module, "build_parser"):
-        module.build_parser().parse_args(args)
+    elif name == "data":  # ``data <subcommand> ...``: one parser per subcommand
+        module.make_parser(args[0]).parse_args_and_config(args[1:])
     else:  # a TrlParser reads --config itself; plain argparse parsers parse_args
         parser = module.make_parser()
         getattr(parser, "parse_args_and_config", parser.parse_args)(args)
