@@ -305,22 +305,31 @@ def _load_staged(path: Path) -> BuiltDataset:
     return BuiltDataset(path, {}, splits, parts["pretrain"], parts["sft"], parts["rl"])
 
 
-def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings: dict) -> dict:
-    from datasets import Dataset
+@dataclass
+class _Rows:
+    """The SFT and RL rows of a build, with the decoder, templates and evidence that wrote them."""
 
-    table, groups, vocab = prep.table, prep.groups, prep.vocab
-    sentence_writer = SentenceWriter(
-        vocab, top_k=config.sentences.top_k, seed=config.sentences.seed
-    )
+    decoder: object
+    templates: dict
+    phrases: object
+    sft: dict
+    rl: dict
+    sft_features: object
+    rl_features: object
+    evidence: EvidenceBuilder | None = None
+    evidence_phrases: object | None = None
+
+
+def _scan(staging: Path, config: DataBuildConfig, prep: _Prepared, sentence_writer):
+    """The one pass over the expression: the scan plan and what the scan gathered."""
     plan = _scan_plan(config, prep, staging)
-    t0 = time.perf_counter()
     expression = prep.source.expression
     scan = scan_cells(
         expression.matrix,
         prep.rows,
-        table.cell_ids,
-        groups.of_cell,
-        len(groups.keys),
+        prep.table.cell_ids,
+        prep.groups.of_cell,
+        len(prep.groups.keys),
         mapping=prep.mapping,
         sentence_writer=sentence_writer,
         plan=plan,
@@ -329,12 +338,14 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
         progress=config.progress,
         layer_name=expression.layer_name,
     )
-    timings["scan_s"] = time.perf_counter() - t0
+    return plan, scan
 
-    t0 = time.perf_counter()
+
+def _make_rows(config: DataBuildConfig, prep: _Prepared, scan, sentence_writer) -> _Rows:
+    """Fit the decoder, then write the SFT and RL rows (with evidence when configured)."""
     decoder = _fit_decoder(config, prep, scan.decoder_rows)
     references = References(
-        scan, groups, vocab, config.de, sentence_writer, config.sentences, decoder
+        scan, prep.groups, prep.vocab, config.de, sentence_writer, config.sentences, decoder
     )
     templates = {task: load_task_templates(task, config.sft.templates_dir) for task in TASKS}
     phrases = load_phrases(config.sft.templates_dir)
@@ -347,49 +358,85 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
             config.evidence, references, evidence_phrases, writer.perturbation_text, prep.gene_table
         )
         sft_feats["evidence_sources"] = rl_feats["evidence_sources"] = evidence_features()
-    sft = sft_rows(prep.sft_specs, table, references, writer, config.seed, evidence)
-    rl = rl_rows(prep.rl_specs, table, references, writer, config.seed, evidence)
-    timings["rows_s"] = time.perf_counter() - t0
+    sft = sft_rows(prep.sft_specs, prep.table, references, writer, config.seed, evidence)
+    rl = rl_rows(prep.rl_specs, prep.table, references, writer, config.seed, evidence)
+    return _Rows(
+        decoder, templates, phrases, sft, rl, sft_feats, rl_feats, evidence, evidence_phrases
+    )
 
-    t0 = time.perf_counter()
+
+def _save_pretrain(staging: Path, plan, output, parquet: Path | None) -> None:
+    """Move the scan's pretraining corpus into ``staging/pretrain`` (and Parquet)."""
+    from datasets import Dataset
+
+    pretrain = Dataset.from_file(str(plan.pretrain_path))
+    if pretrain.features != pretrain_features():
+        raise BuildError(f"pretrain features {pretrain.features} differ from the layout.")
+    save_dataset(pretrain, staging / "pretrain", max_shard_size=output.max_shard_size)
+    if parquet is not None:
+        (parquet / "pretrain").mkdir(parents=True, exist_ok=True)
+        pretrain.to_parquet(str(parquet / "pretrain" / "train.parquet"))
+    del pretrain
+    plan.pretrain_path.unlink()
+
+
+def _save_parts(staging: Path, config: DataBuildConfig, plan, scan, rows: _Rows):
+    """Save the pretrain, SFT and RL parts; returns their content hashes and row counts."""
     output = config.output
     parquet = staging / "parquet" if output.parquet else None
     part_hashes: dict[str, object] = {}
     counts: dict[str, object] = {}
     if plan.pretrain_path is not None:
-        pretrain = Dataset.from_file(str(plan.pretrain_path))
-        if pretrain.features != pretrain_features():
-            raise BuildError(f"pretrain features {pretrain.features} differ from the layout.")
-        save_dataset(pretrain, staging / "pretrain", max_shard_size=output.max_shard_size)
-        if parquet is not None:
-            (parquet / "pretrain").mkdir(parents=True, exist_ok=True)
-            pretrain.to_parquet(str(parquet / "pretrain" / "train.parquet"))
-        del pretrain
-        plan.pretrain_path.unlink()
+        _save_pretrain(staging, plan, output, parquet)
         part_hashes["pretrain"] = scan.pretrain_hash
         counts["pretrain"] = scan.pretrain_rows
-    if config.sft.enabled:
-        part_hashes["sft"] = save_dataset_dict(
-            sft,
-            sft_feats,
-            staging / "sft",
+    for part, enabled, data, features in (
+        ("sft", config.sft.enabled, rows.sft, rows.sft_features),
+        ("rl", config.rl.enabled, rows.rl, rows.rl_features),
+    ):
+        if not enabled:
+            continue
+        part_hashes[part] = save_dataset_dict(
+            data,
+            features,
+            staging / part,
             max_shard_size=output.max_shard_size,
-            parquet_dir=parquet / "sft" if parquet else None,
+            parquet_dir=parquet / part if parquet else None,
         )
-        counts["sft"] = {split: len(rows) for split, rows in sft.items()}
-        counts["sft_tasks"] = {split: _task_counts(rows) for split, rows in sft.items()}
-    if config.rl.enabled:
-        part_hashes["rl"] = save_dataset_dict(
-            rl,
-            rl_feats,
-            staging / "rl",
-            max_shard_size=output.max_shard_size,
-            parquet_dir=parquet / "rl" if parquet else None,
-        )
-        counts["rl"] = {split: len(rows) for split, rows in rl.items()}
-    vocab.save(staging)
-    decoder.save(staging)
-    splits_payload = prep.assignment.to_dict(table.cell_ids, table.obs)
+        counts[part] = {split: len(split_rows) for split, split_rows in data.items()}
+        if part == "sft":
+            counts["sft_tasks"] = {split: _task_counts(r) for split, r in data.items()}
+    return part_hashes, counts
+
+
+def _evidence_manifest(config: DataBuildConfig, prep: _Prepared, rows: _Rows) -> dict:
+    return {
+        "kinds": list(config.evidence.kinds),
+        "phrases_version": rows.evidence_phrases.version,
+        "phrases_sha256": rows.evidence_phrases.sha256,
+        "gene_table_sha256": getattr(prep.gene_table, "sha256", None),
+        "source_splits": list(EvidenceBuilder.SOURCE_SPLITS),
+    }
+
+
+def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings: dict) -> dict:
+    """Scan, write rows, save every part, check leakage on the saved files; the manifest."""
+    sentence_writer = SentenceWriter(
+        prep.vocab, top_k=config.sentences.top_k, seed=config.sentences.seed
+    )
+    t0 = time.perf_counter()
+    plan, scan = _scan(staging, config, prep, sentence_writer)
+    timings["scan_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rows = _make_rows(config, prep, scan, sentence_writer)
+    timings["rows_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    part_hashes, counts = _save_parts(staging, config, plan, scan, rows)
+    prep.vocab.save(staging)
+    rows.decoder.save(staging)
+    splits_payload = prep.assignment.to_dict(prep.table.cell_ids, prep.table.obs)
     # compact JSON: with indentation the encoder is pure Python (slow on 10^5-10^6 cell ids)
     (staging / SPLITS_FILENAME).write_text(json.dumps(splits_payload))
     timings["write_s"] = time.perf_counter() - t0
@@ -400,12 +447,12 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     manifest = make_manifest(
         config=config,
         source=prep.source,
-        vocab=vocab,
-        decoder=decoder,
+        vocab=prep.vocab,
+        decoder=rows.decoder,
         assignment=prep.assignment,
-        table=table,
-        templates=templates,
-        phrases=phrases,
+        table=prep.table,
+        templates=rows.templates,
+        phrases=rows.phrases,
         part_hashes=part_hashes,
         counts=counts,
         splits_payload=splits_payload,
@@ -415,15 +462,9 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     )
     manifest["source"]["n_cells_dropped_no_expression"] = prep.n_empty_dropped
     if config.rl.enabled:
-        manifest["answer_budget"] = _answer_budget(config, rl)
-    if evidence is not None:
-        manifest["evidence"] = {
-            "kinds": list(config.evidence.kinds),
-            "phrases_version": evidence_phrases.version,
-            "phrases_sha256": evidence_phrases.sha256,
-            "gene_table_sha256": getattr(prep.gene_table, "sha256", None),
-            "source_splits": list(EvidenceBuilder.SOURCE_SPLITS),
-        }
+        manifest["answer_budget"] = _answer_budget(config, rows.rl)
+    if rows.evidence is not None:
+        manifest["evidence"] = _evidence_manifest(config, prep, rows)
     (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
     return manifest
 
