@@ -194,6 +194,101 @@ def _check_evidence(built, held, problems: list[str]) -> int:
     return n_rows
 
 
+class _Audit:
+    """The cells and perturbations ``check_no_leakage`` holds out, and the problems it found."""
+
+    def __init__(self, splits: dict):
+        cells = splits["cells"]
+        self.test_cells = set(cells.get("test", [])) | set(cells.get("excluded", []))
+        self.validation_cells = set(cells.get("validation", []))
+        self.test_held = _HeldOut(splits, "test")
+        validation_held = _HeldOut(splits, "validation")
+        self.held = _AnyOf(self.test_held, *([validation_held] if validation_held.active else []))
+        self.problems: list[str] = []
+
+    def cells(self, ids, where: str, forbidden: set[str], what: str) -> None:
+        bad = forbidden.intersection(ids)
+        if bad:
+            self.problems.append(f"{len(bad)} {what} cell(s) in {where}, e.g. {sorted(bad)[:3]}")
+
+    def messages(self, where: str, messages, rule, context) -> None:
+        """The first message whose text names a held-out perturbation, as a problem."""
+        for message in messages:
+            why = rule.text(message["content"], context)
+            if why:
+                self.problems.append(f"{where} {why}")
+                return
+
+
+def _check_pretrain(pretrain, audit: _Audit) -> int:
+    """Rules 1-3 on the pretraining corpus (the first text naming a held-out one); rows."""
+    ids = _column(pretrain, "cell_id")
+    audit.cells(ids, "pretrain", audit.test_cells, "test")
+    audit.cells(ids, "pretrain", audit.validation_cells, "validation")
+    for i, text in enumerate(_column(pretrain, "text")):
+        if PERT_START in text:
+            why = audit.held.text(text, _prefix_context(text))
+            if why:
+                audit.problems.append(f"pretrain row {i} {why}")
+                break
+    return len(ids)
+
+
+def _check_sft(sft, audit: _Audit) -> int:
+    """Rules 1-3 on SFT train (nothing held out) and validation (nothing of test); rows."""
+    n_rows = 0
+    for split in ("train", "validation"):
+        if split not in sft:
+            continue
+        data = sft[split]
+        ids = [c for row in _column(data, "cell_ids") for c in row]
+        audit.cells(ids, f"sft/{split}", audit.test_cells, "test")
+        if split == "train":
+            audit.cells(ids, "sft/train", audit.validation_cells, "validation")
+        rule = audit.held if split == "train" else audit.test_held
+        columns = (_column(data, c) for c in ("perturbation", "cell_context", "messages"))
+        for i, (pert, context, messages) in enumerate(zip(*columns, strict=True)):
+            n_rows += 1
+            if rule.pert_label(pert, context):
+                audit.problems.append(
+                    f"sft/{split} row {i} is about held-out {pert!r} in {context!r}"
+                )
+                continue
+            audit.messages(f"sft/{split} row {i}", messages, rule, context)
+    return n_rows
+
+
+def _check_rl_train(data, audit: _Audit) -> int:
+    """Rules 1-3 on RL training prompts, their reference cells and controls; rows."""
+    ids = [c for row in _column(data, "reference_cell_ids") for c in row]
+    forbidden = audit.test_cells | audit.validation_cells
+    audit.cells(ids, "rl/train references", forbidden, "test/validation")
+    columns = (_column(data, c) for c in ("perturbation", "cell_context", "prompt"))
+    n_rows = 0
+    for i, (pert, context, prompt) in enumerate(zip(*columns, strict=True)):
+        n_rows += 1
+        if audit.held.pert_label(pert, context):
+            audit.problems.append(f"rl/train row {i} is about held-out {pert!r} in {context!r}")
+            continue
+        audit.messages(f"rl/train row {i}", prompt, audit.held, context)
+    if "control_split" in data.column_names:
+        bad = [s for s in _column(data, "control_split") if s != "train"]
+        if bad:
+            audit.problems.append(f"{len(bad)} rl/train row(s) use controls of split(s) {set(bad)}")
+    return n_rows
+
+
+def _check_rl_validation(data, audit: _Audit) -> int:
+    """RL validation prompts: no test reference cell, no test perturbation; rows."""
+    ids = [c for row in _column(data, "reference_cell_ids") for c in row]
+    audit.cells(ids, "rl/validation references", audit.test_cells, "test")
+    columns = (_column(data, "perturbation"), _column(data, "cell_context"))
+    for i, (pert, context) in enumerate(zip(*columns, strict=True)):
+        if audit.test_held.pert_label(pert, context):
+            audit.problems.append(f"rl/validation row {i} is about test {pert!r} in {context!r}")
+    return len(data)
+
+
 def check_no_leakage(built) -> dict:
     """Raise :class:`LeakageError` when held-out information is in training data.
 
@@ -206,100 +301,18 @@ def check_no_leakage(built) -> dict:
     -------
     A summary of what was checked (row and cell counts).
     """
-    splits = built.splits
-    cells = splits["cells"]
-    test_cells = set(cells.get("test", [])) | set(cells.get("excluded", []))
-    validation_cells = set(cells.get("validation", []))
-    test_held = _HeldOut(splits, "test")
-    validation_held = _HeldOut(splits, "validation")
-    held = _AnyOf(test_held, *([validation_held] if validation_held.active else []))
-    problems: list[str] = []
+    audit = _Audit(built.splits)
     checked = {"pretrain_rows": 0, "sft_rows": 0, "rl_rows": 0}
-
-    def check_cells(ids, where: str, forbidden: set[str], what: str) -> None:
-        bad = forbidden.intersection(ids)
-        if bad:
-            problems.append(f"{len(bad)} {what} cell(s) in {where}, e.g. {sorted(bad)[:3]}")
-
     if built.pretrain is not None:
-        ids = _column(built.pretrain, "cell_id")
-        check_cells(ids, "pretrain", test_cells, "test")
-        check_cells(ids, "pretrain", validation_cells, "validation")
-        checked["pretrain_rows"] = len(ids)
-        for i, text in enumerate(_column(built.pretrain, "text")):
-            if PERT_START in text:
-                why = held.text(text, _prefix_context(text))
-                if why:
-                    problems.append(f"pretrain row {i} {why}")
-                    break
-
+        checked["pretrain_rows"] = _check_pretrain(built.pretrain, audit)
     if built.sft is not None:
-        for split in ("train", "validation"):
-            if split not in built.sft:
-                continue
-            data = built.sft[split]
-            ids = [c for row in _column(data, "cell_ids") for c in row]
-            check_cells(ids, f"sft/{split}", test_cells, "test")
-            if split == "train":
-                check_cells(ids, "sft/train", validation_cells, "validation")
-            rule = held if split == "train" else test_held
-            for i, (pert, context, messages) in enumerate(
-                zip(
-                    _column(data, "perturbation"),
-                    _column(data, "cell_context"),
-                    _column(data, "messages"),
-                    strict=True,
-                )
-            ):
-                checked["sft_rows"] += 1
-                if rule.pert_label(pert, context):
-                    problems.append(
-                        f"sft/{split} row {i} is about held-out {pert!r} in {context!r}"
-                    )
-                    continue
-                for message in messages:
-                    why = rule.text(message["content"], context)
-                    if why:
-                        problems.append(f"sft/{split} row {i} {why}")
-                        break
-
+        checked["sft_rows"] = _check_sft(built.sft, audit)
     if built.rl is not None and "train" in built.rl:
-        data = built.rl["train"]
-        ids = [c for row in _column(data, "reference_cell_ids") for c in row]
-        check_cells(ids, "rl/train references", test_cells | validation_cells, "test/validation")
-        for i, (pert, context, prompt) in enumerate(
-            zip(
-                _column(data, "perturbation"),
-                _column(data, "cell_context"),
-                _column(data, "prompt"),
-                strict=True,
-            )
-        ):
-            checked["rl_rows"] += 1
-            if held.pert_label(pert, context):
-                problems.append(f"rl/train row {i} is about held-out {pert!r} in {context!r}")
-                continue
-            for message in prompt:
-                why = held.text(message["content"], context)
-                if why:
-                    problems.append(f"rl/train row {i} {why}")
-                    break
-        if "control_split" in data.column_names:
-            bad = [s for s in _column(data, "control_split") if s != "train"]
-            if bad:
-                problems.append(f"{len(bad)} rl/train row(s) use controls of split(s) {set(bad)}")
+        checked["rl_rows"] += _check_rl_train(built.rl["train"], audit)
     if built.rl is not None and "validation" in built.rl:
-        data = built.rl["validation"]
-        ids = [c for row in _column(data, "reference_cell_ids") for c in row]
-        check_cells(ids, "rl/validation references", test_cells, "test")
-        for i, (pert, context) in enumerate(
-            zip(_column(data, "perturbation"), _column(data, "cell_context"), strict=True)
-        ):
-            checked["rl_rows"] += 1
-            if test_held.pert_label(pert, context):
-                problems.append(f"rl/validation row {i} is about test {pert!r} in {context!r}")
-    checked["evidence_rows"] = _check_evidence(built, held, problems)
-    _fail(problems)
-    checked["test_cells"] = len(test_cells)
-    checked["validation_cells"] = len(validation_cells)
+        checked["rl_rows"] += _check_rl_validation(built.rl["validation"], audit)
+    checked["evidence_rows"] = _check_evidence(built, audit.held, audit.problems)
+    _fail(audit.problems)
+    checked["test_cells"] = len(audit.test_cells)
+    checked["validation_cells"] = len(audit.validation_cells)
     return checked
