@@ -157,26 +157,9 @@ def scan_cells(
     import pyarrow as pa
     from tqdm.auto import tqdm
 
-    n = len(cell_ids)
-    n_vocab = len(sentence_writer.vocab)
-    n_genes = np.zeros(n, dtype=np.int32)
-    sentences: dict[int, str] = {}
-    sums = GroupAccumulator(n_groups, n_vocab)
-    decoder_pos = np.full(n, -1, dtype=np.int64)
-    decoder_pos[plan.decoder_cells] = np.arange(len(plan.decoder_cells))
-    decoder_blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []
-    is_wilcoxon = np.zeros(n, dtype=bool)
-    if plan.wilcoxon_cells is not None:
-        is_wilcoxon[plan.wilcoxon_cells] = True
-    wilcoxon_blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []
-    hasher = TableHasher()
-    schema = pa.schema([("text", pa.string()), ("cell_id", pa.string())])
-    sink = writer = None
-    if plan.pretrain_path is not None:
-        sink = pa.OSFile(str(plan.pretrain_path), "wb")
-        writer = pa.ipc.new_stream(sink, schema)
-    n_written = 0
-    bar = tqdm(total=n, unit="cell", desc="data build", disable=not progress)
+    kept = _Kept(plan, len(cell_ids), n_groups, len(sentence_writer.vocab))
+    corpus = _PretrainStream(plan.pretrain_path)
+    bar = tqdm(total=len(cell_ids), unit="cell", desc="data build", disable=not progress)
     try:
         blocks = iter_expression_blocks(
             matrix,
@@ -193,43 +176,94 @@ def scan_cells(
             )
             if isinstance(texts, pa.ChunkedArray):  # one block's text is far below 2 GiB
                 texts = texts.combine_chunks()
-            n_genes[cells] = lengths
             values = block.values()  # transformed once, vectorized
-            sums.add(values, group_of_cell[cells])
-            local = np.flatnonzero(plan.keep_sentence[cells])
-            if len(local):
-                kept = texts.take(pa.array(local)).to_pylist()
-                sentences.update(zip(cells[local].tolist(), kept, strict=True))
-            local = np.flatnonzero(decoder_pos[cells] >= 0)
-            if len(local):
-                decoder_blocks.append((decoder_pos[cells[local]], values[local]))
-            local = np.flatnonzero(is_wilcoxon[cells])
-            if len(local):
-                wilcoxon_blocks.append((cells[local], values[local]))
-            if writer is not None:
-                batch = _pretrain_batch(plan, cells, texts, lengths, cell_ids, schema)
-                if batch is not None:
-                    writer.write_batch(batch)
-                    hasher.update(batch)
-                    n_written += batch.num_rows
+            kept.add(cells, texts, lengths, values, group_of_cell[cells])
+            corpus.write(plan, cells, texts, lengths, cell_ids)
             bar.update(len(cells))
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
-            sink.close()
-    return ScanResult(
-        sentences=sentences,
-        n_genes=n_genes,
-        sums=sums,
-        decoder_rows=_ordered_rows(decoder_blocks, len(plan.decoder_cells), n_vocab),
-        wilcoxon_cells=np.concatenate([c for c, _ in wilcoxon_blocks])
-        if wilcoxon_blocks
-        else np.zeros(0, dtype=np.int64),
-        wilcoxon_rows=_ordered_rows([(np.arange(0), b) for _, b in wilcoxon_blocks], None, n_vocab),
-        pretrain_hash=hasher.hexdigest(),
-        pretrain_rows=n_written,
-    )
+        corpus.close()
+    return kept.result(corpus.hasher.hexdigest(), corpus.n_written)
+
+
+class _Kept:
+    """What the pass keeps of every block: sentences the plan needs, genes per cell, group
+    sums, and the expression rows of decoder and Wilcoxon cells."""
+
+    def __init__(self, plan: ScanPlan, n: int, n_groups: int, n_vocab: int):
+        self.plan, self.n_vocab = plan, n_vocab
+        self.n_genes = np.zeros(n, dtype=np.int32)
+        self.sentences: dict[int, str] = {}
+        self.sums = GroupAccumulator(n_groups, n_vocab)
+        self.decoder_pos = np.full(n, -1, dtype=np.int64)
+        self.decoder_pos[plan.decoder_cells] = np.arange(len(plan.decoder_cells))
+        self.decoder_blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []
+        self.is_wilcoxon = np.zeros(n, dtype=bool)
+        if plan.wilcoxon_cells is not None:
+            self.is_wilcoxon[plan.wilcoxon_cells] = True
+        self.wilcoxon_blocks: list[tuple[np.ndarray, sp.csr_matrix]] = []
+
+    def add(self, cells: np.ndarray, texts, lengths, values, groups: np.ndarray) -> None:
+        """One block: its cells (selected-cell indices), sentences, lengths, values, groups."""
+        import pyarrow as pa
+
+        self.n_genes[cells] = lengths
+        self.sums.add(values, groups)
+        local = np.flatnonzero(self.plan.keep_sentence[cells])
+        if len(local):
+            kept = texts.take(pa.array(local)).to_pylist()
+            self.sentences.update(zip(cells[local].tolist(), kept, strict=True))
+        local = np.flatnonzero(self.decoder_pos[cells] >= 0)
+        if len(local):
+            self.decoder_blocks.append((self.decoder_pos[cells[local]], values[local]))
+        local = np.flatnonzero(self.is_wilcoxon[cells])
+        if len(local):
+            self.wilcoxon_blocks.append((cells[local], values[local]))
+
+    def result(self, pretrain_hash: str, pretrain_rows: int) -> ScanResult:
+        blocks, n_vocab = self.wilcoxon_blocks, self.n_vocab
+        return ScanResult(
+            sentences=self.sentences,
+            n_genes=self.n_genes,
+            sums=self.sums,
+            decoder_rows=_ordered_rows(self.decoder_blocks, len(self.plan.decoder_cells), n_vocab),
+            wilcoxon_cells=np.concatenate([c for c, _ in blocks])
+            if blocks
+            else np.zeros(0, dtype=np.int64),
+            wilcoxon_rows=_ordered_rows([(np.arange(0), b) for _, b in blocks], None, n_vocab),
+            pretrain_hash=pretrain_hash,
+            pretrain_rows=pretrain_rows,
+        )
+
+
+class _PretrainStream:
+    """The pretraining corpus appended to an Arrow stream file (none without a path), hashed
+    as it is written."""
+
+    def __init__(self, path: Path | None):
+        import pyarrow as pa
+
+        self.schema = pa.schema([("text", pa.string()), ("cell_id", pa.string())])
+        self.hasher = TableHasher()
+        self.n_written = 0
+        self.sink = self.writer = None
+        if path is not None:
+            self.sink = pa.OSFile(str(path), "wb")
+            self.writer = pa.ipc.new_stream(self.sink, self.schema)
+
+    def write(self, plan: ScanPlan, cells, texts, lengths, cell_ids) -> None:
+        if self.writer is None:
+            return
+        batch = _pretrain_batch(plan, cells, texts, lengths, cell_ids, self.schema)
+        if batch is not None:
+            self.writer.write_batch(batch)
+            self.hasher.update(batch)
+            self.n_written += batch.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.sink.close()
 
 
 def _pretrain_batch(plan: ScanPlan, cells, texts, lengths, cell_ids, schema):
