@@ -71,9 +71,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         print(f"cellrlhf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from cellrlhf.cell2text.thread_budget import align_numba_threads
     from cellrlhf.third_party_noise import quiet_known_noise
 
     quiet_known_noise()
+    align_numba_threads()
     module_name, _, function = COMMANDS[name][0].partition(":")
 
     def run(args: list[str]) -> int:

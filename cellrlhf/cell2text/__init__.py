@@ -9,9 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cellrlhf.cell2text.gene_names import GeneNameError
-from cellrlhf.cell2text.markup import extract_cell, format_cell, format_perturbation
-from cellrlhf.cell2text.vocab import GeneMapping, GeneVocab, gene_mapping
+from cellrlhf.cell2text.thread_budget import align_numba_threads
+
+align_numba_threads()  # before any kernel module imports numba
+
+from cellrlhf.cell2text.gene_names import GeneNameError  # noqa: E402
+from cellrlhf.cell2text.markup import extract_cell, format_cell, format_perturbation  # noqa: E402
+from cellrlhf.cell2text.vocab import GeneMapping, GeneVocab, gene_mapping  # noqa: E402
 
 _LAZY = {
     "encode": "cellrlhf.cell2text.encoding",

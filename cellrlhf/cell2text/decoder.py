@@ -50,6 +50,7 @@ from cellrlhf.cell2text.decode_kernels import (
 )
 from cellrlhf.cell2text.decode_report import DecodeReport
 from cellrlhf.cell2text.markup import CELL_START, extract_cell
+from cellrlhf.cell2text.thread_budget import keep_torch_threads
 from cellrlhf.cell2text.vocab import GeneVocab, gene_mapping
 
 __all__ = [
@@ -368,20 +369,21 @@ class ExpressionDecoder:
         kernel = (
             decode_ascii_parallel if threads > 1 and bounds[-1] >= _PARALLEL_BYTES else decode_ascii
         )
-        counts = kernel(
-            words,
-            bounds,
-            lookup.slots,
-            lookup.bits,
-            lookup.key_bytes,
-            lookup.key_offsets,
-            len(self.vocab),
-            model,
-            room_start,
-            longest,
-            scratch.cols,
-            scratch.vals,
-        )
+        with keep_torch_threads():
+            counts = kernel(
+                words,
+                bounds,
+                lookup.slots,
+                lookup.bits,
+                lookup.key_bytes,
+                lookup.key_offsets,
+                len(self.vocab),
+                model,
+                room_start,
+                longest,
+                scratch.cols,
+                scratch.vals,
+            )
         return room_start, counts
 
     def _decode_unicode(self, texts: list[str], model: tuple):

@@ -44,6 +44,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 from numba import njit, prange
 
+from cellrlhf.cell2text.thread_budget import keep_torch_threads
+
 __all__ = [
     "GeneTieKeys",
     "RankedCells",
@@ -563,13 +565,17 @@ def kernel_threads(work: int) -> Iterator[None]:
 
     Waking the worker threads of a parallel kernel costs more than ranking a few thousand
     values, and much more on a loaded machine. Results never depend on the thread count.
+    PyTorch's thread count is restored afterwards (numba's OpenMP layer changes it:
+    :mod:`cellrlhf.cell2text.thread_budget`).
     """
     if work >= _PARALLEL_MIN_WORK or numba.get_num_threads() == 1:
-        yield
+        with keep_torch_threads():
+            yield
         return
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        yield
+        with keep_torch_threads():
+            yield
     finally:
         numba.set_num_threads(before)
