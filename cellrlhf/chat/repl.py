@@ -7,22 +7,24 @@
     > what cell type is this?  answers stream as they are generated
     > /perturb KLF1 context=K562
     > /save klf1.h5ad
+
+The options (:class:`ChatOptions`) are flags or keys of a ``--config`` YAML, flags overriding it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TextIO
 
-from cellrlhf.chat.model_args import add_model_arguments, load_model_from_args
+from cellrlhf.chat.model_args import ModelOptions
 from cellrlhf.chat.session import MAX_GENERATED, MAX_SAMPLES, CellSelectionError, check_count
 
-__all__ = ["cli", "Repl", "HELP"]
+__all__ = ["HELP", "ChatOptions", "Repl", "cli", "load_session", "make_parser"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,46 +278,67 @@ class Repl:
         self.say("conversation cleared")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cellrlhf chat", description="Chat with a cell language model about your cells."
+@dataclass
+class ChatOptions(ModelOptions):
+    """Options of ``cellrlhf chat`` (flags, or keys of a ``--config`` YAML)."""
+
+    adata: str | None = field(
+        default=None, metadata={"help": ".h5ad file with cells to talk about"}
     )
-    add_model_arguments(p)
-    p.add_argument("--adata", default=None, help=".h5ad file with cells to talk about")
-    p.add_argument("--layer", default=None, help="layer of --adata with expression (default X)")
-    p.add_argument("--gene-symbols", default=None, help="var column with gene symbols")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy answers")
-    p.add_argument("--seed", type=int, default=0)
-    return p
+    layer: str | None = field(
+        default=None, metadata={"help": "layer of --adata with expression (default X)"}
+    )
+    gene_symbols: str | None = field(
+        default=None, metadata={"help": "var column with gene symbols"}
+    )
+    max_new_tokens: int = field(default=512, metadata={"help": "token budget of answers"})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy answers"})
+    seed: int = field(default=0, metadata={"help": "seed of sampled answers"})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens {self.max_new_tokens}: give at least 1.")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature {self.temperature}: give 0 (greedy) or more.")
 
 
-def load_session(args):
-    """Load the model (and data) named on the command line into a ChatSession."""
+def make_parser(prog: str = "cellrlhf chat"):
+    """The :class:`~cellrlhf.cli_help.CellTrlParser` of :class:`ChatOptions`."""
+    from cellrlhf.cli_help import CellTrlParser
+
+    return CellTrlParser(
+        (ChatOptions,),
+        prog=prog,
+        description="Chat with a cell language model about your cells.",
+    )
+
+
+def load_session(options: ChatOptions):
+    """Load the model (and data) that ``options`` name into a ChatSession."""
     from cellrlhf.chat.session import ChatSession
 
-    lm = load_model_from_args(args)
+    lm = options.load_model()
     adata = None
-    if args.adata:
+    if options.adata:
         import anndata as ad
 
-        adata = ad.read_h5ad(args.adata)
-    return ChatSession(lm, adata, layer=args.layer, gene_symbols=args.gene_symbols)
+        adata = ad.read_h5ad(options.adata)
+    return ChatSession(lm, adata, layer=options.layer, gene_symbols=options.gene_symbols)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``cellrlhf chat``: returns the process exit status."""
-    args = _parser().parse_args(argv)
-    print(f"loading {args.model} ...", flush=True)
+    (options,) = make_parser().parse_args_and_config(argv)
+    print(f"loading {options.model} ...", flush=True)
     try:
-        session = load_session(args)
+        session = load_session(options)
     except (FileNotFoundError, ValueError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"cellrlhf chat: {message}", file=sys.stderr)
         return 2
     lm = session.lm
     data = (
-        f"; data {args.adata}: {session.adata.n_obs} cells x {session.adata.n_vars} genes"
+        f"; data {options.adata}: {session.adata.n_obs} cells x {session.adata.n_vars} genes"
         if session.adata is not None
         else ""
     )
@@ -326,9 +349,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     repl = Repl(
         session,
         generation={
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "seed": args.seed,
+            "max_new_tokens": options.max_new_tokens,
+            "temperature": options.temperature,
+            "seed": options.seed,
         },
     )
     return repl.run()

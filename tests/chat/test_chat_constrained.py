@@ -70,12 +70,10 @@ def test_cell_lm_needs_gene_tokens(lm):
 
 
 def test_cli_flags(tiny_model_dir):
-    from cellrlhf.chat import repl, web
+    from cellrlhf.chat import repl
 
-    for module in (repl, web):
-        args = module._parser().parse_args(["--model", "m", "--constrain-cells"])
-        assert args.constrain_cells is True
-        assert module._parser().parse_args(["--model", "m"]).constrain_cells is False
-    args = repl._parser().parse_args(["--model", str(tiny_model_dir), "--constrain-cells"])
-    session = repl.load_session(args)
+    (options,) = repl.make_parser().parse_args_and_config(
+        ["--model", str(tiny_model_dir), "--constrain-cells"]
+    )
+    session = repl.load_session(options)
     assert session.lm.constrain_cells is True

@@ -46,7 +46,8 @@ def test_serve_cli_help_names_the_safe_defaults(capsys):
         cli(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "default 127.0.0.1" in out and "--max-upload-mb" in out
+    assert "(default: 127.0.0.1)" in out and "serves this machine only" in out
+    assert "--max-upload-mb" in out and "--no-example" in out
 
 
 def _free_port() -> int:
