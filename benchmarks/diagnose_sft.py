@@ -21,7 +21,10 @@ control cells), ``oracle_pooled<N>`` / ``oracle_own<N>`` (no model: N real cells
 context's other training perturbations / of the prompt's own perturbation stand in for the
 answers; the ceiling of a perfect sampler at N cells). Columns per (variant, split, prompt): ``pearson_delta`` of the model, of the mean
 baseline, the model's correlation with the mean baseline's change (``r_model_mean``), the
-perturbation-specific Pearson (change minus the training mean, both sides), validity, cell length.
+perturbation-specific Pearson (change minus the training mean, both sides), validity, cell length
+and, when ``train`` is among the splits, each held-out prediction calibrated on the training
+prompts (``pearson_delta_calibrated``: the model's mean training-prompt change replaced by the
+mean real training change; ``pearson_specific_calibrated``: its deviation from that mean).
 """
 
 from __future__ import annotations
@@ -158,6 +161,33 @@ def _model_centred(records: list[dict], variant: str, split: str) -> None:
                 if len(group) > 1
                 else np.nan
             )
+
+
+def _calibrated(records: list[dict], mean_delta_of) -> None:
+    """``pearson_delta_calibrated``: a held-out prediction re-anchored on the training prompts,
+    ``pred - mean(model's training-prompt predictions) + mean real training change`` (same
+    variant and context), i.e. the model's own bias, measured where the truth is known, removed.
+    ``pearson_specific_calibrated``: its deviation from its training mean against the real
+    change minus the training mean. Needs the ``train`` split in the same run; NaN elsewhere."""
+    for r in records:
+        r.setdefault("pearson_delta_calibrated", np.nan)
+        r.setdefault("pearson_specific_calibrated", np.nan)
+    for r in records:
+        if r["split"] == "train":
+            continue
+        own = [
+            t["_pred_delta"]
+            for t in records
+            if t["split"] == "train"
+            and t["variant"] == r["variant"]
+            and t["cell_context"] == r["cell_context"]
+        ]
+        if not own:
+            continue
+        deviation = r["_pred_delta"] - np.mean(own, axis=0)
+        mean_d = mean_delta_of(r["cell_context"], r["perturbation"])
+        r["pearson_delta_calibrated"] = _pearson(deviation + mean_d, r["_real_specific"] + mean_d)
+        r["pearson_specific_calibrated"] = _pearson(deviation, r["_real_specific"])
 
 
 def main() -> None:
@@ -318,6 +348,7 @@ def main() -> None:
                 split,
                 flush=True,
             )
+    _calibrated(records, mean_delta_for)
     table = pd.DataFrame(records).drop(columns=["_pred_delta", "_real_specific"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
