@@ -11,7 +11,7 @@ The commands parse their dataclasses with :class:`CellTrlParser`, TRL's :class:`
 - ``--config=FILE`` works like ``--config FILE``.
 
 A command whose ``--config`` is its own input file (``cellrlhf data build --config
-configs/data/x.yaml``: the nested data config, not a file of option values) declares a
+configs/data/<name>.yaml``: the nested data config, not a file of option values) declares a
 ``config`` field and parses with :class:`CellArgumentParser`: the same dataclasses, help and
 errors, without TRL's option-values file.
 
