@@ -39,22 +39,22 @@ def test_every_eval_config_parses_to_the_settings_it_loads(config):
 def test_evaluate_config_plus_flags(tmp_path):
     config = _yaml(
         tmp_path,
-        "dataset_dir: /data/d\nout: /tmp/e\nmodel: [sft=/m/sft]\ncells_per_prompt: 8\n"
+        "dataset_dir: runs/data\nout: runs/eval_e\nmodel: [sft=runs/sft]\ncells_per_prompt: 8\n"
         "baselines: [control, mean]\nde: false\n",
     )
     dataset, options, settings = evaluate_cli.make_parser().parse_args_and_config(
         ["--config", config, "--cells-per-prompt", "16", "--model", "a=x", "--model", "b=y"]
-        + ["--output_dir", "/tmp/f", "--skip-missing", "--no-progress"]
+        + ["--output_dir", "runs/eval_f", "--skip-missing", "--no-progress"]
     )
-    assert (dataset.dataset_dir, dataset.no_progress) == ("/data/d", True)
+    assert (dataset.dataset_dir, dataset.no_progress) == ("runs/data", True)
     # flags replace the YAML's list, repeats add up
-    assert (options.out, options.model, options.skip_missing) == ("/tmp/f", ["a=x", "b=y"], True)
+    assert (options.out, options.model, options.skip_missing) == ("runs/eval_f", ["a=x", "b=y"], True)
     eval_settings = evaluate_cli.settings_from(settings)
     assert eval_settings == EvalSettings(
         cells_per_prompt=16, baselines=("control", "mean"), de=False
     )
     _, options, _ = evaluate_cli.make_parser().parse_args_and_config(["--config", config])
-    assert options.model == ["sft=/m/sft"] and options.out == "/tmp/e"
+    assert options.model == ["sft=runs/sft"] and options.out == "runs/eval_e"
 
 
 def test_the_pipeline_form_of_evaluate_parses():
