@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 
 import yaml
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser
 
 from cellrlhf.ppo.configs import (
     RL_TRAINERS,
@@ -80,20 +80,82 @@ def main(script_args: CellGRPOScriptArguments, training_args, model_args: ModelC
 def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: ModelConfig):
     """Load data and models and build the GRPO / RLOO trainer and its monitor (:class:`RLRun`)."""
     from cellrlhf.ppo.grpo_trainer import CellGRPOTrainer, CellRLOOTrainer
-    from cellrlhf.ppo.model_loading import check_model_dir, load_policy, load_scoring_model
-    from cellrlhf.ppo.phase_timing import PhaseTimer
-    from cellrlhf.ppo.prompt_tokenization import check_rl_tokenizer
-    from cellrlhf.ppo.reward_functions import build_reward_functions
     from cellrlhf.ppo.rl_run import (
-        RLRun,
+        assemble_run,
         build_heldout_monitor,
-        open_rl_data,
+        cell_constraint_for,
+        load_rl_start,
         resolve_answer_budget,
-        stage_info,
     )
     from cellrlhf.ppo.sample_checks import SampleChecks
-    from cellrlhf.sft.model_dir import run_config_dict
 
+    _check_arguments(script_args, training_args)
+    start = load_rl_start(
+        model_args.model_name_or_path,
+        script_args,
+        model_args,
+        seed=training_args.seed,
+        require_distinct_pad=False,
+    )
+    data, tokenizer = start.data, start.tokenizer
+    budget, budget_record = resolve_answer_budget(
+        training_args.max_completion_length, data, tokenizer, seed=training_args.seed
+    )
+    training_args.max_completion_length = budget
+    reward_funcs, reward_tokenizers = _reward_functions(script_args, start)
+    monitor_reference, monitor_reward = _monitor_models(script_args, training_args, start)
+    monitor = build_heldout_monitor(
+        script_args,
+        data=data,
+        tokenizer=tokenizer,
+        stop_ids=[tokenizer.eos_token_id],
+        max_new_tokens=budget,
+        temperature=training_args.temperature,
+        output_dir=training_args.output_dir,
+    )
+    cell_constraint = cell_constraint_for(script_args, start, max_answer_tokens=budget)
+    checks = SampleChecks(
+        data.decoder,
+        budget=budget,
+        end_ids=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        closes_at_budget=cell_constraint is not None,
+    )
+    logger.info(
+        "%s on %d prompts x %d generations (%d held out in rl/%s), rewards %s%s",
+        script_args.trainer.upper(),
+        len(data.train),
+        training_args.num_generations,
+        len(data.heldout),
+        data.heldout_split,
+        script_args.rewards,
+        f" weighted {training_args.reward_weights}" if training_args.reward_weights else "",
+    )
+    return assemble_run(
+        CellGRPOTrainer if script_args.trainer == "grpo" else CellRLOOTrainer,
+        script_args.trainer,
+        start,
+        monitor,
+        (script_args, training_args, model_args),
+        info={
+            "rewards": list(script_args.rewards),
+            "reward_weights": training_args.reward_weights,
+            "reward_model": script_args.reward_model_path,
+            "trained_with": start.trained_with,
+            "constrain_cells": bool(script_args.constrain_cells),
+            "answer_budget": budget_record,
+        },
+        reward_funcs=reward_funcs,
+        train_dataset=data.train,
+        reward_processing_classes=reward_tokenizers,
+        monitor_reference_model=monitor_reference,
+        monitor_reward_model=monitor_reward,
+        cell_constraint=cell_constraint,
+        sample_checks=checks,
+    )
+
+
+def _check_arguments(script_args: CellGRPOScriptArguments, training_args) -> None:
+    """Refuse arguments of the other trainer, vLLM, and reward weights that do not match."""
     expected = CellGRPOConfig if script_args.trainer == "grpo" else CellRLOOConfig
     if not isinstance(training_args, expected):
         raise TypeError(
@@ -104,115 +166,55 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
         raise ValueError(
             "vLLM generation is not supported by cellrlhf's RL stage; set use_vllm: false."
         )
-    sft_dir = check_model_dir(
-        model_args.model_name_or_path, what="SFT policy", flag="--model_name_or_path"
-    )
-    data = open_rl_data(script_args, seed=training_args.seed)
-    policy, tokenizer, sft_info = load_policy(sft_dir, dtype=model_args.dtype)
-    check_rl_tokenizer(tokenizer, require_distinct_pad=False)
-    budget, budget_record = resolve_answer_budget(
-        training_args.max_completion_length, data, tokenizer, seed=training_args.seed
-    )
-    training_args.max_completion_length = budget
-    if training_args.reward_weights is not None and len(training_args.reward_weights) != len(
-        script_args.rewards
-    ):
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(script_args.rewards):
         raise ValueError(
-            f"reward_weights={training_args.reward_weights} has {len(training_args.reward_weights)} "
-            f"entries for rewards={script_args.rewards}; give one weight per reward."
+            f"reward_weights={weights} has {len(weights)} entries for "
+            f"rewards={script_args.rewards}; give one weight per reward."
         )
-    reward_funcs, reward_tokenizers = build_reward_functions(
+
+
+def _reward_functions(script_args: CellGRPOScriptArguments, start) -> tuple[list, list]:
+    """The reward functions of ``--rewards`` and their processing classes."""
+    from cellrlhf.ppo.reward_functions import build_reward_functions
+
+    data = start.data
+    return build_reward_functions(
         script_args.rewards,
         decoder=data.decoder,
-        tokenizer=tokenizer,
+        tokenizer=start.tokenizer,
         reward_model_path=script_args.reward_model_path,
         fidelity_kwargs=script_args.fidelity_reward_kwargs,
-        dtype=model_args.dtype,
+        dtype=start.dtype,
         specific_weight=script_args.specific_weight,
         train_rows=data.dataset.load_rl()[script_args.dataset_train_split]  # all, not subsampled
         if script_args.specific_weight
         else None,
     )
-    peft_config = get_peft_config(model_args)
-    monitoring = script_args.heldout_every_steps > 0
-    monitor_reward = None
-    if monitoring and script_args.reward_model_path and "model" not in script_args.rewards:
-        monitor_reward = load_scoring_model(
+
+
+def _monitor_models(script_args: CellGRPOScriptArguments, training_args, start) -> tuple:
+    """``(reference, reward model)`` the held-out monitor measures KL and learned reward with.
+
+    The trainer has neither when ``beta`` is 0 (no reference) or the reward is programmatic;
+    each is ``None`` when the trainer's own serves, or when monitoring is off.
+    """
+    from cellrlhf.ppo.model_loading import load_scoring_model
+
+    if script_args.heldout_every_steps <= 0:
+        return None, None
+    reward = None
+    if script_args.reward_model_path and "model" not in script_args.rewards:
+        reward = load_scoring_model(
             script_args.reward_model_path,
-            tokenizer=tokenizer,
-            dtype=model_args.dtype,
+            tokenizer=start.tokenizer,
+            dtype=start.dtype,
             what="reward model",
         )
-    monitor_reference = None
-    if monitoring and training_args.beta == 0.0 and peft_config is None:
-        monitor_reference = load_policy(sft_dir, dtype=model_args.dtype)[0]
-
-    train = data.train
-    if "prompt" not in train.column_names:
-        raise ValueError(f"the rl/ train split has no `prompt` column (has {train.column_names}).")
-    monitor = build_heldout_monitor(
-        script_args,
-        data=data,
-        tokenizer=tokenizer,
-        stop_ids=[tokenizer.eos_token_id],
-        max_new_tokens=training_args.max_completion_length,
-        temperature=training_args.temperature,
-        output_dir=training_args.output_dir,
-    )
-    trainer_cls = CellGRPOTrainer if script_args.trainer == "grpo" else CellRLOOTrainer
-    cell_constraint = None
-    if script_args.constrain_cells:
-        from cellrlhf.ppo.constrained_policy import policy_cell_constraint
-
-        cell_constraint = policy_cell_constraint(
-            tokenizer, data.dataset.vocab(), max_answer_tokens=budget
-        )
-    checks = SampleChecks(
-        data.decoder,
-        budget=training_args.max_completion_length,
-        end_ids=[tokenizer.eos_token_id, tokenizer.pad_token_id],
-        closes_at_budget=cell_constraint is not None,
-    )
-    logger.info(
-        "%s on %d prompts x %d generations (%d held out in rl/%s), rewards %s%s",
-        script_args.trainer.upper(),
-        len(train),
-        training_args.num_generations,
-        len(data.heldout),
-        data.heldout_split,
-        script_args.rewards,
-        f" weighted {training_args.reward_weights}" if training_args.reward_weights else "",
-    )
-    trainer = trainer_cls(
-        model=policy,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        reward_processing_classes=reward_tokenizers,
-        peft_config=peft_config,
-        callbacks=[monitor] if monitor is not None else None,
-        phase_timer=PhaseTimer(),
-        monitor_reference_model=monitor_reference,
-        monitor_reward_model=monitor_reward,
-        cell_constraint=cell_constraint,
-        sample_checks=checks,
-    )
-    if monitor is not None:
-        monitor.bind(trainer)
-    info = stage_info(
-        script_args.trainer,
-        sft_dir,
-        sft_info,
-        rewards=list(script_args.rewards),
-        reward_weights=training_args.reward_weights,
-        reward_model=script_args.reward_model_path,
-        trained_with="lora" if peft_config is not None else "full",
-        constrain_cells=bool(script_args.constrain_cells),
-        answer_budget=budget_record,
-    )
-    run_config = run_config_dict(script_args.trainer, script_args, training_args, model_args)
-    return RLRun(trainer, monitor, script_args, run_config, sft_dir, data, info)
+    reference = None
+    if training_args.beta == 0.0 and start.peft_config is None:
+        reference = start.load_reference()
+    return reference, reward
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

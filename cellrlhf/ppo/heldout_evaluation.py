@@ -36,6 +36,16 @@ __all__ = [
 
 HELDOUT_COLUMNS = ("prompt", "reference_perturbed", "reference_control", "decoded_control")
 _OPTIONAL_COLUMNS = ("perturbation", "cell_context", "reference_sentences")
+_BREAKDOWN_KEYS = (
+    "valid_fraction",
+    "duplicate_fraction",
+    "unknown_fraction",
+    "unclosed_fraction",
+    "empty_fraction",
+    "mean_length",
+    "token_entropy",
+    "unique_gene_fraction",
+)
 
 
 @dataclass(frozen=True)
@@ -133,9 +143,7 @@ def score_heldout_samples(
     distance
         ``"energy"`` or ``"mmd"``.
     """
-    from cellrlhf.metrics.fidelity import pearson_delta, pearson_delta_top_k
     from cellrlhf.ppo.sample_checks import fully_valid_cells
-    from cellrlhf.reward.fidelity_reward import GroupFidelityReward
 
     if len(completions) != len(prompts):
         raise ValueError(f"{len(completions)} answer groups for {len(prompts)} prompts.")
@@ -144,68 +152,28 @@ def score_heldout_samples(
         raise ValueError("every held-out prompt needs at least one sampled answer.")
     texts = [t for group in completions for t in group]
     codes = np.repeat(np.arange(len(prompts)), sizes)
-    keys = [f"heldout-{i}" for i in codes]
-
-    # validity, diversity, distance: the reward's own breakdown (group credit, no penalties mixed)
-    scorer = GroupFidelityReward(decoder, credit="group", distance=distance, gather=False)
-    has_sentences = all(p.reference_sentences for p in prompts)
-    breakdown = scorer.score(
-        keys,
-        texts,
-        reference_perturbed=[prompts[i].reference_perturbed for i in codes],
-        reference_control=[prompts[i].reference_control for i in codes],
-        decoded_control=[prompts[i].decoded_control for i in codes],
-        reference_sentences=[list(prompts[i].reference_sentences) for i in codes]
-        if has_sentences
-        else None,
-    )
-
-    # fidelity: cell-eval's pearson_delta on each prompt's pseudo-bulk
+    breakdown = _group_breakdown(prompts, texts, codes, decoder=decoder, distance=distance)
     X, report = decoder.decode(texts)
-    X = X.tocsr()
-    pred = np.vstack([np.asarray(X[codes == i].mean(axis=0)).ravel() for i in range(len(prompts))])
-    pred_ctrl = np.vstack([p.decoded_control for p in prompts])
-    real = np.vstack([p.reference_perturbed for p in prompts])
-    real_ctrl = np.vstack([p.reference_control for p in prompts])
-    fid = np.atleast_1d(pearson_delta(pred, pred_ctrl, real, real_ctrl))
-    fid_top = np.atleast_1d(pearson_delta_top_k(pred - pred_ctrl, real - real_ctrl, top_k_de))
-
-    m = breakdown.metrics
+    fid, fid_top = _pseudobulk_fidelity(prompts, X.tocsr(), codes, top_k_de)
+    first = np.searchsorted(codes, np.arange(len(prompts)))
+    group_distance = np.asarray(breakdown.group_distribution, dtype=np.float64)[first]
+    distinct = _distinct_per_group(texts, codes, len(prompts))
+    ended = None if finished is None else [bool(f) for group in finished for f in group]
     metrics: dict[str, float] = {
         "heldout/pearson_delta": _nanmean(fid),
         f"heldout/pearson_delta_top{top_k_de}": _nanmean(fid_top),
         "heldout/n_prompts": float(len(prompts)),
         "heldout/samples_per_prompt": float(np.mean(sizes)),
+        **{
+            f"heldout/{k}": float(breakdown.metrics[k])
+            for k in _BREAKDOWN_KEYS
+            if k in breakdown.metrics
+        },
+        "heldout/fully_valid_fraction": float(fully_valid_cells(report, texts, ended).mean()),
+        f"heldout/{distance}_to_real": _nanmean(group_distance),
+        **_side_measures(ended, learned_rewards),
+        "heldout/distinct_fraction": _nanmean(distinct),
     }
-    for key in (
-        "valid_fraction",
-        "duplicate_fraction",
-        "unknown_fraction",
-        "unclosed_fraction",
-        "empty_fraction",
-        "mean_length",
-        "token_entropy",
-        "unique_gene_fraction",
-    ):
-        if key in m:
-            metrics[f"heldout/{key}"] = float(m[key])
-    ended = None if finished is None else [bool(f) for group in finished for f in group]
-    metrics["heldout/fully_valid_fraction"] = float(fully_valid_cells(report, texts, ended).mean())
-    first = np.searchsorted(codes, np.arange(len(prompts)))
-    group_distance = np.asarray(breakdown.group_distribution, dtype=np.float64)[first]
-    metrics[f"heldout/{distance}_to_real"] = _nanmean(group_distance)
-    if finished is not None:
-        flags = np.asarray([bool(f) for group in finished for f in group])
-        metrics["heldout/no_end_fraction"] = float(1.0 - flags.mean()) if flags.size else math.nan
-    if learned_rewards is not None:
-        scores = np.asarray([float(s) for group in learned_rewards for s in group])
-        metrics["heldout/learned_reward"] = _nanmean(scores)
-        metrics["heldout/learned_reward_std"] = (
-            float(np.nanstd(scores)) if scores.size else math.nan
-        )
-
-    distinct = _distinct_per_group(texts, codes, len(prompts))
-    metrics["heldout/distinct_fraction"] = _nanmean(distinct)
     per_prompt = {
         p.name: {
             "pearson_delta": float(fid[i]),
@@ -216,6 +184,51 @@ def score_heldout_samples(
         for i, p in enumerate(prompts)
     }
     return HeldoutScores(metrics=metrics, per_prompt=per_prompt)
+
+
+def _group_breakdown(prompts, texts, codes: np.ndarray, *, decoder, distance: str):
+    """Validity, diversity and distance of the answers: the fidelity reward's own breakdown
+    (group credit, no penalties mixed in)."""
+    from cellrlhf.reward.fidelity_reward import GroupFidelityReward
+
+    scorer = GroupFidelityReward(decoder, credit="group", distance=distance, gather=False)
+    has_sentences = all(p.reference_sentences for p in prompts)
+    return scorer.score(
+        [f"heldout-{i}" for i in codes],
+        texts,
+        reference_perturbed=[prompts[i].reference_perturbed for i in codes],
+        reference_control=[prompts[i].reference_control for i in codes],
+        decoded_control=[prompts[i].decoded_control for i in codes],
+        reference_sentences=[list(prompts[i].reference_sentences) for i in codes]
+        if has_sentences
+        else None,
+    )
+
+
+def _pseudobulk_fidelity(prompts, X, codes: np.ndarray, top_k_de: int):
+    """cell-eval's ``pearson_delta`` of each prompt's pseudo-bulk, on all and on the top-DE genes."""
+    from cellrlhf.metrics.fidelity import pearson_delta, pearson_delta_top_k
+
+    pred = np.vstack([np.asarray(X[codes == i].mean(axis=0)).ravel() for i in range(len(prompts))])
+    pred_ctrl = np.vstack([p.decoded_control for p in prompts])
+    real = np.vstack([p.reference_perturbed for p in prompts])
+    real_ctrl = np.vstack([p.reference_control for p in prompts])
+    fid = np.atleast_1d(pearson_delta(pred, pred_ctrl, real, real_ctrl))
+    fid_top = np.atleast_1d(pearson_delta_top_k(pred - pred_ctrl, real - real_ctrl, top_k_de))
+    return fid, fid_top
+
+
+def _side_measures(ended, learned_rewards) -> dict[str, float]:
+    """Share of answers without an end token and the learned reward, where the caller gave them."""
+    out = {}
+    if ended is not None:
+        flags = np.asarray(ended)
+        out["heldout/no_end_fraction"] = float(1.0 - flags.mean()) if flags.size else math.nan
+    if learned_rewards is not None:
+        scores = np.asarray([float(s) for group in learned_rewards for s in group])
+        out["heldout/learned_reward"] = _nanmean(scores)
+        out["heldout/learned_reward_std"] = float(np.nanstd(scores)) if scores.size else math.nan
+    return out
 
 
 def _nanmean(values: np.ndarray) -> float:

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser
 
 from cellrlhf.ppo.configs import CellPPOConfig, CellRLScriptArguments
 
@@ -57,52 +57,38 @@ def build_run(
     """Load data and models and build the PPO trainer and its monitor (:class:`RLRun`)."""
     from transformers import set_seed
 
-    from cellrlhf.ppo.model_loading import check_model_dir, load_policy, load_scoring_model
-    from cellrlhf.ppo.phase_timing import PhaseTimer
+    from cellrlhf.ppo.model_loading import load_scoring_model
     from cellrlhf.ppo.ppo_trainer import CellPPOTrainer
-    from cellrlhf.ppo.prompt_tokenization import check_rl_tokenizer, tokenize_prompts
-    from cellrlhf.ppo.rl_run import RLRun, build_heldout_monitor, open_rl_data, stage_info
-    from cellrlhf.sft.model_dir import run_config_dict
-
-    sft_path = _policy_path(model_args, training_args)
-    sft_dir = check_model_dir(sft_path, what="SFT policy", flag="--model_name_or_path")
-    check_model_dir(
-        training_args.reward_model_path, what="reward model", flag="--reward_model_path"
+    from cellrlhf.ppo.prompt_tokenization import tokenize_prompts
+    from cellrlhf.ppo.rl_run import (
+        assemble_run,
+        build_heldout_monitor,
+        cell_constraint_for,
+        load_rl_start,
     )
-    if training_args.stop_token != "eos" and training_args.stop_token_id is None:
-        raise ValueError(
-            "PPO needs an end token: keep stop_token: eos (or set stop_token_id); without one every "
-            "answer runs to response_length and the missing-end penalty cannot apply."
-        )
+
+    sft_path = _check_arguments(model_args, training_args)
     # TRL's PPO seeds torch only; its minibatches are numpy permutations: seed every RNG, as
     # transformers' Trainer does, so a run is reproducible (and a resumed one comparable)
     set_seed(training_args.seed)
-    data = open_rl_data(script_args, seed=training_args.seed)
-
-    policy, tokenizer, sft_info = load_policy(sft_dir, dtype=model_args.dtype)
-    check_rl_tokenizer(tokenizer)
+    start = load_rl_start(sft_path, script_args, model_args, seed=training_args.seed)
+    data, tokenizer = start.data, start.tokenizer
     reward_model = load_scoring_model(
-        training_args.reward_model_path,
-        tokenizer=tokenizer,
-        dtype=model_args.dtype,
-        what="reward model",
+        training_args.reward_model_path, tokenizer=tokenizer, dtype=start.dtype, what="reward model"
     )
     value_model = load_scoring_model(
         training_args.value_model_path or training_args.reward_model_path,
         tokenizer=tokenizer,
-        dtype=model_args.dtype,
+        dtype=start.dtype,
         what="value model",
     )
-    peft_config = get_peft_config(model_args)
     # ZeRO-3 cannot deep-copy a partitioned policy (TRL's default): load the reference itself
-    reference = None if peft_config is not None else load_policy(sft_dir, dtype=model_args.dtype)[0]
+    reference = None if start.peft_config is not None else start.load_reference()
 
     train = tokenize_prompts(data.train, tokenizer, max_prompt_length=script_args.max_prompt_length)
     _check_enough_prompts(len(train), training_args)
     heldout = tokenize_prompts(data.heldout, tokenizer)
-    stop_id = (
-        training_args.stop_token_id if training_args.stop_token != "eos" else tokenizer.eos_token_id
-    )
+    stop_id = _stop_id(script_args, training_args, tokenizer)
     monitor = build_heldout_monitor(
         script_args,
         data=data,
@@ -117,48 +103,66 @@ def build_run(
         len(train),
         len(data.heldout),
         data.heldout_split,
-        sft_dir,
+        start.sft_dir,
         training_args.reward_model_path,
-        " (LoRA)" if peft_config is not None else "",
+        " (LoRA)" if start.peft_config is not None else "",
     )
-    cell_constraint = None
-    if script_args.constrain_cells:
-        from cellrlhf.ppo.constrained_policy import policy_cell_constraint
-
-        if stop_id != tokenizer.eos_token_id:
-            raise ValueError(
-                "constrain_cells ends each answer with the eos token; PPO's stop_token_id "
-                f"{stop_id} is another token. Keep stop_token: eos."
-            )
-        cell_constraint = policy_cell_constraint(
-            tokenizer, data.dataset.vocab(), max_answer_tokens=training_args.response_length
-        )
-    trainer = CellPPOTrainer(
-        args=training_args,
-        processing_class=tokenizer,
-        model=policy,
+    return assemble_run(
+        CellPPOTrainer,
+        "ppo",
+        start,
+        monitor,
+        (script_args, training_args, model_args),
+        info={
+            "reward_model": str(training_args.reward_model_path),
+            "trained_with": start.trained_with,
+            "constrain_cells": bool(script_args.constrain_cells),
+        },
         ref_model=reference,
         reward_model=reward_model,
         value_model=value_model,
         train_dataset=train,
         eval_dataset=heldout,
-        peft_config=peft_config,
-        callbacks=[monitor] if monitor is not None else None,
-        phase_timer=PhaseTimer(),
-        cell_constraint=cell_constraint,
+        cell_constraint=cell_constraint_for(
+            script_args, start, max_answer_tokens=training_args.response_length
+        ),
     )
-    if monitor is not None:
-        monitor.bind(trainer)
-    info = stage_info(
-        "ppo",
-        sft_dir,
-        sft_info,
-        reward_model=str(training_args.reward_model_path),
-        trained_with="lora" if peft_config is not None else "full",
-        constrain_cells=bool(script_args.constrain_cells),
+
+
+def _check_arguments(model_args: ModelConfig, training_args: CellPPOConfig) -> str | None:
+    """The SFT policy's path (``--model_name_or_path`` or ``--sft_model_path``), after checking it,
+    the reward model's and the end token."""
+    from cellrlhf.ppo.model_loading import check_model_dir
+
+    a, b = model_args.model_name_or_path, training_args.sft_model_path
+    if a and b and Path(a).expanduser().resolve() != Path(b).expanduser().resolve():
+        raise ValueError(
+            f"--model_name_or_path ({a}) and --sft_model_path ({b}) name different policies; set one."
+        )
+    sft_path = a or b
+    check_model_dir(sft_path, what="SFT policy", flag="--model_name_or_path")
+    check_model_dir(
+        training_args.reward_model_path, what="reward model", flag="--reward_model_path"
     )
-    run_config = run_config_dict("ppo", script_args, training_args, model_args)
-    return RLRun(trainer, monitor, script_args, run_config, sft_dir, data, info)
+    if training_args.stop_token != "eos" and training_args.stop_token_id is None:
+        raise ValueError(
+            "PPO needs an end token: keep stop_token: eos (or set stop_token_id); without one every "
+            "answer runs to response_length and the missing-end penalty cannot apply."
+        )
+    return sft_path
+
+
+def _stop_id(script_args: CellRLScriptArguments, training_args: CellPPOConfig, tokenizer) -> int:
+    """The token id that ends an answer; ``constrain_cells`` needs it to be the eos token."""
+    stop_id = (
+        training_args.stop_token_id if training_args.stop_token != "eos" else tokenizer.eos_token_id
+    )
+    if script_args.constrain_cells and stop_id != tokenizer.eos_token_id:
+        raise ValueError(
+            "constrain_cells ends each answer with the eos token; PPO's stop_token_id "
+            f"{stop_id} is another token. Keep stop_token: eos."
+        )
+    return stop_id
 
 
 def _check_enough_prompts(n_prompts: int, training_args: CellPPOConfig) -> None:
@@ -174,15 +178,6 @@ def _check_enough_prompts(n_prompts: int, training_args: CellPPOConfig) -> None:
             f"per_device_train_batch_size x gradient_accumulation_steps = {needed} prompts on each "
             f"of {processes} process(es); lower them or use more prompts."
         )
-
-
-def _policy_path(model_args: ModelConfig, training_args: CellPPOConfig) -> str | None:
-    a, b = model_args.model_name_or_path, training_args.sft_model_path
-    if a and b and Path(a).expanduser().resolve() != Path(b).expanduser().resolve():
-        raise ValueError(
-            f"--model_name_or_path ({a}) and --sft_model_path ({b}) name different policies; set one."
-        )
-    return a or b
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Steps shared by the PPO and GRPO / RLOO entry points: data, monitor, final save.
+"""Steps shared by the PPO and GRPO / RLOO entry points: data, policy, monitor, trainer, save.
 
 Reads only saved outputs of earlier stages: the data set directory (``rl/`` prompts with
 real reference profiles, ``expression_decoder.json``) and model directories.
@@ -18,7 +18,11 @@ from cellrlhf.sft.dataset_dir import CellDatasetDir, DatasetDirError, open_datas
 __all__ = [
     "RLData",
     "RLRun",
+    "RLStart",
     "open_rl_data",
+    "load_rl_start",
+    "cell_constraint_for",
+    "assemble_run",
     "build_heldout_monitor",
     "stage_info",
     "finish_run",
@@ -76,6 +80,109 @@ class RLRun:
     info: dict
 
 
+@dataclass
+class RLStart:
+    """What every RL entry point loads first: the SFT policy (``sft_dir``, its ``cellrlhf.json``,
+    model and RL-checked tokenizer), the ``rl/`` data, TRL's LoRA config (``None``: all weights
+    train) and the models' dtype."""
+
+    sft_dir: Path
+    sft_info: dict
+    policy: object
+    tokenizer: object
+    data: RLData
+    peft_config: object
+    dtype: str | None
+
+    @property
+    def trained_with(self) -> str:
+        """``lora`` or ``full`` (``cellrlhf.json``)."""
+        return "lora" if self.peft_config is not None else "full"
+
+    def load_reference(self):
+        """A second, frozen copy of the SFT policy."""
+        from cellrlhf.ppo.model_loading import load_policy
+
+        return load_policy(self.sft_dir, dtype=self.dtype)[0]
+
+
+def load_rl_start(
+    sft_path: str | Path | None,
+    script_args: CellRLScriptArguments,
+    model_args,
+    *,
+    seed: int,
+    require_distinct_pad: bool = True,
+) -> RLStart:
+    """Check the SFT directory, open the ``rl/`` data, load the policy and check its tokenizer."""
+    from trl import get_peft_config
+
+    from cellrlhf.ppo.model_loading import check_model_dir, load_policy
+    from cellrlhf.ppo.prompt_tokenization import check_rl_tokenizer
+
+    sft_dir = check_model_dir(sft_path, what="SFT policy", flag="--model_name_or_path")
+    data = open_rl_data(script_args, seed=seed)
+    policy, tokenizer, sft_info = load_policy(sft_dir, dtype=model_args.dtype)
+    check_rl_tokenizer(tokenizer, require_distinct_pad=require_distinct_pad)
+    peft_config = get_peft_config(model_args)
+    return RLStart(sft_dir, sft_info, policy, tokenizer, data, peft_config, model_args.dtype)
+
+
+def cell_constraint_for(
+    script_args: CellRLScriptArguments, start: RLStart, *, max_answer_tokens: int
+):
+    """The policy's one-cell constraint when ``constrain_cells`` is set, else ``None``."""
+    if not script_args.constrain_cells:
+        return None
+    from cellrlhf.ppo.constrained_policy import policy_cell_constraint
+
+    return policy_cell_constraint(
+        start.tokenizer, start.data.dataset.vocab(), max_answer_tokens=max_answer_tokens
+    )
+
+
+def assemble_run(
+    trainer_cls,
+    stage: str,
+    start: RLStart,
+    monitor,
+    arguments: tuple,
+    *,
+    info: dict,
+    **trainer_kwargs,
+) -> RLRun:
+    """Build the trainer, bind the monitor (``None``: off) to it and pack the run.
+
+    ``trainer_cls`` gets the policy, tokenizer, LoRA config, training arguments, monitor and a
+    fresh phase timer, plus ``trainer_kwargs``; ``arguments`` is ``(script_args, training_args,
+    model_args)``; ``info`` holds the ``cellrlhf.json`` entries of ``stage`` (:func:`stage_info`).
+    """
+    from cellrlhf.ppo.phase_timing import PhaseTimer
+    from cellrlhf.sft.model_dir import run_config_dict
+
+    script_args, training_args, _ = arguments
+    trainer = trainer_cls(
+        model=start.policy,
+        args=training_args,
+        processing_class=start.tokenizer,
+        peft_config=start.peft_config,
+        callbacks=[monitor] if monitor is not None else None,
+        phase_timer=PhaseTimer(),
+        **trainer_kwargs,
+    )
+    if monitor is not None:
+        monitor.bind(trainer)
+    return RLRun(
+        trainer,
+        monitor,
+        script_args,
+        run_config_dict(stage, *arguments),
+        start.sft_dir,
+        start.data,
+        stage_info(stage, start.sft_dir, start.sft_info, **info),
+    )
+
+
 def open_rl_data(script_args: CellRLScriptArguments, *, seed: int) -> RLData:
     """Open the data set directory and its ``rl/`` train / held-out splits.
 
@@ -107,6 +214,10 @@ def open_rl_data(script_args: CellRLScriptArguments, *, seed: int) -> RLData:
         train = train.select(rows.tolist())
     if len(train) == 0:
         raise DatasetDirError(f"the {script_args.dataset_train_split!r} split has no prompts.")
+    if "prompt" not in train.column_names:
+        raise DatasetDirError(
+            f"the rl/ train split has no `prompt` column (has {train.column_names})."
+        )
     return RLData(dataset, train, rl[heldout_split], decoder, heldout_split)
 
 
