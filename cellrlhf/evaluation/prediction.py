@@ -12,24 +12,27 @@ prompt about ``<pert> <control> </pert>``, which the dataset teaches), so that w
 model's answers share (cell length, rank calibration) cancels in its change as it does in real
 data.
 
-A policy is sampled the way it was trained: an RL policy trained with ``constrain_cells`` (its
-``cellrlhf.json`` says so) is sampled under the same single-cell answer grammar
-(:class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint` with
-``single_cell_answer=True``), every other model unconstrained, unless ``constrain_cells`` says
-otherwise. Under the grammar every finished answer is valid by construction, so a constrained
-model's own validity is measured too, on a smaller unconstrained sample
-(``validity["unconstrained"]``).
+A policy is sampled the way it was trained (under the cell grammar when it was trained so; see
+:mod:`cellrlhf.evaluation.prediction_sampling`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cellrlhf.evaluation.prediction_sampling import (
+    PredictionRun,
+    SampledAnswers,
+    prompt_rows,
+    sample_prompts,
+    sampling_settings,
+    sentence_settings,
+)
 
 __all__ = ["PREDICTION_KEY", "RL_TEST_COLUMNS", "predict", "load_test_prompts"]
 
@@ -75,13 +78,6 @@ def load_test_prompts(dataset_dir: str | os.PathLike, *, max_prompts: int | None
     return test.select(indices.tolist()), indices
 
 
-def _answer_budget(manifest: dict, info: dict, n_genes: int) -> int:
-    """Sentence length + markup tokens (genes-as-text spends several tokens per gene)."""
-    top_k = ((manifest.get("config") or {}).get("sentences") or {}).get("top_k") or n_genes
-    per_gene = 4 if info.get("tokenizer_mode") == "genes_as_text" else 1
-    return int(top_k) * per_gene + 8
-
-
 def _check_same_genes(model_vocab, decoder, model_dir: Path, dataset_dir: Path) -> None:
     if list(model_vocab.genes) != list(decoder.vocab.genes):
         raise ValueError(
@@ -91,78 +87,10 @@ def _check_same_genes(model_vocab, decoder, model_dir: Path, dataset_dir: Path) 
         )
 
 
-def _decoded_controls(real_test, decoder, contexts: list[str], manifest: dict):
-    """Real test-split control cells of ``contexts`` through encode -> decode."""
-    from cellrlhf.data.schema import CONTROL_LABEL
-    from cellrlhf.evaluation.baselines import representation_ceiling
-
-    obs = real_test.obs
-    mask = (obs["perturbation"].astype(str) == CONTROL_LABEL).to_numpy()
-    mask &= obs["cell_context"].astype(str).isin(contexts).to_numpy()
-    if not mask.any():
-        raise ValueError(
-            f"the real test cells have no control cells in {contexts}; pass the output of "
-            "real_cells(dataset_dir, 'test') (controls included)."
-        )
-    sentences = (manifest.get("config") or {}).get("sentences") or {}
-    controls = real_test[mask].copy()
-    decoded = representation_ceiling(
-        controls,
-        decoder,
-        pert_col="perturbation",
-        top_k=sentences.get("top_k"),
-        seed=int(sentences.get("seed", 0)),
-    )
-    return decoded.X, controls.obs
-
-
-def _validity(report, extracted, finished: np.ndarray) -> dict:
-    found = np.asarray([e.found for e in extracted], dtype=bool)
-    closed = np.asarray([e.closed for e in extracted], dtype=bool)
-    out = {k: v for k, v in report.to_dict().items() if not isinstance(v, (list, dict))}
-    out.update(
-        marked_fraction=float(found.mean()) if len(found) else 0.0,
-        unclosed_fraction=float((found & ~closed).sum() / max(found.sum(), 1)),
-        finished_fraction=float(finished.mean()) if len(finished) else 0.0,
-    )
-    return out
-
-
-def _sample(generator, prompts: list[str], settings, *, batch_size, progress, desc, decoder):
-    """Answers of ``prompts`` under ``settings``: extracted cells, decoder report, flags."""
-    from cellrlhf.cell2text.markup import extract_cell
-    from cellrlhf.ppo.sample_checks import fully_valid_cells
-
-    completions = generator.generate(
-        prompts, settings, batch_size=batch_size, progress=progress, desc=desc
-    )
-    extracted = [extract_cell(c.text) for c in completions]
-    X, report = decoder.decode([e.sentence for e in extracted])
-    finished = np.asarray([c.finished for c in completions], dtype=bool)
-    texts = [c.text for c in completions]
-    # the same definition as RL's step metric: the answers' own report (markup read)
-    valid = fully_valid_cells(decoder.decode(texts)[1], texts, finished)
-    valid &= np.asarray(report.n_truncated) == 0
-    validity = {**_validity(report, extracted, finished), "valid_cell_fraction": _mean(valid)}
-    return extracted, X, report, finished, valid, validity
-
-
-def _mean(flags: np.ndarray) -> float:
-    return float(np.mean(flags)) if len(flags) else 0.0
-
-
-def _constrained(constrain_cells: bool | None, info: dict, name: str) -> tuple[bool, str]:
-    """Whether to sample under the cell grammar, and why (recorded in ``params``)."""
-    if constrain_cells is not None:
-        return bool(constrain_cells), "argument"
-    trained = bool(info.get("constrain_cells", False))
-    if trained:
-        logger.info(
-            "%s was trained as a constrained policy (constrain_cells in its cellrlhf.json): "
-            "sampled under the same grammar (constrain_cells=False to see its own samples)",
-            name,
-        )
-    return trained, "cellrlhf.json"
+def _encode_kwargs(manifest: dict) -> dict:
+    """``encode`` arguments that write cells as the dataset build wrote them."""
+    sentences = sentence_settings(manifest)
+    return {"top_k": sentences.get("top_k"), "seed": int(sentences.get("seed", 0))}
 
 
 REFERENCES = ("auto", "model", "real")
@@ -194,32 +122,170 @@ def _reference(reference: str, rows, manifest: dict) -> tuple[str, str]:
     return "real", "dataset does not teach control answers"
 
 
-def _model_controls(generator, rows, settings, n_cells: int, sample: dict, name: str):
-    """The model's own answers to the control twins of ``rows``, ``n_cells`` per context.
+def _control_obs(perturbation, cell_context, sentences, valid, n_genes, index) -> pd.DataFrame:
+    """``obs`` of control rows: no prompt, and (decoded or sampled) taken as closed and ended."""
+    n = len(index)
+    return pd.DataFrame(
+        {
+            "perturbation": perturbation,
+            "cell_context": cell_context,
+            "split_kind": [CONTROL_KIND] * n,
+            "prompt_index": np.full(n, -1, dtype=np.int64),
+            "cell_sentence": sentences,
+            "valid": valid,
+            "valid_gene_fraction": np.ones(n, dtype=np.float32),
+            "n_genes": n_genes,
+            "closed": np.ones(n, dtype=bool),
+            "finished": np.ones(n, dtype=bool),
+        },
+        index=index,
+    )
+
+
+def _model_controls(run: PredictionRun, n_cells: int):
+    """The model's own answers to the control twins of the prompts, ``n_cells`` per context.
 
     Returns
     -------
-    (X, obs, validity): decoded cells, their ``perturbation`` / ``cell_context`` (controls),
-    and the validity figures of these answers.
+    (X, obs, validity): decoded cells, their ``obs`` rows (controls) and the validity figures
+    of these answers.
     """
+    from cellrlhf.data.schema import CONTROL_LABEL
+
     twins: dict[str, list] = {}
-    for ctx, twin in zip(rows["cell_context"], rows["control_prompt"], strict=True):
+    for ctx, twin in zip(run.rows["cell_context"], run.rows["control_prompt"], strict=True):
         if twin not in twins.setdefault(str(ctx), []):
             twins[str(ctx)].append(twin)
     prompts, contexts = [], []
     for ctx, options in twins.items():
         prompts += [options[k % len(options)] for k in range(n_cells)]
         contexts += [ctx] * n_cells
-    extracted, X, report, _, valid, validity = _sample(
-        generator, prompts, settings, desc=f"control {name}", **sample
+    answers = run.answers(prompts, run.settings, "control")
+    names = [f"model_control_{run.name}_{k}" for k in range(len(prompts))]
+    obs = _control_obs(
+        CONTROL_LABEL, contexts, answers.sentences, answers.valid, answers.n_genes, names
     )
-    from cellrlhf.data.schema import CONTROL_LABEL
+    return answers.X, obs, answers.validity
 
-    obs = pd.DataFrame({"perturbation": CONTROL_LABEL, "cell_context": contexts})
-    obs["valid"] = valid
-    obs["n_genes"] = report.n_valid.astype(np.int64)
-    obs["cell_sentence"] = [e.sentence for e in extracted]
-    return X, obs, validity
+
+def _decoded_controls(real_test, run: PredictionRun):
+    """Real test-split control cells of the prompts' contexts through encode -> decode.
+
+    Returns
+    -------
+    (X, obs): decoded cells and their ``obs`` rows (controls).
+    """
+    import scipy.sparse as sp
+
+    from cellrlhf.data.schema import CONTROL_LABEL
+    from cellrlhf.evaluation.baselines import representation_ceiling
+
+    contexts = sorted(set(run.rows["cell_context"]))
+    obs = real_test.obs
+    mask = (obs["perturbation"].astype(str) == CONTROL_LABEL).to_numpy()
+    mask &= obs["cell_context"].astype(str).isin(contexts).to_numpy()
+    if not mask.any():
+        raise ValueError(
+            f"the real test cells have no control cells in {contexts}; pass the output of "
+            "real_cells(dataset_dir, 'test') (controls included)."
+        )
+    controls = real_test[mask].copy()
+    X = representation_ceiling(
+        controls, run.decoder, pert_col="perturbation", **_encode_kwargs(run.manifest)
+    ).X
+    n = X.shape[0]
+    obs = _control_obs(
+        controls.obs["perturbation"].astype(str).to_numpy(),
+        controls.obs["cell_context"].astype(str).to_numpy(),
+        [""] * n,
+        np.ones(n, dtype=bool),
+        np.diff(sp.csr_matrix(X).indptr).astype(np.int64),
+        [f"decoded_control_{c}" for c in controls.obs.index],
+    )
+    return X, obs
+
+
+def _generated_obs(run: PredictionRun, answers: SampledAnswers) -> pd.DataFrame:
+    """``obs`` of the sampled cells: their prompt's row of ``rl/test`` and each answer's checks."""
+    cells_per_prompt = run.cells_per_prompt
+    prompt_of = prompt_rows(run.rows, cells_per_prompt)
+
+    def pick(column: str) -> np.ndarray:
+        return np.asarray(run.rows[column], dtype=object)[prompt_of]
+
+    index = run.indices[prompt_of]
+    return pd.DataFrame(
+        {
+            "perturbation": pick("perturbation"),
+            "cell_context": pick("cell_context"),
+            "split_kind": pick("split_kind"),
+            "prompt_index": index.astype(np.int64),
+            "cell_sentence": answers.sentences,
+            "valid": answers.valid,
+            "valid_gene_fraction": answers.valid_gene_fraction,
+            "n_genes": answers.n_genes,
+            "closed": answers.closed,
+            "finished": answers.finished,
+        },
+        index=[f"{run.name}_p{p}_c{k % cells_per_prompt}" for k, p in enumerate(index)],
+    )
+
+
+def _prediction_anndata(run: PredictionRun, answers: SampledAnswers, controls):
+    """The sampled cells, then the control rows, as one AnnData (float32 CSR)."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    control_X, control_obs = controls
+    obs = pd.concat([_generated_obs(run, answers), control_obs])
+    for column in ("perturbation", "cell_context", "split_kind"):
+        obs[column] = obs[column].astype(str)
+    X = sp.vstack([sp.csr_matrix(answers.X), sp.csr_matrix(control_X)], format="csr")
+    return ad.AnnData(
+        X=X.astype(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(list(run.decoder.vocab.genes))),
+    )
+
+
+def _uns(run: PredictionRun, answers: SampledAnswers) -> dict:
+    """``uns["cellrlhf_prediction"]``: what was sampled, how and from what (``params``), the
+    answers' ``validity`` and ``diversity``."""
+    from cellrlhf.reward.diversity import distinct_fraction
+
+    settings, manifest, reference = run.settings, run.manifest, run.reference
+    per_prompt = distinct_fraction(answers.sentences, prompt_rows(run.rows, run.cells_per_prompt))
+    params = {
+        "model": run.name,
+        "model_dir": str(run.model_dir),
+        "model_stage": str(run.loaded.info.get("stage", "")),
+        "dataset_dir": str(run.dataset_dir),
+        "dataset_fingerprint": str(manifest.get("fingerprint", "")),
+        "simulated": bool(manifest.get("simulated")),
+        "cells_per_prompt": int(run.cells_per_prompt),
+        "n_prompts": len(run.rows),
+        "prompt_indices": run.indices.astype(np.int64),
+        "seed": int(settings.seed),
+        "temperature": float(settings.temperature),
+        "top_k": 0,
+        "top_p": 1.0,
+        "max_new_tokens": int(settings.max_new_tokens),
+        "constrain_cells": settings.constrain_cells,
+        "constrain_cells_source": run.constrained_by,
+        "batch_size": int(run.batch_size),
+        "reference": reference,
+        "reference_source": run.reference_by,
+        "control": (
+            "the model's own answers to the control twin of each prompt"
+            if reference == "model"
+            else "real test-split control cells, encode -> decode (dataset decoder)"
+        ),
+    }
+    diversity = {
+        "distinct_fraction": float(distinct_fraction(answers.sentences)[0]),
+        "distinct_fraction_per_prompt": float(np.mean(per_prompt)),
+    }
+    return {"params": params, "validity": answers.validity, "diversity": diversity}
 
 
 def predict(
@@ -306,20 +372,13 @@ def predict(
     finished fractions, ``constrained``; when constrained, ``unconstrained``: the same figures
     of the unconstrained sample) and ``diversity`` (distinct-sentence fractions).
     """
-    import anndata as ad
-    import scipy.sparse as sp
-
     from cellrlhf.data.layout import load_built_dataset
-    from cellrlhf.reward.diversity import distinct_fraction
-    from cellrlhf.sampling import GenerationSettings, Sampler
     from cellrlhf.sft.model_dir import load_model_dir
 
     model_dir, dataset_dir = Path(model_dir), Path(dataset_dir)
     name = name or model_dir.name
     built = load_built_dataset(dataset_dir)
-    decoder = built.decoder
     rows, indices = load_test_prompts(dataset_dir, max_prompts=max_prompts, seed=seed)
-    contexts = sorted(set(rows["cell_context"]))
     reference, reference_by = _reference(reference, rows, built.manifest)
     if real_test is None and reference == "real":
         from cellrlhf.evaluation.real_data import real_cells
@@ -329,143 +388,42 @@ def predict(
         )
 
     loaded = load_model_dir(model_dir, device_map=device_map, dtype=dtype)
+    decoder = built.decoder
     _check_same_genes(loaded.vocab, decoder, model_dir, dataset_dir)
-    budget = max_new_tokens or _answer_budget(built.manifest, loaded.info, len(decoder.vocab))
-    constrained, constrained_by = _constrained(constrain_cells, loaded.info, name)
-    settings = GenerationSettings(
-        max_new_tokens=budget,
-        temperature=temperature,
-        top_p=1.0,
-        top_k=0,
-        seed=seed,
-        constrain_cells=constrained,
-        single_cell_answer=constrained,
+    settings, constrained_by = sampling_settings(
+        loaded, built.manifest, name, max_new_tokens, temperature, seed, constrain_cells
     )
-    generator = Sampler(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
-    prompt_of = np.repeat(np.arange(len(rows)), cells_per_prompt)
-    prompts = list(rows["prompt"])
-    logger.info(
-        "%s: sampling %d cells for each of %d held-out prompts (temperature %.2f, %d tokens%s)",
-        name,
-        cells_per_prompt,
-        len(rows),
-        temperature,
-        budget,
-        ", constrained to one valid cell" if constrained else "",
+    run = PredictionRun(
+        name=name,
+        model_dir=model_dir,
+        dataset_dir=dataset_dir,
+        manifest=built.manifest,
+        loaded=loaded,
+        decoder=decoder,
+        rows=rows,
+        indices=indices,
+        cells_per_prompt=cells_per_prompt,
+        settings=settings,
+        constrained_by=constrained_by,
+        reference=reference,
+        reference_by=reference_by,
+        batch_size=batch_size,
+        progress=progress,
     )
-    sample = dict(batch_size=batch_size, progress=progress, decoder=decoder)
-    extracted, X, report, finished, valid, validity = _sample(
-        generator, [prompts[i] for i in prompt_of], settings, desc=f"sample {name}", **sample
-    )
-    sentences = [e.sentence for e in extracted]
-    closed = np.asarray([e.closed for e in extracted], dtype=bool)
-    validity["constrained"] = constrained
-    n_free = min(int(unconstrained_validity_cells), cells_per_prompt)
-    if constrained and n_free > 0:
-        free = replace(settings, constrain_cells=False, single_cell_answer=False)
-        free_of = np.repeat(np.arange(len(rows)), n_free)
-        validity["unconstrained"] = _sample(
-            generator, [prompts[i] for i in free_of], free, desc=f"unconstrained {name}", **sample
-        )[-1]
-        validity["unconstrained"]["cells_per_prompt"] = n_free
-
+    answers = sample_prompts(run, unconstrained_validity_cells)
     if reference == "model":
-        n_ref = int(reference_cells or 2 * cells_per_prompt)
-        control_X, control_obs, validity["reference"] = _model_controls(
-            generator, rows, settings, n_ref, sample, name
+        *controls, answers.validity["reference"] = _model_controls(
+            run, int(reference_cells or 2 * cells_per_prompt)
         )
-        control_valid = control_obs["valid"].to_numpy(dtype=bool)
-        control_genes = control_obs["n_genes"].to_numpy(dtype=np.int64)
-        control_names = [f"model_control_{name}_{k}" for k in range(len(control_obs))]
-        control_sentences = control_obs["cell_sentence"].tolist()
     else:
-        control_X, control_obs = _decoded_controls(real_test, decoder, contexts, built.manifest)
-        control_valid = np.ones(control_X.shape[0], dtype=bool)
-        control_genes = np.diff(sp.csr_matrix(control_X).indptr).astype(np.int64)
-        control_names = [f"decoded_control_{c}" for c in control_obs.index]
-        control_sentences = [""] * control_X.shape[0]
-
-    def pick(column: str) -> np.ndarray:
-        return np.asarray(rows[column], dtype=object)[prompt_of]
-
-    generated = pd.DataFrame(
-        {
-            "perturbation": pick("perturbation"),
-            "cell_context": pick("cell_context"),
-            "split_kind": pick("split_kind"),
-            "prompt_index": indices[prompt_of].astype(np.int64),
-            "cell_sentence": sentences,
-            "valid": valid,
-            "valid_gene_fraction": report.valid_fractions.astype(np.float32),
-            "n_genes": report.n_valid.astype(np.int64),
-            "closed": closed,
-            "finished": finished,
-        },
-        index=[f"{name}_p{indices[p]}_c{k % cells_per_prompt}" for k, p in enumerate(prompt_of)],
-    )
-    n_ctrl = control_X.shape[0]
-    controls = pd.DataFrame(
-        {
-            "perturbation": control_obs["perturbation"].astype(str).to_numpy(),
-            "cell_context": control_obs["cell_context"].astype(str).to_numpy(),
-            "split_kind": [CONTROL_KIND] * n_ctrl,
-            "prompt_index": np.full(n_ctrl, -1, dtype=np.int64),
-            "cell_sentence": control_sentences,
-            "valid": control_valid,
-            "valid_gene_fraction": np.ones(n_ctrl, dtype=np.float32),
-            "n_genes": control_genes,
-            "closed": np.ones(n_ctrl, dtype=bool),
-            "finished": np.ones(n_ctrl, dtype=bool),
-        },
-        index=control_names,
-    )
-    obs = pd.concat([generated, controls])
-    for column in ("perturbation", "cell_context", "split_kind"):
-        obs[column] = obs[column].astype(str)
-    per_prompt = distinct_fraction(sentences, prompt_of)
-    result = ad.AnnData(
-        X=sp.vstack([sp.csr_matrix(X), sp.csr_matrix(control_X)], format="csr").astype(np.float32),
-        obs=obs,
-        var=pd.DataFrame(index=pd.Index(list(decoder.vocab.genes))),
-    )
-    result.uns[PREDICTION_KEY] = {
-        "params": {
-            "model": name,
-            "model_dir": str(model_dir),
-            "model_stage": str(loaded.info.get("stage", "")),
-            "dataset_dir": str(dataset_dir),
-            "dataset_fingerprint": str(built.manifest.get("fingerprint", "")),
-            "simulated": bool(built.manifest.get("simulated")),
-            "cells_per_prompt": int(cells_per_prompt),
-            "n_prompts": len(rows),
-            "prompt_indices": indices.astype(np.int64),
-            "seed": int(seed),
-            "temperature": float(temperature),
-            "top_k": 0,
-            "top_p": 1.0,
-            "max_new_tokens": int(budget),
-            "constrain_cells": constrained,
-            "constrain_cells_source": constrained_by,
-            "batch_size": int(batch_size),
-            "reference": reference,
-            "reference_source": reference_by,
-            "control": (
-                "the model's own answers to the control twin of each prompt"
-                if reference == "model"
-                else "real test-split control cells, encode -> decode (dataset decoder)"
-            ),
-        },
-        "validity": validity,
-        "diversity": {
-            "distinct_fraction": float(distinct_fraction(sentences)[0]),
-            "distinct_fraction_per_prompt": float(np.mean(per_prompt)),
-        },
-    }
+        controls = _decoded_controls(real_test, run)
+    result = _prediction_anndata(run, answers, controls)
+    result.uns[PREDICTION_KEY] = _uns(run, answers)
     logger.info(
         "%s: %d cells, valid %.1f%%, distinct per prompt %.2f",
         name,
-        len(sentences),
-        100 * float(valid.mean()),
-        float(np.mean(per_prompt)),
+        len(answers.sentences),
+        100 * float(answers.valid.mean()),
+        result.uns[PREDICTION_KEY]["diversity"]["distinct_fraction_per_prompt"],
     )
     return result
