@@ -55,6 +55,7 @@ __all__ = [
     "sentences_from_ranked",
     "sentences_to_arrow",
     "string_column",
+    "warn_empty_cells",
 ]
 
 logger = logging.getLogger(__name__)
@@ -422,36 +423,14 @@ def encode(
     matrix = expression_matrix(adata, layer)
     vocab, mapping = gene_mapping(adata, gene_symbols=gene_symbols, duplicates=duplicates)
     encoder = SentenceEncoder(vocab, mapping, top_k=top_k, seed=seed, layer_name=layer_name)
-    obs_names = np.asarray(adata.obs_names, dtype=object)
-    sentences = np.empty(adata.n_obs, dtype=object)
-    n_genes = np.zeros(adata.n_obs, dtype=np.int32)
     try:
-        buffer = np.empty(0, dtype=np.uint8)
-        for start, block in iter_csr_blocks(matrix, chunk_size):
-            for sub_start in range(0, block.shape[0], _STRING_ROWS):
-                sub_stop = min(sub_start + _STRING_ROWS, block.shape[0])
-                first, stop = start + sub_start, start + sub_stop
-                encoded = encoder(
-                    _csr_view(block, sub_start, sub_stop),
-                    obs_names[first:stop],
-                    row_offset=first,
-                    buffer=buffer,
-                )
-                sentences[first:stop] = _to_python_strings(encoded.sentences)
-                n_genes[first:stop] = encoded.n_genes
-                buffer = _reusable(buffer, encoded.sentences)
+        sentences, n_genes = _encode_cells(encoder, matrix, adata.obs_names, chunk_size)
     except InvalidExpressionError:
         if not adata.isbacked:
             check_expression(matrix, layer_name)  # counts every cell of the matrix
         raise
     n_empty = int(np.count_nonzero(n_genes == 0))
-    if n_empty:
-        logger.warning(
-            "%d of %d cells have no expressed gene in %s; their sentences are empty.",
-            n_empty,
-            adata.n_obs,
-            "adata.X" if layer is None else f"layers[{layer!r}]",
-        )
+    warn_empty_cells(n_empty, adata.n_obs, layer_name)
     adata.obs[key_added] = pd.Series(sentences, index=adata.obs_names, dtype=object)
     adata.uns[key_added] = {
         "params": encode_params(
@@ -466,6 +445,42 @@ def encode(
         )
     }
     return adata if copy else None
+
+
+def _encode_cells(encoder: SentenceEncoder, matrix, obs_names, chunk_size: int):
+    """``(sentences, n_genes)`` of every cell of ``matrix``, as Python strings and ``int32``.
+
+    Sentences are written ``_STRING_ROWS`` cells at a time into one reused byte buffer.
+    """
+    obs_names = np.asarray(obs_names, dtype=object)
+    sentences = np.empty(len(obs_names), dtype=object)
+    n_genes = np.zeros(len(obs_names), dtype=np.int32)
+    buffer = np.empty(0, dtype=np.uint8)
+    for start, block in iter_csr_blocks(matrix, chunk_size):
+        for sub_start in range(0, block.shape[0], _STRING_ROWS):
+            sub_stop = min(sub_start + _STRING_ROWS, block.shape[0])
+            first, stop = start + sub_start, start + sub_stop
+            encoded = encoder(
+                _csr_view(block, sub_start, sub_stop),
+                obs_names[first:stop],
+                row_offset=first,
+                buffer=buffer,
+            )
+            sentences[first:stop] = _to_python_strings(encoded.sentences)
+            n_genes[first:stop] = encoded.n_genes
+            buffer = _reusable(buffer, encoded.sentences)
+    return sentences, n_genes
+
+
+def warn_empty_cells(n_empty: int, n_cells: int, layer_name: str) -> None:
+    """Log a warning when ``n_empty`` of ``n_cells`` cells have no expressed gene."""
+    if n_empty:
+        logger.warning(
+            "%d of %d cells have no expressed gene in %s; their sentences are empty.",
+            n_empty,
+            n_cells,
+            "adata.X" if layer_name == "X" else f"layers[{layer_name!r}]",
+        )
 
 
 def _reusable(buffer: np.ndarray, column: pa.ChunkedArray) -> np.ndarray:

@@ -20,7 +20,7 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +35,7 @@ from cellrlhf.cell2text.encoding import (
     encode_params,
     expression_matrix,
     iter_csr_blocks,
+    warn_empty_cells,
 )
 from cellrlhf.cell2text.vocab import gene_mapping
 
@@ -231,13 +232,7 @@ def _iter_tables(
                 arrays[column] = _obs_column(adata.obs[column].iloc[start:stop])
             yield pa.table(arrays)
             bar.update(stop - start)
-    if n_empty:
-        logger.warning(
-            "%d of %d cells have no expressed gene in %s; their sentences are empty.",
-            n_empty,
-            adata.n_obs,
-            "adata.X" if source.layer_name == "X" else f"layers[{source.layer_name!r}]",
-        )
+    warn_empty_cells(n_empty, adata.n_obs, source.layer_name)
     if stats is not None:
         stats.update(n_cells=adata.n_obs, n_empty=n_empty, n_genes=len(vocab), vocab=vocab)
 
@@ -399,41 +394,24 @@ def write_sentences(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
     out_dir = Path(out_dir)
     stats: dict = {}
-    columns: list[str] = []
     with open_expression(path_or_adata, layer) as source:
         n_cells = source.adata.n_obs
         source_path = source.path
         _prepare_out_dir(out_dir, overwrite)
-        tmp_dir = out_dir / ".partial"
-        tmp_dir.mkdir()
-        writer = _ShardWriter(tmp_dir, n_cells, shard_size, compression)
-        background = _BackgroundWriter(writer)
-        try:
-            for table in _iter_tables(
-                source,
-                chunk_size=chunk_size,
-                top_k=top_k,
-                gene_symbols=gene_symbols,
-                duplicates=duplicates,
-                seed=seed,
-                obs_columns=obs_columns,
-                progress=progress,
-                stats=stats,
-            ):
-                columns = table.column_names
-                background.put(table)
-            background.finish()
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                background.finish()
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-    if not writer.shards:  # no cells: still write one (empty) shard with the schema
-        writer._open_next(_empty_schema(obs_columns))
-        writer.close()
-    for shard in writer.shards:
-        os.replace(tmp_dir / shard["file"], out_dir / shard["file"])
-    tmp_dir.rmdir()
+        tables = _iter_tables(
+            source,
+            chunk_size=chunk_size,
+            top_k=top_k,
+            gene_symbols=gene_symbols,
+            duplicates=duplicates,
+            seed=seed,
+            obs_columns=obs_columns,
+            progress=progress,
+            stats=stats,
+        )
+        shards, columns = _write_shards(
+            tables, out_dir, n_cells, shard_size, compression, _empty_schema(obs_columns)
+        )
     stats["vocab"].save(out_dir)
     manifest = {
         "format": _FORMAT,
@@ -458,14 +436,50 @@ def write_sentences(
         "n_cells": int(n_cells),
         "n_empty": int(stats["n_empty"]),
         "columns": columns or ["cell_id", "cell_sentence", "n_genes", *obs_columns],
-        "shards": writer.shards,
+        "shards": shards,
         "source": _source_record(source_path, source_checksum),
     }
     (out_dir / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
-    logger.info(
-        "wrote %d cell sentences in %d shard(s) to %s", n_cells, len(writer.shards), out_dir
-    )
+    logger.info("wrote %d cell sentences in %d shard(s) to %s", n_cells, len(shards), out_dir)
     return manifest
+
+
+def _write_shards(
+    tables: Iterable[pa.Table],
+    out_dir: Path,
+    n_cells: int,
+    shard_size: int,
+    compression: str,
+    empty_schema: pa.Schema,
+) -> tuple[list[dict], list[str]]:
+    """Write ``tables`` as the shards of ``out_dir``; returns the shards and the column names.
+
+    Shards are written into ``out_dir/.partial`` (on a background thread) and moved into
+    ``out_dir`` once all are complete; on error the partial directory is removed. Without any
+    table, one empty shard of ``empty_schema`` is written.
+    """
+    tmp_dir = out_dir / ".partial"
+    tmp_dir.mkdir()
+    writer = _ShardWriter(tmp_dir, n_cells, shard_size, compression)
+    background = _BackgroundWriter(writer)
+    columns: list[str] = []
+    try:
+        for table in tables:
+            columns = table.column_names
+            background.put(table)
+        background.finish()
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            background.finish()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    if not writer.shards:  # no cells: still write one (empty) shard with the schema
+        writer._open_next(empty_schema)
+        writer.close()
+    for shard in writer.shards:
+        os.replace(tmp_dir / shard["file"], out_dir / shard["file"])
+    tmp_dir.rmdir()
+    return writer.shards, columns
 
 
 def _empty_schema(obs_columns: Sequence[str]) -> pa.Schema:
