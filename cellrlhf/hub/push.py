@@ -273,70 +273,19 @@ def cli(argv: Sequence[str] | None = None) -> int:
     """``cellrlhf push``: returns the process exit status."""
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
-    from cellrlhf.hub.upload_plan import plan_dataset_upload, plan_model_upload
-
     (args,) = make_parser().parse_args_and_config(argv)
     try:
         _check_repo_id(args.repo_id)
-        if not args.dry_run and _token() is None:
+        if args.dry_run:
+            return _dry_run(args)
+        if _token() is None:
             print(f"cellrlhf push: {NOT_LOGGED_IN}", file=sys.stderr)
             return 2
-        if not args.dry_run and not args.space_for:
+        if not args.space_for:
             from cellrlhf.hub.license_prompt import resolve_license
 
             args.license = resolve_license(args.license, model=args.model, dataset=args.dataset)
-        if args.dry_run:
-            if args.model:
-                plan = plan_model_upload(
-                    args.model,
-                    repo_id=args.repo_id,
-                    eval_results=args.eval_results,
-                    license=args.license,
-                )
-            elif args.space_for:
-                from cellrlhf.hub.space import DEFAULT_REQUIREMENT, plan_space_upload
-
-                plan = plan_space_upload(
-                    args.space_for, requirement=args.requirement or DEFAULT_REQUIREMENT
-                )
-            else:
-                plan = plan_dataset_upload(args.dataset, repo_id=args.repo_id, license=args.license)
-            with plan:
-                print(
-                    f"would commit to {plan.repo_type} repository {args.repo_id}: {plan.summary()}"
-                )
-                if args.show_card:
-                    print(plan.card_text)
-            return 0
-        if args.model:
-            info = push_model(
-                args.model,
-                args.repo_id,
-                private=args.private,
-                revision=args.revision,
-                create_pr=args.create_pr,
-                commit_message=args.commit_message or "Upload cellrlhf model",
-                eval_results=args.eval_results,
-                license=args.license,
-            )
-        elif args.space_for:
-            info = push_space(
-                args.space_for,
-                args.repo_id,
-                private=args.private,
-                requirement=args.requirement,
-                commit_message=args.commit_message or "Chat app for a cellrlhf model",
-            )
-        else:
-            info = push_dataset(
-                args.dataset,
-                args.repo_id,
-                private=args.private,
-                revision=args.revision,
-                create_pr=args.create_pr,
-                commit_message=args.commit_message or "Upload cellrlhf dataset",
-                license=args.license,
-            )
+        info = _push(args)
     except (FileNotFoundError, ValueError) as err:
         print(f"cellrlhf push: {err}", file=sys.stderr)
         return 2
@@ -353,3 +302,50 @@ def cli(argv: Sequence[str] | None = None) -> int:
         return 1
     print(info.commit_url)
     return 0
+
+
+def _dry_run(args: PushOptions) -> int:
+    """Print the files ``args`` would commit (and the card with ``--show-card``); no network."""
+    from cellrlhf.hub.upload_plan import plan_dataset_upload, plan_model_upload
+
+    if args.model:
+        plan = plan_model_upload(
+            args.model, repo_id=args.repo_id, eval_results=args.eval_results, license=args.license
+        )
+    elif args.space_for:
+        from cellrlhf.hub.space import DEFAULT_REQUIREMENT, plan_space_upload
+
+        plan = plan_space_upload(
+            args.space_for, requirement=args.requirement or DEFAULT_REQUIREMENT
+        )
+    else:
+        plan = plan_dataset_upload(args.dataset, repo_id=args.repo_id, license=args.license)
+    with plan:
+        print(f"would commit to {plan.repo_type} repository {args.repo_id}: {plan.summary()}")
+        if args.show_card:
+            print(plan.card_text)
+    return 0
+
+
+def _push(args: PushOptions):
+    """Commit what ``args`` names with :func:`push_model`, :func:`push_space` or
+    :func:`push_dataset`; returns the :class:`huggingface_hub.CommitInfo`."""
+    message = {"commit_message": args.commit_message} if args.commit_message else {}
+    if args.space_for:
+        return push_space(
+            args.space_for,
+            args.repo_id,
+            private=args.private,
+            requirement=args.requirement,
+            **message,
+        )
+    options = dict(
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        license=args.license,
+        **message,
+    )
+    if args.model:
+        return push_model(args.model, args.repo_id, eval_results=args.eval_results, **options)
+    return push_dataset(args.dataset, args.repo_id, **options)

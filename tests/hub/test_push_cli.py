@@ -54,3 +54,41 @@ def test_help_leads_with_config():
     text = make_parser().format_help()
     assert "--config FILE.yaml" in "\n".join(text.splitlines()[:8])
     assert text.index("--config FILE.yaml") < text.index("--repo_id") and "inherited" not in text
+
+
+def test_space_dry_run_prints_the_plan_and_card(capsys):
+    from cellrlhf.hub.push import cli
+
+    assert cli(["--space-for", "me/m", "--repo-id", "me/s", "--dry-run", "--show-card"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("would commit to space repository me/s: 3 files")
+    assert "app.py" in out and "requirements.txt" in out and "\n# Chat with m\n" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "function", "expected"),
+    [
+        (
+            ["--dataset", "d", "--license", "mit", "--revision", "dev", "--create-pr"],
+            "push_dataset",
+            {"private": False, "revision": "dev", "create_pr": True, "license": "mit"},
+        ),
+        (
+            ["--space-for", "me/m", "--private", "--commit-message", "hi"],
+            "push_space",
+            {"private": True, "requirement": None, "commit_message": "hi"},
+        ),
+    ],
+)
+def test_cli_hands_the_options_to_the_push_function(monkeypatch, capsys, argv, function, expected):
+    from cellrlhf.hub import push
+
+    class _Info:
+        commit_url = "https://huggingface.co/me/x/commit/1"
+
+    calls = []
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(push, function, lambda *a, **k: calls.append((a, k)) or _Info())
+    assert push.cli([*argv, "--repo-id", "me/x"]) == 0
+    assert calls == [((argv[1], "me/x"), expected)]
+    assert capsys.readouterr().out == f"{_Info.commit_url}\n"
