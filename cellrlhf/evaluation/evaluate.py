@@ -131,6 +131,7 @@ def _context_evaluation(
 ):
     from cellrlhf.data.schema import CONTROL_LABEL
     from cellrlhf.evaluation.comparison import compare_methods
+    from cellrlhf.evaluation.prediction import encode_kwargs
 
     preds = {
         name: _subset(pred, pred.obs["cell_context"].astype(str) == ctx)
@@ -142,7 +143,6 @@ def _context_evaluation(
     if not (real.obs["perturbation"] == CONTROL_LABEL).any():
         logger.warning("context %s has no control cells in the test data; skipped", ctx)
         return None
-    sentences = (manifest.get("config") or {}).get("sentences") or {}
     return compare_methods(
         real,
         predictions=preds,
@@ -154,7 +154,7 @@ def _context_evaluation(
         decoders={"decoder": decoder} if settings.representation_ceiling else None,
         control=CONTROL_LABEL,
         seed=settings.seed,
-        encode_kwargs={"top_k": sentences.get("top_k"), "seed": int(sentences.get("seed", 0))},
+        encode_kwargs=encode_kwargs(manifest),
         top_k=settings.top_k,
         de=settings.de,
     )
@@ -319,10 +319,7 @@ def evaluate_models(
     """
     from cellrlhf import __version__
     from cellrlhf.data.layout import load_built_dataset
-    from cellrlhf.evaluation.eval_report import write_report
     from cellrlhf.evaluation.model_dirs import resolve_model_dirs
-    from cellrlhf.evaluation.plots import plot_change_scatter, plot_metric_bars, plot_validity
-    from cellrlhf.evaluation.prediction import predict
     from cellrlhf.evaluation.real_data import real_cells
 
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
@@ -333,8 +330,50 @@ def evaluate_models(
     built = load_built_dataset(dataset_dir)
     manifest = built.manifest
     kwargs = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
-    real_test = real_cells(dataset_dir, "test", **kwargs)
-    real_train = real_cells(dataset_dir, "train", **kwargs)
+    real = (real_cells(dataset_dir, "test", **kwargs), real_cells(dataset_dir, "train", **kwargs))
+    predictions, paths = _predict_models(model_dirs, dataset_dir, real[0], out, settings, progress)
+    evaluations = _score_contexts(dataset_dir, built, real, predictions, settings, out)
+    tables = _tables(evaluations, predictions, model_dirs, settings)
+    paths.update(_write_tables(out, tables, manifest, settings, predictions))
+    paths.update(_write_plots(out, tables, evaluations, list(predictions), settings))
+    run_manifest = {
+        "format": EVALUATION_FORMAT,
+        "version": 1,
+        "cellrlhf_version": __version__,
+        "started": started,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "simulated": bool(manifest.get("simulated")),
+        "dataset": {
+            "dir": str(dataset_dir),
+            "name": manifest.get("name"),
+            "fingerprint": manifest.get("fingerprint"),
+            "source_sha256": (manifest.get("source") or {}).get("sha256"),
+            "split_kind": (manifest.get("split") or {}).get("kind"),
+        },
+        "models": tables.records,
+        "identical_models": tables.same,
+        "sampling_warnings": tables.noisy,
+        "skipped_models": sorted(set(models) - set(model_dirs)),
+        "settings": settings.to_dict(),
+        "seeds": {
+            "sampling": settings.seed,
+            "prompt_subsample": settings.seed,
+            "split_half": settings.seed,
+        },
+        "cell_contexts": list(evaluations),
+        "files": {k: str(p.relative_to(out)) for k, p in paths.items()},
+    }
+    paths["manifest"] = out / "manifest.json"
+    paths["manifest"].write_text(json.dumps(run_manifest, indent=1, default=_json_default))
+    logger.info("evaluation written to %s in %.0f s", out, run_manifest["seconds"])
+    return EvaluationResult(
+        out, tables.metrics, tables.summary, tables.validity, paths, evaluations, run_manifest
+    )
+
+
+def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, progress: bool):
+    """Every model's prediction, written to ``predictions/<model>.h5ad``; and those paths."""
+    from cellrlhf.evaluation.prediction import predict
 
     predictions, paths = {}, {}
     for name, path in model_dirs.items():
@@ -349,10 +388,18 @@ def evaluate_models(
         paths[f"prediction_{name}"] = out / "predictions" / f"{_safe_name(name)}.h5ad"
         pred.write_h5ad(paths[f"prediction_{name}"])
         predictions[name] = pred
+    return predictions, paths
 
-    decoder = built.decoder
+
+def _score_contexts(dataset_dir, built, real, predictions, settings, out: Path) -> dict:
+    """Context -> method -> evaluation, for every context with test control cells; each
+    context's report is written to ``contexts/<ctx>/``."""
+    from cellrlhf.evaluation.eval_report import write_report
+
+    real_test, real_train = real
+    manifest, decoder = built.manifest, built.decoder
     prompted = _prompted(dataset_dir, settings)
-    if not model_dirs:
+    if not predictions:
         logger.info(
             "no model named: scoring the baselines and ceilings alone (how much a model could "
             "gain on these %d held-out prompts)",
@@ -377,39 +424,66 @@ def evaluate_models(
         )
     if not evaluations:
         raise ValueError("no cell context could be scored (no test control cells in any).")
+    return evaluations
 
+
+@dataclass
+class _Tables:
+    """The run's tables, the models' provenance and the warnings the report states."""
+
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    validity: pd.DataFrame
+    records: dict[str, dict]
+    same: list[list[str]]
+    noisy: list[str]
+
+
+def _tables(evaluations: dict, predictions: dict, model_dirs: Mapping, settings) -> _Tables:
     validity = _validity_table(predictions)
     records = {name: _model_record(model_dirs[name], pred) for name, pred in predictions.items()}
-    same = identical_models(records)
     metrics, summary = _summaries(evaluations, set(predictions), validity)
     noisy = sampling_warnings(metrics, list(predictions), settings.cells_per_prompt)
     for line in noisy:
         logger.warning(line)
-    paths.update(
-        metrics_csv=out / "metrics.csv",
-        summary_csv=out / "summary.csv",
-        validity_csv=out / "validity.csv",
-        markdown=out / "metrics.md",
-    )
-    metrics.to_csv(paths["metrics_csv"], index=False)
-    summary.to_csv(paths["summary_csv"], index=False)
-    validity.to_csv(paths["validity_csv"], index=False)
+    return _Tables(metrics, summary, validity, records, identical_models(records), noisy)
+
+
+def _write_tables(out: Path, tables: _Tables, manifest: dict, settings, predictions) -> dict:
+    """``metrics.csv``, ``summary.csv``, ``validity.csv`` and ``metrics.md``; their paths."""
+    paths = {
+        "metrics_csv": out / "metrics.csv",
+        "summary_csv": out / "summary.csv",
+        "validity_csv": out / "validity.csv",
+        "markdown": out / "metrics.md",
+    }
+    tables.metrics.to_csv(paths["metrics_csv"], index=False)
+    tables.summary.to_csv(paths["summary_csv"], index=False)
+    tables.validity.to_csv(paths["validity_csv"], index=False)
     paths["markdown"].write_text(
         _markdown(
-            summary,
-            validity,
+            tables.summary,
+            tables.validity,
             manifest,
             settings,
             list(predictions),
-            same,
+            tables.same,
             {n: _reference_of(p) for n, p in predictions.items()},
         )
-        + "".join(f"\n**Sampling noise.** {line}\n" for line in noisy)
+        + "".join(f"\n**Sampling noise.** {line}\n" for line in tables.noisy)
     )
-    bars = plot_metric_bars(summary, out / "metrics.png", models=list(predictions))
+    return paths
+
+
+def _write_plots(out: Path, tables: _Tables, evaluations: dict, models: list, settings) -> dict:
+    """Metric bars, a predicted-vs-real scatter per model and the validity bars; their paths."""
+    from cellrlhf.evaluation.plots import plot_change_scatter, plot_metric_bars, plot_validity
+
+    paths = {}
+    bars = plot_metric_bars(tables.summary, out / "metrics.png", models=models)
     if bars:
         paths["bar_plot"] = bars
-    for name in predictions:
+    for name in models:
         png = plot_change_scatter(
             evaluations,
             name,
@@ -418,45 +492,14 @@ def evaluate_models(
         )
         if png:
             paths[f"scatter_{name}"] = png
-    png = (
-        plot_validity(validity[validity["cell_context"] == ALL_CONTEXTS], out / "validity.png")
-        if len(validity)
-        else None
-    )
-    if png:
-        paths["validity_plot"] = png
-
-    run_manifest = {
-        "format": EVALUATION_FORMAT,
-        "version": 1,
-        "cellrlhf_version": __version__,
-        "started": started,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "simulated": bool(manifest.get("simulated")),
-        "dataset": {
-            "dir": str(dataset_dir),
-            "name": manifest.get("name"),
-            "fingerprint": manifest.get("fingerprint"),
-            "source_sha256": (manifest.get("source") or {}).get("sha256"),
-            "split_kind": (manifest.get("split") or {}).get("kind"),
-        },
-        "models": records,
-        "identical_models": same,
-        "sampling_warnings": noisy,
-        "skipped_models": sorted(set(models) - set(model_dirs)),
-        "settings": settings.to_dict(),
-        "seeds": {
-            "sampling": settings.seed,
-            "prompt_subsample": settings.seed,
-            "split_half": settings.seed,
-        },
-        "cell_contexts": list(evaluations),
-        "files": {k: str(p.relative_to(out)) for k, p in paths.items()},
-    }
-    paths["manifest"] = out / "manifest.json"
-    paths["manifest"].write_text(json.dumps(run_manifest, indent=1, default=_json_default))
-    logger.info("evaluation written to %s in %.0f s", out, run_manifest["seconds"])
-    return EvaluationResult(out, metrics, summary, validity, paths, evaluations, run_manifest)
+    validity = tables.validity
+    if len(validity):
+        png = plot_validity(
+            validity[validity["cell_context"] == ALL_CONTEXTS], out / "validity.png"
+        )
+        if png:
+            paths["validity_plot"] = png
+    return paths
 
 
 def _model_record(model_dir: Path, pred) -> dict:

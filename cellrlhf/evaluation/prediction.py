@@ -34,7 +34,7 @@ from cellrlhf.evaluation.prediction_sampling import (
     sentence_settings,
 )
 
-__all__ = ["PREDICTION_KEY", "RL_TEST_COLUMNS", "predict", "load_test_prompts"]
+__all__ = ["PREDICTION_KEY", "RL_TEST_COLUMNS", "encode_kwargs", "predict", "load_test_prompts"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _check_same_genes(model_vocab, decoder, model_dir: Path, dataset_dir: Path) 
         )
 
 
-def _encode_kwargs(manifest: dict) -> dict:
+def encode_kwargs(manifest: dict) -> dict:
     """``encode`` arguments that write cells as the dataset build wrote them."""
     sentences = sentence_settings(manifest)
     return {"top_k": sentences.get("top_k"), "seed": int(sentences.get("seed", 0))}
@@ -191,7 +191,7 @@ def _decoded_controls(real_test, run: PredictionRun):
         )
     controls = real_test[mask].copy()
     X = representation_ceiling(
-        controls, run.decoder, pert_col="perturbation", **_encode_kwargs(run.manifest)
+        controls, run.decoder, pert_col="perturbation", **encode_kwargs(run.manifest)
     ).X
     n = X.shape[0]
     obs = _control_obs(

@@ -234,6 +234,59 @@ def _rows(X, idx: np.ndarray, genes: np.ndarray):
     return block.toarray() if sp.issparse(block) else np.asarray(block, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class _Groups:
+    """One AnnData's cells grouped by perturbation label, with mean profiles on the evaluation
+    genes."""
+
+    X: object
+    genes: np.ndarray  # columns of X that are the evaluation genes
+    labels: np.ndarray  # sorted unique labels
+    codes: np.ndarray  # each cell's position in labels
+    bulk: np.ndarray  # mean profile of every label on the evaluation genes
+    control: int  # position of the control label
+
+    @classmethod
+    def of(cls, X, adata, genes, pert_col: str, control: str, which: str) -> _Groups:
+        labels, codes = _labels(adata, pert_col, control, which)
+        bulk = group_means(X, codes, len(labels))[:, genes]
+        return cls(X, genes, labels, codes, bulk, int(np.flatnonzero(labels == control)[0]))
+
+    @property
+    def control_mean(self) -> np.ndarray:
+        return self.bulk[self.control]
+
+    def rows(self, labels) -> np.ndarray:
+        """Positions of ``labels`` among this side's labels."""
+        position = {c: i for i, c in enumerate(self.labels)}
+        return np.asarray([position[label] for label in labels])
+
+    def delta(self, rows: np.ndarray) -> np.ndarray:
+        """Change of the mean profiles at ``rows`` from the control's."""
+        return change_from_control(self.bulk[rows], self.control_mean)
+
+    def cells(self, row: int) -> np.ndarray:
+        """Indices of the cells of the label at ``row``."""
+        return np.flatnonzero(self.codes == row)
+
+    def counts(self, rows: np.ndarray) -> np.ndarray:
+        return np.bincount(self.codes, minlength=len(self.labels))[rows]
+
+
+def _scored_perturbations(pred: _Groups, real: _Groups, pert_col: str, control: str):
+    """The predicted perturbations (each must have real cells), control left out."""
+    unknown = sorted(set(pred.labels) - set(real.labels))
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} predicted perturbation(s) have no real cells: {unknown[:10]}. "
+            "Evaluate predictions against the real data of the same perturbations."
+        )
+    perts = np.asarray([c for c in pred.labels if c != control], dtype=object)
+    if perts.size == 0:
+        raise ValueError(f"the predicted AnnData has only control cells ({pert_col}=={control!r}).")
+    return perts
+
+
 def evaluate_predictions(
     pred,
     real,
@@ -301,83 +354,25 @@ def evaluate_predictions(
             raise ValueError(f"the {which} AnnData has no cells.")
     genes, pred_genes, real_genes = _aligned_genes(pred, real)
     Xp, Xr = _matrix(pred, pred_layer), _matrix(real, real_layer)
-    pred_cats, pred_codes = _labels(pred, pert_col, control, "predicted")
-    real_cats, real_codes = _labels(real, pert_col, control, "real")
-    unknown = sorted(set(pred_cats) - set(real_cats))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} predicted perturbation(s) have no real cells: {unknown[:10]}. "
-            "Evaluate predictions against the real data of the same perturbations."
-        )
-    pred_bulk = group_means(Xp, pred_codes, len(pred_cats))[:, pred_genes]
-    real_bulk = group_means(Xr, real_codes, len(real_cats))[:, real_genes]
-    real_pos = {c: i for i, c in enumerate(real_cats)}
-    pred_ctrl = pred_bulk[int(np.flatnonzero(pred_cats == control)[0])]
-    real_ctrl = real_bulk[real_pos[control]]
-
-    perts = np.asarray([c for c in pred_cats if c != control], dtype=object)
-    if perts.size == 0:
-        raise ValueError(f"the predicted AnnData has only control cells ({pert_col}=={control!r}).")
-    pred_rows = np.asarray([int(np.flatnonzero(pred_cats == p)[0]) for p in perts])
-    real_rows = np.asarray([real_pos[p] for p in perts])
-    candidates = np.asarray([c for c in real_cats if c != control], dtype=object)
-    cand_rows = np.asarray([real_pos[c] for c in candidates])
-
-    p_bulk, r_bulk = pred_bulk[pred_rows], real_bulk[real_rows]
-    p_delta = change_from_control(p_bulk, pred_ctrl)
-    r_delta = change_from_control(r_bulk, real_ctrl)
-    specific = np.full(len(perts), np.nan), np.full(len(perts), np.nan)
+    ps = _Groups.of(Xp, pred, pred_genes, pert_col, control, "predicted")
+    rs = _Groups.of(Xr, real, real_genes, pert_col, control, "real")
+    perts = _scored_perturbations(ps, rs, pert_col, control)
+    pred_rows, real_rows = ps.rows(perts), rs.rows(perts)
     reference = _reference_on_genes(reference_delta, real, real_genes)
-    if reference is not None:
-        shared = _reference_on_genes(reference_control, real, real_genes)
-        p_specific = specific_change(p_bulk, pred_ctrl if shared is None else shared, reference)
-        r_specific = specific_change(r_bulk, real_ctrl if shared is None else shared, reference)
-        specific = (
-            pearson_specific_rows(p_specific, r_specific),
-            pearson_specific_top_k(p_specific, r_specific, top_k),
-        )
-    n_pred = np.bincount(pred_codes, minlength=len(pred_cats))[pred_rows]
-    n_real = np.bincount(real_codes, minlength=len(real_cats))[real_rows]
+    shared = None if reference is None else _reference_on_genes(reference_control, real, real_genes)
+    pred_delta = ps.delta(pred_rows)
     table = pd.DataFrame(
         {
             "perturbation": perts,
             "kind": perturbation_kinds(real, perts, pert_col=pert_col, kind_col=kind_col),
-            "n_pred": n_pred,
-            "n_real": n_real,
-            "pearson_delta": pearson_delta(p_bulk, pred_ctrl, r_bulk, real_ctrl),
-            f"pearson_delta_top{top_k}": pearson_delta_top_k(p_delta, r_delta, top_k),
-            "pearson_specific": specific[0],
-            f"pearson_specific_top{top_k}": specific[1],
-            "mae": mae(p_bulk, r_bulk),
-            "mse": mse(p_bulk, r_bulk),
-            "mae_delta": mae(p_delta, r_delta),
-            "mse_delta": mse(p_delta, r_delta),
+            "n_pred": ps.counts(pred_rows),
+            "n_real": rs.counts(real_rows),
+            **_profile_metrics(ps, pred_rows, rs, real_rows, top_k, reference, shared),
+            **_discrimination_scores(pred_delta, rs, perts, genes, control, distances),
         }
     )
-    exclude = target_gene_mask(perts, genes)
-    true_index = np.asarray([int(np.flatnonzero(candidates == p)[0]) for p in perts])
-    all_real_delta = change_from_control(real_bulk[cand_rows], real_ctrl)
-    for metric in distances:
-        table[f"discrimination_score_{metric}"] = discrimination_score(
-            p_delta, all_real_delta, true_index=true_index, exclude=exclude, metric=metric
-        )
-
-    distinct, de_table = _cell_level_metrics(
-        (Xp, pred_codes, pred_rows, int(np.flatnonzero(pred_cats == control)[0]), pred_genes),
-        (Xr, real_codes, real_rows, real_pos[control], real_genes),
-        perts,
-        de=de,
-        de_k=de_k,
-        fdr_threshold=fdr_threshold,
-        is_log1p=is_log1p,
-        progress=progress,
-    )
-    if de_table is not None:
-        table = table.join(de_table, on="perturbation")
-    table["distinct_fraction"] = distinct
-    table["sampling_reliability"] = split_half_change_reliability(
-        Xp, pred_codes, pred_rows, pred_ctrl, genes=pred_genes
-    )
+    tests = _DETests(tuple(de_k), fdr_threshold, is_log1p) if de else None
+    table = _cell_level_metrics(table, ps, pred_rows, rs, real_rows, tests, progress)
     params = {
         "pert_col": pert_col,
         "control": control,
@@ -387,80 +382,139 @@ def evaluate_predictions(
         "fdr_threshold": fdr_threshold,
         "distances": list(distances),
         "n_genes": len(genes),
-        "n_candidates": len(candidates),
+        "n_candidates": len(rs.labels) - 1,
         "specific_reference": reference is not None,
     }
     return Evaluation(
         per_perturbation=table.reset_index(drop=True),
         params=params,
-        pred_delta=p_delta,
-        real_delta=r_delta,
+        pred_delta=pred_delta,
+        real_delta=rs.delta(real_rows),
         genes=np.asarray(genes, dtype=object),
     )
 
 
-def _de_columns(de_k) -> list[str]:
-    return [
-        "overlap_at_N",
-        *(f"overlap_at_{k}" for k in de_k),
-        "precision_at_N",
-        "signed_overlap_at_N",
-        "de_direction_match",
-        "de_sig_genes_recall",
-        "de_n_real",
-        "de_n_pred",
-    ]
-
-
-def _de_row(real_de, pred_de, de_k, fdr_threshold: float) -> dict:
-    """The DE metrics of one perturbation from its real and predicted DE tests."""
-    fdr = {"fdr_threshold": fdr_threshold}
+def _profile_metrics(pred: _Groups, pred_rows, real: _Groups, real_rows, top_k, reference, shared):
+    """The metrics of the mean profiles per perturbation; ``pearson_specific*`` on the change
+    from ``max(control + reference, 0)``, on ``shared`` as both sides' control when given (NaN
+    without a reference)."""
+    p_bulk, r_bulk = pred.bulk[pred_rows], real.bulk[real_rows]
+    p_delta, r_delta = pred.delta(pred_rows), real.delta(real_rows)
+    specific = np.full(len(p_bulk), np.nan), np.full(len(p_bulk), np.nan)
+    if reference is not None:
+        p_specific = specific_change(
+            p_bulk, pred.control_mean if shared is None else shared, reference
+        )
+        r_specific = specific_change(
+            r_bulk, real.control_mean if shared is None else shared, reference
+        )
+        specific = (
+            pearson_specific_rows(p_specific, r_specific),
+            pearson_specific_top_k(p_specific, r_specific, top_k),
+        )
     return {
-        "overlap_at_N": overlap_at_n(real_de, pred_de, None, **fdr),
-        **{f"overlap_at_{k}": overlap_at_n(real_de, pred_de, k, **fdr) for k in de_k},
-        "precision_at_N": precision_at_n(real_de, pred_de, None, **fdr),
-        "signed_overlap_at_N": signed_overlap_at_n(real_de, pred_de, None, **fdr),
-        "de_direction_match": direction_match(real_de, pred_de, **fdr),
-        "de_sig_genes_recall": sig_genes_recall(real_de, pred_de, **fdr),
-        "de_n_real": int(real_de.significant(fdr_threshold).sum()),
-        "de_n_pred": int(pred_de.significant(fdr_threshold).sum()),
+        "pearson_delta": pearson_delta(p_bulk, pred.control_mean, r_bulk, real.control_mean),
+        f"pearson_delta_top{top_k}": pearson_delta_top_k(p_delta, r_delta, top_k),
+        "pearson_specific": specific[0],
+        f"pearson_specific_top{top_k}": specific[1],
+        "mae": mae(p_bulk, r_bulk),
+        "mse": mse(p_bulk, r_bulk),
+        "mae_delta": mae(p_delta, r_delta),
+        "mse_delta": mse(p_delta, r_delta),
     }
 
 
-def _cell_level_metrics(pred, real, perts, *, de, de_k, fdr_threshold, is_log1p, progress):
-    """Per perturbation: the fraction of distinct predicted cells, and (``de``) the DE metrics.
+def _discrimination_scores(pred_delta, real: _Groups, perts, genes, control: str, distances):
+    """Per distance, the rank score of each true perturbation among all real perturbations."""
+    candidates = np.asarray([c for c in real.labels if c != control], dtype=object)
+    all_real_delta = real.delta(real.rows(candidates))
+    true_index = np.asarray([int(np.flatnonzero(candidates == p)[0]) for p in perts])
+    exclude = target_gene_mask(perts, genes)
+    return {
+        f"discrimination_score_{metric}": discrimination_score(
+            pred_delta, all_real_delta, true_index=true_index, exclude=exclude, metric=metric
+        )
+        for metric in distances
+    }
 
-    ``pred`` and ``real`` are ``(X, codes, row of each perturbation, control row, genes)``.
-    Returns ``(distinct, de_table)``; ``de_table`` is ``None`` without ``de``.
-    """
+
+@dataclass(frozen=True)
+class _DETests:
+    """How the DE metrics are taken: extra ``overlap_at_{k}`` cut-offs, the FDR threshold, and
+    whether values are log1p (fold changes in count space)."""
+
+    de_k: tuple[int, ...]
+    fdr_threshold: float
+    is_log1p: bool
+
+    def columns(self) -> list[str]:
+        return [
+            "overlap_at_N",
+            *(f"overlap_at_{k}" for k in self.de_k),
+            "precision_at_N",
+            "signed_overlap_at_N",
+            "de_direction_match",
+            "de_sig_genes_recall",
+            "de_n_real",
+            "de_n_pred",
+        ]
+
+    def test(self, cells: np.ndarray, control_cells: np.ndarray):
+        return differential_expression(cells, control_cells, is_log1p=self.is_log1p)
+
+    def n_significant(self, result) -> int:
+        return int(result.significant(self.fdr_threshold).sum())
+
+    def row(self, real_de, pred_de) -> dict:
+        """The DE metrics of one perturbation from its real and predicted DE tests."""
+        fdr = {"fdr_threshold": self.fdr_threshold}
+        return {
+            "overlap_at_N": overlap_at_n(real_de, pred_de, None, **fdr),
+            **{f"overlap_at_{k}": overlap_at_n(real_de, pred_de, k, **fdr) for k in self.de_k},
+            "precision_at_N": precision_at_n(real_de, pred_de, None, **fdr),
+            "signed_overlap_at_N": signed_overlap_at_n(real_de, pred_de, None, **fdr),
+            "de_direction_match": direction_match(real_de, pred_de, **fdr),
+            "de_sig_genes_recall": sig_genes_recall(real_de, pred_de, **fdr),
+            "de_n_real": self.n_significant(real_de),
+            "de_n_pred": self.n_significant(pred_de),
+        }
+
+
+def _cell_level_metrics(table, pred: _Groups, pred_rows, real: _Groups, real_rows, de, progress):
+    """``table`` with the metrics that need cells: the DE metrics (``de``, a :class:`_DETests`;
+    ``None``: none), the fraction of distinct predicted cells and the split-half reliability of
+    the predicted change."""
     from tqdm.auto import tqdm
 
-    Xp, pred_codes, pred_rows, pred_control, pred_genes = pred
-    Xr, real_codes, real_rows, real_control, real_genes = real
-    columns = _de_columns(de_k)
+    perts = table["perturbation"].to_numpy()
     distinct = np.full(len(perts), np.nan)
     rows: dict[str, dict] = {}
     if de:
-        pred_ctrl_cells = _rows(Xp, np.flatnonzero(pred_codes == pred_control), pred_genes)
-        real_ctrl_cells = _rows(Xr, np.flatnonzero(real_codes == real_control), real_genes)
+        pred_ctrl_cells = _rows(pred.X, pred.cells(pred.control), pred.genes)
+        real_ctrl_cells = _rows(real.X, real.cells(real.control), real.genes)
     for i, p in enumerate(tqdm(perts, desc="evaluate", disable=not progress)):
-        p_cells_idx = np.flatnonzero(pred_codes == pred_rows[i])
+        p_cells_idx = pred.cells(pred_rows[i])
         if len(p_cells_idx) > 1:
-            distinct[i] = distinct_rows_fraction(Xp[p_cells_idx])[0]
+            distinct[i] = distinct_rows_fraction(pred.X[p_cells_idx])[0]
         if not de:
             continue
-        r_cells = _rows(Xr, np.flatnonzero(real_codes == real_rows[i]), real_genes)
-        real_de = differential_expression(r_cells, real_ctrl_cells, is_log1p=is_log1p)
+        real_de = de.test(_rows(real.X, real.cells(real_rows[i]), real.genes), real_ctrl_cells)
         if len(p_cells_idx) == 1:  # one profile: nothing to test
-            n_real_de = int(real_de.significant(fdr_threshold).sum())
-            rows[p] = {**dict.fromkeys(columns, np.nan), "de_n_real": n_real_de}
+            rows[p] = {
+                **dict.fromkeys(de.columns(), np.nan),
+                "de_n_real": de.n_significant(real_de),
+            }
             continue
-        p_cells = _rows(Xp, p_cells_idx, pred_genes)
-        pred_de = differential_expression(p_cells, pred_ctrl_cells, is_log1p=is_log1p)
-        rows[p] = _de_row(real_de, pred_de, de_k, fdr_threshold)
-    if not de:
-        return distinct, None
-    return distinct, pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+        pred_de = de.test(_rows(pred.X, p_cells_idx, pred.genes), pred_ctrl_cells)
+        rows[p] = de.row(real_de, pred_de)
+    if de:
+        de_table = pd.DataFrame.from_dict(rows, orient="index", columns=de.columns())
+        table = table.join(de_table, on="perturbation")
+    table["distinct_fraction"] = distinct
+    table["sampling_reliability"] = split_half_change_reliability(
+        pred.X, pred.codes, pred_rows, pred.control_mean, genes=pred.genes
+    )
+    return table
 
 
 def _reference_on_genes(reference_delta, real, real_genes: np.ndarray) -> np.ndarray | None:
