@@ -311,54 +311,20 @@ def run_config(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any
 # --------------------------------------------------------------------------- main
 def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
     """Train, save and evaluate a reward model. Returns the final evaluation (or ``{}``)."""
-    from transformers import AutoTokenizer
     from trl import RewardTrainer
 
-    from cellrlhf.reward.preference_files import load_preference_pairs
     from cellrlhf.sft.checkpoints import resolve_resume
     from cellrlhf.sft.model_dir import save_model_dir
 
     sft_dir = check_sft_model_dir(model_args.model_name_or_path)
-    if not args.preferences_dir:
-        raise ValueError(
-            "no preference data given: pass --preferences_dir <directory written by `cellrlhf "
-            "preferences`> (or set preferences_dir in the --config YAML)."
-        )
-    pairs = load_preference_pairs(args.preferences_dir)
-    if args.train_split not in pairs:
-        raise ValueError(
-            f"{args.preferences_dir} has no {args.train_split!r} split of pairs (has {list(pairs)})."
-        )
-    train = training_pairs(
-        pairs[args.train_split],
-        pair_kinds=args.pair_kinds,
-        max_pairs=args.max_train_pairs,
-        margin_scale=args.score_margin_scale,
-        seed=args.seed,
-    )
-    eval_dataset = None
-    if args.eval_strategy != "no":
-        if args.eval_split not in pairs:
-            raise ValueError(
-                f"eval_strategy={args.eval_strategy} needs pairs split {args.eval_split!r}."
-            )
-        eval_dataset = training_pairs(pairs[args.eval_split], margin_scale=args.score_margin_scale)
-        if args.load_best_model_at_end:
-            logger.warning(
-                "load_best_model_at_end selects the model on the held-out split %r: its figures are then "
-                "no longer unbiased estimates for unseen perturbations.",
-                args.eval_split,
-            )
+    pairs, train, eval_dataset = _load_pairs(args)
     plugin = getattr(args, "deepspeed_plugin", None)
     if model_args.use_peft and plugin is not None and plugin.zero_stage == 3:
         raise ValueError(
             "LoRA reward models are saved merged, which needs the full weights on one process: use "
             "ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml) or train without --use_peft under ZeRO-3."
         )
-
-    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _load_tokenizer(sft_dir)
     init_kwargs = dict(args.model_init_kwargs or {})
     init_kwargs.setdefault("dtype", model_args.dtype or "float32")
     init_kwargs.setdefault("use_safetensors", True)
@@ -399,34 +365,88 @@ def main(args: CellRewardConfig, model_args: ModelConfig) -> dict[str, Any]:
         run_config=run_config(args, model_args),
         peft_save="merged",
     )
-
     result: dict[str, Any] = {}
     if args.final_eval and trainer.accelerator.is_main_process:
-        from cellrlhf.reward.reward_model_eval import evaluate_saved
-
-        if args.eval_split in pairs:
-            result = evaluate_saved(
-                output_dir,
-                args.preferences_dir,
-                split=args.eval_split,
-                batch_size=args.per_device_eval_batch_size,
-                max_pairs=args.final_eval_max_pairs,
-                max_completions=args.final_eval_max_completions,
-            )
-            logger.info(
-                "held-out (%s) pairwise accuracy %.3f, Spearman %.3f pooled / %.3f within prompt",
-                args.eval_split,
-                result.get("pairwise_accuracy", float("nan")),
-                result.get("spearman", float("nan")),
-                result.get("spearman_within_prompt", float("nan")),
-            )
-        else:
-            logger.warning(
-                "no %r split in %s: final evaluation skipped.",
-                args.eval_split,
-                args.preferences_dir,
-            )
+        result = _final_evaluation(args, output_dir, has_split=args.eval_split in pairs)
     trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def _load_pairs(args: CellRewardConfig):
+    """``(pairs, train, eval_dataset)``: every split of the preference pairs, the training pairs
+    and the pairs evaluated during training (``None`` with ``eval_strategy: no``)."""
+    from cellrlhf.reward.preference_files import load_preference_pairs
+
+    if not args.preferences_dir:
+        raise ValueError(
+            "no preference data given: pass --preferences_dir <directory written by `cellrlhf "
+            "preferences`> (or set preferences_dir in the --config YAML)."
+        )
+    pairs = load_preference_pairs(args.preferences_dir)
+    if args.train_split not in pairs:
+        raise ValueError(
+            f"{args.preferences_dir} has no {args.train_split!r} split of pairs (has {list(pairs)})."
+        )
+    train = training_pairs(
+        pairs[args.train_split],
+        pair_kinds=args.pair_kinds,
+        max_pairs=args.max_train_pairs,
+        margin_scale=args.score_margin_scale,
+        seed=args.seed,
+    )
+    if args.eval_strategy == "no":
+        return pairs, train, None
+    if args.eval_split not in pairs:
+        raise ValueError(
+            f"eval_strategy={args.eval_strategy} needs pairs split {args.eval_split!r}."
+        )
+    if args.load_best_model_at_end:
+        logger.warning(
+            "load_best_model_at_end selects the model on the held-out split %r: its figures are then "
+            "no longer unbiased estimates for unseen perturbations.",
+            args.eval_split,
+        )
+    return (
+        pairs,
+        train,
+        training_pairs(pairs[args.eval_split], margin_scale=args.score_margin_scale),
+    )
+
+
+def _load_tokenizer(sft_dir: Path):
+    """The SFT model's tokenizer, padding with the end token where it has no pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _final_evaluation(args: CellRewardConfig, output_dir: Path, *, has_split: bool) -> dict:
+    """Evaluate the saved reward model on the held-out split (``{}`` when there is none)."""
+    if not has_split:
+        logger.warning(
+            "no %r split in %s: final evaluation skipped.", args.eval_split, args.preferences_dir
+        )
+        return {}
+    from cellrlhf.reward.reward_model_eval import evaluate_saved
+
+    result = evaluate_saved(
+        output_dir,
+        args.preferences_dir,
+        split=args.eval_split,
+        batch_size=args.per_device_eval_batch_size,
+        max_pairs=args.final_eval_max_pairs,
+        max_completions=args.final_eval_max_completions,
+    )
+    logger.info(
+        "held-out (%s) pairwise accuracy %.3f, Spearman %.3f pooled / %.3f within prompt",
+        args.eval_split,
+        result.get("pairwise_accuracy", float("nan")),
+        result.get("spearman", float("nan")),
+        result.get("spearman_within_prompt", float("nan")),
+    )
     return result
 
 

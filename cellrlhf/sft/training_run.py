@@ -57,16 +57,8 @@ def train_stage(
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (timers, custom logging).
     """
-    from cellrlhf.sft.evaluation import (
-        GenerationEvaluator,
-        fidelity_references,
-        pretrain_generation_examples,
-        sft_generation_examples,
-    )
     from cellrlhf.sft.model_dir import run_config_dict, save_model_dir
     from cellrlhf.sft.model_factory import build_model_and_tokenizer, peft_config_for
-    from cellrlhf.sft.perturbation_dropout import PerturbationDropout, PerturbationDropoutCallback
-    from cellrlhf.sft.repeat_unlikelihood import RepeatUnlikelihood
     from cellrlhf.sft.trainer import CellSFTTrainer
 
     _setup_logging(training_args)
@@ -95,40 +87,13 @@ def train_stage(
         tokenizer_from=resume,
     )
     peft_config = peft_config_for(model_args, bundle)
-
-    evaluator = None
-    if evaluation is not None and training_args.eval_generation_samples > 0:
-        pick = pretrain_generation_examples if stage == "pretrain" else sft_generation_examples
-        examples = pick(evaluation, training_args.eval_generation_samples, seed=training_args.seed)
-        references = {}
-        if stage == "sft" and training_args.eval_fidelity_perturbations > 0:
-            references = fidelity_references(dataset.load_rl())
-        evaluator = GenerationEvaluator(
-            examples,
-            bundle.tokenizer,
-            dataset.decoder(),
-            max_new_tokens=training_args.eval_generation_max_new_tokens,
-            batch_size=training_args.eval_generation_batch_size,
-            temperature=training_args.eval_generation_temperature,
-            seed=training_args.seed,
-            references=references,
-            fidelity_perturbations=training_args.eval_fidelity_perturbations,
-            fidelity_cells=training_args.eval_fidelity_cells,
-            constrain_cells=training_args.eval_generation_constrained,
-        )
-
-    dropout, callbacks = None, list(callbacks)
-    if stage == "sft" and training_args.perturbation_dropout > 0:
-        dropout = PerturbationDropout(
-            bundle.tokenizer,
-            probability=training_args.perturbation_dropout,
-            seed=training_args.seed,
-        )
-        dropout.check_round_trip(bundle.gene_examples)
-        callbacks.append(PerturbationDropoutCallback(dropout))
-
+    evaluator = _generation_evaluator(stage, evaluation, dataset, bundle.tokenizer, training_args)
+    callbacks = list(callbacks)
+    dropout = _perturbation_dropout(stage, bundle, training_args, callbacks)
     repeat_term = None
     if training_args.repeat_unlikelihood_weight > 0:
+        from cellrlhf.sft.repeat_unlikelihood import RepeatUnlikelihood
+
         repeat_term = RepeatUnlikelihood(
             bundle.tokenizer, dataset.vocab(), training_args.repeat_unlikelihood_weight
         )
@@ -146,18 +111,82 @@ def train_stage(
         repeat_unlikelihood=repeat_term,
     )
 
+    metrics = _train_and_evaluate(
+        trainer, output_dir, resume=resume, evaluate=evaluation is not None
+    )
+    save_model_dir(
+        trainer,
+        output_dir,
+        info=_model_info(stage, bundle, dataset),
+        dataset=dataset,
+        run_config=run_config_dict(stage, script_args, training_args, model_args),
+        peft_save=training_args.peft_save,
+    )
+    return StageResult(trainer, output_dir, metrics)
+
+
+def _train_and_evaluate(trainer, output_dir: Path, *, resume, evaluate: bool) -> dict:
+    """Train (from ``resume`` when set), save the trainer state; the final evaluation's metrics."""
     if trainer.args.should_save:
         clear_staging(output_dir)
     trainer.accelerator.wait_for_everyone()
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
+    if not evaluate:
+        return {}
+    metrics = final_evaluation(trainer)
+    trainer.save_metrics("eval", metrics)
+    return metrics
 
-    metrics = {}
-    if evaluation is not None:
-        metrics = final_evaluation(trainer)
-        trainer.save_metrics("eval", metrics)
 
-    info = {
+def _generation_evaluator(stage: Stage, evaluation, dataset: CellDatasetDir, tokenizer, args):
+    """The generation metrics of evaluation (``None`` without an evaluation split or samples)."""
+    if evaluation is None or args.eval_generation_samples <= 0:
+        return None
+    from cellrlhf.sft.evaluation import (
+        GenerationEvaluator,
+        fidelity_references,
+        pretrain_generation_examples,
+        sft_generation_examples,
+    )
+
+    pick = pretrain_generation_examples if stage == "pretrain" else sft_generation_examples
+    examples = pick(evaluation, args.eval_generation_samples, seed=args.seed)
+    references = {}
+    if stage == "sft" and args.eval_fidelity_perturbations > 0:
+        references = fidelity_references(dataset.load_rl())
+    return GenerationEvaluator(
+        examples,
+        tokenizer,
+        dataset.decoder(),
+        max_new_tokens=args.eval_generation_max_new_tokens,
+        batch_size=args.eval_generation_batch_size,
+        temperature=args.eval_generation_temperature,
+        seed=args.seed,
+        references=references,
+        fidelity_perturbations=args.eval_fidelity_perturbations,
+        fidelity_cells=args.eval_fidelity_cells,
+        constrain_cells=args.eval_generation_constrained,
+    )
+
+
+def _perturbation_dropout(stage: Stage, bundle, args, callbacks: list):
+    """SFT's perturbation dropout (``None``: off); its callback is appended to ``callbacks``."""
+    if stage != "sft" or args.perturbation_dropout <= 0:
+        return None
+    from cellrlhf.sft.perturbation_dropout import PerturbationDropout, PerturbationDropoutCallback
+
+    dropout = PerturbationDropout(
+        bundle.tokenizer, probability=args.perturbation_dropout, seed=args.seed
+    )
+    dropout.check_round_trip(bundle.gene_examples)
+    callbacks.append(PerturbationDropoutCallback(dropout))
+    return dropout
+
+
+def _model_info(stage: Stage, bundle, dataset: CellDatasetDir) -> dict:
+    """``cellrlhf.json`` content of the trained model."""
+    return {
         "stage": stage,
         "tokenizer_mode": bundle.tokenizer_mode,
         "base_model": bundle.base_model,
@@ -166,15 +195,6 @@ def train_stage(
         "dataset": {"path": str(dataset.path), "fingerprint": dataset.manifest.get("fingerprint")},
         "cellrlhf_version": _version(),
     }
-    save_model_dir(
-        trainer,
-        output_dir,
-        info=info,
-        dataset=dataset,
-        run_config=run_config_dict(stage, script_args, training_args, model_args),
-        peft_save=training_args.peft_save,
-    )
-    return StageResult(trainer, output_dir, metrics)
 
 
 def final_evaluation(trainer) -> dict[str, float]:
