@@ -186,6 +186,8 @@ def _perturbation_dropout(stage: Stage, bundle, args, callbacks: list):
 
 def _model_info(stage: Stage, bundle, dataset: CellDatasetDir) -> dict:
     """``cellrlhf.json`` content of the trained model."""
+    from cellrlhf import __version__
+
     return {
         "stage": stage,
         "tokenizer_mode": bundle.tokenizer_mode,
@@ -193,7 +195,7 @@ def _model_info(stage: Stage, bundle, dataset: CellDatasetDir) -> dict:
         "added_gene_tokens": len(bundle.new_token_ids),
         "perturbation_targets": dataset.perturbation_targets(),
         "dataset": {"path": str(dataset.path), "fingerprint": dataset.manifest.get("fingerprint")},
-        "cellrlhf_version": _version(),
+        "cellrlhf_version": __version__,
     }
 
 
@@ -350,9 +352,3 @@ def _setup_logging(training_args) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         package_logger.addHandler(handler)
     transformers.utils.logging.set_verbosity(level)
-
-
-def _version() -> str:
-    from cellrlhf import __version__
-
-    return __version__
