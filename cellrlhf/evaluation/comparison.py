@@ -101,41 +101,13 @@ def compare_methods(
         kwargs["reference_delta"] = training_mean_delta(
             in_context, pert_col=pert_col, control=control, layer=layer
         )
-    labels = real.obs[pert_col].astype(str).to_numpy()
-    perturbations = [p for p in dict.fromkeys(labels) if p != control]
     results: dict[str, Evaluation] = {}
     for name, pred in (predictions or {}).items():
         logger.info("evaluating %s", name)
         results[name] = evaluate_predictions(pred, real, real_layer=layer, **kwargs)
     if train is not None and baselines:
-        predicted = predict_baselines(
-            train,
-            perturbations,
-            pert_col=pert_col,
-            control=control,
-            layer=layer,
-            methods=baselines,
-            context=context,
-            context_col=context_col,
-        )
-        kind_col = evaluate_kwargs.get("kind_col")
-        for name, deltas in predicted.items():
-            missing = pd.DataFrame(
-                {
-                    "perturbation": list(deltas.not_applicable),
-                    "kind": perturbation_kinds(
-                        real, deltas.not_applicable, pert_col=pert_col, kind_col=kind_col
-                    ),
-                },
-                dtype=object,
-            )
-            if len(deltas.perturbations) == 0:
-                logger.info("baseline %s applies to none of the test perturbations", name)
-                results[name] = _nothing_predicted(deltas, missing)
-                continue
-            pred = prediction_adata(deltas, real, pert_col=pert_col, control=control, layer=layer)
-            evaluation = evaluate_predictions(pred, real, real_layer=layer, **kwargs)
-            results[name] = replace(evaluation, not_applicable=missing)
+        found = _baseline_evaluations(real, train, baselines, context, context_col, layer, kwargs)
+        results.update(found)
     if split_half_ceiling:
         half_a, half_b = split_half(real, pert_col=pert_col, seed=seed)
         results[SPLIT_HALF] = evaluate_predictions(
@@ -155,6 +127,44 @@ def compare_methods(
         )
     if not results:
         raise ValueError("nothing to evaluate: pass predictions, train= (baselines) or ceilings.")
+    return results
+
+
+def _baseline_evaluations(real, train, methods, context, context_col, layer, kwargs) -> dict:
+    """Each baseline learned from ``train`` and scored on ``real``'s perturbations, with those
+    it does not apply to listed in ``not_applicable`` (``kwargs``: those of
+    :func:`evaluate_predictions`, ``pert_col`` and ``control`` included)."""
+    pert_col, control = kwargs["pert_col"], kwargs["control"]
+    labels = real.obs[pert_col].astype(str).to_numpy()
+    perturbations = [p for p in dict.fromkeys(labels) if p != control]
+    predicted = predict_baselines(
+        train,
+        perturbations,
+        pert_col=pert_col,
+        control=control,
+        layer=layer,
+        methods=methods,
+        context=context,
+        context_col=context_col,
+    )
+    results: dict[str, Evaluation] = {}
+    for name, deltas in predicted.items():
+        missing = pd.DataFrame(
+            {
+                "perturbation": list(deltas.not_applicable),
+                "kind": perturbation_kinds(
+                    real, deltas.not_applicable, pert_col=pert_col, kind_col=kwargs.get("kind_col")
+                ),
+            },
+            dtype=object,
+        )
+        if len(deltas.perturbations) == 0:
+            logger.info("baseline %s applies to none of the test perturbations", name)
+            results[name] = _nothing_predicted(deltas, missing)
+            continue
+        pred = prediction_adata(deltas, real, pert_col=pert_col, control=control, layer=layer)
+        evaluation = evaluate_predictions(pred, real, real_layer=layer, **kwargs)
+        results[name] = replace(evaluation, not_applicable=missing)
     return results
 
 

@@ -93,23 +93,28 @@ def _control_splits(dataset_dir: Path, split: str, contexts: list[str]) -> dict[
     return {ctx: recorded.get(ctx, "") for ctx in contexts}
 
 
-def _expression(source, rows: np.ndarray, mapping, expression, progress: bool) -> sp.csr_matrix:
-    """Rows (sorted source positions) on the vocabulary, transformed as the build did."""
+def _expression(source, rows: np.ndarray, mapping, expression, progress: bool, n_genes: int):
+    """Source rows (in the order given) on the vocabulary, transformed as the build did, as
+    float32 CSR; read in source order."""
     from tqdm.auto import tqdm
 
     from cellrlhf.data.expression import iter_expression_blocks
 
-    blocks = []
+    read_order = np.argsort(rows, kind="stable")
     iterator = iter_expression_blocks(
         source.expression.matrix,
-        rows,
+        rows[read_order],
         mapping=mapping,
         transform=expression.transform,
         chunk_size=expression.chunk_size,
     )
-    for block in tqdm(iterator, desc="real cells", unit="block", disable=not progress):
-        blocks.append(sp.csr_matrix(block.values(), dtype=np.float32, copy=True))
-    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, 0), dtype=np.float32)
+    blocks = [
+        sp.csr_matrix(block.values(), dtype=np.float32, copy=True)
+        for block in tqdm(iterator, desc="real cells", unit="block", disable=not progress)
+    ]
+    empty = sp.csr_matrix((0, n_genes), dtype=np.float32)
+    X = sp.vstack(blocks, format="csr") if blocks else empty
+    return X[np.argsort(read_order)] if X.shape[0] else empty
 
 
 def real_cells(
@@ -160,61 +165,23 @@ def real_cells(
 
     from cellrlhf.cell2text.vocab import GeneVocab
     from cellrlhf.data.config import DataBuildConfig
-    from cellrlhf.data.layout import MANIFEST_FILENAME, SPLITS_FILENAME
-    from cellrlhf.data.schema import CONTROL_LABEL, standardize_obs
+    from cellrlhf.data.schema import CONTROL_LABEL
 
     if split not in _SPLITS:
         raise ValueError(f"split={split!r}; choose one of {_SPLITS}.")
     dataset_dir = Path(dataset_dir)
-    manifest = _read_json(dataset_dir / MANIFEST_FILENAME)
-    splits = _read_json(dataset_dir / SPLITS_FILENAME)
-    if "config" not in manifest or "cells" not in splits:
-        raise ValueError(
-            f"{dataset_dir} does not record its data config and split cells (manifest 'config', "
-            "splits 'cells'); rebuild it with this version of `cellrlhf data build`."
-        )
+    manifest, splits = _recorded(dataset_dir)
     config = DataBuildConfig.from_dict(manifest["config"])
     saved_vocab = GeneVocab.load(dataset_dir)
-    labels_of = {cid: name for name, ids in splits["cells"].items() for cid in ids}
     with _open(config, data_dir, cache_dir) as source:
-        expected = (manifest.get("source") or {}).get("sha256")
-        if expected and source.sha256 != expected:
-            raise SourceChecksumError(
-                f"the source found ({source.info.get('path') or source.info.get('name') or source.kind}) "
-                f"has checksum {source.sha256}, but {dataset_dir} was built from data with "
-                f"checksum {expected}. It is different data (or different simulator settings); "
-                "point --data-dir at the original file or rebuild the dataset."
-            )
-        index = pd.Index(source.obs.index.astype(str))
-        listed = np.asarray(list(labels_of), dtype=object)
-        positions = index.get_indexer(listed)
-        if (positions < 0).any():
-            missing = listed[positions < 0][:5].tolist()
-            raise ValueError(
-                f"{int((positions < 0).sum())} cell id(s) of {dataset_dir / SPLITS_FILENAME} are "
-                f"not in the source, e.g. {missing}: the source differs from the one built from."
-            )
-        order = np.argsort(positions, kind="stable")
-        rows = positions[order]
-        obs = standardize_obs(source.obs.iloc[rows], config.schema)
-        obs["split"] = [labels_of[c] for c in obs.index]
+        _check_source(source, manifest, dataset_dir)
+        rows, obs = _listed_cells(source, splits["cells"], config.schema, dataset_dir)
         wanted = list(splits["cells"][split])
         if include_controls:
             wanted += _borrowed_controls(dataset_dir, split, obs, CONTROL_LABEL)
-        vocab, mapping = _vocab_mapping(source, config.expression)
-        if list(vocab.genes) != list(saved_vocab.genes):
-            raise SourceChecksumError(
-                f"the source's genes differ from {dataset_dir}/gene_vocab.json; it is not the "
-                "data the dataset was built from."
-            )
+        vocab, mapping = _checked_vocab(source, config.expression, saved_vocab, dataset_dir)
         wanted_rows = rows[obs.index.get_indexer(wanted)]
-        read_order = np.argsort(wanted_rows, kind="stable")
-        X = _expression(source, wanted_rows[read_order], mapping, config.expression, progress)
-    X = (
-        X[np.argsort(read_order)]
-        if X.shape[0]
-        else sp.csr_matrix((0, len(vocab)), dtype=np.float32)
-    )
+        X = _expression(source, wanted_rows, mapping, config.expression, progress, len(vocab))
     result = ad.AnnData(
         X=X,
         obs=obs.loc[wanted].copy(),
@@ -233,6 +200,69 @@ def real_cells(
     }
     logger.info("real %s cells of %s: %d cells", split, dataset_dir, result.n_obs)
     return result
+
+
+def _recorded(dataset_dir: Path) -> tuple[dict, dict]:
+    """``manifest.json`` and ``splits.json``, checked to record the data config and split cells."""
+    from cellrlhf.data.layout import MANIFEST_FILENAME, SPLITS_FILENAME
+
+    manifest = _read_json(dataset_dir / MANIFEST_FILENAME)
+    splits = _read_json(dataset_dir / SPLITS_FILENAME)
+    if "config" not in manifest or "cells" not in splits:
+        raise ValueError(
+            f"{dataset_dir} does not record its data config and split cells (manifest 'config', "
+            "splits 'cells'); rebuild it with this version of `cellrlhf data build`."
+        )
+    return manifest, splits
+
+
+def _check_source(source, manifest: dict, dataset_dir: Path) -> None:
+    """The source's checksum is the one the dataset was built from (when recorded)."""
+    expected = (manifest.get("source") or {}).get("sha256")
+    if expected and source.sha256 != expected:
+        raise SourceChecksumError(
+            f"the source found ({source.info.get('path') or source.info.get('name') or source.kind}) "
+            f"has checksum {source.sha256}, but {dataset_dir} was built from data with "
+            f"checksum {expected}. It is different data (or different simulator settings); "
+            "point --data-dir at the original file or rebuild the dataset."
+        )
+
+
+def _listed_cells(source, cells: dict, schema, dataset_dir: Path):
+    """The cells of every split (``cells``: split -> ids) in source order.
+
+    Returns
+    -------
+    (rows, obs): their source positions, and their standardized ``obs`` with ``split``.
+    """
+    from cellrlhf.data.layout import SPLITS_FILENAME
+    from cellrlhf.data.schema import standardize_obs
+
+    labels_of = {cid: name for name, ids in cells.items() for cid in ids}
+    index = pd.Index(source.obs.index.astype(str))
+    listed = np.asarray(list(labels_of), dtype=object)
+    positions = index.get_indexer(listed)
+    if (positions < 0).any():
+        missing = listed[positions < 0][:5].tolist()
+        raise ValueError(
+            f"{int((positions < 0).sum())} cell id(s) of {dataset_dir / SPLITS_FILENAME} are "
+            f"not in the source, e.g. {missing}: the source differs from the one built from."
+        )
+    rows = positions[np.argsort(positions, kind="stable")]
+    obs = standardize_obs(source.obs.iloc[rows], schema)
+    obs["split"] = [labels_of[c] for c in obs.index]
+    return rows, obs
+
+
+def _checked_vocab(source, expression, saved_vocab, dataset_dir: Path):
+    """The source's genes mapped onto the vocabulary, which must be the dataset's."""
+    vocab, mapping = _vocab_mapping(source, expression)
+    if list(vocab.genes) != list(saved_vocab.genes):
+        raise SourceChecksumError(
+            f"the source's genes differ from {dataset_dir}/gene_vocab.json; it is not the "
+            "data the dataset was built from."
+        )
+    return vocab, mapping
 
 
 def _borrowed_controls(dataset_dir: Path, split: str, obs: pd.DataFrame, control: str) -> list:
