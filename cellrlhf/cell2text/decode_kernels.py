@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from cellrlhf.cell2text.ranking import kernel_threads
+from cellrlhf.cell2text.thread_budget import kernel_threads
 
 __all__ = [
     "GeneLookup",

@@ -31,7 +31,6 @@ from cellrlhf.cell2text.ranking import (
     RankedCells,
     cell_keys,
     gene_tie_keys,
-    kernel_threads,
     rank_expressed,
 )
 from cellrlhf.cell2text.sentence_kernels import (
@@ -40,6 +39,7 @@ from cellrlhf.cell2text.sentence_kernels import (
     sentence_lengths,
     write_sentences,
 )
+from cellrlhf.cell2text.thread_budget import kernel_threads
 from cellrlhf.cell2text.vocab import GeneVocab, gene_mapping
 
 __all__ = [

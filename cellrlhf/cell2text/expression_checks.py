@@ -111,7 +111,7 @@ def _flags_by_row_dense(X):
 
 
 def _row_flags(X) -> np.ndarray:
-    from cellrlhf.cell2text.ranking import kernel_threads
+    from cellrlhf.cell2text.thread_budget import kernel_threads
 
     n_values = X.nnz if sp.issparse(X) else int(np.prod(np.shape(X)))
     with kernel_threads(n_values):

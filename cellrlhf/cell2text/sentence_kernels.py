@@ -25,12 +25,12 @@ from cellrlhf.cell2text.ranking import (
     ROWS_PER_TASK,
     csr_parts,
     float32_bits,
-    kernel_threads,
-    mixed_cell_keys,
     row_scratch,
     sort_row,
     task_rows,
 )
+from cellrlhf.cell2text.thread_budget import kernel_threads
+from cellrlhf.cell2text.tie_keys import mixed_cell_keys
 
 __all__ = [
     "rank_sentence_bytes",

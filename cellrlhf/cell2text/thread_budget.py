@@ -20,7 +20,9 @@ import os
 import sys
 from collections.abc import Iterator
 
-__all__ = ["align_numba_threads", "keep_torch_threads", "omp_thread_budget"]
+__all__ = ["align_numba_threads", "keep_torch_threads", "kernel_threads", "omp_thread_budget"]
+
+_PARALLEL_MIN_WORK = 100_000  # below this many stored values, waking worker threads costs more
 
 
 def omp_thread_budget() -> int | None:
@@ -52,3 +54,26 @@ def keep_torch_threads() -> Iterator[None]:
     finally:
         if before is not None and torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def kernel_threads(work: int) -> Iterator[None]:
+    """Run numba kernels on one thread when ``work`` (stored values) is small.
+
+    Waking the worker threads of a parallel kernel costs more than ranking a few thousand
+    values, and much more on a loaded machine. Results never depend on the thread count.
+    PyTorch's thread count is restored afterwards (numba's OpenMP layer changes it).
+    """
+    import numba
+
+    if work >= _PARALLEL_MIN_WORK or numba.get_num_threads() == 1:
+        with keep_torch_threads():
+            yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with keep_torch_threads():
+            yield
+    finally:
+        numba.set_num_threads(before)
