@@ -198,9 +198,9 @@ def rank_sentence_bytes(
     X_csr
         ``(n_cells, n_genes)`` CSR matrix whose columns are the genes of ``tie_keys``.
     keys
-        ``(n_cells,)`` ``uint64`` cell keys (:func:`~cellrlhf.cell2text.ranking.cell_keys`).
+        ``(n_cells,)`` ``uint64`` cell keys (:func:`~cellrlhf.cell2text.tie_keys.cell_keys`).
     tie_keys, names
-        :class:`~cellrlhf.cell2text.ranking.GeneTieKeys` and
+        :class:`~cellrlhf.cell2text.tie_keys.GeneTieKeys` and
         :class:`~cellrlhf.cell2text.encoding.GeneNameBytes` of the same genes.
     seed
         Tie-breaking seed.
