@@ -231,12 +231,11 @@ def _generated_obs(run: PredictionRun, answers: SampledAnswers) -> pd.DataFrame:
     )
 
 
-def _prediction_anndata(run: PredictionRun, answers: SampledAnswers, controls):
+def _prediction_anndata(run: PredictionRun, answers: SampledAnswers, control_X, control_obs):
     """The sampled cells, then the control rows, as one AnnData (float32 CSR)."""
     import anndata as ad
     import scipy.sparse as sp
 
-    control_X, control_obs = controls
     obs = pd.concat([_generated_obs(run, answers), control_obs])
     for column in ("perturbation", "cell_context", "split_kind"):
         obs[column] = obs[column].astype(str)
@@ -258,7 +257,7 @@ def _uns(run: PredictionRun, answers: SampledAnswers) -> dict:
     params = {
         "model": run.name,
         "model_dir": str(run.model_dir),
-        "model_stage": str(run.loaded.info.get("stage", "")),
+        "model_stage": run.model_stage,
         "dataset_dir": str(run.dataset_dir),
         "dataset_fingerprint": str(manifest.get("fingerprint", "")),
         "simulated": bool(manifest.get("simulated")),
@@ -373,6 +372,7 @@ def predict(
     of the unconstrained sample) and ``diversity`` (distinct-sentence fractions).
     """
     from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.sampling import Sampler
     from cellrlhf.sft.model_dir import load_model_dir
 
     model_dir, dataset_dir = Path(model_dir), Path(dataset_dir)
@@ -398,7 +398,8 @@ def predict(
         model_dir=model_dir,
         dataset_dir=dataset_dir,
         manifest=built.manifest,
-        loaded=loaded,
+        model_stage=str(loaded.info.get("stage", "")),
+        generator=Sampler(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab),
         decoder=decoder,
         rows=rows,
         indices=indices,
@@ -412,12 +413,11 @@ def predict(
     )
     answers = sample_prompts(run, unconstrained_validity_cells)
     if reference == "model":
-        *controls, answers.validity["reference"] = _model_controls(
-            run, int(reference_cells or 2 * cells_per_prompt)
-        )
+        n_reference = int(reference_cells or 2 * cells_per_prompt)
+        control_X, control_obs, answers.validity["reference"] = _model_controls(run, n_reference)
     else:
-        controls = _decoded_controls(real_test, run)
-    result = _prediction_anndata(run, answers, controls)
+        control_X, control_obs = _decoded_controls(real_test, run)
+    result = _prediction_anndata(run, answers, control_X, control_obs)
     result.uns[PREDICTION_KEY] = _uns(run, answers)
     logger.info(
         "%s: %d cells, valid %.1f%%, distinct per prompt %.2f",

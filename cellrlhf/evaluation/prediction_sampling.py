@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +87,6 @@ def _validity(report, extracted, finished: np.ndarray) -> dict:
     return out
 
 
-def _mean(flags: np.ndarray) -> float:
-    return float(np.mean(flags)) if len(flags) else 0.0
-
-
 @dataclass
 class SampledAnswers:
     """Sampled answers, decoded: the cells, what ``obs`` records of each, and their validity."""
@@ -114,8 +109,9 @@ class PredictionRun:
     model_dir: Path
     dataset_dir: Path
     manifest: dict
-    loaded: object  # cellrlhf.sft.model_dir.LoadedModel
-    decoder: object
+    model_stage: str
+    generator: object  # cellrlhf.sampling.Sampler of the model
+    decoder: object  # the dataset's ExpressionDecoder
     rows: object  # the chosen rl/test rows (datasets.Dataset)
     indices: np.ndarray
     cells_per_prompt: int
@@ -125,13 +121,6 @@ class PredictionRun:
     reference_by: str
     batch_size: int
     progress: bool
-
-    @cached_property
-    def generator(self):
-        from cellrlhf.sampling import Sampler
-
-        loaded = self.loaded
-        return Sampler(loaded.model, loaded.tokenizer, cell_genes=loaded.vocab)
 
     def answers(self, prompts: list[str], settings, what: str) -> SampledAnswers:
         """Answers of ``prompts`` under ``settings``, decoded with the dataset's decoder."""
@@ -152,7 +141,8 @@ class PredictionRun:
         # the same definition as RL's step metric: the answers' own report (markup read)
         valid = fully_valid_cells(self.decoder.decode(texts)[1], texts, finished)
         valid &= np.asarray(report.n_truncated) == 0
-        validity = {**_validity(report, extracted, finished), "valid_cell_fraction": _mean(valid)}
+        validity = _validity(report, extracted, finished)
+        validity["valid_cell_fraction"] = float(np.mean(valid)) if len(valid) else 0.0
         return SampledAnswers(
             X=X,
             sentences=[e.sentence for e in extracted],
