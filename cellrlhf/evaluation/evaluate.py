@@ -332,7 +332,7 @@ def evaluate_models(
     kwargs = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
     real = (real_cells(dataset_dir, "test", **kwargs), real_cells(dataset_dir, "train", **kwargs))
     predictions, paths = _predict_models(model_dirs, dataset_dir, real[0], out, settings, progress)
-    evaluations = _score_contexts(dataset_dir, built, real, predictions, settings, out)
+    evaluations = _score_contexts(built, real, predictions, settings, out)
     tables = _tables(evaluations, predictions, model_dirs, settings)
     paths.update(_write_tables(out, tables, manifest, settings, predictions))
     paths.update(_write_plots(out, tables, evaluations, list(predictions), settings))
@@ -391,14 +391,14 @@ def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, pro
     return predictions, paths
 
 
-def _score_contexts(dataset_dir, built, real, predictions, settings, out: Path) -> dict:
+def _score_contexts(built, real, predictions, settings, out: Path) -> dict:
     """Context -> method -> evaluation, for every context with test control cells; each
     context's report is written to ``contexts/<ctx>/``."""
     from cellrlhf.evaluation.eval_report import write_report
 
     real_test, real_train = real
     manifest, decoder = built.manifest, built.decoder
-    prompted = _prompted(dataset_dir, settings)
+    prompted = _prompted(built.path, settings)
     if not predictions:
         logger.info(
             "no model named: scoring the baselines and ceilings alone (how much a model could "

@@ -229,11 +229,6 @@ def _labels(adata, pert_col: str, control: str, which: str) -> tuple[np.ndarray,
     return cats, codes
 
 
-def _rows(X, idx: np.ndarray, genes: np.ndarray):
-    block = X[idx][:, genes] if sp.issparse(X) else np.asarray(X)[idx][:, genes]
-    return block.toarray() if sp.issparse(block) else np.asarray(block, dtype=np.float64)
-
-
 @dataclass(frozen=True)
 class _Groups:
     """One AnnData's cells grouped by perturbation label, with mean profiles on the evaluation
@@ -268,6 +263,12 @@ class _Groups:
     def cells(self, row: int) -> np.ndarray:
         """Indices of the cells of the label at ``row``."""
         return np.flatnonzero(self.codes == row)
+
+    def dense(self, cells: np.ndarray) -> np.ndarray:
+        """Expression of ``cells`` on the evaluation genes, as a dense array."""
+        X = self.X
+        block = X[cells][:, self.genes] if sp.issparse(X) else np.asarray(X)[cells][:, self.genes]
+        return block.toarray() if sp.issparse(block) else np.asarray(block, dtype=np.float64)
 
     def counts(self, rows: np.ndarray) -> np.ndarray:
         return np.bincount(self.codes, minlength=len(self.labels))[rows]
@@ -490,22 +491,22 @@ def _cell_level_metrics(table, pred: _Groups, pred_rows, real: _Groups, real_row
     distinct = np.full(len(perts), np.nan)
     rows: dict[str, dict] = {}
     if de:
-        pred_ctrl_cells = _rows(pred.X, pred.cells(pred.control), pred.genes)
-        real_ctrl_cells = _rows(real.X, real.cells(real.control), real.genes)
+        pred_ctrl_cells = pred.dense(pred.cells(pred.control))
+        real_ctrl_cells = real.dense(real.cells(real.control))
     for i, p in enumerate(tqdm(perts, desc="evaluate", disable=not progress)):
         p_cells_idx = pred.cells(pred_rows[i])
         if len(p_cells_idx) > 1:
             distinct[i] = distinct_rows_fraction(pred.X[p_cells_idx])[0]
         if not de:
             continue
-        real_de = de.test(_rows(real.X, real.cells(real_rows[i]), real.genes), real_ctrl_cells)
+        real_de = de.test(real.dense(real.cells(real_rows[i])), real_ctrl_cells)
         if len(p_cells_idx) == 1:  # one profile: nothing to test
             rows[p] = {
                 **dict.fromkeys(de.columns(), np.nan),
                 "de_n_real": de.n_significant(real_de),
             }
             continue
-        pred_de = de.test(_rows(pred.X, p_cells_idx, pred.genes), pred_ctrl_cells)
+        pred_de = de.test(pred.dense(p_cells_idx), pred_ctrl_cells)
         rows[p] = de.row(real_de, pred_de)
     if de:
         de_table = pd.DataFrame.from_dict(rows, orient="index", columns=de.columns())

@@ -48,7 +48,11 @@ def test_evaluate_config_plus_flags(tmp_path):
     )
     assert (dataset.dataset_dir, dataset.no_progress) == ("runs/data", True)
     # flags replace the YAML's list, repeats add up
-    assert (options.out, options.model, options.skip_missing) == ("runs/eval_f", ["a=x", "b=y"], True)
+    assert (options.out, options.model, options.skip_missing) == (
+        "runs/eval_f",
+        ["a=x", "b=y"],
+        True,
+    )
     eval_settings = evaluate_cli.settings_from(settings)
     assert eval_settings == EvalSettings(
         cells_per_prompt=16, baselines=("control", "mean"), de=False
