@@ -103,7 +103,8 @@ class SampledAnswers:
 
 @dataclass(frozen=True)
 class PredictionRun:
-    """What one :func:`~cellrlhf.evaluation.prediction.predict` call samples with: the model, the prompts and their settings."""
+    """What one :func:`~cellrlhf.evaluation.prediction.predict` call samples with: the model,
+    the prompts and their settings."""
 
     name: str
     model_dir: Path
