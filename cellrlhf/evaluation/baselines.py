@@ -54,6 +54,7 @@ __all__ = [
     "control_baseline",
     "mean_baseline",
     "training_mean_delta",
+    "has_perturbed_cells",
     "additive_baseline",
     "ridge_baseline",
     "nearest_baseline",
@@ -123,12 +124,18 @@ def _result(perts, deltas, genes, *, not_applicable=(), name="", **params) -> Pr
     return PredictedDeltas(np.asarray(perts, dtype=object), deltas, genes, params, missing)
 
 
+def has_perturbed_cells(train, *, pert_col="perturbation", control="control") -> bool:
+    """Whether ``train`` holds a perturbed cell (what every within-context baseline but
+    ``control``, and the perturbation-specific reference, learn from)."""
+    return bool((train.obs[pert_col].astype(str).to_numpy() != str(control)).any())
+
+
 def control_baseline(
     train, perturbations: Sequence[str], *, pert_col="perturbation", control="control", layer=None
 ) -> PredictedDeltas:
-    """Predict no change for every perturbation."""
-    bulks = _train_bulks(train, pert_col, control, layer)
-    return _result(perturbations, np.zeros((len(perturbations), len(bulks.genes))), bulks.genes)
+    """Predict no change for every perturbation (needs no perturbed training cell)."""
+    genes = np.asarray(train.var_names, dtype=object)
+    return _result(perturbations, np.zeros((len(perturbations), len(genes))), genes)
 
 
 def training_mean_delta(
@@ -392,6 +399,7 @@ def predict_baselines(
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {BASELINES}.")
     in_context = cells_of_context(train, context, context_col)
+    learnable = has_perturbed_cells(in_context, pert_col=pert_col, control=control)
     out = {}
     for m in methods:
         if m in _ACROSS_CONTEXTS and context is None:
@@ -408,6 +416,12 @@ def predict_baselines(
                 pert_col=pert_col,
                 control=control,
                 layer=layer,
+            )
+        elif m != "control" and not learnable:
+            # e.g. one drug held out in this context: its training cells are all controls
+            genes = np.asarray(train.var_names, dtype=object)
+            out[m] = _result(
+                [], np.zeros((0, len(genes))), genes, not_applicable=perturbations, name=m
             )
         else:
             out[m] = _BASELINE_FUNCTIONS[m](

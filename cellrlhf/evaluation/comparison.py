@@ -29,6 +29,7 @@ from cellrlhf.evaluation.baselines import (
     CONTEXT_COLUMN,
     PredictedDeltas,
     cells_of_context,
+    has_perturbed_cells,
     predict_baselines,
     prediction_adata,
     representation_ceiling,
@@ -97,10 +98,18 @@ def compare_methods(
     kwargs = dict(pert_col=pert_col, control=control, **evaluate_kwargs)
     if train is not None:
         in_context = cells_of_context(train, context, context_col)
-        # the reference of the perturbation-specific metrics, the same for every method
-        kwargs["reference_delta"] = training_mean_delta(
-            in_context, pert_col=pert_col, control=control, layer=layer
-        )
+        # the reference of the perturbation-specific metrics, the same for every method; none
+        # (NaN metrics) where the context trained no perturbation
+        if has_perturbed_cells(in_context, pert_col=pert_col, control=control):
+            kwargs["reference_delta"] = training_mean_delta(
+                in_context, pert_col=pert_col, control=control, layer=layer
+            )
+        else:
+            logger.info(
+                "context %s trained no perturbation: no perturbation-specific reference there "
+                "(pearson_specific is NaN)",
+                context,
+            )
     results: dict[str, Evaluation] = {}
     for name, pred in (predictions or {}).items():
         logger.info("evaluating %s", name)

@@ -140,3 +140,33 @@ def test_split_half_specific_ceiling_uses_one_reference_for_both_halves():
     assert half.loc["X", "pearson_specific"] == pytest.approx(1.0)
     # the mean baseline still scores exactly 0 on it
     assert results["mean"].per_perturbation["pearson_specific"].iloc[0] == 0.0
+
+
+def test_context_trained_only_on_controls_leaves_within_context_baselines_not_applicable(
+    perturbation_adata,
+):
+    """One drug, held out in one context (unseen_pair with a single perturbation: Zhao 2021):
+    the context's training cells are controls only, so no within-context baseline and no
+    perturbation-specific reference exist there; `control` and `context_transfer` still apply."""
+    import anndata as ad
+
+    def part(context, perts, seed):
+        a = perturbation_adata(seed=seed, perturbations=perts, prefix=context)
+        a.obs["cell_context"] = context
+        return a
+
+    train = ad.concat(
+        [part("X", ("control", "DRUG"), 1), part("Y", ("control", "DRUG"), 2)]
+        + [part("Z", ("control",), 3)]
+    )
+    real = part("Z", ("control", "DRUG"), 4)
+    evals = compare_methods(real, predictions={"model": real}, train=train, context="Z", de=False)
+    predicted = {name: sorted(ev.per_perturbation["perturbation"]) for name, ev in evals.items()}
+    na = {name: sorted(ev.not_applicable["perturbation"]) for name, ev in evals.items()}
+    for name in ("mean", "additive", "ridge", "nearest"):
+        assert predicted[name] == [] and na[name] == ["DRUG"], name
+    assert predicted["control"] == predicted["context_transfer"] == predicted["model"] == ["DRUG"]
+    np.testing.assert_allclose(evals["model"].per_perturbation["pearson_delta"], 1.0)
+    # no training perturbation in Z: the specific reference is undefined, so the metric is NaN
+    for name in ("model", "control", "context_transfer", SPLIT_HALF):
+        assert evals[name].per_perturbation["pearson_specific"].isna().all(), name
