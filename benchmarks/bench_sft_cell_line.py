@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from datasets import load_from_disk
 
-    from cellrlhf.sft.dataset_dir import open_dataset_dir
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.sft.evaluation import GenerationEvaluator, sft_generation_examples
     from cellrlhf.sft.model_dir import load_cell_model
 

@@ -135,7 +135,7 @@ def _run(mode: str, dataset_dir: Path, text_lm: Path, out: Path, steps: int, ext
     )
     tokens_per_step = result.trainer._total_train_tokens / max(result.trainer.state.global_step, 1)
     tokenizer = result.trainer.processing_class
-    from cellrlhf.sft.dataset_dir import open_dataset_dir
+    from cellrlhf.data.layout import open_dataset_dir
 
     texts = open_dataset_dir(dataset_dir).load_pretrain()
     texts = texts["train"] if hasattr(texts, "keys") else texts
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cellrlhf.sft.dataset_dir import open_dataset_dir
+    from cellrlhf.data.layout import open_dataset_dir
 
     torch.set_num_threads(1)
     dataset = open_dataset_dir(args.dataset)

@@ -142,7 +142,7 @@ class SFTBench:
     """The SFT stage's pieces, built once; each call builds a fresh trainer on a copy."""
 
     def __init__(self, data: Path, out: Path, steps: int) -> None:
-        from cellrlhf.sft.dataset_dir import open_dataset_dir
+        from cellrlhf.data.layout import open_dataset_dir
         from cellrlhf.sft.model_factory import build_model_and_tokenizer
         from cellrlhf.sft.sft import make_parser
         from cellrlhf.sft.training_run import load_training_splits, tokenizer_texts

@@ -210,13 +210,13 @@ def main() -> None:
     from datasets import load_from_disk
 
     from cellrlhf.cell2text.markup import extract_cell
-    from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.metrics.fidelity import change_from_control
     from cellrlhf.metrics.sampling_noise import split_half_change_reliability
     from cellrlhf.sampling import GenerationSettings, Sampler
     from cellrlhf.sft.model_dir import load_model_dir
 
-    built = load_built_dataset(args.dataset_dir)
+    built = open_dataset_dir(args.dataset_dir)
     decoder = built.decoder
     rl = load_from_disk(str(Path(args.dataset_dir) / "rl"))
     train = rl["train"]

@@ -2,11 +2,11 @@
 
 Python API (the ``cellrlhf data`` command calls the same functions)::
 
-    from cellrlhf.data import load_config, build_datasets, load_built_dataset
+    from cellrlhf.data import load_config, build_datasets, open_dataset_dir
 
     config = load_config("configs/data/norman_mcfaline.yaml", ["split.kind=unseen_combo"])
     result = build_datasets(config, out_dir="outputs/data/norman", data_dir="../shared/data")
-    built = load_built_dataset(result.path)       # .pretrain, .sft, .rl, .splits, .manifest
+    built = open_dataset_dir(result.path)         # .pretrain, .sft, .rl, .splits, .manifest
 
 Also: :func:`load_anndata` (registered data sets, verified by sha256, or local files),
 :func:`simulate_perturbation_data` (SIMULATED screens for tests and offline use),
@@ -20,8 +20,9 @@ import importlib
 
 __all__ = [
     "BuildResult",
-    "BuiltDataset",
     "DataBuildConfig",
+    "DatasetDir",
+    "DatasetDirError",
     "LeakageError",
     "REGISTRY",
     "SchemaError",
@@ -32,9 +33,9 @@ __all__ = [
     "check_no_leakage",
     "fetch",
     "load_anndata",
-    "load_built_dataset",
     "load_config",
     "make_splits",
+    "open_dataset_dir",
     "simulate_perturbation_data",
     "standardize_obs",
 ]
@@ -42,8 +43,9 @@ __all__ = [
 _HOME = {
     "BuildResult": "cellrlhf.data.build",
     "build_datasets": "cellrlhf.data.build",
-    "BuiltDataset": "cellrlhf.data.layout",
-    "load_built_dataset": "cellrlhf.data.layout",
+    "DatasetDir": "cellrlhf.data.layout",
+    "DatasetDirError": "cellrlhf.data.layout",
+    "open_dataset_dir": "cellrlhf.data.layout",
     "DataBuildConfig": "cellrlhf.data.config",
     "load_config": "cellrlhf.data.config",
     "LeakageError": "cellrlhf.data.leakage",

@@ -27,7 +27,7 @@ from cellrlhf.data.input_checks import check_transform_fits, drop_empty_cells
 from cellrlhf.data.layout import (
     MANIFEST_FILENAME,
     SPLITS_FILENAME,
-    BuiltDataset,
+    DatasetDir,
     pretrain_features,
     rl_features,
     sft_features,
@@ -294,17 +294,6 @@ def _fit_decoder(config: DataBuildConfig, prep: _Prepared, decoder_rows):
     return decoder
 
 
-def _load_staged(path: Path) -> BuiltDataset:
-    from datasets import load_from_disk
-
-    splits = json.loads((path / SPLITS_FILENAME).read_text())
-    parts = {
-        part: load_from_disk(str(path / part)) if (path / part).exists() else None
-        for part in ("pretrain", "sft", "rl")
-    }
-    return BuiltDataset(path, {}, splits, parts["pretrain"], parts["sft"], parts["rl"])
-
-
 @dataclass
 class _Rows:
     """The SFT and RL rows of a build, with the decoder, templates and evidence that wrote them."""
@@ -442,7 +431,7 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     timings["write_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    leakage = check_no_leakage(_load_staged(staging))
+    leakage = check_no_leakage(DatasetDir(staging, {}))  # the manifest comes after the check
     timings["leakage_s"] = time.perf_counter() - t0
     manifest = make_manifest(
         config=config,

@@ -222,10 +222,10 @@ def run_fetch(options: FetchOptions) -> int:
 
 def run_check(options: CheckOptions) -> int:
     """``cellrlhf data check``: re-check a built dataset for leakage; print the summary."""
-    from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.data.leakage import check_no_leakage
 
-    summary = check_no_leakage(load_built_dataset(options.path))
+    summary = check_no_leakage(open_dataset_dir(options.path))
     print(json.dumps({"leakage": "none found", **summary}, indent=1))
     return 0
 
@@ -313,6 +313,7 @@ def cli(argv: Sequence[str]) -> int:
     """Run ``cellrlhf data <command>``; returns the exit status."""
     from cellrlhf.data.build import BuildError
     from cellrlhf.data.config import ConfigError
+    from cellrlhf.data.layout import DatasetDirError
     from cellrlhf.data.registry import ChecksumError, DatasetNotFoundError
     from cellrlhf.data.schema import SchemaError
     from cellrlhf.data.splits import LeakageError, SplitError
@@ -334,6 +335,7 @@ def cli(argv: Sequence[str]) -> int:
     except (
         BuildError,
         ConfigError,
+        DatasetDirError,
         SchemaError,
         SplitError,
         ChecksumError,

@@ -1,4 +1,7 @@
-"""The saved dataset directory: file names, column types, and reading it back.
+"""The saved dataset directory: file names, column types, and the one reader every stage uses.
+
+:func:`open_dataset_dir` checks the manifest and returns a :class:`DatasetDir` (parts read on
+first use); anything missing or malformed is a :class:`DatasetDirError`.
 
 ::
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 __all__ = [
@@ -30,13 +34,16 @@ __all__ = [
     "pretrain_features",
     "sft_features",
     "rl_features",
-    "BuiltDataset",
-    "load_built_dataset",
+    "SFT_COLUMNS",
+    "DatasetDirError",
+    "DatasetDir",
+    "open_dataset_dir",
 ]
 
 MANIFEST_FILENAME = "manifest.json"
 SPLITS_FILENAME = "splits.json"
 MANIFEST_FORMAT = "cellrlhf.dataset"
+SFT_COLUMNS = ("messages", "task", "perturbation", "cell_context")
 
 
 def pretrain_features():
@@ -92,56 +99,192 @@ def rl_features():
     )
 
 
-@dataclass
-class BuiltDataset:
-    """A built dataset directory, read back.
+class DatasetDirError(ValueError):
+    """The dataset directory is missing, or lacks a file, a part or a column a stage needs."""
+
+
+@dataclass(frozen=True)
+class DatasetDir:
+    """A directory written by :func:`cellrlhf.data.build.build_datasets`, opened by
+    :func:`open_dataset_dir`; the parts are read (memory-mapped) on first use.
 
     Attributes
     ----------
     path
         The directory.
-    manifest, splits
-        ``manifest.json`` and ``splits.json``.
+    manifest
+        Parsed ``manifest.json``.
+    splits
+        Parsed ``splits.json`` (held-out sets, cells of every split).
     pretrain, sft, rl
-        ``datasets`` objects, or ``None`` when that part was not built.
+        The ``datasets`` objects of each part, or ``None`` when that part was not built; the
+        pretraining corpus is checked for ``text``, the SFT splits for :data:`SFT_COLUMNS`.
     """
 
     path: Path
     manifest: dict
-    splits: dict
-    pretrain: object | None
-    sft: object | None
-    rl: object | None
 
     @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILENAME
+
+    @property
+    def vocab_path(self) -> Path:
+        from cellrlhf.cell2text.vocab import VOCAB_FILENAME
+
+        return self.path / VOCAB_FILENAME
+
+    @property
+    def decoder_path(self) -> Path:
+        from cellrlhf.cell2text.decoder import DECODER_FILENAME
+
+        return self.path / DECODER_FILENAME
+
+    @cached_property
+    def splits(self) -> dict:
+        path = self.path / SPLITS_FILENAME
+        if not path.is_file():
+            raise DatasetDirError(
+                f"{self.path} has no {SPLITS_FILENAME}: rebuild it with `cellrlhf data build`."
+            )
+        return json.loads(path.read_text())
+
     def vocab(self):
+        """The measured genes (``gene_vocab.json``): a :class:`~cellrlhf.cell2text.vocab.GeneVocab`."""
         from cellrlhf.cell2text.vocab import GeneVocab
 
-        return GeneVocab.load(self.path)
+        if not self.vocab_path.exists():
+            raise DatasetDirError(
+                f"{self.path} has no {self.vocab_path.name}: it is not a dataset directory written "
+                "by `cellrlhf data build`."
+            )
+        return GeneVocab.load(self.vocab_path)
 
-    @property
-    def decoder(self):
+    def decoder(self, *, required: bool = True):
+        """The :class:`~cellrlhf.cell2text.decoder.ExpressionDecoder` fitted on the training
+        cells; without ``expression_decoder.json``: ``None``, or (``required``) an error."""
+        if not self.decoder_path.exists():
+            if not required:
+                return None
+            raise DatasetDirError(
+                f"{self.path} has no {self.decoder_path.name}: fidelity cannot be measured; "
+                "rebuild it with `cellrlhf data build`."
+            )
         from cellrlhf.cell2text.decoder import ExpressionDecoder
 
-        return ExpressionDecoder.load(self.path)
+        return ExpressionDecoder.load(self.decoder_path)
+
+    @cached_property
+    def pretrain(self):
+        from datasets import DatasetDict
+
+        data = self._part("pretrain")
+        splits = data.values() if isinstance(data, DatasetDict) else [] if data is None else [data]
+        for split in splits:
+            if "text" not in split.column_names:
+                raise DatasetDirError(
+                    f"{self.path / 'pretrain'} has no 'text' column (columns: {split.column_names}); "
+                    "it is not a pretraining corpus written by the data stage."
+                )
+        return data
+
+    @cached_property
+    def sft(self):
+        from datasets import DatasetDict
+
+        data, where = self._part("sft"), self.path / "sft"
+        if data is not None and not isinstance(data, DatasetDict):
+            raise DatasetDirError(
+                f"{where} holds a single Dataset; expected train/validation/test splits."
+            )
+        for name, split in (data or {}).items():
+            missing = [c for c in SFT_COLUMNS if c not in split.column_names]
+            if missing:
+                raise DatasetDirError(
+                    f"{where} split {name!r} lacks column(s) {missing} (has {split.column_names}); "
+                    "it was not written by this version of the data stage. Rebuild it with "
+                    "`cellrlhf data build`."
+                )
+        return data
+
+    @cached_property
+    def rl(self):
+        return self._part("rl")
+
+    def _part(self, name: str):
+        from datasets import load_from_disk
+
+        where = self.path / name
+        return load_from_disk(str(where)) if where.exists() else None
+
+    def load_pretrain(self):
+        """The pretraining corpus (a ``Dataset`` or ``DatasetDict`` with ``text``); required."""
+        if self.pretrain is None:
+            raise DatasetDirError(
+                f"{self.path} has no pretrain/ corpus; build it with `cellrlhf data build` "
+                "(pretrain output enabled) or pass the dataset directory that has one."
+            )
+        return self.pretrain
+
+    def load_sft(self):
+        """The instruction data (a ``DatasetDict`` with :data:`SFT_COLUMNS`); required."""
+        if self.sft is None:
+            raise DatasetDirError(
+                f"{self.path} has no sft/ data; build it with `cellrlhf data build` or pass the "
+                "dataset directory that has one."
+            )
+        return self.sft
+
+    def perturbation_targets(self) -> list[str]:
+        """Target genes of all perturbations in the data (they need gene tokens too).
+
+        Read from the manifest's ``perturbation_targets`` list; when absent, collected from the
+        ``perturbation`` column of the SFT splits.
+        """
+        listed = self.manifest.get("perturbation_targets")
+        if listed is None:
+            sft = self.sft or {}
+            listed = [p for split in sft.values() for p in split.unique("perturbation") if p]
+        return _unique_targets(listed)
 
 
-def load_built_dataset(path: str | Path) -> BuiltDataset:
-    """Read a directory written by :func:`cellrlhf.data.build.build_datasets`."""
-    from datasets import load_from_disk
+def open_dataset_dir(path: str | Path | None) -> DatasetDir:
+    """Open a directory written by ``cellrlhf data build`` and check its manifest.
 
-    path = Path(path)
-    manifest_path = path / MANIFEST_FILENAME
+    Raises
+    ------
+    DatasetDirError
+        When no path is given, the directory does not exist, or it has no cellrlhf dataset
+        ``manifest.json``.
+    """
+    if not path:
+        raise DatasetDirError(
+            "no dataset given: pass --dataset_dir <directory written by `cellrlhf data build`> (or "
+            "set `dataset_dir:` in the --config YAML)."
+        )
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetDirError(
+            f"dataset directory {root} does not exist; run `cellrlhf data build` first."
+        )
+    manifest_path = root / MANIFEST_FILENAME
     if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"{path} has no {MANIFEST_FILENAME}: not a built cellrlhf dataset (or the build did not "
+        raise DatasetDirError(
+            f"{root} has no {MANIFEST_FILENAME}: not a built cellrlhf dataset (or the build did not "
             "finish). Build it with `cellrlhf data build --config <yaml>`."
         )
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{manifest_path} is not a cellrlhf dataset manifest.")
-    splits = json.loads((path / SPLITS_FILENAME).read_text())
-    parts = {}
-    for part in ("pretrain", "sft", "rl"):
-        parts[part] = load_from_disk(str(path / part)) if (path / part).exists() else None
-    return BuiltDataset(path, manifest, splits, parts["pretrain"], parts["sft"], parts["rl"])
+        raise DatasetDirError(f"{manifest_path} is not a cellrlhf dataset manifest.")
+    return DatasetDir(root, manifest)
+
+
+def _unique_targets(perturbations) -> list[str]:
+    from cellrlhf.cell2text.markup import CONTROL_PERT, split_perturbation
+
+    seen: dict[str, str] = {}
+    for item in perturbations:
+        for target in split_perturbation(str(item)):
+            if target.lower() not in {"control", CONTROL_PERT}:
+                seen.setdefault(target.upper(), target)
+    return list(seen.values())

@@ -295,7 +295,7 @@ def check_no_leakage(built) -> dict:
     Parameters
     ----------
     built
-        A :class:`~cellrlhf.data.layout.BuiltDataset` (``load_built_dataset(path)``).
+        A :class:`~cellrlhf.data.layout.DatasetDir` (``open_dataset_dir(path)``).
 
     Returns
     -------

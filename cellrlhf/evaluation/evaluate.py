@@ -318,7 +318,7 @@ def evaluate_models(
         Progress bars.
     """
     from cellrlhf import __version__
-    from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.evaluation.model_dirs import resolve_model_dirs
     from cellrlhf.evaluation.real_data import real_cells
 
@@ -327,7 +327,7 @@ def evaluate_models(
     model_dirs = resolve_model_dirs(models, skip_missing=skip_missing)
     out = Path(out_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
-    built = load_built_dataset(dataset_dir)
+    built = open_dataset_dir(dataset_dir)
     manifest = built.manifest
     kwargs = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
     real = (real_cells(dataset_dir, "test", **kwargs), real_cells(dataset_dir, "train", **kwargs))
@@ -397,7 +397,7 @@ def _score_contexts(built, real, predictions, settings, out: Path) -> dict:
     from cellrlhf.evaluation.eval_report import write_report
 
     real_test, real_train = real
-    manifest, decoder = built.manifest, built.decoder
+    manifest, decoder = built.manifest, built.decoder()
     prompted = _prompted(built.path, settings)
     if not predictions:
         logger.info(

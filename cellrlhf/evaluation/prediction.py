@@ -51,15 +51,14 @@ def load_test_prompts(dataset_dir: str | os.PathLike, *, max_prompts: int | None
     (rows, indices): the ``datasets.Dataset`` of the chosen rows and their row indices in
     ``rl/test``.
     """
-    from datasets import load_from_disk
+    from cellrlhf.data.layout import open_dataset_dir
 
-    rl_dir = Path(dataset_dir) / "rl"
-    if not rl_dir.exists():
+    rl_dir, rl = Path(dataset_dir) / "rl", open_dataset_dir(dataset_dir).rl
+    if rl is None:
         raise FileNotFoundError(
             f"{dataset_dir} has no rl/ part: build the dataset with rl.enabled (the held-out "
             "prompts are its test split)."
         )
-    rl = load_from_disk(str(rl_dir))
     if "test" not in rl:
         raise ValueError(f"{rl_dir} has no test split (splits: {list(rl)}).")
     test = rl["test"]
@@ -371,13 +370,13 @@ def predict(
     finished fractions, ``constrained``; when constrained, ``unconstrained``: the same figures
     of the unconstrained sample) and ``diversity`` (distinct-sentence fractions).
     """
-    from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.sampling import Sampler
     from cellrlhf.sft.model_dir import load_model_dir
 
     model_dir, dataset_dir = Path(model_dir), Path(dataset_dir)
     name = name or model_dir.name
-    built = load_built_dataset(dataset_dir)
+    built = open_dataset_dir(dataset_dir)
     rows, indices = load_test_prompts(dataset_dir, max_prompts=max_prompts, seed=seed)
     reference, reference_by = _reference(reference, rows, built.manifest)
     if real_test is None and reference == "real":
@@ -388,7 +387,7 @@ def predict(
         )
 
     loaded = load_model_dir(model_dir, device_map=device_map, dtype=dtype)
-    decoder = built.decoder
+    decoder = built.decoder()
     _check_same_genes(loaded.vocab, decoder, model_dir, dataset_dir)
     settings, constrained_by = sampling_settings(
         loaded, built.manifest, name, max_new_tokens, temperature, seed, constrain_cells

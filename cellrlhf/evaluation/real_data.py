@@ -15,7 +15,6 @@ RL test prompts record which split their controls came from in ``control_split``
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -38,15 +37,6 @@ class SourceNotFoundError(FileNotFoundError):
 
 class SourceChecksumError(RuntimeError):
     """The source found is not the data the dataset was built from."""
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: {path.parent} is not a finished cellrlhf dataset directory "
-            "(build it with `cellrlhf data build --config <yaml> --out <dir>`)."
-        )
-    return json.loads(path.read_text())
 
 
 def _open(config, data_dir, cache_dir):
@@ -79,17 +69,13 @@ def _vocab_mapping(source, expression):
 
 def _control_splits(dataset_dir: Path, split: str, contexts: list[str]) -> dict[str, str]:
     """Which split's controls serve ``split`` in each context (recorded by the RL prompts)."""
-    recorded: dict[str, str] = {}
-    rl_dir = dataset_dir / "rl"
-    if split in ("train", "test") and rl_dir.exists():
-        from datasets import load_from_disk
+    from cellrlhf.data.layout import open_dataset_dir
 
-        rl = load_from_disk(str(rl_dir))
-        if split in rl and "control_split" in rl[split].column_names:
-            for ctx, where in zip(
-                rl[split]["cell_context"], rl[split]["control_split"], strict=True
-            ):
-                recorded.setdefault(str(ctx), str(where))
+    recorded: dict[str, str] = {}
+    rl = open_dataset_dir(dataset_dir).rl if split in ("train", "test") else None
+    if rl is not None and split in rl and "control_split" in rl[split].column_names:
+        for ctx, where in zip(rl[split]["cell_context"], rl[split]["control_split"], strict=True):
+            recorded.setdefault(str(ctx), str(where))
     return {ctx: recorded.get(ctx, "") for ctx in contexts}
 
 
@@ -204,10 +190,10 @@ def real_cells(
 
 def _recorded(dataset_dir: Path) -> tuple[dict, dict]:
     """``manifest.json`` and ``splits.json``, checked to record the data config and split cells."""
-    from cellrlhf.data.layout import MANIFEST_FILENAME, SPLITS_FILENAME
+    from cellrlhf.data.layout import open_dataset_dir
 
-    manifest = _read_json(dataset_dir / MANIFEST_FILENAME)
-    splits = _read_json(dataset_dir / SPLITS_FILENAME)
+    dataset = open_dataset_dir(dataset_dir)
+    manifest, splits = dataset.manifest, dataset.splits
     if "config" not in manifest or "cells" not in splits:
         raise ValueError(
             f"{dataset_dir} does not record its data config and split cells (manifest 'config', "

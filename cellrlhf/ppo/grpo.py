@@ -187,7 +187,7 @@ def _reward_functions(script_args: CellGRPOScriptArguments, start) -> tuple[list
         fidelity_kwargs=script_args.fidelity_reward_kwargs,
         dtype=start.dtype,
         specific_weight=script_args.specific_weight,
-        train_rows=data.dataset.load_rl()[script_args.dataset_train_split]  # all, not subsampled
+        train_rows=data.dataset.rl[script_args.dataset_train_split]  # all, not subsampled
         if script_args.specific_weight
         else None,
     )

@@ -20,8 +20,8 @@ import os
 import shutil
 from pathlib import Path
 
+from cellrlhf.data.layout import DatasetDir
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME
-from cellrlhf.sft.dataset_dir import CellDatasetDir
 from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME, load_model_info, write_model_files
 
 __all__ = ["BEST_DIRNAME", "LAST_DIRNAME", "STAGING_DIRNAME", "save_policy_dir"]
@@ -38,7 +38,7 @@ def save_policy_dir(
     output_dir: str | Path,
     *,
     sft_dir: str | Path,
-    dataset: CellDatasetDir,
+    dataset: DatasetDir,
     info: dict,
     run_config: dict,
     selected_step: int | None,

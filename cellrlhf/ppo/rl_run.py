@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cellrlhf.data.layout import DatasetDir, DatasetDirError, open_dataset_dir
 from cellrlhf.ppo.configs import CellRLScriptArguments
-from cellrlhf.sft.dataset_dir import CellDatasetDir, DatasetDirError, open_dataset_dir
 
 __all__ = [
     "RLData",
@@ -42,7 +42,7 @@ class RLData:
     ``heldout`` is the split the monitor evaluates and selects on (``heldout_split``).
     """
 
-    dataset: CellDatasetDir
+    dataset: DatasetDir
     train: object
     heldout: object
     decoder: object
@@ -192,7 +192,7 @@ def open_rl_data(script_args: CellRLScriptArguments, *, seed: int) -> RLData:
         Without ``rl/`` data, a requested split, or the expression decoder.
     """
     dataset = open_dataset_dir(script_args.dataset_dir)
-    rl = dataset.load_rl()
+    rl = dataset.rl
     if rl is None:
         raise DatasetDirError(
             f"{dataset.path} has no rl/ data (prompts with real reference profiles); build it with "
@@ -203,10 +203,6 @@ def open_rl_data(script_args: CellRLScriptArguments, *, seed: int) -> RLData:
         if split not in rl:
             raise DatasetDirError(f"{dataset.path}/rl has no {split!r} split (has {list(rl)}).")
     decoder = dataset.decoder()
-    if decoder is None:
-        raise DatasetDirError(
-            f"{dataset.path} has no expression_decoder.json: fidelity cannot be measured."
-        )
     train = rl[script_args.dataset_train_split]
     if script_args.max_train_prompts is not None and len(train) > script_args.max_train_prompts:
         rng = np.random.default_rng(seed)

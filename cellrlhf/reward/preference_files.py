@@ -99,7 +99,7 @@ def preferences_manifest(
     config, built, pairs: dict, completions: dict, held: set, seconds: float
 ) -> dict:
     """``manifest.json`` of a preference directory built from ``built`` (a
-    :class:`~cellrlhf.data.layout.BuiltDataset`)."""
+    :class:`~cellrlhf.data.layout.DatasetDir`)."""
     data_manifest = built.manifest
     counts = {
         split: {kind: sum(1 for p in rows if p["pair_kind"] == kind) for kind in PAIR_KINDS}

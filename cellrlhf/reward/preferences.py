@@ -142,7 +142,7 @@ def sample_completions(
 # --------------------------------------------------------------------------- leakage
 def held_out_keys(splits: Mapping, train_rows, test_rows) -> set[tuple[str, str]]:
     """``(perturbation, cell_context)`` pairs that are held out, by the dataset's ``splits.json``
-    (``splits``, as :func:`~cellrlhf.data.layout.load_built_dataset` reads it).
+    (``splits``: :attr:`~cellrlhf.data.layout.DatasetDir.splits`).
 
     ``unseen_single``: every pair whose perturbation names a held-out target; ``unseen_combo``:
     the held-out combinations; ``unseen_context``: every pair in a held-out context. Always: the
@@ -247,7 +247,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
     """
     from accelerate import PartialState
 
-    from cellrlhf.data.layout import load_built_dataset
+    from cellrlhf.data.layout import open_dataset_dir
 
     if not config.dataset_dir or not config.output_dir:
         raise ValueError(
@@ -255,7 +255,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
         )
     started = time.perf_counter()
     dataset_dir = Path(config.dataset_dir)
-    built = load_built_dataset(dataset_dir)
+    built = open_dataset_dir(dataset_dir)
     rl = _rl_prompts(built)
     splits = [s for s in (config.train_split, config.test_split) if s]
     for split in splits:
@@ -280,7 +280,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
             f"the rl {config.train_split!r} split holds prompts of held-out perturbations {leaked[:5]} "
             f"(splits.json of {dataset_dir}); rebuild the dataset with `cellrlhf data build`."
         )
-    reward = config.reward(built.decoder)
+    reward = config.reward(built.decoder())
     model, tokenizer, _ = _load_sft_model(config.model_name_or_path, config.dtype)
     state = PartialState()
 

@@ -12,7 +12,6 @@ Modules, one concern each (heavy libraries are imported only when a run starts):
   ``SFTConfig`` plus cell fields);
 - :mod:`~cellrlhf.sft.pretrain`, :mod:`~cellrlhf.sft.sft`: ``main``, ``make_parser``, ``cli``;
 - :mod:`~cellrlhf.sft.training_run`: the shared flow from arguments to a saved model;
-- :mod:`~cellrlhf.sft.dataset_dir`: reading the data stage's saved directory;
 - :mod:`~cellrlhf.sft.model_factory`, :mod:`~cellrlhf.sft.gene_embedding_init`: models and
   tokenizers (fresh, cellrlhf checkpoints, any causal LM with gene tokens added);
 - :mod:`~cellrlhf.sft.perturbation_dropout`: ``<unk_pert>`` dropout of prompt targets;
@@ -28,7 +27,6 @@ Modules, one concern each (heavy libraries are imported only when a run starts):
 __all__ = [
     "checkpoints",
     "configs",
-    "dataset_dir",
     "eval_results",
     "evaluation",
     "gene_embedding_init",

@@ -12,8 +12,8 @@ logger = logging.getLogger(__name__)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from cellrlhf.data.layout import DatasetDirError
     from cellrlhf.sft.checkpoints import CheckpointError
-    from cellrlhf.sft.dataset_dir import DatasetDirError
     from cellrlhf.sft.model_dir import ModelDirError
 
     return (DatasetDirError, CheckpointError, ModelDirError, FileNotFoundError)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from cellrlhf.cell2text.vocab import VOCAB_FILENAME, GeneVocab
+from cellrlhf.data.layout import DatasetDir
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME
-from cellrlhf.sft.dataset_dir import DECODER_FILENAME, CellDatasetDir
 
 __all__ = [
     "MODEL_INFO_FILENAME",
@@ -102,7 +102,7 @@ def run_config_dict(stage: str, script_args, training_args, model_args) -> dict:
 
 
 def write_model_files(
-    target: Path, *, dataset: CellDatasetDir, run_config: dict, info: dict, card_name: str
+    target: Path, *, dataset: DatasetDir, run_config: dict, info: dict, card_name: str
 ) -> None:
     """Write the cellrlhf files of a model directory beside its weights and tokenizer.
 
@@ -117,7 +117,7 @@ def write_model_files(
 
     for name, source in (
         (VOCAB_FILENAME, dataset.vocab_path),
-        (DECODER_FILENAME, dataset.decoder_path),
+        (dataset.decoder_path.name, dataset.decoder_path),
         (DATA_MANIFEST_FILENAME, dataset.manifest_path),
     ):
         if source.exists():
@@ -141,7 +141,7 @@ def save_model_dir(
     output_dir: str | Path,
     *,
     info: dict,
-    dataset: CellDatasetDir,
+    dataset: DatasetDir,
     run_config: dict,
     peft_save: str = "merged",
 ) -> Path:
@@ -265,7 +265,7 @@ def load_model_dir(
     trust_remote_code
         Allow code shipped with the model to run. Off unless you trust the model's author.
     """
-    from cellrlhf.cell2text.decoder import ExpressionDecoder
+    from cellrlhf.cell2text.decoder import DECODER_FILENAME, ExpressionDecoder
     from cellrlhf.cell2text.tokenizer import load_cell_tokenizer
     from cellrlhf.sft.model_files import check_safe_weights
 

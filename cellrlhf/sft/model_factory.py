@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from cellrlhf.data.layout import DatasetDir
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME
-from cellrlhf.sft.dataset_dir import CellDatasetDir
 from cellrlhf.sft.gene_embedding_init import init_gene_embeddings
 
 __all__ = [
@@ -179,7 +179,7 @@ def check_model_source(name: str | Path | None) -> None:
 def build_model_and_tokenizer(
     model_args,
     training_args,
-    dataset: CellDatasetDir,
+    dataset: DatasetDir,
     *,
     texts: Callable[[], Iterable[str]] = tuple,
     tokenizer_from: str | Path | None = None,

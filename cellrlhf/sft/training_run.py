@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from cellrlhf.cell2text.markup import CELL_END, CELL_START
+from cellrlhf.data.layout import DatasetDir, DatasetDirError, open_dataset_dir
 from cellrlhf.sft.checkpoints import clear_staging, resolve_resume
-from cellrlhf.sft.dataset_dir import CellDatasetDir, DatasetDirError, open_dataset_dir
 
 __all__ = [
     "StageResult",
@@ -139,7 +139,7 @@ def _train_and_evaluate(trainer, output_dir: Path, *, resume, evaluate: bool) ->
     return metrics
 
 
-def _generation_evaluator(stage: Stage, evaluation, dataset: CellDatasetDir, tokenizer, args):
+def _generation_evaluator(stage: Stage, evaluation, dataset: DatasetDir, tokenizer, args):
     """The generation metrics of evaluation (``None`` without an evaluation split or samples)."""
     if evaluation is None or args.eval_generation_samples <= 0:
         return None
@@ -154,11 +154,11 @@ def _generation_evaluator(stage: Stage, evaluation, dataset: CellDatasetDir, tok
     examples = pick(evaluation, args.eval_generation_samples, seed=args.seed)
     references = {}
     if stage == "sft" and args.eval_fidelity_perturbations > 0:
-        references = fidelity_references(dataset.load_rl())
+        references = fidelity_references(dataset.rl)
     return GenerationEvaluator(
         examples,
         tokenizer,
-        dataset.decoder(),
+        dataset.decoder(required=False),
         max_new_tokens=args.eval_generation_max_new_tokens,
         batch_size=args.eval_generation_batch_size,
         temperature=args.eval_generation_temperature,
@@ -184,7 +184,7 @@ def _perturbation_dropout(stage: Stage, bundle, args, callbacks: list):
     return dropout
 
 
-def _model_info(stage: Stage, bundle, dataset: CellDatasetDir) -> dict:
+def _model_info(stage: Stage, bundle, dataset: DatasetDir) -> dict:
     """``cellrlhf.json`` content of the trained model."""
     from cellrlhf import __version__
 
@@ -218,7 +218,7 @@ def final_evaluation(trainer) -> dict[str, float]:
     return trainer.evaluate()
 
 
-def load_training_splits(stage: Stage, dataset: CellDatasetDir, script_args, *, seed: int):
+def load_training_splits(stage: Stage, dataset: DatasetDir, script_args, *, seed: int):
     """``(train, evaluation)`` datasets of a stage; evaluation is ``None`` when there is none."""
     from datasets import Dataset
 
@@ -259,7 +259,7 @@ def load_training_splits(stage: Stage, dataset: CellDatasetDir, script_args, *, 
     return train, evaluation
 
 
-def tokenizer_texts(dataset: CellDatasetDir) -> list[str]:
+def tokenizer_texts(dataset: DatasetDir) -> list[str]:
     """The distinct natural-language texts of the dataset, for fitting a fresh cell tokenizer.
 
     Prompts and answers of the SFT training split and the metadata prefixes of the pretraining

@@ -12,7 +12,7 @@ from cellrlhf.cell2text.vocab import GeneVocab
 from cellrlhf.data.build import BuildError, build_datasets
 from cellrlhf.data.expression import transform_block
 from cellrlhf.data.fingerprint import hash_dataset
-from cellrlhf.data.layout import load_built_dataset
+from cellrlhf.data.layout import open_dataset_dir
 from cellrlhf.data.leakage import LeakageError, check_no_leakage
 from cellrlhf.data.schema import CONTROL_LABEL
 from cellrlhf.data.task_templates import TASKS
@@ -45,7 +45,7 @@ def test_output_layout_matches_the_contract(built_by_kind):
     path = result.path
     for name in ("manifest.json", "gene_vocab.json", "expression_decoder.json", "splits.json"):
         assert (path / name).exists(), name
-    built = load_built_dataset(path)
+    built = open_dataset_dir(path)
     assert built.pretrain.column_names == ["text", "cell_id"]
     assert set(built.sft) == {"train", "validation", "test"}
     assert set(built.rl) == {"train", "test"}
@@ -69,7 +69,7 @@ def test_output_layout_matches_the_contract(built_by_kind):
 
 
 def test_every_task_and_every_paraphrase_is_built(built_by_kind):
-    built = load_built_dataset(built_by_kind["random_cells"].path)
+    built = open_dataset_dir(built_by_kind["random_cells"].path)
     train = built.sft["train"]
     assert set(train["task"]) == set(TASKS)
     used = {}
@@ -94,7 +94,7 @@ def test_same_config_same_fingerprint_other_seed_other(tmp_path, built_by_kind):
 
 def test_fingerprints_are_the_saved_content(built_by_kind):
     result = built_by_kind["random_cells"]
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     parts = result.manifest["part_fingerprints"]
     assert hash_dataset(built.pretrain) == parts["pretrain"]
     for split in ("train", "validation", "test"):
@@ -134,7 +134,7 @@ def _encoded(adata, cell_ids):
 
 def test_round_trip_rows_back_to_anndata(built_by_kind, sim_adata):
     result = built_by_kind["random_cells"]
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     pretrain = built.pretrain.select(range(0, len(built.pretrain), 7))
     expected = _encoded(sim_adata, pretrain["cell_id"])
     assert all(expected)
@@ -175,7 +175,7 @@ def test_round_trip_rows_back_to_anndata(built_by_kind, sim_adata):
 
 def test_decoder_is_fitted_on_training_cells_only(built_by_kind, sim_adata):
     result = built_by_kind["unseen_single"]
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     train = built.splits["cells"]["train"]
     decoder = ExpressionDecoder.load(result.path)
     assert decoder.params["n_cells"] == len(train)
@@ -197,7 +197,7 @@ def _training_adata(adata, cells):
 
 def test_rl_rows_carry_the_reward_references(built_by_kind):
     result = built_by_kind["unseen_single"]
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     n_genes = result.manifest["vocab"]["n_genes"]
     test_perts = set(built.splits["test_perturbations"])
     assert built.rl["test"].num_rows > 0
@@ -215,7 +215,7 @@ def test_rl_rows_carry_the_reward_references(built_by_kind):
 
 def test_de_answers_follow_the_simulated_truth(built_by_kind, sim_adata):
     truth = sim_adata.uns["simulation"]["perturbations"]
-    rows = list(load_built_dataset(built_by_kind["random_cells"].path).rl["train"])
+    rows = list(open_dataset_dir(built_by_kind["random_cells"].path).rl["train"])
     for row in rows:
         info = truth[row["perturbation"]]
         genes = row["de_genes_up"] + row["de_genes_down"]
@@ -230,7 +230,7 @@ def test_de_answers_follow_the_simulated_truth(built_by_kind, sim_adata):
     "kind", ["random_cells", "unseen_single", "unseen_combo", "unseen_context"]
 )
 def test_no_leakage_in_any_split(built_by_kind, kind):
-    built = load_built_dataset(built_by_kind[kind].path)
+    built = open_dataset_dir(built_by_kind[kind].path)
     summary = check_no_leakage(built)
     assert summary["sft_rows"] > 0 and summary["pretrain_rows"] > 0
     splits = built.splits
@@ -251,7 +251,7 @@ def test_leakage_check_catches_planted_leaks(built_by_kind, tmp_path):
     source = built_by_kind["unseen_single"].path
     copy = tmp_path / "leaky"
     shutil.copytree(source, copy)
-    built = load_built_dataset(copy)
+    built = open_dataset_dir(copy)
     test_cell = built.splits["cells"]["test"][0]
     leaked = concatenate_datasets(
         [
@@ -263,15 +263,15 @@ def test_leakage_check_catches_planted_leaks(built_by_kind, tmp_path):
     )
     _replace(leaked, copy / "pretrain")
     with pytest.raises(LeakageError, match="test cell"):
-        check_no_leakage(load_built_dataset(copy))
+        check_no_leakage(open_dataset_dir(copy))
 
     shutil.rmtree(copy / "pretrain")
     shutil.copytree(source / "pretrain", copy / "pretrain")
-    built = load_built_dataset(copy)
+    built = open_dataset_dir(copy)
     target = built.splits["test_targets"][0]
     _plant_sft_chat_naming(built, target, copy)
     with pytest.raises(LeakageError, match="held-out target"):
-        check_no_leakage(load_built_dataset(copy))
+        check_no_leakage(open_dataset_dir(copy))
 
 
 def _plant_sft_chat_naming(built, target: str, copy) -> None:
@@ -309,7 +309,7 @@ def test_balanced_sampling_of_a_task(tmp_path):
         small_config(sft={"tasks": tasks}, rl={"enabled": False}, split={"kind": "random_cells"}),
         out_dir=tmp_path / "balanced",
     )
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     counts = {}
     for pert in built.sft["train"]["perturbation"]:
         counts[pert] = counts.get(pert, 0) + 1
@@ -371,7 +371,7 @@ def test_validation_perturbations_get_rl_prompts_and_stay_out_of_training(tmp_pa
         "n_validation_perturbations": 2,
     }
     result = build_datasets(small_config(split=split), out_dir=tmp_path / "built")
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     splits = built.splits
     held = set(splits["validation_perturbations"])
     assert len(splits["validation_targets"]) == 2 and held
@@ -388,11 +388,11 @@ def test_validation_perturbations_get_rl_prompts_and_stay_out_of_training(tmp_pa
     # a training chat naming a validation target is a leak
     copy = tmp_path / "leaky"
     shutil.copytree(result.path, copy)
-    built = load_built_dataset(copy)
+    built = open_dataset_dir(copy)
     target = splits["validation_targets"][0]
     _plant_sft_chat_naming(built, target, copy)
     with pytest.raises(LeakageError, match="held-out validation target"):
-        check_no_leakage(load_built_dataset(copy))
+        check_no_leakage(open_dataset_dir(copy))
 
 
 # ------------------------------------------------------------------ unseen_pair, folds
@@ -423,7 +423,7 @@ def _pair_keys(dataset) -> set[tuple[str, str]]:
 
 
 def test_unseen_pair_fold_build(pair_fold_build):
-    built = load_built_dataset(pair_fold_build)
+    built = open_dataset_dir(pair_fold_build)
     splits, manifest = built.splits, built.manifest
     assert splits["kind"] == "unseen_pair" and splits["fold"] == 1 and splits["folds"] == 3
     assert manifest["split"]["fold"] == 1 and manifest["split"]["folds"] == 3
@@ -466,7 +466,7 @@ def _plant_chat(built, copy, text: str, context: str, perturbation: str = "") ->
 def test_unseen_pair_leakage_check_catches_planted_leaks(pair_fold_build, tmp_path):
     from datasets import Dataset, concatenate_datasets
 
-    splits = load_built_dataset(pair_fold_build).splits
+    splits = open_dataset_dir(pair_fold_build).splits
     pert, context = (splits["test_pairs"][0][k] for k in ("perturbation", "cell_context"))
     other = next(
         r["cell_context"]
@@ -492,18 +492,18 @@ def test_unseen_pair_leakage_check_catches_planted_leaks(pair_fold_build, tmp_pa
     for i, (text, where, label, fragment) in enumerate(cases):
         copy = tmp_path / f"leaky{i}"
         shutil.copytree(pair_fold_build, copy)
-        _plant_chat(load_built_dataset(copy), copy, text, where, label)
+        _plant_chat(open_dataset_dir(copy), copy, text, where, label)
         if fragment is None:
-            check_no_leakage(load_built_dataset(copy))
+            check_no_leakage(open_dataset_dir(copy))
         else:
             with pytest.raises(LeakageError, match=re.escape(fragment)):
-                check_no_leakage(load_built_dataset(copy))
+                check_no_leakage(open_dataset_dir(copy))
 
     # pretraining text: the context comes from its cell_context prefix
     for where, leaks in ((context, True), (other, False)):
         copy = tmp_path / f"pretrain-{where}"
         shutil.copytree(pair_fold_build, copy)
-        built = load_built_dataset(copy)
+        built = open_dataset_dir(copy)
         text = f"cell_context: {where}; perturbation: <pert> {target} </pert>; <cell> A B </cell>"
         planted = Dataset.from_dict(
             {"text": [text], "cell_id": ["planted"]}, features=built.pretrain.features
@@ -511,9 +511,9 @@ def test_unseen_pair_leakage_check_catches_planted_leaks(pair_fold_build, tmp_pa
         _replace(concatenate_datasets([built.pretrain, planted]), copy / "pretrain")
         if leaks:
             with pytest.raises(LeakageError, match="pretrain row .* held-out pair"):
-                check_no_leakage(load_built_dataset(copy))
+                check_no_leakage(open_dataset_dir(copy))
         else:
-            check_no_leakage(load_built_dataset(copy))
+            check_no_leakage(open_dataset_dir(copy))
 
 
 def test_fold_flag_needs_folds(tmp_path, capsys):

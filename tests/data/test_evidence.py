@@ -14,7 +14,7 @@ from cellrlhf.data.config import ConfigError, DataBuildConfig
 from cellrlhf.data.evidence import EvidenceBuilder
 from cellrlhf.data.evidence_config import EvidenceError
 from cellrlhf.data.evidence_table import load_gene_table
-from cellrlhf.data.layout import load_built_dataset
+from cellrlhf.data.layout import open_dataset_dir
 from cellrlhf.data.leakage import LeakageError, check_no_leakage
 from tests.fixtures.sim_data import small_config
 
@@ -94,7 +94,7 @@ def singles_built(tmp_path_factory):
         _config(SINGLES_SPLIT, {"kinds": ["average_response"]}), out_dir=root / "on", adata=adata
     )
     off = build_datasets(_config(SINGLES_SPLIT, None), out_dir=root / "off", adata=adata)
-    return load_built_dataset(on.path), load_built_dataset(off.path), on, off
+    return open_dataset_dir(on.path), open_dataset_dir(off.path), on, off
 
 
 def test_average_response_is_the_mean_of_per_perturbation_pseudobulks(singles_built):
@@ -170,7 +170,7 @@ def test_leakage_check_rejects_a_held_out_perturbation_as_source(singles_built, 
     built, _, on, _ = singles_built
     copy = tmp_path / "copy"
     shutil.copytree(on.path, copy)
-    leaky = load_built_dataset(copy)
+    leaky = open_dataset_dir(copy)
     rows = leaky.rl["test"].to_list()
     rows[0]["evidence_sources"].append(
         {"kind": "neighbours", "split": "train", "perturbation": "T", "cell_context": "K1"}
@@ -209,7 +209,7 @@ def pairs_built(tmp_path_factory):
         out_dir=root / "built",
         adata=_adata(PAIRS),
     )
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     prompts = {}
     for split in ("train", "test"):
         for row in built.rl[split]:
@@ -304,7 +304,7 @@ def test_cli_build_with_evidence_passes_the_check(tmp_path, capsys):
     assert cli(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["fingerprint"]
-    built = load_built_dataset(out)
+    built = open_dataset_dir(out)
     assert built.manifest["leakage_check"]["evidence_rows"] > 0
     test_perts = set(built.splits["test_perturbations"])
     for row in built.rl["test"]:
@@ -323,7 +323,7 @@ def test_norman_mcfaline_evidence_config_builds_on_real_data(real_data_dir, tmp_
         ["progress=false", "pretrain.max_cells=500", "sft.tasks.cell_annotation.max_examples=100"],
     )
     result = build_datasets(config, out_dir=tmp_path / "real", data_dir=real_data_dir)
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     assert result.manifest["leakage_check"]["evidence_rows"] > 0
     held = set(built.splits["test_perturbations"]) | set(built.splits["validation_perturbations"])
     for split in ("train", "validation", "test"):

@@ -15,7 +15,7 @@ from cellrlhf.data.input_checks import (
     drop_empty_cells,
     nonzero_per_row,
 )
-from cellrlhf.data.layout import load_built_dataset
+from cellrlhf.data.layout import open_dataset_dir
 from tests.fixtures.sim_data import small_config
 
 
@@ -67,7 +67,7 @@ def test_cells_without_expression_are_dropped_and_counted(tmp_path, sim_adata, c
     assert result.manifest["source"]["n_cells_dropped_no_expression"] == 3
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["source"]["n_cells_dropped_no_expression"] == 3
-    built = load_built_dataset(tmp_path / "out")
+    built = open_dataset_dir(tmp_path / "out")
     empty_ids = set(adata.obs_names[empty])
     assert not empty_ids & set(built.pretrain["cell_id"])
     assert all("<cell> </cell>" not in text for text in built.pretrain["text"])

@@ -6,7 +6,7 @@ import pytest
 
 from cellrlhf.data.build import build_datasets
 from cellrlhf.data.config import load_config
-from cellrlhf.data.layout import load_built_dataset
+from cellrlhf.data.layout import open_dataset_dir
 from cellrlhf.data.leakage import check_no_leakage
 from cellrlhf.data.task_templates import TASKS
 
@@ -44,7 +44,7 @@ def test_norman_mcfaline_every_task_and_split(real_data_dir, tmp_path, kind, ext
     assert manifest["vocab"]["n_genes"] == 500
     assert "TMSB4X" not in manifest["perturbation_targets_unmeasured"]  # the one measured target
     assert "KLF1" in manifest["perturbation_targets_unmeasured"]
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     check_no_leakage(built)
     tasks = set(built.sft["train"]["task"])
     assert tasks == set(TASKS)
@@ -78,7 +78,7 @@ def test_pbmc68k_cell_types(tmp_path, monkeypatch):
     pytest.importorskip("scanpy")  # the bundled copy (verified) is used when no data dir has it
     config = load_config(CONFIG.with_name("pbmc68k.yaml"), ["progress=false"])
     result = build_datasets(config, out_dir=tmp_path / "pbmc")
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     assert set(built.sft["train"]["task"]) == {"cell_annotation", "cell_generation"}
     assert len(set(built.sft["test"]["cell_context"])) >= 8
     assert built.rl is None and "rl" not in result.manifest["counts"]
@@ -104,7 +104,7 @@ def _pairs(records) -> set[tuple[str, str]]:
 def test_fold_configs_build_fold_0(real_data_dir, tmp_path, name):
     config = load_config(CONFIG.with_name(f"{name}.yaml"), FOLD_LIMITS)
     result = build_datasets(config, out_dir=tmp_path / name, data_dir=real_data_dir)
-    built = load_built_dataset(result.path)
+    built = open_dataset_dir(result.path)
     check_no_leakage(built)
     splits = built.splits
     assert splits["fold"] == 0 and splits["folds"] == config.split.folds

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from cellrlhf.data.layout import DatasetDirError
 from cellrlhf.evaluation.real_data import (
     REAL_CELLS_KEY,
     SourceChecksumError,
@@ -107,5 +108,5 @@ def test_a_missing_source_file_points_at_the_data_dir(sim_dataset_dir, tmp_path,
 def test_unknown_split_and_unbuilt_directory_are_clear_errors(sim_dataset_dir, tmp_path):
     with pytest.raises(ValueError, match="choose one of"):
         real_cells(sim_dataset_dir, "holdout")
-    with pytest.raises(FileNotFoundError, match="not a finished cellrlhf dataset"):
+    with pytest.raises(DatasetDirError, match="not a built cellrlhf dataset"):
         real_cells(tmp_path, "test")

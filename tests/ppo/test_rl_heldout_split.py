@@ -47,7 +47,7 @@ def test_without_validation_the_monitor_uses_test_and_warns(rl_dataset_dir, capl
 
 
 def test_a_missing_split_is_named(rl_dataset_dir):
-    from cellrlhf.sft.dataset_dir import DatasetDirError
+    from cellrlhf.data.layout import DatasetDirError
 
     args = CellRLScriptArguments(dataset_dir=str(rl_dataset_dir), dataset_test_split="validation")
     with pytest.raises(DatasetDirError, match="no 'validation' split"):

@@ -74,7 +74,7 @@ def test_added_gene_tokens_start_from_their_text_pieces(text_lm, tiny_data, tmp_
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from cellrlhf.sft.dataset_dir import open_dataset_dir
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.sft.model_factory import build_model_and_tokenizer
 
     script_args, training_args, model_args = parse(

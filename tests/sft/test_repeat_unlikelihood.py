@@ -142,7 +142,7 @@ def _teacher_forced_repeat_mass(model_dir, data_dir) -> float:
     """Mean probability on already-written genes over the tiny corpus' cells."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cellrlhf.sft.dataset_dir import open_dataset_dir
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.sft.repeat_unlikelihood import RepeatUnlikelihood
 
     dataset = open_dataset_dir(data_dir)

@@ -211,7 +211,7 @@ def test_lora_trains_only_adapters(pretrained, tiny_data, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
 
-    from cellrlhf.sft.dataset_dir import open_dataset_dir
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.sft.model_dir import save_model_dir
 
     merged_dir = tmp_path / "merged"
