@@ -170,14 +170,11 @@ def plan_dataset_upload(
     """
     from huggingface_hub import CommitOperationAdd
 
+    from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.hub.dataset_card import build_dataset_card
 
-    dataset_dir = Path(dataset_dir)
-    if not (dataset_dir / "manifest.json").is_file():
-        raise FileNotFoundError(
-            f"{dataset_dir} has no manifest.json: is it a dataset directory written by "
-            "`cellrlhf data build`?"
-        )
+    dataset = open_dataset_dir(dataset_dir)
+    dataset_dir = dataset.path
     staging = Path(tempfile.mkdtemp(prefix="cellrlhf-push-"))
     plan = UploadPlan(repo_type="dataset", _staging=staging)
     try:
@@ -188,10 +185,8 @@ def plan_dataset_upload(
         ]
         configs: dict[str, dict[str, list[str]]] = {}
         for subset in DATASET_SUBSETS:
-            if (dataset_dir / subset).is_dir():
-                shards = _stage_subset(
-                    dataset_dir / subset, staging / "data" / subset, max_shard_size
-                )
+            if (loaded := getattr(dataset, subset)) is not None:
+                shards = _stage_subset(loaded, staging / "data" / subset, max_shard_size)
                 configs[subset] = {}
                 for split, paths in shards.items():
                     configs[subset][split] = [f"data/{subset}/{p.name}" for p in paths]
@@ -218,11 +213,10 @@ def plan_dataset_upload(
     return plan
 
 
-def _stage_subset(src: Path, out: Path, max_shard_size: int) -> dict[str, list[Path]]:
-    """Write a ``save_to_disk`` dataset (or DatasetDict) as Parquet shards per split."""
+def _stage_subset(loaded, out: Path, max_shard_size: int) -> dict[str, list[Path]]:
+    """Write a dataset part (``Dataset`` or ``DatasetDict``) as Parquet shards per split."""
     import datasets
 
-    loaded = datasets.load_from_disk(str(src))
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, list[Path]] = {}
@@ -234,5 +228,5 @@ def _stage_subset(src: Path, out: Path, max_shard_size: int) -> dict[str, list[P
             ds.shard(num_shards=n_shards, index=i, contiguous=True).to_parquet(str(path))
             paths.append(path)
         result[split] = paths
-        logger.info("staged %s/%s: %d rows in %d shard(s)", src.name, split, len(ds), n_shards)
+        logger.info("staged %s/%s: %d rows in %d shard(s)", out.name, split, len(ds), n_shards)
     return result

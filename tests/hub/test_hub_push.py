@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+DATASET_MANIFEST = '{"format": "cellrlhf.dataset", "name": "tiny", "simulated": true}'
+
 
 def _local_hub_module():
     if "local_hub" not in sys.modules:
@@ -76,7 +78,7 @@ def test_push_cli_dataset(tmp_path, local_hub, capsys):
 
     d = tmp_path / "dataset"
     d.mkdir()
-    (d / "manifest.json").write_text('{"name": "tiny", "simulated": true}')
+    (d / "manifest.json").write_text(DATASET_MANIFEST)
     datasets.Dataset.from_dict({"text": ["<cell> A B </cell>"] * 3}).save_to_disk(
         str(d / "pretrain")
     )
@@ -112,7 +114,7 @@ def _tiny_dataset(tmp_path):
 
     d = tmp_path / "dataset"
     d.mkdir()
-    (d / "manifest.json").write_text('{"name": "tiny", "simulated": true}')
+    (d / "manifest.json").write_text(DATASET_MANIFEST)
     datasets.Dataset.from_dict({"text": ["<cell> A B </cell>"] * 3}).save_to_disk(
         str(d / "pretrain")
     )

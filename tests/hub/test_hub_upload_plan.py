@@ -201,16 +201,24 @@ def dataset_dir(tmp_path):
     d = tmp_path / "dataset"
     d.mkdir()
     (d / "manifest.json").write_text(
-        json.dumps({"name": "tiny", "simulated": True, "sources": ["/data/x.h5ad"]})
+        json.dumps(
+            {
+                "format": "cellrlhf.dataset",
+                "name": "tiny",
+                "simulated": True,
+                "sources": ["/data/x.h5ad"],
+            }
+        )
     )
     (d / "gene_vocab.json").write_text(json.dumps({"genes": ["A", "B"]}))
     (d / "expression_decoder.json").write_text("{}")
     Dataset.from_dict({"text": ["<cell> A B </cell>"] * 5}).save_to_disk(str(d / "pretrain"))
     msgs = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
+    columns = {"messages": msgs, "task": ["t"], "perturbation": [""], "cell_context": ["c"]}
     DatasetDict(
         {
-            "train": Dataset.from_dict({"messages": msgs * 4, "task": ["t"] * 4}),
-            "test": Dataset.from_dict({"messages": msgs, "task": ["t"]}),
+            "train": Dataset.from_dict({k: v * 4 for k, v in columns.items()}),
+            "test": Dataset.from_dict(columns),
         }
     ).save_to_disk(str(d / "sft"))
     return d
@@ -246,7 +254,9 @@ def test_dataset_plan_writes_parquet_configs_and_card(dataset_dir):
 
 
 def test_dataset_plan_needs_a_manifest(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    from cellrlhf.data.layout import DatasetDirError
+
+    with pytest.raises(DatasetDirError, match="has no manifest.json: not a built cellrlhf"):
         plan_dataset_upload(tmp_path)
 
 
