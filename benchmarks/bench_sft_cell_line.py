@@ -217,7 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     import torch
-    from datasets import load_from_disk
 
     from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.sft.evaluation import GenerationEvaluator, sft_generation_examples
@@ -249,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = annotation.select(picked.tolist())
         assert [e.reference for e in examples] == chosen["cell_context"]
         test_ids = [ids[0] for ids in chosen["cell_ids"]]
-        pretrain = load_from_disk(str(args.dataset / "pretrain"))
+        pretrain = data.load_pretrain()
         train_ids = list(pretrain["cell_id"])
         contexts = {}
         for text, cell in zip(pretrain["text"], pretrain["cell_id"], strict=True):

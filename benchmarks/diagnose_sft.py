@@ -207,8 +207,6 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/diagnose_sft.csv")
     args = parser.parse_args()
 
-    from datasets import load_from_disk
-
     from cellrlhf.cell2text.markup import extract_cell
     from cellrlhf.data.layout import open_dataset_dir
     from cellrlhf.metrics.fidelity import change_from_control
@@ -217,8 +215,8 @@ def main() -> None:
     from cellrlhf.sft.model_dir import load_model_dir
 
     built = open_dataset_dir(args.dataset_dir)
-    decoder = built.decoder
-    rl = load_from_disk(str(Path(args.dataset_dir) / "rl"))
+    decoder = built.decoder()
+    rl = built.rl
     train = rl["train"]
 
     def real_delta_of(row) -> np.ndarray:
