@@ -376,26 +376,10 @@ class GroupFidelityReward:
         sizes = np.bincount(codes, minlength=n_groups).astype(np.float64)
         fid = group_pearson_with_leave_one_out(X, codes, decoded_ctrl, truth)
         fidelity = self._credit(fid.group, fid.leave_one_out, codes, sizes)
-        top = np.zeros(n)
-        if self.weights.top_de > 0:
-            mask = np.zeros_like(truth, dtype=bool)
-            rows = np.arange(n_groups)[:, None]
-            mask[rows, top_k_changed_genes(truth, self.top_k)] = True
-            top_fid = group_pearson_with_leave_one_out(
-                X, codes, decoded_ctrl, truth, gene_mask=mask
-            )
-            top = self._credit(top_fid.group, top_fid.leave_one_out, codes, sizes)
-        specific, specific_group = np.zeros(n), None
-        if self.train_mean_deltas is not None:
-            m = context_rows(self.train_mean_deltas, cell_context, first)
-            spec = group_pearson_with_leave_one_out(
-                X,
-                codes,
-                np.maximum(decoded_ctrl + m, 0.0),
-                perturbed - np.maximum(control + m, 0.0),
-            )
-            specific = self._credit(spec.group, spec.leave_one_out, codes, sizes)
-            specific_group = spec.group[spec.defined]
+        top = self._top_de_term(X, codes, sizes, decoded_ctrl, truth)
+        specific, specific_group = self._specific_term(
+            X, codes, first, sizes, (perturbed, control, decoded_ctrl), cell_context
+        )
 
         dist, group_dist = np.zeros(n), np.full(n, np.nan)
         if self._needs_distribution and reference_sentences is not None:
@@ -420,7 +404,6 @@ class GroupFidelityReward:
         )
         reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
 
-        diversity = diversity_metrics(X, codes)
         metrics = {
             "pearson_delta_group": float(fid.group[fid.defined].mean())
             if fid.defined.any()
@@ -433,7 +416,7 @@ class GroupFidelityReward:
             "empty_fraction": float(empty.mean()),
             "mean_length": float(n_words.mean()),
             "group_size": float(sizes.mean()),
-            **diversity.as_dict(),
+            **diversity_metrics(X, codes).as_dict(),
         }
         if specific_group is not None:
             metrics["pearson_specific_group"] = (
@@ -458,6 +441,27 @@ class GroupFidelityReward:
         )
 
     # ------------------------------------------------------------------ helpers
+    def _top_de_term(self, X, codes, sizes, decoded_ctrl, truth) -> np.ndarray:
+        """Leave-one-out credit of the group pearson on each group's top changed genes."""
+        if self.weights.top_de <= 0:
+            return np.zeros(len(codes))
+        mask = np.zeros_like(truth, dtype=bool)
+        mask[np.arange(len(truth))[:, None], top_k_changed_genes(truth, self.top_k)] = True
+        top = group_pearson_with_leave_one_out(X, codes, decoded_ctrl, truth, gene_mask=mask)
+        return self._credit(top.group, top.leave_one_out, codes, sizes)
+
+    def _specific_term(self, X, codes, first, sizes, references, cell_context):
+        """Credit of the perturbation-specific group pearson (change relative to the context's
+        mean training change) and its defined group values; ``(zeros, None)`` without one."""
+        if self.train_mean_deltas is None:
+            return np.zeros(len(codes)), None
+        perturbed, control, decoded_ctrl = references
+        m = context_rows(self.train_mean_deltas, cell_context, first)
+        spec = group_pearson_with_leave_one_out(
+            X, codes, np.maximum(decoded_ctrl + m, 0.0), perturbed - np.maximum(control + m, 0.0)
+        )
+        return self._credit(spec.group, spec.leave_one_out, codes, sizes), spec.group[spec.defined]
+
     def _credit(self, group, loo, codes, sizes) -> np.ndarray:
         value = group[codes]
         if self.credit == "group":
