@@ -16,7 +16,8 @@ Tables (long format, one metric per row; see :func:`write_aggregate` for the fil
 - ``pooled``: ``setting, method, method_type, kind, metric, mean, ci_low, ci_high,
   n_perturbations, n_runs``: the mean over perturbations of every run of the setting (each
   perturbation's rows averaged first) with a 95% percentile bootstrap interval that resamples
-  perturbations (:mod:`cellrlhf.metrics.intervals`). The split-half ceiling gets a
+  perturbations (held-out (perturbation, context) pairs under ``unseen_pair``;
+  :mod:`cellrlhf.metrics.intervals`). The split-half ceiling gets a
   ``split_half (Spearman-Brown)`` row (its mean and bounds at full depth) on the correlation-like
   metrics;
 - ``paired``: ``setting, kind, metric, comparison, left, right, mean_diff, ci_low, ci_high,
@@ -127,12 +128,20 @@ def _long_rows(runs: Sequence[EvaluationRun], metrics: Sequence[str]) -> pd.Data
             var_name="metric",
             value_name="value",
         )
-        frames.append(
-            frame.assign(setting=run.setting, run=run.label, fold=run.fold, seed=run.seed)
-        )
+        frame = frame.assign(setting=run.setting, run=run.label, fold=run.fold, seed=run.seed)
+        frames.append(frame.assign(unit=_held_out_units(frame, run.split_kind)))
     rows = pd.concat(frames, ignore_index=True)
     rows["value"] = pd.to_numeric(rows["value"], errors="coerce").astype(np.float64)
     return rows
+
+
+def _held_out_units(frame: pd.DataFrame, split_kind: str) -> pd.Series:
+    """What the intervals resample: the held-out (perturbation, context) pair under
+    ``unseen_pair`` (each is test in its own fold), else the perturbation (a held-out target is
+    held out in every context, so its contexts are one unit)."""
+    if split_kind == "unseen_pair":
+        return frame["perturbation"].astype(str) + "@" + frame["cell_context"].astype(str)
+    return frame["perturbation"].astype(str)
 
 
 def _with_kind_all(rows: pd.DataFrame) -> pd.DataFrame:
@@ -170,7 +179,7 @@ def _pooled(rows: pd.DataFrame, n_boot: int, seed: int, level: float) -> pd.Data
     for key, part in _with_kind_all(rows).groupby(keys, sort=False):
         iv = bootstrap_mean(
             part["value"],
-            part["perturbation"],
+            part["unit"],
             n_boot=n_boot,
             confidence_level=level,
             seed=seed,
@@ -221,8 +230,9 @@ def _paired(rows, pooled, n_boot: int, seed: int, level: float) -> pd.DataFrame:
     ):
         for label, left, right in _comparisons(_models(part), best.get((setting, kind, metric))):
             iv = paired_difference(
-                part, left, right, value="value", n_boot=n_boot, confidence_level=level, seed=seed
-            )
+                part, left, right, value="value", cluster="unit", n_boot=n_boot,
+                confidence_level=level, seed=seed,
+            )  # fmt: skip
             out.append(
                 (setting, kind, metric, label, left, right, iv.estimate, iv.low, iv.high)
                 + (iv.n_clusters, iv.n_dropped)
@@ -272,9 +282,13 @@ def _flat_metrics(pooled: pd.DataFrame, tol: float = 1e-9) -> pd.DataFrame:
 
 def _resolve_metrics(runs: Sequence[EvaluationRun], metrics: Sequence[str] | None):
     present = set().union(*(set(r.metrics.columns) for r in runs))
+    # a headline defined somewhere: pearson_specific is NaN everywhere when no context trained
+    # a perturbation (one drug held out per patient), and pearson_delta then leads
+    defined = set().union(*(set(r.metrics.columns[r.metrics.notna().any()]) for r in runs))
     if metrics is None:
         chosen = [m for m in DEFAULT_METRICS if m in present]
-        headline = next((m for m in HEADLINE_METRICS if m in present), chosen[0] if chosen else "")
+        first = chosen[0] if chosen else ""
+        headline = next((m for m in HEADLINE_METRICS if m in defined), first)
     else:
         chosen, headline = list(dict.fromkeys(metrics)), metrics[0] if metrics else ""
         missing = [m for m in chosen if m not in present]

@@ -197,3 +197,51 @@ def test_verdict_lines_from_an_aggregate_dir_and_from_a_run_dir(tmp_path, two_fo
     assert verdict_lines(tmp_path / "empty_nothing") == [
         f"No evaluation found under {tmp_path / 'empty_nothing'}: no verdict."
     ]
+
+
+def test_unseen_pair_resamples_held_out_pairs_not_perturbation_labels(tmp_path):
+    """One drug held out in a different patient per fold (Zhao 2021): three held-out units, not
+    one; the same label in two contexts of one unseen_single run stays one unit."""
+    evals = {}
+    for fold, (context, sft) in enumerate((("PW030", 0.3), ("PW032", 0.4), ("PW034", 0.5))):
+        table = metrics_table(
+            {"sft": [sft], "grpo": [sft + 0.1], "context_transfer": [0.45]},
+            perturbations=["panobinostat"],
+            metric="pearson_delta",
+            context=context,
+        )
+        evals[f"fold{fold}_seed0"] = write_eval_dir(
+            tmp_path / f"f{fold}", table, name="zhao", split_kind="unseen_pair"
+        )
+    agg = aggregate_evaluations(evals, n_boot=300)
+    sft = _row(agg.pooled, method="sft", kind="all", metric="pearson_delta")
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # Student's t over 3 units: 0.3, 0.4, 0.5
+    assert sft["n_perturbations"] == 3 and sft["mean"] == pytest.approx(0.4)
+    assert (sft["ci_low"], sft["ci_high"]) == pytest.approx((0.4 - half, 0.4 + half))
+    rl = _row(agg.paired, comparison="grpo - sft", kind="all", metric="pearson_delta")
+    assert rl["n_perturbations"] == 3 and rl["mean_diff"] == pytest.approx(0.1)
+    # unseen_single: a held-out target is held out in every context, so it is one unit
+    two_contexts = pd.concat(
+        [
+            metrics_table({"sft": [0.2]}, perturbations=["P0"], metric="pearson_delta", context=c)
+            for c in ("A172", "U87MG")
+        ]
+    )
+    single = aggregate_evaluations({"x": write_eval_dir(tmp_path / "s", two_contexts)}, n_boot=50)
+    assert (
+        _row(single.pooled, method="sft", kind="all", metric="pearson_delta")["n_perturbations"]
+        == 1
+    )
+
+
+def test_headline_falls_back_to_pearson_delta_where_pearson_specific_is_undefined(tmp_path):
+    table = metrics_table(
+        {"sft": [0.3, 0.5], "context_transfer": [0.4, 0.4]},
+        perturbations=["D1", "D2"],
+        metric="pearson_delta",
+        extra={"pearson_specific": {}},  # the column exists, NaN everywhere
+    )
+    assert table["pearson_specific"].isna().all()
+    agg = aggregate_evaluations({"x": write_eval_dir(tmp_path / "e", table)}, n_boot=50)
+    assert agg.headline == "pearson_delta"
+    assert "pearson_specific" in set(agg.pooled["metric"])  # still aggregated, as NaN
