@@ -26,6 +26,7 @@ ORDER = (
     "reward_model",
     "ppo",
     "rl_eval",
+    "rl_long_cells",
     "demo",
 )
 
