@@ -38,6 +38,7 @@ __all__ = [
     "DatasetDirError",
     "DatasetDir",
     "open_dataset_dir",
+    "read_dataset_manifest",
 ]
 
 MANIFEST_FILENAME = "manifest.json"
@@ -277,6 +278,30 @@ def open_dataset_dir(path: str | Path | None) -> DatasetDir:
     if manifest.get("format") != MANIFEST_FORMAT:
         raise DatasetDirError(f"{manifest_path} is not a cellrlhf dataset manifest.")
     return DatasetDir(root, manifest)
+
+
+def read_dataset_manifest(path: str | Path | None, *, required: bool = True) -> dict | None:
+    """The ``manifest.json`` of a dataset directory.
+
+    Parameters
+    ----------
+    path
+        The dataset directory.
+    required
+        ``True``: checked as :func:`open_dataset_dir` does (a :class:`DatasetDirError` when
+        missing or not a cellrlhf dataset manifest). ``False``: whatever JSON object the file
+        holds, ``None`` when there is no path, no file or no readable JSON object (for cards
+        and reports that show what there is).
+    """
+    if required:
+        return open_dataset_dir(path).manifest
+    if not path:
+        return None
+    try:
+        payload = json.loads((Path(path).expanduser() / MANIFEST_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def _unique_targets(perturbations) -> list[str]:

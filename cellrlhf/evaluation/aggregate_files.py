@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from cellrlhf.evaluation.aggregate import REFERENCE_MODEL, Aggregate
-from cellrlhf.evaluation.aggregate_inputs import EVALUATION_FORMAT
+from cellrlhf.evaluation.eval_dir import EVALUATION_FORMAT
 
 __all__ = [
     "AGGREGATE_FORMAT",

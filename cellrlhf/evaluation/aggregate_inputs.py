@@ -1,8 +1,8 @@
 """Read the evaluation directories of an experiment (folds x seeds) for the aggregate step.
 
-Each directory is what ``cellrlhf evaluate`` wrote (``manifest.json`` of format
-``cellrlhf.evaluation`` and ``metrics.csv``, one row per method, cell context and perturbation).
-Every run gets:
+Each directory is what ``cellrlhf evaluate`` wrote, opened with
+:func:`~cellrlhf.evaluation.eval_dir.open_evaluation_dir` (its ``metrics.csv`` has one row per
+method, cell context and perturbation). Every run gets:
 
 - a *setting*: the held-out kind and the data set's name (``"unseen_single (norman)"``), from
   the manifest; a trailing ``_fold<i>`` / ``-f<i>`` in the name is dropped so the folds of one
@@ -14,7 +14,6 @@ Every run gets:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,19 +22,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellrlhf.data.layout import read_dataset_manifest
+from cellrlhf.evaluation.eval_dir import EvaluationDirError, open_evaluation_dir
+
 __all__ = [
-    "EVALUATION_FORMAT",
     "EvaluationRun",
-    "ID_COLUMNS",
     "parse_eval_args",
     "read_evaluation_run",
     "read_evaluation_runs",
     "setting_name",
 ]
-
-EVALUATION_FORMAT = "cellrlhf.evaluation"
-# columns of metrics.csv that identify a row (the rest are metrics or counts)
-ID_COLUMNS = ("method", "method_type", "cell_context", "perturbation", "kind")
 
 _FOLD = re.compile(r"(?:^|[_\-./])(?:fold|f)[_\-]?(\d+)(?=$|[_\-./])", re.IGNORECASE)
 _SEED = re.compile(r"(?:^|[_\-./])(?:seed|s)[_\-]?(\d+)(?=$|[_\-./])", re.IGNORECASE)
@@ -107,14 +103,6 @@ def parse_eval_args(values: Sequence[str]) -> dict[str, Path]:
     return out
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return payload if isinstance(payload, dict) else {}
-
-
 def _number(*candidates) -> int | None:
     for value in candidates:
         if value is not None and not isinstance(value, bool):
@@ -135,43 +123,19 @@ def read_evaluation_run(label: str, path: str | os.PathLike) -> EvaluationRun:
 
     Raises
     ------
-    FileNotFoundError
-        The directory, its ``manifest.json`` or its ``metrics.csv`` is missing.
-    ValueError
-        It is not a ``cellrlhf evaluate`` output, or its table lacks the identifying columns.
+    EvaluationDirError
+        The directory, its ``manifest.json`` or its ``metrics.csv`` is missing, it is not a
+        ``cellrlhf evaluate`` output, or its table lacks the identifying columns.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"evaluation {label!r}: directory {path} does not exist (run `cellrlhf evaluate "
-            "--out DIR` first, or fix --eval LABEL=DIR)."
-        )
-    manifest = _read_json(path / "manifest.json")
-    if not manifest:
-        raise FileNotFoundError(
-            f"evaluation {label!r}: {path}/manifest.json is missing or unreadable; is {path} "
-            "the --out directory of `cellrlhf evaluate`?"
-        )
-    if manifest.get("format") != EVALUATION_FORMAT:
-        raise ValueError(
-            f"evaluation {label!r}: {path} is not a `cellrlhf evaluate` output (manifest format "
-            f"{manifest.get('format')!r}, expected {EVALUATION_FORMAT!r})."
-        )
-    csv = path / "metrics.csv"
-    if not csv.is_file():
-        raise FileNotFoundError(f"evaluation {label!r}: {csv} is missing (an unfinished run?).")
-    metrics = pd.read_csv(csv)
-    missing = [c for c in ID_COLUMNS if c not in metrics.columns]
-    if missing:
-        raise ValueError(
-            f"evaluation {label!r}: {csv} lacks column(s) {missing}; it was written by an older "
-            "cellrlhf: re-run `cellrlhf evaluate`."
-        )
-    metrics[["method", "method_type", "cell_context", "perturbation", "kind"]] = metrics[
-        list(ID_COLUMNS)
-    ].astype(str)
-    dataset = manifest.get("dataset") or {}
-    data_manifest = _read_json(Path(str(dataset.get("dir", ""))) / "manifest.json")
+    try:
+        evaluation = open_evaluation_dir(path)
+        metrics = evaluation.metrics
+    except EvaluationDirError as err:
+        raise EvaluationDirError(f"evaluation {label!r} (--eval {label}=DIR): {err}") from err
+    manifest, dataset = evaluation.manifest, evaluation.dataset
+    data_manifest = {}
+    if evaluation.dataset_dir is not None:
+        data_manifest = read_dataset_manifest(evaluation.dataset_dir, required=False) or {}
     split_cfg = (data_manifest.get("config") or {}).get("split") or {}
     run = manifest.get("run") or {}
     fold = _number(
@@ -183,15 +147,15 @@ def read_evaluation_run(label: str, path: str | os.PathLike) -> EvaluationRun:
     name = _FOLD_SUFFIX.sub("", name) or name
     return EvaluationRun(
         label=label,
-        path=path,
+        path=evaluation.path,
         setting=setting_name(split_kind, name),
         dataset=name,
         split_kind=split_kind,
         fold=fold if fold is not None else (_from_label(_FOLD, label) or 0),
         seed=seed if seed is not None else (_from_label(_SEED, label) or 0),
-        simulated=bool(manifest.get("simulated")),
-        baselines=tuple((manifest.get("settings") or {}).get("baselines") or ()),
-        identical_models=[list(g) for g in manifest.get("identical_models") or []],
+        simulated=evaluation.simulated,
+        baselines=evaluation.baselines,
+        identical_models=evaluation.identical_models,
         metrics=metrics,
         manifest=manifest,
     )

@@ -6,17 +6,8 @@ scores the models next to the baselines learned from the training cells of that 
 ceilings (split-half real vs real; the dataset decoder's representation ceiling), all against
 the same real test cells: the perturbations that were prompted, plus the context's control.
 
-Output directory::
-
-    metrics.csv        one row per (method, cell context, perturbation), every metric
-    summary.csv        means per (method, cell context, kind all/single/combo); context "all"
-                       averages over every (context, perturbation); model rows carry
-                       valid_fraction, valid_cell_fraction and distinct_sentence_fraction
-    metrics.md         the summary as Markdown, one table per context
-    metrics.png        metric bars per context; validity.png; pred_vs_real_<model>.png
-    contexts/<ctx>/    the reward stage's report of each context (its own tables and plots)
-    predictions/<model>.h5ad
-    manifest.json      models, dataset fingerprint, settings, seeds, time
+The output directory (tables, plots, predictions, manifest) is laid out and read by
+:mod:`cellrlhf.evaluation.eval_dir`.
 """
 
 from __future__ import annotations
@@ -32,7 +23,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellrlhf.evaluation.aggregate_inputs import EVALUATION_FORMAT
+from cellrlhf.evaluation.eval_dir import (
+    BAR_PLOT_FILENAME,
+    EVALUATION_FORMAT,
+    ID_COLUMNS,
+    MANIFEST_FILENAME,
+    PREDICTIONS_DIRNAME,
+    VALIDITY_PLOT_FILENAME,
+    context_dir,
+    prediction_path,
+    scatter_path,
+    table_paths,
+)
 from cellrlhf.evaluation.settings import EvalSettings
 
 __all__ = [
@@ -72,12 +74,6 @@ def method_type(method: str, models: set[str] | frozenset[str]) -> str:
     if method.startswith(("split_half", "representation_")):
         return "ceiling"
     return "baseline"
-
-
-def _safe_name(text: str) -> str:
-    from cellrlhf.evaluation.aggregate_files import safe_name
-
-    return safe_name(text, fallback="context")
 
 
 def _subset(adata, mask):
@@ -197,7 +193,7 @@ def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
         ]
         summary = summary.merge(extra, on=["method", "cell_context"], how="left")
     metrics.insert(1, "method_type", [method_type(m, models) for m in metrics["method"]])
-    lead = ["method", "method_type", "cell_context", "perturbation", "kind"]
+    lead = list(ID_COLUMNS)
     metrics = metrics[lead + [c for c in metrics.columns if c not in lead]]
     return metrics, summary
 
@@ -326,7 +322,7 @@ def evaluate_models(
     settings = settings or EvalSettings()
     model_dirs = resolve_model_dirs(models, skip_missing=skip_missing)
     out = Path(out_dir)
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    (out / PREDICTIONS_DIRNAME).mkdir(parents=True, exist_ok=True)
     built = open_dataset_dir(dataset_dir)
     manifest = built.manifest
     kwargs = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
@@ -363,7 +359,7 @@ def evaluate_models(
         "cell_contexts": list(evaluations),
         "files": {k: str(p.relative_to(out)) for k, p in paths.items()},
     }
-    paths["manifest"] = out / "manifest.json"
+    paths["manifest"] = out / MANIFEST_FILENAME
     paths["manifest"].write_text(json.dumps(run_manifest, indent=1, default=_json_default))
     logger.info("evaluation written to %s in %.0f s", out, run_manifest["seconds"])
     return EvaluationResult(
@@ -385,7 +381,7 @@ def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, pro
             progress=progress,
             **settings.predict_kwargs(),
         )
-        paths[f"prediction_{name}"] = out / "predictions" / f"{_safe_name(name)}.h5ad"
+        paths[f"prediction_{name}"] = prediction_path(out, name)
         pred.write_h5ad(paths[f"prediction_{name}"])
         predictions[name] = pred
     return predictions, paths
@@ -416,7 +412,7 @@ def _score_contexts(built, real, predictions, settings, out: Path) -> dict:
         evaluations[ctx] = evals
         write_report(
             evals,
-            out / "contexts" / _safe_name(ctx),
+            context_dir(out, ctx),
             title=f"Held-out perturbations in {ctx}",
             scatter_method=next(iter(predictions), None),
             spearman_brown_from="split_half",
@@ -451,12 +447,7 @@ def _tables(evaluations: dict, predictions: dict, model_dirs: Mapping, settings)
 
 def _write_tables(out: Path, tables: _Tables, manifest: dict, settings, predictions) -> dict:
     """``metrics.csv``, ``summary.csv``, ``validity.csv`` and ``metrics.md``; their paths."""
-    paths = {
-        "metrics_csv": out / "metrics.csv",
-        "summary_csv": out / "summary.csv",
-        "validity_csv": out / "validity.csv",
-        "markdown": out / "metrics.md",
-    }
+    paths = table_paths(out)
     tables.metrics.to_csv(paths["metrics_csv"], index=False)
     tables.summary.to_csv(paths["summary_csv"], index=False)
     tables.validity.to_csv(paths["validity_csv"], index=False)
@@ -480,14 +471,14 @@ def _write_plots(out: Path, tables: _Tables, evaluations: dict, models: list, se
     from cellrlhf.evaluation.plots import plot_change_scatter, plot_metric_bars, plot_validity
 
     paths = {}
-    bars = plot_metric_bars(tables.summary, out / "metrics.png", models=models)
+    bars = plot_metric_bars(tables.summary, out / BAR_PLOT_FILENAME, models=models)
     if bars:
         paths["bar_plot"] = bars
     for name in models:
         png = plot_change_scatter(
             evaluations,
             name,
-            out / f"pred_vs_real_{_safe_name(name)}.png",
+            scatter_path(out, name),
             n_panels=settings.scatter_perturbations,
         )
         if png:
@@ -495,7 +486,7 @@ def _write_plots(out: Path, tables: _Tables, evaluations: dict, models: list, se
     validity = tables.validity
     if len(validity):
         png = plot_validity(
-            validity[validity["cell_context"] == ALL_CONTEXTS], out / "validity.png"
+            validity[validity["cell_context"] == ALL_CONTEXTS], out / VALIDITY_PLOT_FILENAME
         )
         if png:
             paths["validity_plot"] = png

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from cellrlhf.data.layout import read_dataset_manifest
 from cellrlhf.data.source_info import source_license, source_lines
 
 __all__ = ["build_dataset_card", "DATASET_TAGS"]
@@ -45,13 +45,6 @@ split, and `manifest.json` holds the build configuration, source checksums and c
 """
 
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    payload = json.loads(path.read_text())
-    return payload if isinstance(payload, dict) else {}
-
-
 def build_dataset_card(
     dataset_dir: str | Path,
     *,
@@ -76,7 +69,7 @@ def build_dataset_card(
     from huggingface_hub import DatasetCard, DatasetCardData
 
     dataset_dir = Path(dataset_dir)
-    manifest = _read(dataset_dir / "manifest.json")
+    manifest = read_dataset_manifest(dataset_dir, required=False) or {}
     repo_id = repo_id or f"your-name/{dataset_dir.resolve().name}"
     config_meta = [
         {

@@ -1,6 +1,7 @@
 """The key metrics of a ``cellrlhf evaluate`` output directory, for the model card.
 
-The directory (``summary.csv`` + ``manifest.json``) is read as one evaluation: the key metrics
+The directory (opened with :func:`~cellrlhf.evaluation.eval_dir.open_evaluation_dir`; its
+``summary.csv`` and ``manifest.json``) is read as one evaluation: the key metrics
 (pearson_delta and friends, :data:`~cellrlhf.evaluation.eval_report.KEY_METRICS`) of the model's row
 over all cell contexts, one per held-out kind (``all``, ``single``, ``combo``), named
 ``"<metric>/<kind>"``. The result is an :class:`~cellrlhf.sft.eval_results.EvalSummary`, which
@@ -9,18 +10,23 @@ the card builder (:mod:`cellrlhf.sft.model_card`) takes like any evaluation file
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
-from cellrlhf.sft.eval_results import EvalSummary, is_evaluation_dir
+from cellrlhf.evaluation.eval_dir import (
+    SUMMARY_FILENAME,
+    EvaluationDir,
+    is_evaluation_dir,
+    open_evaluation_dir,
+)
+from cellrlhf.sft.eval_results import EvalSummary
 
 __all__ = ["evaluation_dir_summary", "read_evaluation_dirs"]
 
 
-def _evaluated_model(manifest: Mapping, model_dir: Path | None, path: Path) -> str:
-    models = manifest.get("models") or {}
+def _evaluated_model(evaluation: EvaluationDir, model_dir: Path | None) -> str:
+    models = evaluation.models
     if model_dir is not None:
         mine = [
             name
@@ -32,7 +38,7 @@ def _evaluated_model(manifest: Mapping, model_dir: Path | None, path: Path) -> s
     if len(models) == 1:
         return next(iter(models))
     raise ValueError(
-        f"the evaluation in {path} scored models {sorted(models)}, none of them saved in "
+        f"the evaluation in {evaluation.path} scored models {sorted(models)}, none of them saved in "
         f"{model_dir}; pass the evaluation of this model."
     )
 
@@ -54,10 +60,9 @@ def evaluation_dir_summary(path: str | Path, model_dir: str | Path | None = None
     from cellrlhf.evaluation.eval_report import KEY_METRICS
     from cellrlhf.evaluation.evaluate import ALL_CONTEXTS
 
-    path = Path(path)
-    manifest = json.loads((path / "manifest.json").read_text())
-    model = _evaluated_model(manifest, Path(model_dir) if model_dir else None, path)
-    summary = pd.read_csv(path / "summary.csv")
+    evaluation = open_evaluation_dir(path)
+    model = _evaluated_model(evaluation, Path(model_dir) if model_dir else None)
+    summary = evaluation.summary
     rows = summary[(summary["method"] == model) & (summary["cell_context"] == ALL_CONTEXTS)]
     columns = [c for c in summary.columns if any(fnmatch(c, p) for p in KEY_METRICS)]
     metrics = {
@@ -66,11 +71,11 @@ def evaluation_dir_summary(path: str | Path, model_dir: str | Path | None = None
         for column in columns
         if pd.notna(row[column]) and math.isfinite(float(row[column]))
     }
-    dataset = manifest.get("dataset") or {}
-    started = manifest.get("started")
+    dataset = evaluation.dataset
+    started = evaluation.manifest.get("started")
     return EvalSummary(
         metrics=metrics,
-        source=path / "summary.csv",
+        source=evaluation.path / SUMMARY_FILENAME,
         dataset=dataset.get("name") if isinstance(dataset.get("name"), str) else None,
         split="test",
         extra={"model": model, "split_kind": dataset.get("split_kind")},

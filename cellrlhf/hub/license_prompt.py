@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cellrlhf.data.layout import read_dataset_manifest
 from cellrlhf.data.source_info import source_license
 
 __all__ = ["data_license", "resolve_license", "LICENSE_NEEDED"]
@@ -28,12 +29,22 @@ _PROMPT = "The data's licence is unknown. Licence of this upload (e.g. cc-by-4.0
 def data_license(*, model: str | Path | None = None, dataset: str | Path | None = None):
     """The data's licence id from a model's ``data_manifest.json`` or a dataset's
     ``manifest.json`` (``None`` when the file or its ``source.license`` is missing)."""
-    path = Path(model) / "data_manifest.json" if model else Path(dataset) / "manifest.json"
+    if model:
+        manifest = _model_data_manifest(Path(model))
+    else:
+        manifest = read_dataset_manifest(dataset, required=False)
+    return source_license(manifest.get("source")) if manifest is not None else None
+
+
+def _model_data_manifest(model_dir: Path) -> dict | None:
+    """The copy of the training data's manifest in a model directory (``None`` when missing)."""
+    from cellrlhf.sft.model_dir import DATA_MANIFEST_FILENAME
+
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads((model_dir / DATA_MANIFEST_FILENAME).read_text())
     except (OSError, ValueError):
         return None
-    return source_license(manifest.get("source")) if isinstance(manifest, dict) else None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def resolve_license(

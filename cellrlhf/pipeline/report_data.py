@@ -10,8 +10,15 @@ from typing import Any
 import pandas as pd
 
 from cellrlhf.data.layout import MANIFEST_FORMAT as DATASET_FORMAT
+from cellrlhf.data.layout import read_dataset_manifest
 from cellrlhf.evaluation.aggregate_files import AGGREGATE_FORMAT
-from cellrlhf.evaluation.aggregate_inputs import EVALUATION_FORMAT
+from cellrlhf.evaluation.eval_dir import (
+    EVALUATION_FORMAT,
+    SUMMARY_FILENAME,
+    VALIDITY_FILENAME,
+    EvaluationDir,
+    open_evaluation_dir,
+)
 from cellrlhf.pipeline.spec import PipelineSpec
 from cellrlhf.pipeline.stage_marker import read_markers
 from cellrlhf.sft.checkpoints import last_complete_checkpoint
@@ -107,28 +114,17 @@ _RESULT_FILES = (
 )
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    try:
-        return pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None
-
-
-def _png(path: Path) -> Path | None:
-    return path if path.is_file() and path.stat().st_size > 0 else None
-
-
-def read_evaluation(stage: str, out: Path, manifest: dict) -> EvaluationArtifacts:
-    """Tables and plots of an evaluation output directory."""
+def read_evaluation(stage: str, evaluation: EvaluationDir) -> EvaluationArtifacts:
+    """Tables and plots of an evaluation output directory (a missing table is ``None``)."""
     return EvaluationArtifacts(
         stage=stage,
-        path=out,
-        manifest=manifest,
-        summary=_read_csv(out / "summary.csv"),
-        validity=_read_csv(out / "validity.csv"),
-        bar_plot=_png(out / "metrics.png"),
-        scatter_plots=[p for p in sorted(out.glob("pred_vs_real_*.png")) if _png(p)],
-        validity_plot=_png(out / "validity.png"),
+        path=evaluation.path,
+        manifest=evaluation.manifest,
+        summary=evaluation.read_table(SUMMARY_FILENAME, required=False),
+        validity=evaluation.read_table(VALIDITY_FILENAME, required=False),
+        bar_plot=evaluation.bar_plot,
+        scatter_plots=evaluation.scatter_plots,
+        validity_plot=evaluation.validity_plot,
     )
 
 
@@ -141,6 +137,17 @@ def _read_splits(out: Path, manifest: dict) -> dict:
     return {k: v for k, v in payload.items() if k not in _SPLIT_LIST_KEYS}
 
 
+def _add_data_manifest(art: RunArtifacts, stage: str, out: Path) -> None:
+    """A data set stage's manifest and held-out lists, when it has a readable manifest."""
+    manifest = read_dataset_manifest(out, required=False)
+    if manifest is None:
+        return
+    art.data_manifests[stage] = manifest
+    art.data_splits[stage] = _read_splits(out, manifest)
+    if art.data_manifest is None or stage == "data":
+        art.data_manifest = manifest
+
+
 def collect_artifacts(spec: PipelineSpec) -> RunArtifacts:
     """Read markers, manifests, histories, metric tables and plots of every stage."""
     art = RunArtifacts(spec=spec, markers=read_markers(spec.run_dir))
@@ -150,16 +157,11 @@ def collect_artifacts(spec: PipelineSpec) -> RunArtifacts:
         out = Path(stage.output_dir)
         if not out.is_dir():
             continue
-        manifest = _read_json(out / "manifest.json")
-        manifest = manifest if isinstance(manifest, dict) else None
-        fmt = (manifest or {}).get("format")
-        if manifest is not None and (stage.name == "data" or fmt == DATASET_FORMAT):
-            art.data_manifests[stage.name] = manifest
-            art.data_splits[stage.name] = _read_splits(out, manifest)
-            if art.data_manifest is None or stage.name == "data":
-                art.data_manifest = manifest
+        fmt = _format(out)
+        if stage.name == "data" or fmt == DATASET_FORMAT:
+            _add_data_manifest(art, stage.name, out)
         if fmt == EVALUATION_FORMAT:
-            art.evaluations[stage.name] = read_evaluation(stage.name, out, manifest)
+            art.evaluations[stage.name] = read_evaluation(stage.name, open_evaluation_dir(out))
             art.evaluation = art.evaluations[stage.name]
             continue  # shown in its own report section, not among the generic tables
         if fmt == AGGREGATE_FORMAT:

@@ -111,3 +111,23 @@ def test_columns_are_checked(tiny, copy):
     Dataset.from_dict({"sentence": ["a"]}).save_to_disk(str(copy / "pretrain"))
     with pytest.raises(DatasetDirError, match="has no 'text' column"):
         open_dataset_dir(copy).load_pretrain()
+
+
+def test_the_manifest_alone_strict_or_tolerant(tiny, tmp_path):
+    from cellrlhf.data.layout import read_dataset_manifest
+
+    assert read_dataset_manifest(tiny) == open_dataset_dir(tiny).manifest
+    assert read_dataset_manifest(tiny, required=False) == open_dataset_dir(tiny).manifest
+    with pytest.raises(DatasetDirError, match="has no manifest.json: not a built cellrlhf"):
+        read_dataset_manifest(tmp_path)
+    for path in (None, "", tmp_path, tmp_path / "nope"):  # nothing there: None
+        assert read_dataset_manifest(path, required=False) is None
+    (tmp_path / "manifest.json").write_text("[1, 2]")  # not an object
+    assert read_dataset_manifest(tmp_path, required=False) is None
+    (tmp_path / "manifest.json").write_text("{broken")
+    assert read_dataset_manifest(tmp_path, required=False) is None
+    # tolerant: an older manifest without the format is shown as it is; strict refuses it
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "old"}))
+    assert read_dataset_manifest(tmp_path, required=False) == {"name": "old"}
+    with pytest.raises(DatasetDirError, match="is not a cellrlhf dataset manifest"):
+        read_dataset_manifest(tmp_path)

@@ -9,6 +9,7 @@ from synthetic_evals import metrics_table, write_eval_dir
 from cellrlhf.evaluation.aggregate import aggregate_evaluations, higher_is_better
 from cellrlhf.evaluation.aggregate_cli import cli
 from cellrlhf.evaluation.aggregate_files import read_aggregate, write_aggregate
+from cellrlhf.evaluation.eval_dir import EvaluationDirError
 from cellrlhf.evaluation.verdict import verdict_lines
 
 SFT = {0: [0.1, 0.2, 0.3], 1: [0.0, 0.1, 0.2]}
@@ -142,7 +143,7 @@ def test_fold_and_seed_from_the_manifest_win_over_the_label(tmp_path):
 
 
 def test_bad_inputs_get_one_clear_error(tmp_path, two_folds):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(EvaluationDirError, match="evaluation 'x'.*does not exist: run"):
         aggregate_evaluations({"x": tmp_path / "missing"})
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "manifest.json").write_text(json.dumps({"format": "cellrlhf.dataset"}))
