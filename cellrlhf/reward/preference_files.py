@@ -29,6 +29,7 @@ __all__ = [
     "load_preference_pairs",
     "load_preferences",
     "preferences_manifest",
+    "read_preferences_manifest",
     "write_preferences",
 ]
 
@@ -166,6 +167,29 @@ def _check_preferences_dir(path: str | Path) -> Path:
             "`cellrlhf preferences --config ...`."
         )
     return root
+
+
+def read_preferences_manifest(path: str | Path) -> dict:
+    """The ``manifest.json`` of a preference directory, checked to be one.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` has no ``manifest.json`` or ``pairs/`` (the fix is named in the message).
+    ValueError
+        The manifest is not a JSON object.
+    """
+    manifest_path = _check_preferences_dir(path) / MANIFEST_FILENAME
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{manifest_path} is not valid JSON ({err}); rebuild the directory with "
+            "`cellrlhf preferences --config ...`."
+        ) from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path} holds {type(manifest).__name__}, not a JSON object.")
+    return manifest
 
 
 def load_preference_pairs(path: str | Path):

@@ -266,6 +266,7 @@ class SFTModelFiles:
 def reward_model_info(sft_dir: Path, args: CellRewardConfig, n_pairs: int) -> dict[str, Any]:
     """``cellrlhf.json`` content of the reward model (the SFT model's, re-staged)."""
     from cellrlhf import __version__
+    from cellrlhf.reward.preference_files import read_preferences_manifest
     from cellrlhf.sft.model_dir import load_model_info
 
     sft_info = load_model_info(sft_dir)
@@ -274,10 +275,7 @@ def reward_model_info(sft_dir: Path, args: CellRewardConfig, n_pairs: int) -> di
         for k, v in sft_info.items()
         if k not in {"format", "version", "stage", "peft", "created"}
     }
-    preferences_manifest = Path(args.preferences_dir) / "manifest.json"
-    fingerprint = None
-    if preferences_manifest.exists():
-        fingerprint = json.loads(preferences_manifest.read_text()).get("dataset_fingerprint")
+    fingerprint = read_preferences_manifest(args.preferences_dir).get("dataset_fingerprint")
     return {
         **inherited,
         "stage": "reward",

@@ -185,3 +185,23 @@ def test_preference_config_validates():
         PreferenceConfig(hard_negative_kinds=["bogus"])
     with pytest.raises(ValueError, match="temperature"):
         PreferenceConfig(temperature=0.0)
+
+
+def test_read_preferences_manifest_reads_and_rejects(tmp_path):
+    import json
+
+    from cellrlhf.reward.preference_files import read_preferences_manifest
+
+    root = tmp_path / "prefs"
+    (root / "pairs").mkdir(parents=True)
+    (root / "manifest.json").write_text(json.dumps({"dataset_fingerprint": "abc"}))
+    assert read_preferences_manifest(root) == {"dataset_fingerprint": "abc"}
+
+    (root / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        read_preferences_manifest(root)
+    (root / "manifest.json").write_text("{")
+    with pytest.raises(ValueError, match="cellrlhf preferences"):
+        read_preferences_manifest(root)
+    with pytest.raises(FileNotFoundError, match="cellrlhf preferences"):
+        read_preferences_manifest(tmp_path / "nothing")
