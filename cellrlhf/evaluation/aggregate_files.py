@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from cellrlhf.evaluation.aggregate import REFERENCE_MODEL, Aggregate
-from cellrlhf.evaluation.eval_dir import EVALUATION_FORMAT
+from cellrlhf.evaluation.eval_dir import is_evaluation_dir
 
 __all__ = [
     "AGGREGATE_FORMAT",
@@ -170,7 +170,7 @@ def find_evaluation_dirs(root: str | os.PathLike, *, max_depth: int = 3) -> dict
     for depth in range(max_depth + 1):
         for manifest in sorted(root.glob("/".join(["*"] * depth + ["manifest.json"]))):
             directory = manifest.parent
-            if _format_of(directory) == EVALUATION_FORMAT:
+            if is_evaluation_dir(directory):
                 rel = directory.relative_to(root).as_posix()
                 found[directory.name if rel == "." else rel.replace("/", "_")] = directory
     return found
