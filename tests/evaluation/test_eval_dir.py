@@ -138,3 +138,30 @@ def test_a_missing_table_or_column_is_an_error_naming_the_fix(tmp_path):
     METRICS.drop(columns="kind").to_csv(out / "metrics.csv", index=False)
     with pytest.raises(EvaluationDirError, match=r"lacks column\(s\) \['kind'\].*re-run"):
         _ = open_evaluation_dir(out).metrics
+
+
+def test_find_evaluation_dirs_labels_evaluations_and_skips_other_dirs(tmp_path):
+    import json
+
+    from cellrlhf.evaluation.aggregate_files import find_evaluation_dirs
+    from cellrlhf.evaluation.eval_dir import EVALUATION_FORMAT
+
+    def manifest(path, fmt):
+        path.mkdir(parents=True)
+        (path / "manifest.json").write_text(json.dumps({"format": fmt}))
+
+    manifest(tmp_path / "f0_s1" / "eval", EVALUATION_FORMAT)
+    manifest(tmp_path / "f1_s0" / "eval", EVALUATION_FORMAT)
+    manifest(tmp_path / "aggregate", "cellrlhf.aggregate")
+    manifest(tmp_path / "data", "cellrlhf.dataset")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{")
+
+    found = find_evaluation_dirs(tmp_path)
+    assert found == {
+        "f0_s1_eval": tmp_path / "f0_s1" / "eval",
+        "f1_s0_eval": tmp_path / "f1_s0" / "eval",
+    }
+    assert find_evaluation_dirs(tmp_path / "f0_s1" / "eval") == {
+        "eval": tmp_path / "f0_s1" / "eval"
+    }
