@@ -8,7 +8,6 @@ user is asked (on a terminal) or told to pass ``--license`` (anywhere else).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,13 +37,9 @@ def data_license(*, model: str | Path | None = None, dataset: str | Path | None 
 
 def _model_data_manifest(model_dir: Path) -> dict | None:
     """The copy of the training data's manifest in a model directory (``None`` when missing)."""
-    from cellrlhf.sft.model_dir import DATA_MANIFEST_FILENAME
+    from cellrlhf.sft.model_dir import read_data_manifest
 
-    try:
-        manifest = json.loads((model_dir / DATA_MANIFEST_FILENAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
+    return read_data_manifest(model_dir) or None
 
 
 def resolve_license(

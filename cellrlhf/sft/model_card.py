@@ -21,6 +21,7 @@ from typing import Any
 
 from cellrlhf.data.source_info import source_lines
 from cellrlhf.sft.eval_results import EvalSummary, find_eval_files, latest_eval
+from cellrlhf.sft.model_dir import read_data_manifest
 from cellrlhf.sft.model_files import looks_like_hub_id
 
 __all__ = [
@@ -108,7 +109,7 @@ def read_model_metadata(model_dir: str | Path, *, eval_results=()) -> ModelMetad
     model_dir = Path(model_dir)
     meta = ModelMetadata(model_dir=model_dir)
     meta.info = _read_json(model_dir / "cellrlhf.json")
-    meta.data_manifest = _read_json(model_dir / "data_manifest.json")
+    meta.data_manifest = read_data_manifest(model_dir)
     config_path = model_dir / "training_config.yaml"
     if config_path.is_file():
         meta.training_config_text = config_path.read_text()

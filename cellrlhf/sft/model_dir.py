@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_INFO_FILENAME",
     "TRAINING_CONFIG_FILENAME",
     "DATA_MANIFEST_FILENAME",
+    "read_data_manifest",
     "ModelDirError",
     "is_cell_model_dir",
     "load_model_info",
@@ -88,6 +89,17 @@ def load_model_info(path: str | Path, *, required: bool = True) -> dict:
             f"{file} is not a cellrlhf model description (format={info.get('format')!r})."
         )
     return info
+
+
+def read_data_manifest(path: str | Path) -> dict:
+    """The copy of the training data's ``manifest.json`` in a model directory
+    (``data_manifest.json``); ``{}`` when it is missing, unreadable or not a JSON object (a model
+    saved outside ``cellrlhf``, or by a version that did not copy it)."""
+    try:
+        payload = json.loads((Path(path) / DATA_MANIFEST_FILENAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def run_config_dict(stage: str, script_args, training_args, model_args) -> dict:
@@ -288,15 +300,13 @@ def load_model_dir(
         dtype=dtype,
         trust_remote_code=trust_remote_code,
     )
-    manifest_file = model_dir / DATA_MANIFEST_FILENAME
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         vocab=GeneVocab.load(model_dir),
         decoder=ExpressionDecoder.load(model_dir),
         info=info,
-        data_manifest=manifest if isinstance(manifest, dict) else {},
+        data_manifest=read_data_manifest(model_dir),
         path=model_dir,
     )
 
