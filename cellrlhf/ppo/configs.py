@@ -146,6 +146,17 @@ class CellRLScriptArguments(ScriptArguments):
             "collapsed evaluation never counts as better). None: never stop early."
         },
     )
+    heldout_selection_metric: str = field(
+        default="auto",
+        metadata={
+            "help": "Held-out metric the kept policy is chosen on: `pearson_delta`, "
+            "`pearson_specific` (the change relative to the mean training change of the context, "
+            "which the mean baseline scores 0 on) or `auto`: pearson_specific when the reward "
+            "weighs the specific term (specific_weight > 0) and every monitored prompt's context "
+            "has training perturbations, else pearson_delta.",
+            "choices": ["auto", "pearson_delta", "pearson_specific"],
+        },
+    )
     early_stopping_min_delta: float = field(
         default=0.0,
         metadata={"help": "An evaluation is better only when fidelity rises by more than this."},
@@ -183,6 +194,13 @@ class CellRLScriptArguments(ScriptArguments):
         if self.heldout_distance not in DISTANCES:
             raise ValueError(
                 f"heldout_distance={self.heldout_distance!r}; choose one of {DISTANCES}."
+            )
+        from cellrlhf.ppo.model_selection import SELECTION_METRICS
+
+        if self.heldout_selection_metric not in SELECTION_METRICS:
+            raise ValueError(
+                f"heldout_selection_metric={self.heldout_selection_metric!r}; choose one of "
+                f"{SELECTION_METRICS}."
             )
         for name in ("min_distinct_ratio", "min_entropy_ratio"):
             value = getattr(self, name)

@@ -5,8 +5,10 @@ monitor samples ``G`` answers; here they become one pseudo-bulk per prompt and a
 against the real data, with the reward stage's own metrics:
 
 - **fidelity**: ``pearson_delta`` of the pseudo-bulk change against the decoded control,
-  versus the real change (``cellrlhf.reward.metrics``), on all genes and on the ``k`` genes
-  that change most in the real data; averaged over prompts;
+  versus the real change (``cellrlhf.metrics.fidelity``), on all genes and on the ``k`` genes
+  that change most in the real data; averaged over prompts; and ``pearson_specific`` (both
+  changes taken relative to the mean training change of the prompt's cell context, the
+  evaluation's perturbation-specific metric) for prompts given that reference;
 - **validity**: decoded gene fraction, duplicate / unknown / empty / unclosed fractions, mean
   length, and the share of answers that never produced an end token;
 - **diversity**: distinct-sentence fraction and gene-token entropy within each prompt's group;
@@ -21,7 +23,7 @@ Everything here is numpy on decoded text; generation lives in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +61,7 @@ class HeldoutPrompt:
     reference_control: np.ndarray
     decoded_control: np.ndarray
     reference_sentences: tuple[str, ...] = ()
+    reference_delta: np.ndarray | None = None  # mean training change of the context
 
     @property
     def name(self) -> str:
@@ -76,9 +79,18 @@ class HeldoutScores:
 
 
 def heldout_prompts_from_dataset(
-    dataset, *, max_prompts: int | None = None, seed: int = 0
+    dataset,
+    *,
+    max_prompts: int | None = None,
+    seed: int = 0,
+    train_mean_deltas: Mapping[str, np.ndarray] | None = None,
 ) -> list[HeldoutPrompt]:
     """Held-out prompts from an ``rl/`` split (seeded subsample of ``max_prompts`` rows).
+
+    ``train_mean_deltas`` (cell context -> mean training change, from
+    :func:`cellrlhf.reward.specific_reference.context_mean_deltas` of the ``rl/train`` split)
+    gives each prompt whose context it holds a ``reference_delta``, so ``pearson_specific`` is
+    scored for it.
 
     Raises
     ------
@@ -98,17 +110,22 @@ def heldout_prompts_from_dataset(
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(len(dataset), size=max_prompts, replace=False))
     columns = [c for c in (*HELDOUT_COLUMNS, *_OPTIONAL_COLUMNS) if c in dataset.column_names]
+    means = dict(train_mean_deltas or {})
     out = []
     for row in dataset.select(rows.tolist()).select_columns(columns):
+        context = str(row.get("cell_context", "") or "")
         out.append(
             HeldoutPrompt(
                 prompt=tuple({"role": m["role"], "content": m["content"]} for m in row["prompt"]),
                 perturbation=str(row.get("perturbation", "") or ""),
-                cell_context=str(row.get("cell_context", "") or ""),
+                cell_context=context,
                 reference_perturbed=np.asarray(row["reference_perturbed"], dtype=np.float64),
                 reference_control=np.asarray(row["reference_control"], dtype=np.float64),
                 decoded_control=np.asarray(row["decoded_control"], dtype=np.float64),
                 reference_sentences=tuple(row.get("reference_sentences") or ()),
+                reference_delta=np.asarray(means[context], dtype=np.float64)
+                if context in means
+                else None,
             )
         )
     return out
@@ -154,7 +171,7 @@ def score_heldout_samples(
     codes = np.repeat(np.arange(len(prompts)), sizes)
     breakdown = _group_breakdown(prompts, texts, codes, decoder=decoder, distance=distance)
     X, report = decoder.decode(texts)
-    fid, fid_top = _pseudobulk_fidelity(prompts, X.tocsr(), codes, top_k_de)
+    fid, fid_top, specific = _pseudobulk_fidelity(prompts, X.tocsr(), codes, top_k_de)
     first = np.searchsorted(codes, np.arange(len(prompts)))
     group_distance = np.asarray(breakdown.group_distribution, dtype=np.float64)[first]
     distinct = _distinct_per_group(texts, codes, len(prompts))
@@ -174,9 +191,12 @@ def score_heldout_samples(
         **_side_measures(ended, learned_rewards),
         "heldout/distinct_fraction": _nanmean(distinct),
     }
+    if specific is not None:
+        metrics["heldout/pearson_specific"] = _nanmean(specific)
     per_prompt = {
         p.name: {
             "pearson_delta": float(fid[i]),
+            **({"pearson_specific": float(specific[i])} if specific is not None else {}),
             f"pearson_delta_top{top_k_de}": float(fid_top[i]),
             f"{distance}_to_real": float(group_distance[i]),
             "distinct_fraction": float(distinct[i]),
@@ -206,8 +226,10 @@ def _group_breakdown(prompts, texts, codes: np.ndarray, *, decoder, distance: st
 
 
 def _pseudobulk_fidelity(prompts, X, codes: np.ndarray, top_k_de: int):
-    """cell-eval's ``pearson_delta`` of each prompt's pseudo-bulk, on all and on the top-DE genes."""
-    from cellrlhf.metrics.fidelity import pearson_delta, pearson_delta_top_k
+    """cell-eval's ``pearson_delta`` of each prompt's pseudo-bulk, on all and on the top-DE genes,
+    and ``pearson_specific`` (NaN for a prompt without a reference; ``None`` when no prompt has
+    one)."""
+    from cellrlhf.metrics.fidelity import pearson_delta, pearson_delta_top_k, pearson_specific
 
     pred = np.vstack([np.asarray(X[codes == i].mean(axis=0)).ravel() for i in range(len(prompts))])
     pred_ctrl = np.vstack([p.decoded_control for p in prompts])
@@ -215,7 +237,15 @@ def _pseudobulk_fidelity(prompts, X, codes: np.ndarray, top_k_de: int):
     real_ctrl = np.vstack([p.reference_control for p in prompts])
     fid = np.atleast_1d(pearson_delta(pred, pred_ctrl, real, real_ctrl))
     fid_top = np.atleast_1d(pearson_delta_top_k(pred - pred_ctrl, real - real_ctrl, top_k_de))
-    return fid, fid_top
+    if all(p.reference_delta is None for p in prompts):
+        return fid, fid_top, None
+    specific = np.full(len(prompts), np.nan)
+    for i, p in enumerate(prompts):
+        if p.reference_delta is not None:
+            specific[i] = pearson_specific(
+                pred[i], pred_ctrl[i], real[i], real_ctrl[i], p.reference_delta
+            )
+    return fid, fid_top, specific
 
 
 def _side_measures(ended, learned_rewards) -> dict[str, float]:

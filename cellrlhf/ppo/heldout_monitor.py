@@ -41,7 +41,7 @@ from transformers import TrainerCallback
 
 from cellrlhf.ppo.heldout_evaluation import HeldoutPrompt, score_heldout_samples
 from cellrlhf.ppo.heldout_generation import answer_logprobs, sample_answers
-from cellrlhf.ppo.model_selection import FIDELITY_KEY, BestPolicySelector
+from cellrlhf.ppo.model_selection import FIDELITY_KEY, SPECIFIC_KEY, BestPolicySelector
 from cellrlhf.ppo.reward_model_scoring import score_answer_ids
 
 __all__ = [
@@ -293,10 +293,12 @@ class HeldoutMonitor(TrainerCallback):
         )
         self._last_step = step
         log = logger.info if self.trainer.accelerator.is_main_process else logger.debug
+        specific = metrics.get(SPECIFIC_KEY)
         log(
-            "held-out step %d: pearson_delta %.3f, distinct %.3f, kl %.3f%s (%s)",
+            "held-out step %d: pearson_delta %.3f%s, distinct %.3f, kl %.3f%s (%s)",
             step,
             metrics.get(FIDELITY_KEY, math.nan),
+            f", pearson_specific {specific:.3f}" if specific is not None else "",
             metrics.get("heldout/distinct_fraction", math.nan),
             metrics.get("heldout/kl", math.nan),
             f", learned reward {metrics['heldout/learned_reward']:.3f}"
@@ -365,6 +367,8 @@ def plot_heldout_history(
     )
     if top:
         ax.plot(steps, series(top), "s--", label=top.split("/")[-1])
+    if SPECIFIC_KEY in history[0]["metrics"]:
+        ax.plot(steps, series(SPECIFIC_KEY), "d-", label="pearson_specific")
     if best_step is not None:
         ax.axvline(best_step, color="green", ls=":", label=f"kept (step {best_step})")
     ax.set_xlabel("step")

@@ -20,9 +20,47 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["FIDELITY_KEY", "DISTINCT_KEY", "ENTROPY_KEY", "SelectionDecision", "BestPolicySelector"]
+__all__ = [
+    "FIDELITY_KEY",
+    "SPECIFIC_KEY",
+    "DISTINCT_KEY",
+    "ENTROPY_KEY",
+    "SELECTION_METRICS",
+    "SelectionDecision",
+    "BestPolicySelector",
+    "resolve_selection_metric",
+]
 
 FIDELITY_KEY = "heldout/pearson_delta"
+SPECIFIC_KEY = "heldout/pearson_specific"
+SELECTION_METRICS = ("auto", "pearson_delta", "pearson_specific")
+
+
+def resolve_selection_metric(choice: str, *, specific_weight: float, has_reference: bool) -> str:
+    """The held-out metric key the kept policy is chosen on.
+
+    ``auto``: ``pearson_specific`` (the change relative to the mean training change of the
+    context) when the reward optimises it (``specific_weight > 0``) and every monitored prompt's
+    context has training perturbations to take that mean over; otherwise ``pearson_delta``.
+
+    Raises
+    ------
+    ValueError
+        An unknown choice, or ``pearson_specific`` asked for where it is undefined.
+    """
+    if choice not in SELECTION_METRICS:
+        raise ValueError(f"heldout_selection_metric={choice!r}; choose one of {SELECTION_METRICS}.")
+    if choice == "pearson_specific" and not has_reference:
+        raise ValueError(
+            "heldout_selection_metric=pearson_specific, but a monitored prompt's cell context has "
+            "no training perturbations (no mean training change to measure against); use "
+            "pearson_delta or auto."
+        )
+    if choice == "pearson_specific" or (choice == "auto" and specific_weight > 0 and has_reference):
+        return SPECIFIC_KEY
+    return FIDELITY_KEY
+
+
 DISTINCT_KEY = "heldout/distinct_fraction"
 ENTROPY_KEY = "heldout/token_entropy"
 
@@ -51,12 +89,15 @@ class BestPolicySelector:
         Evaluations without improvement before stopping (``None``: never stop).
     min_delta
         Improvement needed to count as better.
+    fidelity_key
+        The metric the best policy is chosen on (:func:`resolve_selection_metric`).
     """
 
     min_distinct_ratio: float = 0.9
     min_entropy_ratio: float = 0.9
     patience: int | None = 5
     min_delta: float = 0.0
+    fidelity_key: str = FIDELITY_KEY
     baseline: dict[str, float] | None = None
     best_step: int | None = None
     best_fidelity: float = -math.inf
@@ -68,9 +109,9 @@ class BestPolicySelector:
         if self.baseline is None:
             self.baseline = {
                 k: float(metrics.get(k, math.nan))
-                for k in (FIDELITY_KEY, DISTINCT_KEY, ENTROPY_KEY)
+                for k in (self.fidelity_key, DISTINCT_KEY, ENTROPY_KEY)
             }
-        fidelity = float(metrics.get(FIDELITY_KEY, math.nan))
+        fidelity = float(metrics.get(self.fidelity_key, math.nan))
         reasons = []
         if not math.isfinite(fidelity):
             reasons.append("held-out fidelity is undefined")
@@ -104,6 +145,7 @@ class BestPolicySelector:
     def to_dict(self) -> dict:
         """JSON-ready state (baseline, best step, every decision)."""
         return {
+            "metric": self.fidelity_key,
             "min_distinct_ratio": self.min_distinct_ratio,
             "min_entropy_ratio": self.min_entropy_ratio,
             "patience": self.patience,

@@ -250,12 +250,21 @@ def build_heldout_monitor(
         return None
     from cellrlhf.ppo.heldout_evaluation import heldout_prompts_from_dataset
     from cellrlhf.ppo.heldout_monitor import HeldoutMonitor, HeldoutSettings
-    from cellrlhf.ppo.model_selection import BestPolicySelector
+    from cellrlhf.ppo.model_selection import BestPolicySelector, resolve_selection_metric
     from cellrlhf.ppo.policy_output import BEST_DIRNAME
 
     prompts = heldout_prompts_from_dataset(
-        data.heldout, max_prompts=script_args.heldout_max_prompts, seed=script_args.heldout_seed
+        data.heldout,
+        max_prompts=script_args.heldout_max_prompts,
+        seed=script_args.heldout_seed,
+        train_mean_deltas=_train_mean_deltas(data, script_args),
     )
+    selection_key = resolve_selection_metric(
+        script_args.heldout_selection_metric,
+        specific_weight=float(getattr(script_args, "specific_weight", 0.0) or 0.0),
+        has_reference=all(p.reference_delta is not None for p in prompts),
+    )
+    logger.info("held-out selection metric: %s", selection_key)
     settings = HeldoutSettings(
         every_steps=script_args.heldout_every_steps,
         num_samples=script_args.heldout_num_samples,
@@ -272,6 +281,7 @@ def build_heldout_monitor(
         min_entropy_ratio=script_args.min_entropy_ratio,
         patience=script_args.early_stopping_patience,
         min_delta=script_args.early_stopping_min_delta,
+        fidelity_key=selection_key,
     )
     return HeldoutMonitor(
         prompts,
@@ -283,6 +293,26 @@ def build_heldout_monitor(
         output_dir=output_dir,
         best_dir=Path(output_dir) / BEST_DIRNAME if script_args.select_best else None,
     )
+
+
+def _train_mean_deltas(data: RLData, script_args) -> dict:
+    """Each cell context's mean training change over all ``rl/`` training rows (the reference of
+    ``pearson_specific``); ``{}`` when the split has no rows or lacks the columns."""
+    from cellrlhf.reward.specific_reference import context_mean_deltas
+
+    rl = data.dataset.rl
+    rows = (
+        rl[script_args.dataset_train_split]
+        if rl and script_args.dataset_train_split in rl
+        else None
+    )
+    if rows is None or len(rows) == 0:
+        return {}
+    try:
+        return context_mean_deltas(rows)
+    except KeyError as err:
+        logger.warning("no pearson_specific in the held-out monitor: %s", err)
+        return {}
 
 
 def resolve_answer_budget(
@@ -368,7 +398,6 @@ def train_run(run: RLRun) -> None:
 
 def finish_run(run: RLRun) -> dict:
     """After training: save the kept policy, the timings and the trainer state; return a summary."""
-    from cellrlhf.ppo.model_selection import FIDELITY_KEY
     from cellrlhf.ppo.phase_timing import timing_summary
     from cellrlhf.ppo.policy_output import save_policy_dir
 
@@ -390,7 +419,7 @@ def finish_run(run: RLRun) -> dict:
     info = {
         **run.info,
         "selection": {
-            "metric": FIDELITY_KEY,
+            "metric": monitor.selector.fidelity_key if monitor is not None else None,
             "heldout_split": run.data.heldout_split,
             "rule": "best held-out fidelity with diversity intact"
             if selected is not None

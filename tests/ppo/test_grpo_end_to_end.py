@@ -8,7 +8,7 @@ import torch
 from ppo_test_support import GRPO_TINY, rl_args
 from safetensors.torch import load_file
 
-from cellrlhf.ppo.model_selection import FIDELITY_KEY
+from cellrlhf.ppo.model_selection import FIDELITY_KEY, SPECIFIC_KEY
 
 
 def run_rl(out, rl_dataset_dir, sft_model_dir, *extra):
@@ -97,6 +97,31 @@ def test_kept_policy_follows_heldout_fidelity_and_reloads(grpo):
     assert summary["heldout_split"] == info["selection"]["heldout_split"] == "test"
     assert history["settings"]["split"] == "test"
     assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3).shape[1] > 3
+    # no specific term in the reward: chosen on pearson_delta, pearson_specific still reported
+    assert info["selection"]["metric"] == history["selection"]["metric"] == FIDELITY_KEY
+    assert all(math.isfinite(e["metrics"][SPECIFIC_KEY]) for e in history["evaluations"])
+
+
+def test_specific_reward_selects_on_heldout_pearson_specific(
+    tmp_path, rl_dataset_dir, sft_model_dir
+):
+    from cellrlhf.sft.model_dir import load_model_info
+
+    out = tmp_path / "specific"
+    _, summary, _ = run_rl(
+        out, rl_dataset_dir, sft_model_dir, "--specific_weight", "1.0", "--max_steps", "2"
+    )
+    history = json.loads((out / "heldout_eval_history.json").read_text())
+    assert load_model_info(out)["selection"]["metric"] == SPECIFIC_KEY
+    assert history["selection"]["metric"] == SPECIFIC_KEY
+    eligible = [e for e in history["evaluations"] if e["decision"]["eligible"]]
+    best = max(e["metrics"][SPECIFIC_KEY] for e in eligible)
+    assert summary["selected_step"] == min(
+        e["step"] for e in eligible if e["metrics"][SPECIFIC_KEY] == best
+    )
+    assert [e["decision"]["fidelity"] for e in history["evaluations"]] == [
+        e["metrics"][SPECIFIC_KEY] for e in history["evaluations"]
+    ]
 
 
 def test_rloo_with_a_weighted_mix_of_rewards(

@@ -90,3 +90,54 @@ def test_subsample_is_seeded(rl_dataset_dir):
     a = heldout_prompts_from_dataset(test, max_prompts=1, seed=3)
     b = heldout_prompts_from_dataset(test, max_prompts=1, seed=3)
     assert len(a) == 1 and a[0].perturbation == b[0].perturbation
+
+
+def test_pearson_specific_against_the_context_mean_training_change(rl_dataset_dir, decoder):
+    from datasets import load_from_disk
+
+    from cellrlhf.metrics.fidelity import pearson_specific
+    from cellrlhf.reward.specific_reference import context_mean_deltas
+
+    rl = load_from_disk(str(rl_dataset_dir / "rl"))
+    means = context_mean_deltas(rl["train"])
+    prompts = heldout_prompts_from_dataset(rl["test"], train_mean_deltas=means)
+    assert all(np.array_equal(p.reference_delta, means["K562"]) for p in prompts)
+    # half of each prompt's real cells: a pseudo-bulk near, not equal to, the truth
+    answers = [[format_cell(s) for s in p.reference_sentences[::2]] for p in prompts]
+    scores = score_heldout_samples(prompts, answers, decoder=decoder)
+    expected = []
+    for p, group in zip(prompts, answers, strict=True):
+        X, _ = decoder.decode(group)
+        pred = np.asarray(X.mean(axis=0)).ravel()
+        expected.append(
+            pearson_specific(
+                pred, p.decoded_control, p.reference_perturbed, p.reference_control, means["K562"]
+            )
+        )
+    assert scores.metrics["heldout/pearson_specific"] == pytest.approx(np.nanmean(expected))
+    assert [v["pearson_specific"] for v in scores.per_prompt.values()] == pytest.approx(expected)
+
+
+def test_pearson_specific_is_absent_without_a_reference(heldout, decoder):
+    answers = [[format_cell(s) for s in p.reference_sentences] for p in heldout]
+    scores = score_heldout_samples(heldout, answers, decoder=decoder)
+    assert "heldout/pearson_specific" not in scores.metrics
+    other = heldout_prompts_from_dataset(
+        _rl_test(heldout), train_mean_deltas={"HeLa": np.zeros_like(heldout[0].decoded_control)}
+    )
+    assert all(p.reference_delta is None for p in other)
+
+
+def _rl_test(heldout):
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "prompt": [list(p.prompt) for p in heldout],
+            "perturbation": [p.perturbation for p in heldout],
+            "cell_context": [p.cell_context for p in heldout],
+            "reference_perturbed": [p.reference_perturbed for p in heldout],
+            "reference_control": [p.reference_control for p in heldout],
+            "decoded_control": [p.decoded_control for p in heldout],
+        }
+    )

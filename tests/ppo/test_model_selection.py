@@ -89,3 +89,38 @@ def test_best_is_the_max_fidelity_among_eligible_evaluations(evals):
     first_best_step = min(s for f, s in eligible if f == best_fid)
     assert selector.best_fidelity == best_fid
     assert selector.best_step == first_best_step
+
+
+def test_selection_on_another_metric_reads_that_key():
+    from cellrlhf.ppo.model_selection import SPECIFIC_KEY
+
+    selector = BestPolicySelector(fidelity_key=SPECIFIC_KEY)
+    selector.update(0, {**metrics(0.5), SPECIFIC_KEY: 0.1})
+    # pearson_delta falls, the specific fidelity rises: the specific one decides
+    decision = selector.update(10, {**metrics(0.3), SPECIFIC_KEY: 0.2})
+    assert decision.improved and selector.best_step == 10 and decision.fidelity == 0.2
+    assert selector.to_dict()["metric"] == SPECIFIC_KEY
+
+
+def test_resolve_selection_metric():
+    from cellrlhf.ppo.model_selection import SPECIFIC_KEY, resolve_selection_metric
+
+    assert resolve_selection_metric("auto", specific_weight=1.0, has_reference=True) == SPECIFIC_KEY
+    assert resolve_selection_metric("auto", specific_weight=0.0, has_reference=True) == FIDELITY_KEY
+    assert (
+        resolve_selection_metric("auto", specific_weight=1.0, has_reference=False) == FIDELITY_KEY
+    )
+    assert (
+        resolve_selection_metric("pearson_specific", specific_weight=0.0, has_reference=True)
+        == SPECIFIC_KEY
+    )
+    assert (
+        resolve_selection_metric("pearson_delta", specific_weight=1.0, has_reference=True)
+        == FIDELITY_KEY
+    )
+    import pytest
+
+    with pytest.raises(ValueError, match="pearson_delta"):
+        resolve_selection_metric("pearson_specific", specific_weight=1.0, has_reference=False)
+    with pytest.raises(ValueError, match="choose one of"):
+        resolve_selection_metric("spearman", specific_weight=0.0, has_reference=True)
