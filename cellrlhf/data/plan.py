@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 _SPLIT_ORDER = ("train", "validation", "test")
-# below this many control cells of its own, a split borrows the training controls of a context
+# a context needs this many control cells in a split for them to serve as a reference
 MIN_OWN_CONTROLS = 10
 
 
@@ -106,11 +106,19 @@ class GroupIndex:
         return self.id_of.get((split, perturbation, context), -1)
 
     def control_split(self, split: str, context: str) -> str:
-        """The split whose controls serve ``split`` in ``context`` (its own, else training)."""
+        """The split whose controls serve ``split`` in ``context``.
+
+        The training controls wherever the context has at least :data:`MIN_OWN_CONTROLS` of
+        them, so validation mirrors test (a held-out perturbation's change is taken against the
+        same, large control set; the few controls drawn into validation would add noise that
+        the predicted and the real change share, inflating validation fidelity). A context held
+        out whole (``unseen_context``) has no training controls: its own serve.
+        """
+        trained = self.get("train", CONTROL_LABEL, context)
+        if trained >= 0 and self.sizes[trained] >= MIN_OWN_CONTROLS:
+            return "train"
         own = self.get(split, CONTROL_LABEL, context)
-        if own >= 0 and self.sizes[own] >= MIN_OWN_CONTROLS:
-            return split
-        return "train"
+        return split if own >= 0 and self.sizes[own] >= MIN_OWN_CONTROLS else "train"
 
     def control_group(self, split: str, context: str) -> int:
         return self.get(self.control_split(split, context), CONTROL_LABEL, context)

@@ -236,6 +236,8 @@ def test_no_leakage_in_any_split(built_by_kind, kind):
     splits = built.splits
     if kind == "unseen_context":
         assert splits["test_contexts"] == ["SIM-CL2"]
+        # a held-out context has no training controls: its own serve as reference
+        assert set(built.rl["test"]["control_split"]) == {"test"}
         assert set(built.sft["train"]["cell_context"]) == {"SIM-CL1"}
         assert set(built.rl["test"]["cell_context"]) == {"SIM-CL2"}
     if kind == "unseen_combo":
@@ -383,6 +385,15 @@ def test_validation_perturbations_get_rl_prompts_and_stay_out_of_training(tmp_pa
         assert not held & set(built.rl[name]["perturbation"])
     assert not held & set(built.sft["train"]["perturbation"])
     assert held & set(built.sft["validation"]["perturbation"])  # SFT validates on them too
+    # validation mirrors test: the held-out perturbation's change is taken against the context's
+    # training controls (not the few controls drawn into validation, whose noise both sides share)
+    assert set(built.rl["validation"]["control_split"]) == {"train"}
+    test_controls = {
+        (r["cell_context"], r["n_control_cells"])
+        for r in built.rl["test"].select_columns(["cell_context", "n_control_cells"])
+    }
+    for row in built.rl["validation"].select_columns(["cell_context", "n_control_cells"]):
+        assert (row["cell_context"], row["n_control_cells"]) in test_controls
     check_no_leakage(built)
 
     # a training chat naming a validation target is a leak
