@@ -371,20 +371,38 @@ def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, pro
     """Every model's prediction, written to ``predictions/<model>.h5ad``; and those paths."""
     from cellrlhf.evaluation.prediction import predict
 
-    predictions, paths = {}, {}
+    predictions, paths, sampled = {}, {}, {}
     for name, path in model_dirs.items():
-        pred = predict(
-            path,
-            dataset_dir,
-            real_test=real_test,
-            name=name,
-            progress=progress,
-            **settings.predict_kwargs(),
-        )
+        same = sampled.get(Path(path).resolve())
+        if same is not None:  # one directory named twice (a run that kept its last policy)
+            pred = _renamed(predictions[same], same, name)
+        else:
+            pred = predict(
+                path,
+                dataset_dir,
+                real_test=real_test,
+                name=name,
+                progress=progress,
+                **settings.predict_kwargs(),
+            )
+            sampled[Path(path).resolve()] = name
         paths[f"prediction_{name}"] = prediction_path(out, name)
         pred.write_h5ad(paths[f"prediction_{name}"])
         predictions[name] = pred
     return predictions, paths
+
+
+def _renamed(pred, old: str, new: str):
+    """A copy of ``pred`` (the cells sampled for model ``old``) labelled as model ``new``."""
+    import copy
+
+    out = pred.copy()
+    out.obs_names = [
+        f"{new}{name[len(old) :]}" if name.startswith(f"{old}_") else name for name in out.obs_names
+    ]
+    out.uns = copy.deepcopy(dict(pred.uns))
+    out.uns["cellrlhf_prediction"]["params"]["model"] = new
+    return out
 
 
 def _score_contexts(built, real, predictions, settings, out: Path) -> dict:

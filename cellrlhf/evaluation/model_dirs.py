@@ -58,8 +58,10 @@ def with_last_policies(models: Mapping[str, str | os.PathLike]) -> dict[str, str
     directory and writes the last policy to ``<output_dir>/last`` when that is a different one
     (:func:`cellrlhf.ppo.policy_output.save_policy_dir`). Evaluating both shows what training did
     and what selection kept. A ``last`` directory is added when it is a complete model directory
-    whose ``selected_step`` differs from the kept one's (a stale copy of the kept policy is not),
-    and ``<name>_last`` is not named already.
+    whose ``selected_step`` differs from the kept one's; where the run kept its last policy (no
+    ``last/``, or a stale copy of the kept one) ``<name>_last`` is the kept directory itself, so
+    every RL run has both rows (:func:`~cellrlhf.evaluation.evaluate.evaluate_models` samples a
+    directory named twice once). Nothing is added where ``<name>_last`` is named already.
 
     Parameters
     ----------
@@ -76,17 +78,44 @@ def with_last_policies(models: Mapping[str, str | os.PathLike]) -> dict[str, str
     for name, path in models.items():
         out[name] = path
         last, last_name = Path(path) / LAST_DIRNAME, name + LAST_SUFFIX
-        if last_name in models or not last.is_dir():
+        if last_name in models:
+            continue
+        if not last.is_dir():
+            if _kept_its_last_policy(Path(path)):
+                out[last_name] = path
+                logger.info("model %r kept its last policy: %r is the same model.", name, last_name)
             continue
         problem = _problem(last)
         if problem is not None:
             logger.warning("model %r: its last policy %s %s; left out.", name, last, problem)
         elif _selected_step(last) == _selected_step(Path(path)):
-            logger.info("model %r: %s is the kept policy itself; not evaluated twice.", name, last)
+            out[last_name] = path
+            logger.info(
+                "model %r: %s is the kept policy itself: %r is %r.", name, last, last_name, name
+            )
         else:
             out[last_name] = last
             logger.info("model %r: its last policy %s is evaluated as %r.", name, last, last_name)
     return out
+
+
+_RL_STAGES = ("ppo", "grpo", "rloo")
+
+
+def _kept_its_last_policy(path: Path) -> bool:
+    """An RL policy directory without ``last/``: the run kept its last policy (the RL stage
+    writes ``last/`` whenever it keeps another one)."""
+    from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME
+
+    try:
+        info = json.loads((path / MODEL_INFO_FILENAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(info, dict)
+        and info.get("stage") in _RL_STAGES
+        and info.get("selected_step") is not None
+    )
 
 
 def _problem(path: Path) -> str | None:

@@ -168,3 +168,35 @@ def test_without_models_the_baselines_and_ceilings_are_scored_on_the_same_prompt
     assert len(both) == len(alone) > 0
     np.testing.assert_allclose(both["pearson_delta"], both["pearson_delta_m"], equal_nan=True)
     assert "none (baselines and ceilings only)" in (out / "metrics.md").read_text()
+
+
+def test_a_directory_named_twice_is_sampled_once_and_scored_identically(
+    sim_model_dir, sim_dataset_dir, tmp_path, monkeypatch
+):
+    from cellrlhf.evaluation import prediction
+
+    calls = []
+    real_predict = prediction.predict
+
+    def counting_predict(model_dir, *args, **kwargs):
+        calls.append(kwargs.get("name"))
+        return real_predict(model_dir, *args, **kwargs)
+
+    monkeypatch.setattr(prediction, "predict", counting_predict)
+    out = tmp_path / "out"
+    argv = ["--dataset_dir", str(sim_dataset_dir), "--model", f"grpo={sim_model_dir}"]
+    argv += ["--model", f"grpo_last={sim_model_dir}", "--config"]
+    argv += [str(REPO / "configs" / "eval" / "tiny.yaml"), "--max_prompts", "2"]
+    assert cli([*argv, "--seed", "3", "--out", str(out), "--no-progress"]) == 0
+    assert calls == ["grpo"]
+    metrics = pd.read_csv(out / "metrics.csv")
+    a = metrics[metrics.method == "grpo"].drop(columns=["method"]).reset_index(drop=True)
+    b = metrics[metrics.method == "grpo_last"].drop(columns=["method"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert ["grpo", "grpo_last"] in manifest["identical_models"]
+    last = ad.read_h5ad(out / "predictions" / "grpo_last.h5ad")
+    assert last.uns["cellrlhf_prediction"]["params"]["model"] == "grpo_last"
+    kept = ad.read_h5ad(out / "predictions" / "grpo.h5ad")
+    assert [n.replace("grpo_p", "grpo_last_p", 1) for n in kept.obs_names] == list(last.obs_names)
+    assert any(n.startswith("grpo_last_p") for n in last.obs_names)

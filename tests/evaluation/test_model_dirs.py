@@ -32,14 +32,31 @@ def test_a_different_last_policy_follows_its_kept_one(tmp_path):
     assert got["grpo_last"] == grpo / "last" and got["ppo"] == str(tmp_path / "not_run")
 
 
-def test_a_last_policy_that_is_the_kept_one_or_incomplete_or_named_is_not_added(tmp_path, caplog):
-    same = _model(tmp_path / "same", 60)
-    _model(same / "last", 60)  # a stale copy of the kept policy
+def test_a_last_policy_that_is_the_kept_one_is_the_kept_directory(tmp_path):
+    # RL kept its last policy: no last/ (or a stale copy of the kept one); the last policy's
+    # row is the kept policy's, so every run of a sweep has one (sampled once, see evaluate)
+    kept_last = _model(tmp_path / "kept_last", 60)
+    stale = _model(tmp_path / "stale", 60)
+    _model(stale / "last", 60)
+    sft = _model(tmp_path / "sft", None)
+    sft_info = {"format": "cellrlhf.model", "stage": "sft"}
+    (sft / "cellrlhf.json").write_text(json.dumps(sft_info))
+    models = {"sft": sft, "kept_last": kept_last, "stale": stale}
+    assert with_last_policies(models) == {
+        "sft": sft,
+        "kept_last": kept_last,
+        "kept_last_last": kept_last,
+        "stale": stale,
+        "stale_last": stale,
+    }
+
+
+def test_an_incomplete_or_named_last_policy_is_not_added(tmp_path, caplog):
     broken = _model(tmp_path / "broken", 10)
     (broken / "last").mkdir()
     named = _model(tmp_path / "named", 10)
     _model(named / "last", 30)
-    models = {"same": same, "broken": broken, "named": named, "named_last": tmp_path / "mine"}
+    models = {"broken": broken, "named": named, "named_last": tmp_path / "mine"}
     with caplog.at_level(logging.WARNING):
         assert with_last_policies(models) == models
     assert "'broken': its last policy" in caplog.text and "lacks" in caplog.text
