@@ -27,6 +27,7 @@ ORDER = (
     "ppo",
     "rl_eval",
     "rl_long_cells",
+    "evidence_settings",
     "demo",
 )
 
