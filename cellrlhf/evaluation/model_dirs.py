@@ -42,13 +42,20 @@ def parse_model_args(values: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _selected_step(path: Path) -> object:
+def _model_info(path: Path) -> dict:
+    """``cellrlhf.json`` of ``path`` as a dict; ``{}`` when missing or unreadable (a probe, no
+    warning: :func:`cellrlhf.sft.model_dir.load_model_info` checks the directories loaded)."""
     from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME
 
     try:
-        return json.loads((path / MODEL_INFO_FILENAME).read_text()).get("selected_step")
-    except (OSError, ValueError, AttributeError):
-        return None
+        info = json.loads((path / MODEL_INFO_FILENAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _selected_step(path: Path) -> object:
+    return _model_info(path).get("selected_step")
 
 
 def with_last_policies(models: Mapping[str, str | os.PathLike]) -> dict[str, str | os.PathLike]:
@@ -105,17 +112,8 @@ _RL_STAGES = ("ppo", "grpo", "rloo")
 def _kept_its_last_policy(path: Path) -> bool:
     """An RL policy directory without ``last/``: the run kept its last policy (the RL stage
     writes ``last/`` whenever it keeps another one)."""
-    from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME
-
-    try:
-        info = json.loads((path / MODEL_INFO_FILENAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(info, dict)
-        and info.get("stage") in _RL_STAGES
-        and info.get("selected_step") is not None
-    )
+    info = _model_info(path)
+    return info.get("stage") in _RL_STAGES and info.get("selected_step") is not None
 
 
 def _problem(path: Path) -> str | None:
