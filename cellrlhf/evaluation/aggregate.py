@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from cellrlhf.evaluation.aggregate_inputs import EvaluationRun, read_evaluation_runs
+from cellrlhf.evaluation.model_dirs import GRAMMAR_SUFFIX
 from cellrlhf.metrics.intervals import CONFIDENCE_LEVEL, bootstrap_mean, paired_difference
 
 __all__ = [
@@ -212,11 +213,17 @@ def _models(rows: pd.DataFrame) -> list[str]:
 
 
 def _comparisons(models: Sequence[str], baseline: str | None) -> list[tuple[str, str, str]]:
-    """``(label, left, right)``: RL models minus SFT, then every model minus the best baseline."""
+    """``(label, left, right)``: RL models minus SFT, then minus SFT sampled under the cell
+    grammar (``sft_grammar``, where evaluated: like with like for constrained policies), then
+    every model minus the best baseline."""
     pairs = []
-    if REFERENCE_MODEL in models:
-        pairs += [(f"{m} - {REFERENCE_MODEL}", m, REFERENCE_MODEL) for m in models]
-        pairs = [p for p in pairs if p[1] != REFERENCE_MODEL]
+    for reference in (REFERENCE_MODEL, REFERENCE_MODEL + GRAMMAR_SUFFIX):
+        if reference in models:
+            pairs += [
+                (f"{m} - {reference}", m, reference)
+                for m in models
+                if m not in (REFERENCE_MODEL, reference)
+            ]
     if baseline is not None:
         pairs += [(f"{m} - best baseline ({baseline})", m, baseline) for m in models]
     return pairs

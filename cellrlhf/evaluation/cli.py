@@ -77,6 +77,14 @@ class EvaluateOptions:
         default=False,
         metadata={"help": "evaluate only the named directories, not their last policies"},
     )
+    no_grammar_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "next to a constrained RL policy, do not also sample each unconstrained model "
+            "(e.g. SFT) under the cell grammar as NAME_grammar (the like-with-like row RL is "
+            "compared with)"
+        },
+    )
     skip_missing: bool = field(
         default=False,
         metadata={
@@ -138,16 +146,23 @@ def run_reporting_errors(run: Callable[[], T]) -> T | None:
 def main(dataset: DatasetOptions, options: EvaluateOptions, settings_opts):
     """Evaluate the models of ``options`` on ``dataset``; returns the evaluation result."""
     from cellrlhf.evaluation.evaluate import evaluate_models
-    from cellrlhf.evaluation.model_dirs import parse_model_args, with_last_policies
+    from cellrlhf.evaluation.model_dirs import (
+        parse_model_args,
+        with_grammar_rows,
+        with_last_policies,
+    )
 
+    settings = settings_from(settings_opts)
     models = parse_model_args(options.model)
     if not options.no_last_policies:
         models = with_last_policies(models)
+    if not options.no_grammar_rows and settings.constrain_cells is None:
+        models = with_grammar_rows(models)
     return evaluate_models(
         dataset.dataset_dir,
         models,
         options.out,
-        settings=settings_from(settings_opts),
+        settings=settings,
         data_dir=dataset.data_dir,
         skip_missing=options.skip_missing,
         progress=not dataset.no_progress,

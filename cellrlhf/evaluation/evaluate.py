@@ -369,11 +369,13 @@ def evaluate_models(
 
 def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, progress: bool):
     """Every model's prediction, written to ``predictions/<model>.h5ad``; and those paths."""
+    from cellrlhf.evaluation.model_dirs import is_grammar_row
     from cellrlhf.evaluation.prediction import predict
 
     predictions, paths, sampled = {}, {}, {}
     for name, path in model_dirs.items():
-        same = sampled.get(Path(path).resolve())
+        key = (Path(path).resolve(), is_grammar_row(name))
+        same = sampled.get(key)
         if same is not None:  # one directory named twice (a run that kept its last policy)
             pred = _renamed(predictions[same], same, name)
         else:
@@ -385,7 +387,7 @@ def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, pro
                 progress=progress,
                 **settings.predict_kwargs(),
             )
-            sampled[Path(path).resolve()] = name
+            sampled[key] = name
         paths[f"prediction_{name}"] = prediction_path(out, name)
         pred.write_h5ad(paths[f"prediction_{name}"])
         predictions[name] = pred

@@ -15,8 +15,11 @@ from pathlib import Path
 from cellrlhf.sft.model_dir import ModelDirError
 
 __all__ = [
+    "GRAMMAR_SUFFIX",
     "LAST_SUFFIX",
+    "is_grammar_row",
     "parse_model_args",
+    "with_grammar_rows",
     "with_last_policies",
     "resolve_model_dirs",
 ]
@@ -25,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 # ``--model grpo=DIR`` also evaluates DIR/last as ``grpo_last``
 LAST_SUFFIX = "_last"
+# ``--model sft=DIR`` next to a constrained RL policy also samples DIR under the cell grammar,
+# as ``sft_grammar``: RL minus it is RL's own effect, not the grammar's
+GRAMMAR_SUFFIX = "_grammar"
 # a model directory is complete when a stage has written these
 _REQUIRED = ("config.json", "model.safetensors", "gene_vocab.json", "expression_decoder.json")
 
@@ -103,6 +109,61 @@ def with_last_policies(models: Mapping[str, str | os.PathLike]) -> dict[str, str
         else:
             out[last_name] = last
             logger.info("model %r: its last policy %s is evaluated as %r.", name, last, last_name)
+    return out
+
+
+def is_grammar_row(name: str) -> bool:
+    """Whether model ``name`` is a grammar row (sampled under the cell grammar whatever its
+    ``cellrlhf.json`` says; :func:`with_grammar_rows`)."""
+    return name.endswith(GRAMMAR_SUFFIX)
+
+
+def with_grammar_rows(models: Mapping[str, str | os.PathLike]) -> dict[str, str | os.PathLike]:
+    """``models`` with each unconstrained model also sampled under the cell grammar, as
+    ``<name>_grammar``, when another of them is a constrained policy.
+
+    An RL policy trained with ``constrain_cells`` is sampled under the single-cell answer grammar
+    (every answer one valid cell); an SFT model is sampled freely, and many of its answers
+    repeat genes or run on. ``grpo - sft`` then mixes what RL learned with what the grammar
+    does to the samples; ``grpo - sft_grammar`` compares like with like (both under the
+    grammar) and ``sft_grammar - sft`` is the grammar's own effect. Nothing is added when no
+    model is a constrained policy, for ``<name>_last`` rows, or where ``<name>_grammar`` is
+    named already.
+
+    Parameters
+    ----------
+    models
+        Name -> model directory, in order (after :func:`with_last_policies`).
+
+    Returns
+    -------
+    Name -> directory, each ``<name>_grammar`` right after ``<name>`` (the same directory).
+    """
+    constrained = {
+        name for name, path in models.items() if _model_info(Path(path)).get("constrain_cells")
+    }
+    if not constrained:
+        return dict(models)
+    out: dict[str, str | os.PathLike] = {}
+    for name, path in models.items():
+        out[name] = path
+        grammar = name + GRAMMAR_SUFFIX
+        if (
+            name in constrained
+            or name.endswith(LAST_SUFFIX)
+            or is_grammar_row(name)
+            or grammar in models
+        ):
+            continue
+        out[grammar] = path
+        logger.info(
+            "model %r is sampled freely and %s under the cell grammar: %r is %r sampled under "
+            "the grammar too (like with like).",
+            name,
+            ", ".join(sorted(constrained)),
+            grammar,
+            name,
+        )
     return out
 
 

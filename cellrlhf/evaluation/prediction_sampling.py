@@ -5,7 +5,9 @@ the distribution RL optimised). A policy is sampled the way it was trained: an R
 with ``constrain_cells`` (its ``cellrlhf.json`` says so) under the same single-cell answer
 grammar (:class:`~cellrlhf.cell2text.sentence_constraints.CellSentenceConstraint` with
 ``single_cell_answer=True``), every other model unconstrained, unless ``constrain_cells`` says
-otherwise. Under the grammar every finished answer is valid by construction, so a constrained
+otherwise; a grammar row (``sft_grammar``,
+:func:`~cellrlhf.evaluation.model_dirs.with_grammar_rows`) under the grammar whatever its model
+says. Under the grammar every finished answer is valid by construction, so a constrained
 model's own validity is measured too, on a smaller unconstrained sample
 (``validity["unconstrained"]``).
 """
@@ -44,8 +46,12 @@ def _answer_budget(manifest: dict, info: dict, n_genes: int) -> int:
 
 def _constrained(constrain_cells: bool | None, info: dict, name: str) -> tuple[bool, str]:
     """Whether to sample under the cell grammar, and why (recorded in ``params``)."""
+    from cellrlhf.evaluation.model_dirs import is_grammar_row
+
     if constrain_cells is not None:
         return bool(constrain_cells), "argument"
+    if is_grammar_row(name):
+        return True, "grammar row"
     trained = bool(info.get("constrain_cells", False))
     if trained:
         logger.info(

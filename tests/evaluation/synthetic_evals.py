@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-MODELS = {"sft", "grpo", "ppo", "grpo_last"}
+MODELS = {"sft", "sft_grammar", "grpo", "ppo", "grpo_last"}
 
 
 def method_type(method: str) -> str:

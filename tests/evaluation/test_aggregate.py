@@ -98,6 +98,24 @@ def test_paired_differences_rl_minus_sft_and_models_minus_best_baseline(two_fold
     assert not higher_is_better("mae") and higher_is_better("pearson_specific")
 
 
+def test_rl_is_also_compared_with_sft_under_the_grammar(tmp_path):
+    # sft sampled freely, sft_grammar the same model under the cell grammar, grpo constrained:
+    # grpo - sft_grammar is RL's own effect, sft_grammar - sft the grammar's
+    sft = [0.1, 0.2, 0.3]
+    values = {"sft": sft, "sft_grammar": [v + 0.03 for v in sft],
+              "grpo": [v + 0.05 for v in sft], "mean": [0.1] * 3, "split_half": [0.5] * 3}  # fmt: skip
+    path = write_eval_dir(tmp_path / "eval", metrics_table(values, perturbations=PERTS[0]))
+    agg = aggregate_evaluations({"fold0_seed0": path}, n_boot=300)
+    paired = agg.paired[
+        (agg.paired["kind"] == "all") & (agg.paired["metric"] == "pearson_specific")
+    ]
+    diffs = dict(zip(paired["comparison"], paired["mean_diff"], strict=True))
+    assert list(diffs)[:3] == ["sft_grammar - sft", "grpo - sft", "grpo - sft_grammar"]
+    assert diffs["grpo - sft_grammar"] == pytest.approx(0.02)
+    assert diffs["sft_grammar - sft"] == pytest.approx(0.03)
+    assert diffs["grpo - sft"] == pytest.approx(0.05)
+
+
 def test_spearman_brown_ceiling_not_applicable_baselines_and_flat_metrics(two_folds):
     agg = aggregate_evaluations(two_folds, n_boot=300)
     sb = _row(

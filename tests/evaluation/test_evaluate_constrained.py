@@ -53,3 +53,29 @@ def test_manifest_records_how_each_model_was_sampled(sim_model_dir, sim_dataset_
     assert grpo["constrained"] is True and grpo["valid_cell_fraction"] == 1.0
     # both figures of the constrained policy: its own (unconstrained) validity is the SFT's here
     assert grpo["unconstrained"]["valid_cell_fraction"] == sft["valid_cell_fraction"]
+    # the like-with-like row: the same SFT model under the grammar (RL minus it is RL's effect)
+    assert list(manifest["models"]) == ["sft", "sft_grammar", "grpo"]
+    grammar = manifest["models"]["sft_grammar"]
+    assert grammar["dir"] == manifest["models"]["sft"]["dir"]
+    assert grammar["validity"]["constrained"] is True
+    assert grammar["validity"]["valid_cell_fraction"] == 1.0
+    # sampled under the grammar it is the same model as the unchanged constrained policy
+    assert grammar["validity"]["unconstrained"] == grpo["unconstrained"]
+
+
+def test_no_grammar_rows_without_a_constrained_policy_or_when_told(
+    sim_model_dir, sim_dataset_dir, tmp_path
+):
+    policy = _constrained_policy(sim_model_dir, tmp_path)
+    base = ["--dataset_dir", str(sim_dataset_dir), "--config",
+            str(REPO / "configs" / "eval" / "tiny.yaml"), "--max_prompts", "1",
+            "--cells_per_prompt", "2", "--no-progress"]  # fmt: skip
+    for name, models, flags in [
+        ("free", [f"sft={sim_model_dir}"], []),
+        ("told", [f"sft={sim_model_dir}", f"grpo={policy}"], ["--no_grammar_rows"]),
+        ("forced", [f"sft={sim_model_dir}", f"grpo={policy}"], ["--constrain_cells", "true"]),
+    ]:
+        argv = [*base, *[a for m in models for a in ("--model", m)], *flags]
+        assert cli([*argv, "--out", str(tmp_path / name)]) == 0
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert "sft_grammar" not in manifest["models"], name

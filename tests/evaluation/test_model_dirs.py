@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import pytest
 
 from cellrlhf.evaluation import cli as evaluation_cli
-from cellrlhf.evaluation.model_dirs import with_last_policies
+from cellrlhf.evaluation.model_dirs import with_grammar_rows, with_last_policies
 
 
-def _model(path: Path, step: int | None) -> Path:
+def _model(path: Path, step: int | None, **extra) -> Path:
     path.mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "gene_vocab.json", "expression_decoder.json"):
         (path / name).write_text("{}")
-    info = {"format": "cellrlhf.model", "stage": "grpo", "selected_step": step}
+    info = {"format": "cellrlhf.model", "stage": "grpo", "selected_step": step, **extra}
     (path / "cellrlhf.json").write_text(json.dumps(info))
     return path
 
@@ -78,3 +78,33 @@ def test_the_cli_adds_last_policies_unless_told_not_to(tmp_path, monkeypatch, fl
     argv = ["--dataset_dir", str(tmp_path), "--model", f"grpo={grpo}", "--out", str(tmp_path / "o")]
     assert evaluation_cli.cli(argv + flag) == 0
     assert list(seen["models"]) == expected
+
+
+def test_unconstrained_models_get_a_grammar_row_next_to_a_constrained_policy(tmp_path):
+    sft = _model(tmp_path / "sft", None)
+    ppo = _model(tmp_path / "ppo", 10)
+    grpo = _model(tmp_path / "grpo", 20, constrain_cells=True)
+    models = {"sft": sft, "ppo": ppo, "ppo_last": ppo, "grpo": grpo, "grpo_last": grpo}
+    assert list(with_grammar_rows(models).items()) == [
+        ("sft", sft),
+        ("sft_grammar", sft),
+        ("ppo", ppo),
+        ("ppo_grammar", ppo),
+        ("ppo_last", ppo),  # last policies keep one row
+        ("grpo", grpo),
+        ("grpo_last", grpo),
+    ]
+    # no constrained policy: nothing to compare like with like; a named row is not doubled
+    free = {"sft": sft, "ppo": ppo}
+    assert with_grammar_rows(free) == free
+    named = {"sft": sft, "sft_grammar": tmp_path / "mine", "grpo": grpo}
+    assert with_grammar_rows(named) == named
+
+
+def test_a_grammar_row_is_sampled_under_the_grammar_unless_the_argument_says():
+    from cellrlhf.evaluation.prediction_sampling import _constrained
+
+    assert _constrained(None, {}, "sft_grammar") == (True, "grammar row")
+    assert _constrained(None, {}, "sft") == (False, "cellrlhf.json")
+    assert _constrained(None, {"constrain_cells": True}, "grpo") == (True, "cellrlhf.json")
+    assert _constrained(False, {}, "sft_grammar") == (False, "argument")
