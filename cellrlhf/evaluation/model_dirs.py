@@ -31,6 +31,7 @@ LAST_SUFFIX = "_last"
 # ``--model sft=DIR`` next to a constrained RL policy also samples DIR under the cell grammar,
 # as ``sft_grammar``: RL minus it is RL's own effect, not the grammar's
 GRAMMAR_SUFFIX = "_grammar"
+_RL_STAGES = ("ppo", "grpo", "rloo")
 # a model directory is complete when a stage has written these
 _REQUIRED = ("config.json", "model.safetensors", "gene_vocab.json", "expression_decoder.json")
 
@@ -119,16 +120,17 @@ def is_grammar_row(name: str) -> bool:
 
 
 def with_grammar_rows(models: Mapping[str, str | os.PathLike]) -> dict[str, str | os.PathLike]:
-    """``models`` with each unconstrained model also sampled under the cell grammar, as
-    ``<name>_grammar``, when another of them is a constrained policy.
+    """``models`` with each model that RL did not train (SFT, a pretrained model) also sampled
+    under the cell grammar, as ``<name>_grammar``, when one of them is a constrained policy.
 
     An RL policy trained with ``constrain_cells`` is sampled under the single-cell answer grammar
     (every answer one valid cell); an SFT model is sampled freely, and many of its answers
     repeat genes or run on. ``grpo - sft`` then mixes what RL learned with what the grammar
     does to the samples; ``grpo - sft_grammar`` compares like with like (both under the
-    grammar) and ``sft_grammar - sft`` is the grammar's own effect. Nothing is added when no
-    model is a constrained policy, for ``<name>_last`` rows, or where ``<name>_grammar`` is
-    named already.
+    grammar) and ``sft_grammar - sft`` is the grammar's own effect. RL policies are sampled as
+    they were trained (an unconstrained PPO policy is compared with SFT sampled freely). Nothing
+    is added when no model is a constrained policy, for ``<name>_last`` rows, or where
+    ``<name>_grammar`` is named already.
 
     Parameters
     ----------
@@ -139,9 +141,8 @@ def with_grammar_rows(models: Mapping[str, str | os.PathLike]) -> dict[str, str 
     -------
     Name -> directory, each ``<name>_grammar`` right after ``<name>`` (the same directory).
     """
-    constrained = {
-        name for name, path in models.items() if _model_info(Path(path)).get("constrain_cells")
-    }
+    info = {name: _model_info(Path(path)) for name, path in models.items()}
+    constrained = {name for name, i in info.items() if i.get("constrain_cells")}
     if not constrained:
         return dict(models)
     out: dict[str, str | os.PathLike] = {}
@@ -150,6 +151,7 @@ def with_grammar_rows(models: Mapping[str, str | os.PathLike]) -> dict[str, str 
         grammar = name + GRAMMAR_SUFFIX
         if (
             name in constrained
+            or info[name].get("stage") in _RL_STAGES
             or name.endswith(LAST_SUFFIX)
             or is_grammar_row(name)
             or grammar in models
@@ -166,8 +168,6 @@ def with_grammar_rows(models: Mapping[str, str | os.PathLike]) -> dict[str, str 
         )
     return out
 
-
-_RL_STAGES = ("ppo", "grpo", "rloo")
 
 
 def _kept_its_last_policy(path: Path) -> bool:

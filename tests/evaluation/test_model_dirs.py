@@ -80,17 +80,16 @@ def test_the_cli_adds_last_policies_unless_told_not_to(tmp_path, monkeypatch, fl
     assert list(seen["models"]) == expected
 
 
-def test_unconstrained_models_get_a_grammar_row_next_to_a_constrained_policy(tmp_path):
-    sft = _model(tmp_path / "sft", None)
+def test_models_rl_did_not_train_get_a_grammar_row_next_to_a_constrained_policy(tmp_path):
+    sft = _model(tmp_path / "sft", None, stage="sft")
     ppo = _model(tmp_path / "ppo", 10)
     grpo = _model(tmp_path / "grpo", 20, constrain_cells=True)
     models = {"sft": sft, "ppo": ppo, "ppo_last": ppo, "grpo": grpo, "grpo_last": grpo}
     assert list(with_grammar_rows(models).items()) == [
         ("sft", sft),
         ("sft_grammar", sft),
-        ("ppo", ppo),
-        ("ppo_grammar", ppo),
-        ("ppo_last", ppo),  # last policies keep one row
+        ("ppo", ppo),  # an RL policy is sampled as trained (PPO - SFT is like with like)
+        ("ppo_last", ppo),
         ("grpo", grpo),
         ("grpo_last", grpo),
     ]
