@@ -23,7 +23,6 @@ __all__ = [
     "EVAL_FILENAMES",
     "find_eval_files",
     "latest_eval",
-    "is_evaluation_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -31,7 +30,10 @@ logger = logging.getLogger(__name__)
 EVAL_FILENAMES = ("eval_results.json",)
 # bookkeeping that trainers log next to metrics; not model quality
 _NOT_METRIC_PARTS = ("runtime", "per_second", "num_tokens", "timestamp")
-_EVALUATION_FORMAT = "cellrlhf.evaluation"  # manifest.json of `cellrlhf evaluate`
+# a directory whose manifest.json names a cellrlhf format is a stage's output (a `cellrlhf
+# evaluate` directory among them), not a folder of evaluation files
+_STAGE_MANIFEST = "manifest.json"
+_FORMAT_PREFIX = "cellrlhf."
 _NOT_METRIC_NAMES = {"created", "epoch", "step", "global_step", "total_flos"}
 
 
@@ -72,8 +74,8 @@ def find_eval_files(
             found.append(item)
             continue
         item = Path(item)
-        if is_evaluation_dir(item):
-            found.append(item)
+        if _is_stage_dir(item):
+            found.append(item)  # refused by latest_eval with the reader named
         elif item.is_dir():
             found += sorted(item.glob("*.json"))
         elif item.is_file():
@@ -122,13 +124,16 @@ def _parse(path: Path) -> EvalSummary:
     )
 
 
-def is_evaluation_dir(path: str | Path) -> bool:
-    """Whether ``path`` is an output directory of ``cellrlhf evaluate``."""
-    path = Path(path)
-    if not (path / "summary.csv").is_file() or not (path / "manifest.json").is_file():
+def _is_stage_dir(path: str | Path) -> bool:
+    """Whether ``path`` is an output directory of a cellrlhf stage (its ``manifest.json`` names a
+    ``cellrlhf.*`` format), e.g. of ``cellrlhf evaluate``, whose owner reads it."""
+    try:
+        manifest = json.loads((Path(path) / _STAGE_MANIFEST).read_text())
+    except (OSError, ValueError):
         return False
-    manifest = json.loads((path / "manifest.json").read_text())
-    return isinstance(manifest, Mapping) and manifest.get("format") == _EVALUATION_FORMAT
+    return isinstance(manifest, Mapping) and str(manifest.get("format", "")).startswith(
+        _FORMAT_PREFIX
+    )
 
 
 def latest_eval(files: Iterable[str | Path | EvalSummary]) -> EvalSummary | None:
@@ -144,9 +149,10 @@ def latest_eval(files: Iterable[str | Path | EvalSummary]) -> EvalSummary | None
     """
     parsed = []
     for f in files:
-        if not isinstance(f, EvalSummary) and is_evaluation_dir(f):
+        if not isinstance(f, EvalSummary) and _is_stage_dir(f):
             raise ValueError(
-                f"{f} is a `cellrlhf evaluate` directory: read it with "
+                f"{f} is the output directory of a cellrlhf stage, not evaluation files: read a "
+                "`cellrlhf evaluate` directory with "
                 "cellrlhf.hub.evaluation_summary.evaluation_dir_summary (as `cellrlhf push "
                 "--eval-results` does) and pass the summary."
             )

@@ -126,6 +126,21 @@ def test_an_unread_evaluation_directory_is_refused_with_the_reader_named(model_d
         write_model_card(model_dir, eval_results=[evaluation])
 
 
+def test_any_stage_directory_is_refused_not_read_as_metrics(model_dir, tmp_path):
+    # a dataset directory's manifest.json has numbers (cells, genes): never model quality
+    stage = tmp_path / "data"
+    stage.mkdir()
+    (stage / "manifest.json").write_text(json.dumps({"format": "cellrlhf.dataset", "n": 3}))
+    with pytest.raises(ValueError, match="output directory of a cellrlhf stage"):
+        write_model_card(model_dir, eval_results=[stage])
+    # a folder of plain evaluation files is read
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "eval.json").write_text(json.dumps({"metrics": {"pearson_delta": 0.4}}))
+    card = write_model_card(model_dir, eval_results=[files]).read_text()
+    assert "pearson_delta" in card and "0.4" in card
+
+
 @pytest.mark.slow
 def test_a_trained_stage_saves_the_project_card(tmp_path):
     from cellrlhf.cli import main
