@@ -534,12 +534,14 @@ def _model_record(model_dir: Path, pred) -> dict:
 
 
 def identical_models(models: Mapping[str, dict]) -> list[list[str]]:
-    """Groups of model names whose saved weights are byte-identical (e.g. an RL stage that
-    kept its starting policy as the best one)."""
-    groups: dict[str, list[str]] = {}
+    """Groups of model names whose saved weights are byte-identical and that were sampled the
+    same way (under the cell grammar or not), so their rows agree (e.g. an RL stage that kept
+    its starting policy as the best one; not ``sft`` and ``sft_grammar``)."""
+    groups: dict[tuple, list[str]] = {}
     for name, record in models.items():
         if record.get("weights_sha256"):
-            groups.setdefault(record["weights_sha256"], []).append(name)
+            constrained = bool((record.get("validity") or {}).get("constrained"))
+            groups.setdefault((record["weights_sha256"], constrained), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
 
 

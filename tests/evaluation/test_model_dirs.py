@@ -107,3 +107,19 @@ def test_a_grammar_row_is_sampled_under_the_grammar_unless_the_argument_says():
     assert _constrained(None, {}, "sft") == (False, "cellrlhf.json")
     assert _constrained(None, {"constrain_cells": True}, "grpo") == (True, "cellrlhf.json")
     assert _constrained(False, {}, "sft_grammar") == (False, "argument")
+
+
+def test_identical_weights_group_only_models_sampled_the_same_way():
+    from cellrlhf.evaluation.evaluate import identical_models
+
+    def record(sha, constrained):
+        return {"weights_sha256": sha, "validity": {"constrained": constrained}}
+
+    records = {
+        "sft": record("a", False),
+        "sft_grammar": record("a", True),  # same weights, other samples: rows differ
+        "grpo": record("a", True),  # kept its starting policy, sampled under the grammar
+        "grpo_last": record("b", True),
+        "ppo": record("a", False),
+    }
+    assert identical_models(records) == [["sft", "ppo"], ["sft_grammar", "grpo"]]

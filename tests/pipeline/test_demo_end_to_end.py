@@ -60,6 +60,8 @@ def test_demo_runs_every_stage_and_labels_simulated_data(demo_run):
     assert "SIMULATED" in result.stderr
     assert f"cellrlhf chat --model {run_dir}/ppo" in result.stderr
     assert "\nVerdict\n" in result.stdout, "the demo's terminal output ends with the verdict"
+    verdict = result.stdout.split("\nVerdict\n")[-1]
+    assert "over SFT (grammar)" in verdict or "vs SFT (grammar)" in verdict  # like with like
     # demo.yaml: max_parallel 2, GRPO needs only data and SFT, so it runs beside the reward lane
     marker = {s: json.loads((run_dir / ".pipeline" / f"{s}.json").read_text()) for s in STAGES}
     grpo, prefs = marker["grpo"], marker["preferences"]
@@ -103,7 +105,9 @@ def test_evaluation_outputs_score_every_model_per_context(demo_run):
     out = run_dir / "eval"
     manifest = json.loads((out / "manifest.json").read_text())
     kept = [m for m in manifest["models"] if not m.endswith("_last")]
-    assert kept == ["sft", "ppo", "grpo"] and not manifest["skipped_models"]
+    # the constrained GRPO policy brings SFT sampled under the grammar (like with like)
+    assert kept == ["sft", "sft_grammar", "ppo", "grpo"] and not manifest["skipped_models"]
+    assert manifest["models"]["sft_grammar"]["validity"]["valid_cell_fraction"] == 1.0
     # every RL run's last policy: its last/ directory, or the kept policy itself (same weights)
     assert set(manifest["models"]) - set(kept) == {"ppo_last", "grpo_last"}
     for name in ("ppo_last", "grpo_last"):
