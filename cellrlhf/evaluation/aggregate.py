@@ -212,30 +212,50 @@ def _models(rows: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(rows.loc[rows["method_type"] == "model", "method"]))
 
 
-def _comparisons(models: Sequence[str], baseline: str | None) -> list[tuple[str, str, str]]:
-    """``(label, left, right)``: RL models minus SFT, then minus SFT sampled under the cell
-    grammar (``sft_grammar``, where evaluated: like with like for constrained policies), then
-    every model minus the best baseline."""
+def _comparisons(
+    models: Sequence[str], baseline: str | None, under_grammar: set[str] | None = None
+) -> list[tuple[str, str, str]]:
+    """``(label, left, right)``: RL models minus SFT, then the models sampled under the cell
+    grammar (``under_grammar``; ``None``: not recorded, every model) minus SFT under the grammar
+    (``sft_grammar``, where evaluated: like with like for constrained policies), then every
+    model minus the best baseline."""
     pairs = []
-    for reference in (REFERENCE_MODEL, REFERENCE_MODEL + GRAMMAR_SUFFIX):
+    grammar_reference = REFERENCE_MODEL + GRAMMAR_SUFFIX
+    for reference in (REFERENCE_MODEL, grammar_reference):
         if reference in models:
             pairs += [
                 (f"{m} - {reference}", m, reference)
                 for m in models
                 if m not in (REFERENCE_MODEL, reference)
+                and (reference != grammar_reference or under_grammar is None or m in under_grammar)
             ]
     if baseline is not None:
         pairs += [(f"{m} - best baseline ({baseline})", m, baseline) for m in models]
     return pairs
 
 
-def _paired(rows, pooled, n_boot: int, seed: int, level: float) -> pd.DataFrame:
+def _under_grammar(runs: Sequence[EvaluationRun]) -> set[str] | None:
+    """Models some run sampled under the cell grammar (``validity.constrained`` of its
+    manifest); ``None`` when no run records how its models were sampled."""
+    records = [
+        record
+        for run in runs
+        for record in (run.manifest.get("models") or {}).items()
+        if "constrained" in ((record[1] or {}).get("validity") or {})
+    ]
+    if not records:
+        return None
+    return {name for name, record in records if record["validity"]["constrained"]}
+
+
+def _paired(rows, pooled, n_boot: int, seed: int, level: float, under_grammar) -> pd.DataFrame:
     best = best_baselines(pooled)
     out = []
     for (setting, kind, metric), part in _with_kind_all(rows).groupby(
         ["setting", "kind", "metric"], sort=False
     ):
-        for label, left, right in _comparisons(_models(part), best.get((setting, kind, metric))):
+        models, baseline = _models(part), best.get((setting, kind, metric))
+        for label, left, right in _comparisons(models, baseline, under_grammar):
             iv = paired_difference(
                 part, left, right, value="value", cluster="unit", n_boot=n_boot,
                 confidence_level=level, seed=seed,
@@ -342,7 +362,7 @@ def aggregate_runs(
         runs=run_table,
         per_fold=_per_fold(rows),
         pooled=pooled,
-        paired=_paired(rows, pooled, n_boot, seed, confidence_level),
+        paired=_paired(rows, pooled, n_boot, seed, confidence_level, _under_grammar(runs)),
         not_applicable=_not_applicable(runs),
         flat_metrics=_flat_metrics(pooled),
         metrics=chosen,

@@ -101,16 +101,28 @@ def test_paired_differences_rl_minus_sft_and_models_minus_best_baseline(two_fold
 def test_rl_is_also_compared_with_sft_under_the_grammar(tmp_path):
     # sft sampled freely, sft_grammar the same model under the cell grammar, grpo constrained:
     # grpo - sft_grammar is RL's own effect, sft_grammar - sft the grammar's
+    # ppo, an RL policy sampled freely, is compared with SFT sampled freely only
     sft = [0.1, 0.2, 0.3]
-    values = {"sft": sft, "sft_grammar": [v + 0.03 for v in sft],
+    values = {"sft": sft, "sft_grammar": [v + 0.03 for v in sft], "ppo": [v + 0.01 for v in sft],
               "grpo": [v + 0.05 for v in sft], "mean": [0.1] * 3, "split_half": [0.5] * 3}  # fmt: skip
-    path = write_eval_dir(tmp_path / "eval", metrics_table(values, perturbations=PERTS[0]))
+    sampled = {"sft": False, "sft_grammar": True, "ppo": False, "grpo": True}
+    models = {m: {"stage": m, "validity": {"constrained": c}} for m, c in sampled.items()}
+    path = write_eval_dir(
+        tmp_path / "eval",
+        metrics_table(values, perturbations=PERTS[0]),
+        extra_manifest={"models": models},
+    )
     agg = aggregate_evaluations({"fold0_seed0": path}, n_boot=300)
     paired = agg.paired[
         (agg.paired["kind"] == "all") & (agg.paired["metric"] == "pearson_specific")
     ]
     diffs = dict(zip(paired["comparison"], paired["mean_diff"], strict=True))
-    assert list(diffs)[:3] == ["sft_grammar - sft", "grpo - sft", "grpo - sft_grammar"]
+    assert list(diffs)[:4] == [
+        "sft_grammar - sft",
+        "ppo - sft",
+        "grpo - sft",
+        "grpo - sft_grammar",
+    ]
     assert diffs["grpo - sft_grammar"] == pytest.approx(0.02)
     assert diffs["sft_grammar - sft"] == pytest.approx(0.03)
     assert diffs["grpo - sft"] == pytest.approx(0.05)
