@@ -169,7 +169,6 @@ def with_grammar_rows(models: Mapping[str, str | os.PathLike]) -> dict[str, str 
     return out
 
 
-
 def _kept_its_last_policy(path: Path) -> bool:
     """An RL policy directory without ``last/``: the run kept its last policy (the RL stage
     writes ``last/`` whenever it keeps another one)."""

@@ -20,12 +20,16 @@ from cellrlhf.evaluation.eval_dir import (
     is_evaluation_dir,
     open_evaluation_dir,
 )
+from cellrlhf.evaluation.model_dirs import LAST_SUFFIX, is_grammar_row
 from cellrlhf.sft.eval_results import EvalSummary
 
 __all__ = ["evaluation_dir_summary", "read_evaluation_dirs"]
 
 
 def _evaluated_model(evaluation: EvaluationDir, model_dir: Path | None) -> str:
+    """The row of ``model_dir``: the one named for it, not the rows the evaluation added for the
+    same directory (``<name>_grammar``: sampled otherwise; ``<name>_last``: the kept policy
+    standing for the last one)."""
     models = evaluation.models
     if model_dir is not None:
         mine = [
@@ -33,8 +37,9 @@ def _evaluated_model(evaluation: EvaluationDir, model_dir: Path | None) -> str:
             for name, record in models.items()
             if record.get("dir") and Path(record["dir"]).resolve() == Path(model_dir).resolve()
         ]
-        if len(mine) == 1:
-            return mine[0]
+        named = [n for n in mine if not (is_grammar_row(n) or n.endswith(LAST_SUFFIX))]
+        if len(named) == 1 or len(mine) == 1:
+            return (named or mine)[0]
     if len(models) == 1:
         return next(iter(models))
     raise ValueError(

@@ -120,6 +120,20 @@ def test_the_push_plan_reads_an_evaluation_directory(model_dir, tmp_path):
     assert got[("pearson_delta", "combo")] == 0.7  # the sft row, not ppo's 1.1
 
 
+def test_the_card_reads_the_row_named_for_the_model_not_the_added_rows(model_dir, tmp_path):
+    # `cellrlhf evaluate` adds sft_grammar (and grpo_last) rows for the same directory
+    evaluation = _evaluation_dir(tmp_path, model_dir)
+    manifest = json.loads((evaluation / "manifest.json").read_text())
+    manifest["models"] = {
+        "sft": {"dir": str(model_dir)},
+        "sft_grammar": {"dir": str(model_dir)},
+        "ppo": {"dir": str(tmp_path / "ppo")},
+    }
+    (evaluation / "manifest.json").write_text(json.dumps(manifest))
+    summary = evaluation_dir_summary(evaluation, model_dir)
+    assert summary.extra["model"] == "sft"
+
+
 def test_an_unread_evaluation_directory_is_refused_with_the_reader_named(model_dir, tmp_path):
     evaluation = _evaluation_dir(tmp_path, model_dir)
     with pytest.raises(ValueError, match="evaluation_dir_summary"):

@@ -38,9 +38,7 @@ def train_logs(run):
 def grpo(tmp_path_factory, rl_dataset_dir, sft_model_dir):
     out = tmp_path_factory.mktemp("grpo") / "run"
     # the unconstrained policy (configs/ppo/grpo_tiny.yaml constrains, as the demo's GRPO)
-    run, summary, before = run_rl(
-        out, rl_dataset_dir, sft_model_dir, "--constrain_cells", "false"
-    )
+    run, summary, before = run_rl(out, rl_dataset_dir, sft_model_dir, "--constrain_cells", "false")
     return run, summary, before, out
 
 
