@@ -237,15 +237,13 @@ def _comparisons(
 def _under_grammar(runs: Sequence[EvaluationRun]) -> set[str] | None:
     """Models some run sampled under the cell grammar (``validity.constrained`` of its
     manifest); ``None`` when no run records how its models were sampled."""
-    records = [
-        record
-        for run in runs
-        for record in (run.manifest.get("models") or {}).items()
-        if "constrained" in ((record[1] or {}).get("validity") or {})
-    ]
-    if not records:
-        return None
-    return {name for name, record in records if record["validity"]["constrained"]}
+    sampled: dict[str, bool] = {}
+    for run in runs:
+        for name, record in (run.manifest.get("models") or {}).items():
+            validity = (record or {}).get("validity") or {}
+            if "constrained" in validity:
+                sampled[name] = sampled.get(name, False) or bool(validity["constrained"])
+    return {name for name, constrained in sampled.items() if constrained} if sampled else None
 
 
 def _paired(rows, pooled, n_boot: int, seed: int, level: float, under_grammar) -> pd.DataFrame:
