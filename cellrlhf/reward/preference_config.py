@@ -58,6 +58,14 @@ class PreferenceConfig:
     )
     max_new_tokens: int = field(default=256, metadata={"help": "Token budget of each completion."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
+    constrain_cells: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample every completion under the single-cell answer grammar (one valid cell, then "
+            "the end token), as a policy trained with --constrain_cells true samples, so a reward model "
+            "learns to rank the answers it will score in RL. Needs one token per gene."
+        },
+    )
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1: off)."})
     seed: int = field(

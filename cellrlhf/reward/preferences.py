@@ -88,6 +88,7 @@ def sample_completions(
     seed: int = 0,
     stream: int = 0,
     progress: bool = True,
+    cell_genes=None,
 ) -> list[SampledGroup]:
     """Sample ``num_completions`` answers to each conversational prompt, in batches.
 
@@ -96,7 +97,9 @@ def sample_completions(
     RNG) in chunks of ``batch_size``. Chunk ``c`` is seeded from ``(seed, stream, c)``, so the
     result depends only on the inputs and these arguments, not on how many processes share the
     work: with several processes (accelerate), chunks are split between them and the texts
-    gathered on every process.
+    gathered on every process. With ``cell_genes`` (a :class:`~cellrlhf.cell2text.vocab.GeneVocab`)
+    every answer is sampled under the single-cell answer grammar, as a constrained RL policy
+    samples (``--constrain_cells true``).
 
     Returns
     -------
@@ -110,9 +113,15 @@ def sample_completions(
 
     from cellrlhf.sampling import GenerationSettings, Sampler
 
-    sampler = Sampler(model, tokenizer)
+    sampler = Sampler(model, tokenizer, cell_genes=cell_genes)
+    constrained = cell_genes is not None
     settings = GenerationSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        constrain_cells=constrained,
+        single_cell_answer=constrained,
     )
     encoded = [sampler.prompt_ids(list(p)) for p in prompts]
     jobs = [(p, k) for p in range(len(encoded)) for k in range(num_completions)]
@@ -302,6 +311,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
             seed=config.seed,
             stream=stream,
             progress=config.progress,
+            cell_genes=built.vocab() if config.constrain_cells else None,
         )
         if state.is_main_process:
             pair_splits[split], completion_splits[split] = score_and_pair(

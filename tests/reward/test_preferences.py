@@ -160,3 +160,43 @@ def test_missing_inputs_give_clear_errors(rm_sft_dir, tmp_path, capsys):
     (built / "splits.json").write_text("{}")
     assert run(built) == 2
     assert "no rl/ prompt set" in capsys.readouterr().err
+
+
+def _valid_cell_fraction(completions, genes) -> float:
+    valid = []
+    for c in completions["completion"]:
+        text = c[0]["content"]
+        cell = extract_cell(text)
+        words = cell.sentence.split() if cell.found else []
+        valid.append(
+            cell.found
+            and cell.closed
+            and text.strip().endswith("</cell>")
+            and len(words) > 0
+            and len(set(words)) == len(words)
+            and set(words) <= genes
+        )
+    return float(np.mean(valid))
+
+
+def test_constrained_preferences_sample_valid_cells(
+    rm_preferences_dir, rm_sft_dir, rm_dataset_dir, tmp_path
+):
+    """`constrain_cells`: every sampled answer is one cell of known, distinct genes (what a
+    constrained RL policy samples); the free sample of the same tiny model is not."""
+    from cellrlhf.data.layout import open_dataset_dir
+
+    genes = set(open_dataset_dir(rm_dataset_dir).vocab().genes)
+    manifest = build_preferences_for_tests(
+        rm_sft_dir,
+        rm_dataset_dir,
+        tmp_path / "constrained",
+        constrain_cells=True,
+        test_split="",
+        max_prompts=2,
+    )
+    assert manifest["config"]["constrain_cells"] is True
+    constrained = load_from_disk(str(tmp_path / "constrained" / "completions"))["train"]
+    free = load_from_disk(str(rm_preferences_dir / "completions"))["train"]
+    assert _valid_cell_fraction(constrained, genes) == 1.0
+    assert _valid_cell_fraction(free, genes) < 1.0
