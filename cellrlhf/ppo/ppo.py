@@ -68,6 +68,7 @@ def build_run(
     )
 
     sft_path = _check_arguments(model_args, training_args)
+    _warn_reward_sampling(training_args.reward_model_path, bool(script_args.constrain_cells))
     # TRL's PPO seeds torch only; its minibatches are numpy permutations: seed every RNG, as
     # transformers' Trainer does, so a run is reproducible (and a resumed one comparable)
     set_seed(training_args.seed)
@@ -150,6 +151,28 @@ def _check_arguments(model_args: ModelConfig, training_args: CellPPOConfig) -> s
             "answer runs to response_length and the missing-end penalty cannot apply."
         )
     return sft_path
+
+
+def _warn_reward_sampling(reward_model_path, constrain_cells: bool) -> bool:
+    """Warn when the reward model learned on answers sampled otherwise than the policy samples
+    (with or without the cell grammar): it then scores answers unlike those it was trained on.
+    Returns whether it warned; reward models without the record (older ones) are not judged."""
+    from cellrlhf.sft.model_dir import load_model_info
+
+    learned = (load_model_info(reward_model_path).get("preferences") or {}).get("constrain_cells")
+    if learned is None or bool(learned) == constrain_cells:
+        return False
+    how = {True: "under the cell grammar", False: "freely"}
+    logger.warning(
+        "the reward model at %s learned on preferences sampled %s, but this PPO policy samples %s: "
+        "it will score answers unlike those it was trained on. Rebuild the preferences with "
+        "`cellrlhf preferences --constrain_cells %s` and retrain the reward model.",
+        reward_model_path,
+        how[bool(learned)],
+        how[constrain_cells],
+        str(constrain_cells).lower(),
+    )
+    return True
 
 
 def _stop_id(script_args: CellRLScriptArguments, training_args: CellPPOConfig, tokenizer) -> int:

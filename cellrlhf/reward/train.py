@@ -275,7 +275,8 @@ def reward_model_info(sft_dir: Path, args: CellRewardConfig, n_pairs: int) -> di
         for k, v in sft_info.items()
         if k not in {"format", "version", "stage", "peft", "created"}
     }
-    fingerprint = read_preferences_manifest(args.preferences_dir).get("dataset_fingerprint")
+    preferences = read_preferences_manifest(args.preferences_dir)
+    fingerprint = preferences.get("dataset_fingerprint")
     return {
         **inherited,
         "stage": "reward",
@@ -289,6 +290,10 @@ def reward_model_info(sft_dir: Path, args: CellRewardConfig, n_pairs: int) -> di
             "n_pairs": n_pairs,
             "pair_kinds": args.pair_kinds,
             "dataset_fingerprint": fingerprint,
+            # how the answers were sampled: PPO warns when its policy samples otherwise
+            "constrain_cells": bool(
+                (preferences.get("config") or {}).get("constrain_cells", False)
+            ),
         },
         "cellrlhf_version": __version__,
     }

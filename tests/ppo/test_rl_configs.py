@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from ppo_test_support import REPO
 
@@ -103,3 +105,32 @@ def test_reward_model_with_another_vocabulary_is_refused(sft_tokenizer):
     with pytest.raises(ModelDirError, match="NEWGENE"):
         check_same_tokenizer(sft_tokenizer, other, where="rm")
     check_same_tokenizer(sft_tokenizer, copy.deepcopy(sft_tokenizer), where="rm")
+
+
+@pytest.mark.parametrize(
+    ("learned", "policy", "warns"),
+    [
+        (True, True, False),
+        (False, False, False),
+        (False, True, True),
+        (True, False, True),
+        (None, True, False),
+    ],
+)
+def test_ppo_warns_when_the_reward_model_learned_on_other_sampling(
+    tmp_path, caplog, learned, policy, warns
+):
+    """A reward model trained on free samples scores a constrained policy's answers (or the
+    reverse): PPO says so and names the fix; a reward model without the record is not judged."""
+    from cellrlhf.ppo.ppo import _warn_reward_sampling
+
+    preferences = {"path": "prefs"} if learned is None else {"constrain_cells": learned}
+    info = {"format": "cellrlhf.model", "stage": "reward", "preferences": preferences}
+    (tmp_path / "cellrlhf.json").write_text(json.dumps(info))
+    with caplog.at_level("WARNING", logger="cellrlhf.ppo.ppo"):
+        assert _warn_reward_sampling(tmp_path, policy) is warns
+    if warns:
+        (record,) = caplog.records
+        assert f"--constrain_cells {str(policy).lower()}" in record.getMessage()
+    else:
+        assert not caplog.records

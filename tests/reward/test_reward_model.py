@@ -179,6 +179,8 @@ def test_saved_reward_model_follows_the_model_contract(trained_reward_model, rm_
     info = load_model_info(model_dir)
     assert info["stage"] == "reward" and info["num_labels"] == 1
     assert info["tokenizer_mode"] == "gene_tokens" and info["sft_model"] == str(rm_sft_dir)
+    # how its preferences were sampled (the fixture samples freely): PPO compares it with its policy
+    assert info["preferences"]["constrain_cells"] is False
     assert (model_dir / "gene_vocab.json").read_text() == (
         rm_sft_dir / "gene_vocab.json"
     ).read_text()
