@@ -37,9 +37,9 @@ def _evaluated_model(evaluation: EvaluationDir, model_dir: Path | None) -> str:
             for name, record in models.items()
             if record.get("dir") and Path(record["dir"]).resolve() == Path(model_dir).resolve()
         ]
-        named = [n for n in mine if not (is_grammar_row(n) or n.endswith(LAST_SUFFIX))]
-        if len(named) == 1 or len(mine) == 1:
-            return (named or mine)[0]
+        named = [n for n in mine if not (is_grammar_row(n) or n.endswith(LAST_SUFFIX))] or mine
+        if len(named) == 1:
+            return named[0]
     if len(models) == 1:
         return next(iter(models))
     raise ValueError(
