@@ -407,6 +407,12 @@ class DataBuildConfig:
         out = plain(self)
         if not self.evidence.enabled:
             out.pop("evidence")
+        else:  # options at their defaults are left out: fingerprints as before the options
+            if self.evidence.write == "profile":
+                for key in ("write", "change_tiers", "change_genes"):
+                    out["evidence"].pop(key)
+            if not self.evidence.components_of_singles:
+                out["evidence"].pop("components_of_singles")
         return out
 
     def with_overrides(self, overrides: Sequence[str]) -> DataBuildConfig:

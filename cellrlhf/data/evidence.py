@@ -8,7 +8,8 @@ split) starts with a block of evidence about its (perturbation, context):
     The mean perturbed cell of the context over the measured perturbations other than the
     prompted one: each perturbation's pseudo-bulk weighs 1 (mean of per-perturbation means).
 ``components``
-    For a combination ``A+B``: each component single measured alone in the context.
+    For a combination ``A+B``: each component single measured alone in the context (with
+    ``components_of_singles``, a single shows itself: see the config).
 ``other_contexts``
     The same perturbation measured in the other contexts (meaningful with ``unseen_pair``).
 ``neighbours``
@@ -19,10 +20,13 @@ split) starts with a block of evidence about its (perturbation, context):
 "Measured" means a (perturbation, context) group of **training** cells with at least
 ``evidence.min_cells`` cells. The prompted perturbation is always left out of its own evidence,
 so a training prompt sees the same kind of evidence as a held-out one. Missing evidence is
-written as an explicit "not measured" line. Each pseudo-bulk is ranked into a sentence as the
-control pseudo-bulk of the ``pseudobulk`` prompt context is
-(:meth:`~cellrlhf.data.references.References.profile_sentence`). Each row records the groups its
-evidence was computed from (``evidence_sources``), which the leakage check verifies.
+written as an explicit "not measured" line. With ``evidence.write: profile`` each pseudo-bulk is
+ranked into a sentence as the control pseudo-bulk of the ``pseudobulk`` prompt context is
+(:meth:`~cellrlhf.data.references.References.profile_sentence`); with ``write: change`` it is
+written as the genes it raises and lowers most against the context's training control cells
+(the ``change`` phrase). Each row records the groups its evidence was computed from
+(``evidence_sources``; with ``change`` the training controls too), which the leakage check
+verifies.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from cellrlhf.data.schema import CONTROL_LABEL, perturbation_targets
 __all__ = [
     "EvidencePhrases",
     "EvidenceBuilder",
+    "change_classes",
     "load_evidence_phrases",
     "with_evidence",
     "evidence_features",
@@ -59,6 +64,8 @@ _KEYS = (
     "neighbour",
     "neighbours_missing",
 )
+# needed only by ``evidence.write: change`` (older phrase files without it still load)
+_OPTIONAL_KEYS = ("change", "change_none")
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ def load_evidence_phrases(directory: str | Path | None = None) -> EvidencePhrase
     if missing:
         raise EvidenceError(f"evidence.json lacks the phrase(s) {missing}.")
     lines = {k: payload[k] for k in _KEYS}
+    lines.update({k: payload[k] for k in _OPTIONAL_KEYS if isinstance(payload.get(k), str)})
     return EvidencePhrases(int(payload["version"]), hashlib.sha256(raw).hexdigest(), lines)
 
 
@@ -114,6 +122,42 @@ def evidence_features():
             "cell_context": Value("string"),
         }
     ]
+
+
+def change_classes(change, genes, tiers, max_genes: int):
+    """The genes a change raises and lowers, in size classes.
+
+    Parameters
+    ----------
+    change
+        One value per gene (an item's mean expression minus the control mean).
+    genes
+        Gene symbols, in the order of ``change``.
+    tiers
+        Descending positive thresholds; a gene belongs to the first class it reaches (``|change|
+        >= tier``) and is left out below the last.
+    max_genes
+        At most this many genes per direction, the largest changes kept.
+
+    Returns
+    -------
+    ``(raised, lowered)``: each a list of ``(tier, genes)`` for the non-empty classes, largest
+    class first, genes by decreasing size of change (ties by gene order).
+    """
+    change = np.asarray(change, dtype=np.float64)
+    out = []
+    for sign in (1.0, -1.0):
+        signed = sign * change
+        order = np.argsort(-signed, kind="stable")[:max_genes]
+        order = order[signed[order] >= tiers[-1]]
+        classes, start = [], 0
+        for tier in tiers:
+            end = start + int(np.sum(signed[order[start:]] >= tier))
+            if end > start:
+                classes.append((tier, [genes[i] for i in order[start:end]]))
+            start = end
+        out.append(classes)
+    return out[0], out[1]
 
 
 class EvidenceBuilder:
@@ -141,6 +185,13 @@ class EvidenceBuilder:
     ):
         if "neighbours" in config.kinds and gene_table is None:
             raise EvidenceError("evidence kind 'neighbours' needs a gene table.")
+        if config.write == "change":
+            missing = [k for k in _OPTIONAL_KEYS if k not in phrases.lines]
+            if missing:
+                raise EvidenceError(
+                    f"evidence.write: change needs the phrase(s) {missing} in evidence.json; "
+                    "copy them from the packaged cellrlhf/data/templates/evidence.json."
+                )
         self.config = config
         self.references = references
         self.phrases = phrases
@@ -149,13 +200,20 @@ class EvidenceBuilder:
         groups = references.groups
         units: dict[tuple[str, str], list[int]] = {}
         for gid, (split, pert, context) in enumerate(groups.keys):
-            if split in self.SOURCE_SPLITS and pert != CONTROL_LABEL:
+            if split in self.SOURCE_SPLITS:
                 units.setdefault((pert, context), []).append(gid)
         sums = references.scan.sums
+        self._controls = {  # training control cells of each context (``change`` reference)
+            context: gids
+            for (pert, context), gids in units.items()
+            if pert == CONTROL_LABEL and sum(int(sums.n[g]) for g in gids) > 0
+        }
         self._units = {
             key: gids
             for key, gids in units.items()
-            if sum(int(sums.n[g]) for g in gids) >= config.min_cells
+            if key[0] != CONTROL_LABEL
+            and sum(int(sums.n[g]) for g in gids) >= config.min_cells
+            and (config.write == "profile" or key[1] in self._controls)
         }
         self._by_context: dict[str, list[str]] = {}
         self._by_pert: dict[str, list[str]] = {}
@@ -175,25 +233,53 @@ class EvidenceBuilder:
 
     def _profile(self, key: tuple[str, str]) -> np.ndarray:
         sums = self.references.scan.sums
-        gids = self._units[key]
+        gids = self._controls[key[1]] if key[0] == CONTROL_LABEL else self._units[key]
         return sums.total[gids].sum(axis=0) / sums.n[gids].sum()
 
-    def _unit_sentence(self, key: tuple[str, str]) -> str:
+    def _change_text(self, profile: np.ndarray, context: str) -> str:
+        """``write: change``: ``profile`` minus the context's training control mean, written in
+        size classes (:func:`change_classes`)."""
+        change = np.asarray(profile, dtype=np.float64) - self._profile((CONTROL_LABEL, context))
+        config = self.config
+        written = []
+        for classes in change_classes(
+            change, self.references.vocab.genes, config.change_tiers, config.change_genes
+        ):
+            parts = [f">={tier:g} {format_cell(' '.join(genes))}" for tier, genes in classes]
+            written.append(" ".join(parts) if parts else self.phrases.line("change_none"))
+        return self.phrases.line("change", up=written[0], down=written[1])
+
+    def _written(self, profile: np.ndarray, name: str, lengths, context: str) -> str:
+        """One measured item as the prompt shows it (``evidence.write``)."""
+        if self.config.write == "change":
+            return self._change_text(profile, context)
+        return format_cell(self.references.profile_sentence(profile, name, lengths))
+
+    def _unit_text(self, key: tuple[str, str]) -> str:
         if key not in self._sentences:
-            self._sentences[key] = self.references.profile_sentence(
+            self._sentences[key] = self._written(
                 self._profile(key),
                 f"evidence:{key[0]}:{key[1]}",
                 self._lengths(self._units[key]),
+                key[1],
             )
         return self._sentences[key]
 
     def _sources(self, kind: str, keys) -> list[dict]:
         groups = self.references.groups
-        return [
+        sources = [
             {"kind": kind, "split": groups.keys[g][0], "perturbation": p, "cell_context": c}
             for p, c in keys
             for g in self._units[(p, c)]
         ]
+        if self.config.write == "change":  # each change is taken against training controls
+            for context in dict.fromkeys(c for _, c in keys):
+                sources += [
+                    {"kind": kind, "split": groups.keys[g][0], "perturbation": CONTROL_LABEL,
+                     "cell_context": context}
+                    for g in self._controls[context]
+                ]  # fmt: skip
+        return sources
 
     # ------------------------------------------------------------------ kinds
     def _average(self, perturbation: str, context: str):
@@ -204,24 +290,22 @@ class EvidenceBuilder:
         profile = np.mean([self._profile(k) for k in keys], axis=0)
         lengths = np.concatenate([self._lengths(self._units[k]) for k in keys])
         left_out = perturbation if (perturbation, context) in self._units else ""
-        sentence = self.references.profile_sentence(
-            profile, f"evidence:average_response:{context}:{left_out}", lengths
+        cell = self._written(
+            profile, f"evidence:average_response:{context}:{left_out}", lengths, context
         )
-        line = self.phrases.line(
-            "average_response", cell_context=context, n=len(others), cell=format_cell(sentence)
-        )
+        line = self.phrases.line("average_response", cell_context=context, n=len(others), cell=cell)
         return [line], self._sources("average_response", keys)
 
     def _components(self, perturbation: str, context: str):
         targets = perturbation_targets(perturbation)
-        if len(targets) < 2:
+        if len(targets) < 2 and not self.config.components_of_singles:
             return [], []
         lines, keys = [], []
         for target in targets:
             text = self.perturbation_text(target)
             if (target, context) in self._units:
                 keys.append((target, context))
-                cell = format_cell(self._unit_sentence((target, context)))
+                cell = self._unit_text((target, context))
                 lines.append(
                     self.phrases.line(
                         "component", perturbation=text, cell_context=context, cell=cell
@@ -239,9 +323,7 @@ class EvidenceBuilder:
             return [self.phrases.line("other_contexts_missing")], []
         keys = [(perturbation, c) for c in others]
         lines = [
-            self.phrases.line(
-                "other_context", other_context=c, cell=format_cell(self._unit_sentence(k))
-            )
+            self.phrases.line("other_context", other_context=c, cell=self._unit_text(k))
             for c, k in zip(others, keys, strict=True)
         ]
         return lines, self._sources("other_contexts", keys)
@@ -276,7 +358,7 @@ class EvidenceBuilder:
                 perturbation=self.perturbation_text(pert),
                 similarity=f"{-score:.2f}",
                 cell_context=context,
-                cell=format_cell(self._unit_sentence((pert, context))),
+                cell=self._unit_text((pert, context)),
             )
             for score, pert in chosen
         ]

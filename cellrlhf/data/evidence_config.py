@@ -13,6 +13,7 @@ from cellrlhf.config_types import check_types
 
 __all__ = [
     "EVIDENCE_KINDS",
+    "EVIDENCE_WRITES",
     "EvidenceError",
     "NeighbourConfig",
     "EvidenceConfig",
@@ -21,6 +22,7 @@ __all__ = [
 ]
 
 EVIDENCE_KINDS = ("average_response", "components", "other_contexts", "neighbours")
+EVIDENCE_WRITES = ("profile", "change")
 
 
 class EvidenceError(ValueError):
@@ -74,11 +76,35 @@ class EvidenceConfig:
     min_cells
         A (perturbation, context) group of training cells counts as measured only with at
         least this many cells.
+    write
+        How each measured item is written. ``"profile"``: the pseudo-bulk as a cell sentence
+        (genes by mean expression, as long as a typical cell; mostly the same highly expressed
+        genes in every item). ``"change"``: the genes the item changes against the context's
+        training control cells (mean expression minus the control mean, the information the
+        same-information baselines use), grouped by size: ``raised >=1 <cell> HBZ </cell>
+        >=0.3 <cell> ... </cell> lowered >=0.1 <cell> ... </cell>``, largest first.
+    change_tiers
+        With ``write: change``: the size classes, descending, in the build's expression units
+        (log1p of normalised counts by default: 0.1 is about a 10 % change); a gene changed less
+        than the last is not written.
+    change_genes
+        With ``write: change``: at most this many raised and this many lowered genes per item.
+    components_of_singles
+        With ``components``: a single perturbation's prompt shows the single itself as its one
+        component (its training cells; a held-out single's is "not measured"). A combination
+        prompt's components are other perturbations' measurements, but a data set has few
+        combinations whose components are measured (Norman: 2 per training fold), too few to
+        learn to read them; with this, every training single teaches it (its answer is then in
+        its prompt, so read training-prompt fidelity accordingly).
     """
 
     kinds: tuple[str, ...] = ()
     neighbours: NeighbourConfig = field(default_factory=NeighbourConfig)
     min_cells: int = 10
+    write: str = "profile"
+    change_tiers: tuple[float, ...] = (1.0, 0.3, 0.1)
+    change_genes: int = 20
+    components_of_singles: bool = False
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in EVIDENCE_KINDS]
@@ -90,10 +116,25 @@ class EvidenceConfig:
             raise EvidenceError(f"evidence.kinds repeats a kind: {list(self.kinds)}.")
         if self.min_cells < 1:
             raise EvidenceError(f"evidence.min_cells must be >= 1, got {self.min_cells}.")
+        if self.write not in EVIDENCE_WRITES:
+            raise EvidenceError(
+                f"evidence.write must be one of {EVIDENCE_WRITES}, got {self.write!r}."
+            )
+        tiers = self.change_tiers
+        if not tiers or any(t <= 0 for t in tiers) or list(tiers) != sorted(set(tiers))[::-1]:
+            raise EvidenceError(
+                f"evidence.change_tiers must be positive and strictly descending, got {list(tiers)}."
+            )
+        if self.change_genes < 1:
+            raise EvidenceError(f"evidence.change_genes must be >= 1, got {self.change_genes}.")
         if "neighbours" in self.kinds and not self.neighbours.table:
             raise EvidenceError(
                 "evidence kind 'neighbours' needs evidence.neighbours.table: a CSV or Parquet of "
                 "gene vectors (first column the gene symbol; see docs/evidence.md)."
+            )
+        if self.components_of_singles and "components" not in self.kinds:
+            raise EvidenceError(
+                "evidence.components_of_singles needs 'components' in evidence.kinds."
             )
 
     @property
@@ -106,6 +147,8 @@ class EvidenceConfig:
         spec = dict(spec or {})
         _check_keys(spec, cls, "evidence")
         spec["kinds"] = tuple(spec.get("kinds") or ())
+        if "change_tiers" in spec:
+            spec["change_tiers"] = tuple(float(t) for t in spec["change_tiers"])
         neighbours = dict(spec.get("neighbours") or {})
         _check_keys(neighbours, NeighbourConfig, "evidence.neighbours")
         spec["neighbours"] = NeighbourConfig(**neighbours)

@@ -161,7 +161,8 @@ def _fail(problems: list[str]) -> None:
 
 
 def _check_evidence(built, held, problems: list[str]) -> int:
-    """Rule 4: evidence uses training groups of training perturbations only; rows checked."""
+    """Rule 4: evidence uses training groups of training perturbations (and training controls)
+    only; rows checked."""
     n_rows = 0
     for part in ("sft", "rl"):
         data_dict = getattr(built, part)
@@ -183,7 +184,9 @@ def _check_evidence(built, held, problems: list[str]) -> int:
                     split_of, pert, context = key
                     if split_of != "train":
                         why = f"cells of split {split_of!r}"
-                    elif pert in ("", CONTROL_LABEL) or held.pert_label(pert, context):
+                    elif pert == CONTROL_LABEL:  # training controls: the reference of a change
+                        continue
+                    elif pert == "" or held.pert_label(pert, context):
                         why = "a held-out (test or validation) perturbation"
                     else:
                         continue
