@@ -1,10 +1,12 @@
-"""What can a model read from combination evidence, as each ``evidence.write`` writes it?
+"""What can a model read from its evidence, as each ``evidence.write`` writes it?
 
-For every combination ``A+B`` among the ``rl/`` prompts of a built dataset whose two singles are
-measured in ``rl/train``, the singles' real pseudo-bulks are written the way a prompt shows them
-and mapped back to a change, and the sum of the two mapped changes is scored against the
-combination's real change (``reference_perturbed - reference_control``), next to the additive
-baseline in expression space (the same information, unwritten):
+For every ``rl/`` prompt of a built dataset with evidence of ``--kind`` (``components``: a
+combination ``A+B`` whose singles are measured in ``rl/train``; ``other_contexts``: the same
+perturbation measured in other contexts), the measured items' real pseudo-bulks are written the
+way a prompt shows them and mapped back to a change, and their sum (components) or mean (other
+contexts) is scored against the prompt's real change (``reference_perturbed -
+reference_control``), next to the baseline with the same information in expression space
+(``additive`` / ``context_transfer``, unwritten):
 
 - ``profile<L>``: each single's pseudo-bulk as an L-gene ranked sentence; the i-th gene gets the
   i-th largest value of the control pseudo-bulk (written and mapped the same way), minus it;
@@ -14,9 +16,11 @@ baseline in expression space (the same information, unwritten):
   :func:`cellrlhf.data.evidence.change_classes` writes them; a class reads as the geometric mean
   of its bounds (the top one as 1.5x its threshold).
 
-``pearson_specific`` subtracts the mean change of the training singles (the mean baseline).
+``pearson_specific`` subtracts the mean change of the context's other training perturbations.
+Training single prompts are left out (with ``components_of_singles`` they show themselves).
 
     python benchmarks/evidence_written_ceiling.py --dataset-dir runs/fold0/data
+    python benchmarks/evidence_written_ceiling.py --dataset-dir runs/mcfaline/data --kind other_contexts
 """
 
 from __future__ import annotations
@@ -63,9 +67,18 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _parts(kind: str, pert: str, ctx: str, units: dict) -> list[tuple[str, str]]:
+    """The measured training units a prompt's evidence of ``kind`` shows (none: not scored)."""
+    if kind == "components":
+        parts = [(t, ctx) for t in pert.split("+")] if "+" in pert else []
+        return parts if parts and all(p in units for p in parts) else []
+    return [(p, c) for p, c in units if p == pert and c != ctx]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", required=True)
+    parser.add_argument("--kind", choices=["components", "other_contexts"], default="components")
     parser.add_argument("--length", type=int, nargs="+", default=[15, 100])
     parser.add_argument("--change-genes", type=int, nargs="+", default=[10, 20, 50])
     args = parser.parse_args()
@@ -74,50 +87,51 @@ def main() -> None:
     from datasets import load_from_disk
 
     rl = load_from_disk(str(Path(args.dataset_dir) / "rl"))
-    singles, combos = {}, []
+    units = {}  # training (perturbation, context) -> (pseudo-bulk, its control pseudo-bulk)
+    for row in rl["train"]:
+        units[(row["perturbation"], row["cell_context"])] = (
+            np.asarray(row["reference_perturbed"], dtype=np.float64),
+            np.asarray(row["reference_control"], dtype=np.float64),
+        )
+    records = []
     for split in rl:
         for row in rl[split]:
-            key = (row["perturbation"], row["cell_context"])
-            perturbed = np.asarray(row["reference_perturbed"], dtype=np.float64)
-            control = np.asarray(row["reference_control"], dtype=np.float64)
-            if "+" in key[0]:
-                combos.append((split, key, perturbed, control))
-            elif split == "train":
-                singles[key] = (perturbed, control)
-    mean_change = {
-        ctx: np.mean([p - c for (_, k), (p, c) in singles.items() if k == ctx], axis=0)
-        for ctx in {k for _, k in singles}
-    }
-    records = []
-    for split, (pert, ctx), perturbed, control in combos:
-        parts = [(t, ctx) for t in pert.split("+")]
-        if not all(p in singles for p in parts):
-            continue
-        real = perturbed - control
-        mean = mean_change[ctx]
-        train_control = singles[parts[0]][1]
-        predictions = {"additive": sum(singles[p][0] - singles[p][1] for p in parts)}
-        values = np.sort(train_control)[::-1]
-        for length in args.length:
-            written_control = _profile_written(train_control, values, length)
-            predictions[f"profile{length}"] = sum(
-                _profile_written(singles[p][0], values, length) - written_control for p in parts
+            pert, ctx = row["perturbation"], row["cell_context"]
+            parts = _parts(args.kind, pert, ctx, units)
+            if not parts or (split == "train" and args.kind == "components" and "+" not in pert):
+                continue
+            real = np.asarray(row["reference_perturbed"]) - np.asarray(row["reference_control"])
+            mean = np.mean(
+                [u - c for (p, k), (u, c) in units.items() if k == ctx and p != pert], axis=0
             )
-        for n in args.change_genes:
-            predictions[f"ranks{n}"] = sum(
-                _change_written(singles[p][0] - train_control, n) for p in parts
-            )
-        predictions["change"] = sum(_classes_read(singles[p][0] - train_control) for p in parts)
-        for name, pred in predictions.items():
-            records.append(
-                {
-                    "split": split,
-                    "perturbation": pert,
-                    "written": name,
-                    "pearson_delta": _pearson(pred, real),
-                    "pearson_specific": _pearson(pred - mean, real - mean),
-                }
-            )
+            combine = np.sum if args.kind == "components" else lambda x, axis: np.mean(x, axis)
+            changes = {p: units[p][0] - units[p][1] for p in parts}
+            predictions = {"same_information_baseline": combine(list(changes.values()), axis=0)}
+            for length in args.length:
+                written = []
+                for p in parts:
+                    profile, control = units[p]
+                    values = np.sort(control)[::-1]
+                    written.append(
+                        _profile_written(profile, values, length)
+                        - _profile_written(control, values, length)
+                    )
+                predictions[f"profile{length}"] = combine(written, axis=0)
+            for n in args.change_genes:
+                predictions[f"ranks{n}"] = combine(
+                    [_change_written(changes[p], n) for p in parts], axis=0
+                )
+            predictions["change"] = combine([_classes_read(changes[p]) for p in parts], axis=0)
+            for name, pred in predictions.items():
+                records.append(
+                    {
+                        "split": split,
+                        "perturbation": f"{pert} in {ctx}",
+                        "written": name,
+                        "pearson_delta": _pearson(pred, real),
+                        "pearson_specific": _pearson(pred - mean, real - mean),
+                    }
+                )
     table = pd.DataFrame(records)
     print(table.pivot_table(index="perturbation", columns="written", values="pearson_specific"))
     print(

@@ -14,7 +14,8 @@
 
 Cells can be AnnData rows, gene -> value mappings or cell sentences
 (:mod:`cellrlhf.chat.cell_input`). Prompts are the ones the model was tuned on
-(:mod:`cellrlhf.chat.prompts`). Generation is batched, seeded and runs under ``torch.no_grad``.
+(:mod:`cellrlhf.chat.prompts`), with the measured-evidence block of its training data when it
+was trained with one (:mod:`cellrlhf.chat.prompt_evidence`). Generation is batched, seeded and runs under ``torch.no_grad``.
 The perturbation tasks (predict, identify, effect) live in
 :class:`~cellrlhf.chat.perturbation_tasks.PerturbationTasks`.
 """
@@ -32,11 +33,13 @@ import numpy as np
 from cellrlhf.cell2text.markup import extract_cell
 from cellrlhf.chat.cell_input import EncodedCells, encode_cells
 from cellrlhf.chat.perturbation_tasks import TEXT_ANSWER_TOKENS, PerturbationTasks
+from cellrlhf.chat.prompt_evidence import ModelEvidence, load_model_evidence
 from cellrlhf.chat.prompts import (
     TaskPrompts,
     parse_label,
 )
 from cellrlhf.chat.results import profiles_adata
+from cellrlhf.data.layout import EVIDENCE_INDEX_FILENAME
 from cellrlhf.sampling import GenerationSettings, Sampler
 
 __all__ = ["CellLM"]
@@ -48,6 +51,7 @@ _METADATA_FILES = (
     "training_config.yaml",
     "data_manifest.json",
     "eval_results.json",
+    EVIDENCE_INDEX_FILENAME,
 )
 
 
@@ -66,6 +70,10 @@ class CellLM(PerturbationTasks):
         The :class:`~cellrlhf.cell2text.decoder.ExpressionDecoder` of the training data.
     info, data_manifest
         ``cellrlhf.json`` and ``data_manifest.json`` of the model directory.
+    evidence_index
+        The :class:`~cellrlhf.data.evidence_index.EvidenceIndex` of the model directory
+        (``evidence_index.json``): the measured evidence its training prompts showed, put into
+        perturbation prompts by default (see ``predict_perturbation``'s ``evidence``).
     path
         The model directory (for :meth:`push_to_hub` and copying metadata on save).
     templates_dir
@@ -90,6 +98,7 @@ class CellLM(PerturbationTasks):
         path: str | Path | None = None,
         templates_dir: str | Path | None = None,
         constrain_cells: bool = False,
+        evidence_index=None,
     ):
         if list(decoder.vocab.genes) != list(vocab.genes):
             raise ValueError(
@@ -103,6 +112,9 @@ class CellLM(PerturbationTasks):
         self.info = dict(info or {})
         self.data_manifest = dict(data_manifest or {})
         self.path = Path(path) if path is not None else None
+        self.evidence = ModelEvidence(
+            evidence_index, self.data_manifest, str(self.path) if self.path else ""
+        )
         self.prompts = TaskPrompts(
             context_kind=self._context_kind(),
             templates_dir=templates_dir,
@@ -171,9 +183,16 @@ class CellLM(PerturbationTasks):
             path=loaded.path,
             templates_dir=templates_dir,
             constrain_cells=constrain_cells,
+            evidence_index=load_model_evidence(loaded.path),
         )
 
     # ------------------------------------------------------------------ metadata
+    @property
+    def evidence_index(self):
+        """The model's :class:`~cellrlhf.data.evidence_index.EvidenceIndex` (``None``: its
+        training prompts carried no evidence, or its directory predates the file)."""
+        return self.evidence.index
+
     def _context_kind(self) -> str:
         config = self.data_manifest.get("config")
         sft = config.get("sft") if isinstance(config, Mapping) else None
@@ -421,6 +440,8 @@ class CellLM(PerturbationTasks):
             for name in _METADATA_FILES:
                 if (self.path / name).is_file():
                     shutil.copyfile(self.path / name, directory / name)
+        if self.evidence_index is not None:  # also for a model built in memory
+            self.evidence_index.save(directory / EVIDENCE_INDEX_FILENAME)
         return directory
 
     def push_to_hub(

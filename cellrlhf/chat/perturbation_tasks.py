@@ -3,9 +3,12 @@ profile, identify a cell's perturbation, state a perturbation's effect.
 
 :class:`PerturbationTasks` is a mixin of ``CellLM``: it uses the model's ``prompts``,
 ``generator`` (:class:`~cellrlhf.sampling.Sampler`), ``vocab``, ``decoder``, ``info``,
-``data_manifest``, ``tokenizer`` and its ``encode`` / ``_annotate`` / ``_sentence_budget`` /
-``_constrained`` methods. Perturbation targets are written as the model's words
-(:meth:`PerturbationTasks.has_word`), unknown ones as ``<unk_pert>``.
+``data_manifest``, ``tokenizer``, ``evidence`` (:class:`~cellrlhf.chat.prompt_evidence.
+ModelEvidence`) and its ``encode`` / ``_annotate`` / ``_sentence_budget`` / ``_constrained``
+methods. Perturbation targets are written as the model's words
+(:meth:`PerturbationTasks.has_word`), unknown ones as ``<unk_pert>``. Prediction and effect
+prompts start with the measured-evidence block when the model was trained with one
+(:mod:`cellrlhf.chat.prompt_evidence`).
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ class PerturbationTasks:
         batch_size: int = 16,
         progress: bool | None = None,
         constrain_cells: bool | None = None,
+        evidence=None,
+        gene_table=None,
     ) -> PerturbationPrediction:
         """Predict each cell's profile after ``perturbation``.
 
@@ -141,11 +146,23 @@ class PerturbationTasks:
         constrain_cells
             Constrained decoding of the predicted cells (default: the model's
             ``constrain_cells``).
+        evidence
+            The measured-evidence block put before the prompt, as in training. ``None``: the
+            model's own (its ``evidence_index.json``; no block for a model trained without
+            evidence); ``False``: no block; an :class:`~cellrlhf.data.evidence_index.
+            EvidenceIndex` or a dataset directory built with an ``evidence:`` section: that
+            evidence (e.g. your own measurements). A perturbation nothing was measured for gets
+            the "not measured" lines; a combination, its measured components' lines.
+        gene_table
+            The gene-similarity table of ``neighbours`` evidence (a path or a
+            :class:`~cellrlhf.data.evidence_table.GeneTable`); default: the one the evidence
+            was built with, if its recorded path still holds it.
 
         Returns
         -------
         :class:`~cellrlhf.chat.results.PerturbationPrediction`.
         """
+        chosen = self.evidence.choose(evidence, gene_table)
         targets = self._targets(perturbation)
         encoded = self.encode(cells, layer=layer)
         contexts = self._contexts(cell_context, encoded, batch_size)
@@ -172,6 +189,8 @@ class PerturbationTasks:
             conv = self.prompts.perturbation_response(
                 sentence, targets, cell_context=ctx, perturbation_type=ptype, known=known
             )
+            if chosen is not None:
+                conv = chosen.messages(conv, targets, ctx)
             for k in range(n_samples):
                 conversations.append(conv)
                 rows.append((i, k))
@@ -192,6 +211,7 @@ class PerturbationTasks:
             "model": str(self.path) if self.path else "",
             "stage": self.stage,
             "control": "input cells, encoded and decoded with the model's decoder",
+            "evidence": chosen.origin if chosen is not None else "none",
         }
         return self._perturbation_prediction(encoded, contexts, rows, completions, params, top_n)
 
@@ -277,9 +297,13 @@ class PerturbationTasks:
         cell_context: str,
         perturbation_type: str | None = None,
         max_new_tokens: int = 256,
+        evidence=None,
+        gene_table=None,
     ) -> dict:
         """Genes the model says go up and down: ``{"up": [...], "down": [...], "answer": str}``
-        (``up`` / ``down`` are ``None`` when the answer could not be parsed)."""
+        (``up`` / ``down`` are ``None`` when the answer could not be parsed). ``evidence`` and
+        ``gene_table`` as in :meth:`predict_perturbation`."""
+        chosen = self.evidence.choose(evidence, gene_table)
         targets = self._targets(perturbation)
         conv = self.prompts.perturbation_effect(
             targets,
@@ -287,6 +311,8 @@ class PerturbationTasks:
             perturbation_type=self._perturbation_type(perturbation_type),
             known={t.upper() for t in targets if self.has_word(t)},
         )
+        if chosen is not None:
+            conv = chosen.messages(conv, targets, cell_context)
         (completion,) = self.generator.generate(
             [conv], GenerationSettings(max_new_tokens=max_new_tokens)
         )

@@ -222,9 +222,13 @@ def predict_from_controls(
     perturbation_type: str | None = None,
     layer: str | None = None,
     seed: int = 0,
+    evidence=None,
+    gene_table=None,
 ) -> PopulationPrediction:
     """Predict ``perturbation`` from up to ``n_cells`` control cells of ``context`` (seeded
-    choice), and evaluate against the data's cells with that perturbation there, if any."""
+    choice), and evaluate against the data's cells with that perturbation there, if any.
+    ``evidence`` and ``gene_table``: the measured evidence of the prompts, as in
+    ``CellLM.predict_perturbation`` (default: the model's own)."""
     rows = _control_rows(adata, roles, context)
     if rows.size == 0:
         where = f" in cell context {context!r}" if context else ""
@@ -242,6 +246,8 @@ def predict_from_controls(
         layer=layer,
         seed=seed,
         progress=False,
+        evidence=evidence,
+        gene_table=gene_table,
     )
     valid = prediction.adata.obs["n_genes"].to_numpy() > 0
     result = PopulationPrediction(prediction, context or "", int(rows.size), int(valid.sum()))

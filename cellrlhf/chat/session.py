@@ -72,10 +72,21 @@ class ChatSession:
         Layer of ``adata`` holding expression (default ``X``).
     gene_symbols
         ``var`` column with gene symbols, when ``var_names`` are not symbols.
+    evidence, gene_table
+        The measured evidence of perturbation predictions (``CellLM.predict_perturbation``'s
+        ``evidence`` and ``gene_table``): ``None`` the model's own, ``False`` none, an
+        :class:`~cellrlhf.data.evidence_index.EvidenceIndex` or a dataset directory.
     """
 
     def __init__(
-        self, lm, adata=None, *, layer: str | None = None, gene_symbols: str | None = None
+        self,
+        lm,
+        adata=None,
+        *,
+        layer: str | None = None,
+        gene_symbols: str | None = None,
+        evidence=None,
+        gene_table=None,
     ):
         if adata is not None and layer is not None and layer not in adata.layers:
             raise KeyError(
@@ -85,6 +96,8 @@ class ChatSession:
         self.adata = adata
         self.layer = layer
         self.gene_symbols = gene_symbols
+        self.evidence = evidence
+        self.gene_table = gene_table
         self.cell: SelectedCell | None = None
         self.messages: list[dict] = []
         self.last_result = None  # AnnData of the last prediction / generation
@@ -182,9 +195,12 @@ class ChatSession:
         return self.lm.annotate(self._require_cell().sentence)
 
     def predict(self, perturbation: str, **kwargs):
-        """Predicted response of the selected cell to ``perturbation`` (kept for saving)."""
+        """Predicted response of the selected cell to ``perturbation`` (kept for saving), with
+        the session's evidence unless ``evidence=`` is given."""
         cell = self._require_cell()
         check_count("samples", kwargs.get("n_samples", 1), MAX_SAMPLES)
+        kwargs.setdefault("evidence", self.evidence)
+        kwargs.setdefault("gene_table", self.gene_table)
         prediction = self.lm.predict_perturbation(cell.sentence, perturbation, **kwargs)
         adata = prediction.adata
         adata.obs["input_cell"] = cell.cell_id

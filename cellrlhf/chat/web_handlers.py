@@ -234,6 +234,8 @@ class AppHandlers:
             n_cells=int(n_cells or 1),
             perturbation_type=(ptype or "").strip() or None,
             layer=session.layer,
+            evidence=session.evidence,
+            gene_table=session.gene_table,
         )
 
     def predict(self, targets, context, ptype, n_cells, session, roles, request: gr.Request):

@@ -10,6 +10,7 @@ Everything is seeded: the same source and config give the same fingerprint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from cellrlhf.data.evidence import EvidenceBuilder, evidence_features, load_evid
 from cellrlhf.data.evidence_table import load_gene_table
 from cellrlhf.data.input_checks import check_transform_fits, drop_empty_cells
 from cellrlhf.data.layout import (
+    EVIDENCE_INDEX_FILENAME,
     MANIFEST_FILENAME,
     SPLITS_FILENAME,
     DatasetDir,
@@ -344,7 +346,12 @@ def _make_rows(config: DataBuildConfig, prep: _Prepared, scan, sentence_writer) 
     if config.evidence.enabled:
         evidence_phrases = load_evidence_phrases(config.sft.templates_dir)
         evidence = EvidenceBuilder(
-            config.evidence, references, evidence_phrases, writer.perturbation_text, prep.gene_table
+            config.evidence,
+            references,
+            evidence_phrases,
+            writer.perturbation_text,
+            prep.gene_table,
+            sort_targets=config.schema.sort_targets,
         )
         sft_feats["evidence_sources"] = rl_feats["evidence_sources"] = evidence_features()
     sft = sft_rows(prep.sft_specs, prep.table, references, writer, config.seed, evidence)
@@ -398,8 +405,13 @@ def _save_parts(staging: Path, config: DataBuildConfig, plan, scan, rows: _Rows)
     return part_hashes, counts
 
 
-def _evidence_manifest(config: DataBuildConfig, prep: _Prepared, rows: _Rows) -> dict:
+def _evidence_manifest(
+    config: DataBuildConfig, prep: _Prepared, rows: _Rows, staging: Path
+) -> dict:
+    index = staging / EVIDENCE_INDEX_FILENAME
     return {
+        "index_file": EVIDENCE_INDEX_FILENAME,
+        "index_sha256": hashlib.sha256(index.read_bytes()).hexdigest(),
         "kinds": list(config.evidence.kinds),
         "phrases_version": rows.evidence_phrases.version,
         "phrases_sha256": rows.evidence_phrases.sha256,
@@ -425,6 +437,8 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     part_hashes, counts = _save_parts(staging, config, plan, scan, rows)
     prep.vocab.save(staging)
     rows.decoder.save(staging)
+    if rows.evidence is not None:  # the texts of every evidence block, for inference
+        rows.evidence.index.save(staging / EVIDENCE_INDEX_FILENAME)
     splits_payload = prep.assignment.to_dict(prep.table.cell_ids, prep.table.obs)
     # compact JSON: with indentation the encoder is pure Python (slow on 10^5-10^6 cell ids)
     (staging / SPLITS_FILENAME).write_text(json.dumps(splits_payload))
@@ -453,7 +467,7 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
     if config.rl.enabled:
         manifest["answer_budget"] = _answer_budget(config, rows.rl)
     if rows.evidence is not None:
-        manifest["evidence"] = _evidence_manifest(config, prep, rows)
+        manifest["evidence"] = _evidence_manifest(config, prep, rows, staging)
     (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
     return manifest
 

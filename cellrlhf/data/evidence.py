@@ -27,20 +27,25 @@ written as the genes it raises and lowers most against the context's training co
 (the ``change`` phrase). Each row records the groups its evidence was computed from
 (``evidence_sources``; with ``change`` the training controls too), which the leakage check
 verifies.
+
+:class:`EvidenceBuilder` computes every text once into an
+:class:`~cellrlhf.data.evidence_index.EvidenceIndex`, which composes the blocks; the build saves
+it (``evidence_index.json``) so that a model is queried with the same blocks
+(``CellLM.predict_perturbation``). The phrases live in :mod:`~cellrlhf.data.evidence_phrases`.
 """
 
 from __future__ import annotations
-
-import hashlib
-import json
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
 from cellrlhf.cell2text.markup import format_cell
 from cellrlhf.data.evidence_config import EvidenceConfig, EvidenceError
+from cellrlhf.data.evidence_index import AverageText, EvidenceIndex, MeasuredUnit
+from cellrlhf.data.evidence_phrases import (
+    EvidencePhrases,
+    check_change_phrases,
+    load_evidence_phrases,
+)
 from cellrlhf.data.schema import CONTROL_LABEL, perturbation_targets
 
 __all__ = [
@@ -51,55 +56,6 @@ __all__ = [
     "with_evidence",
     "evidence_features",
 ]
-
-_FORMAT = "cellrlhf.evidence_phrases"
-_KEYS = (
-    "header",
-    "average_response",
-    "average_response_missing",
-    "component",
-    "component_missing",
-    "other_context",
-    "other_contexts_missing",
-    "neighbour",
-    "neighbours_missing",
-)
-# needed only by ``evidence.write: change`` (older phrase files without it still load)
-_OPTIONAL_KEYS = ("change", "change_none")
-
-
-@dataclass(frozen=True)
-class EvidencePhrases:
-    """The lines of an evidence block (``templates/evidence.json``)."""
-
-    version: int
-    sha256: str
-    lines: dict[str, str]
-
-    def line(self, key: str, **values) -> str:
-        return self.lines[key].format(**values)
-
-
-# evidence about the cell context, not the perturbation: the only kinds a control prompt shows
-_CONTEXT_KINDS = ("average_response",)
-
-
-def load_evidence_phrases(directory: str | Path | None = None) -> EvidencePhrases:
-    """Load ``evidence.json`` (packaged, or from ``directory`` when it has one)."""
-    path = Path(directory) / "evidence.json" if directory else None
-    if path is not None and path.exists():
-        raw = path.read_bytes()
-    else:
-        raw = resources.files("cellrlhf.data").joinpath("templates", "evidence.json").read_bytes()
-    payload = json.loads(raw)
-    if payload.get("format") != _FORMAT:
-        raise EvidenceError(f"evidence.json: format must be {_FORMAT!r}.")
-    missing = [k for k in _KEYS if not isinstance(payload.get(k), str)]
-    if missing:
-        raise EvidenceError(f"evidence.json lacks the phrase(s) {missing}.")
-    lines = {k: payload[k] for k in _KEYS}
-    lines.update({k: payload[k] for k in _OPTIONAL_KEYS if isinstance(payload.get(k), str)})
-    return EvidencePhrases(int(payload["version"]), hashlib.sha256(raw).hexdigest(), lines)
 
 
 def with_evidence(messages: list[dict], block: str) -> list[dict]:
@@ -163,6 +119,11 @@ def change_classes(change, genes, tiers, max_genes: int):
 class EvidenceBuilder:
     """Evidence blocks of (perturbation, context) pairs, from the build's group sums.
 
+    Computes every text an evidence block can show (each measured unit's, each context's
+    ``average_response`` with and without each measured perturbation) into an
+    :class:`~cellrlhf.data.evidence_index.EvidenceIndex` (:attr:`index`), which composes the
+    blocks: the build's prompts and later queries of a model go through the same code.
+
     Parameters
     ----------
     config
@@ -175,23 +136,27 @@ class EvidenceBuilder:
         ``"A+B"`` -> ``"<pert> A B </pert>"`` (:meth:`PromptWriter.perturbation_text`).
     gene_table
         :class:`~cellrlhf.data.evidence_table.GeneTable` (``neighbours`` only).
+    sort_targets
+        Whether the data sorts a combination's targets (``schema.sort_targets``; recorded in
+        the index).
     """
 
     #: splits whose cells evidence may use (only training cells; tests plant a leak here)
     SOURCE_SPLITS: tuple[str, ...] = ("train",)
 
     def __init__(
-        self, config: EvidenceConfig, references, phrases, perturbation_text, gene_table=None
+        self,
+        config: EvidenceConfig,
+        references,
+        phrases,
+        perturbation_text,
+        gene_table=None,
+        *,
+        sort_targets: bool = True,
     ):
         if "neighbours" in config.kinds and gene_table is None:
             raise EvidenceError("evidence kind 'neighbours' needs a gene table.")
-        if config.write == "change":
-            missing = [k for k in _OPTIONAL_KEYS if k not in phrases.lines]
-            if missing:
-                raise EvidenceError(
-                    f"evidence.write: change needs the phrase(s) {missing} in evidence.json; "
-                    "copy them from the packaged cellrlhf/data/templates/evidence.json."
-                )
+        check_change_phrases(config, phrases)
         self.config = config
         self.references = references
         self.phrases = phrases
@@ -215,16 +180,11 @@ class EvidenceBuilder:
             and sum(int(sums.n[g]) for g in gids) >= config.min_cells
             and (config.write == "profile" or key[1] in self._controls)
         }
-        self._by_context: dict[str, list[str]] = {}
-        self._by_pert: dict[str, list[str]] = {}
-        for pert, context in sorted(self._units):
-            self._by_context.setdefault(context, []).append(pert)
-            self._by_pert.setdefault(pert, []).append(context)
         of_cell = groups.of_cell
         self._order = np.argsort(of_cell, kind="stable")
         self._bounds = np.searchsorted(of_cell[self._order], np.arange(len(groups.keys) + 1))
         self._blocks: dict[tuple[str, str], tuple[str, list[dict]]] = {}
-        self._sentences: dict[tuple[str, str], str] = {}
+        self.index = self._make_index(sort_targets)
 
     # ------------------------------------------------------------------ pseudo-bulks
     def _lengths(self, gids) -> np.ndarray:
@@ -255,118 +215,60 @@ class EvidenceBuilder:
             return self._change_text(profile, context)
         return format_cell(self.references.profile_sentence(profile, name, lengths))
 
-    def _unit_text(self, key: tuple[str, str]) -> str:
-        if key not in self._sentences:
-            self._sentences[key] = self._written(
-                self._profile(key),
-                f"evidence:{key[0]}:{key[1]}",
-                self._lengths(self._units[key]),
-                key[1],
+    # ------------------------------------------------------------------ the index
+    def _make_index(self, sort_targets: bool) -> EvidenceIndex:
+        """Every text of the evidence, computed once: the :class:`EvidenceIndex`."""
+        split_of = [key[0] for key in self.references.groups.keys]
+        profiles = {key: self._profile(key) for key in sorted(self._units)}
+        units = {
+            key: MeasuredUnit(
+                self._written(
+                    profiles[key],
+                    f"evidence:{key[0]}:{key[1]}",
+                    self._lengths(self._units[key]),
+                    key[1],
+                ),
+                tuple(split_of[g] for g in self._units[key]),
+                tuple(perturbation_targets(key[0])),
             )
-        return self._sentences[key]
-
-    def _sources(self, kind: str, keys) -> list[dict]:
-        groups = self.references.groups
-        sources = [
-            {"kind": kind, "split": groups.keys[g][0], "perturbation": p, "cell_context": c}
-            for p, c in keys
-            for g in self._units[(p, c)]
-        ]
-        if self.config.write == "change":  # each change is taken against training controls
-            for context in dict.fromkeys(c for _, c in keys):
-                sources += [
-                    {"kind": kind, "split": groups.keys[g][0], "perturbation": CONTROL_LABEL,
-                     "cell_context": context}
-                    for g in self._controls[context]
-                ]  # fmt: skip
-        return sources
-
-    # ------------------------------------------------------------------ kinds
-    def _average(self, perturbation: str, context: str):
-        others = [p for p in self._by_context.get(context, []) if p != perturbation]
-        if not others:
-            return [self.phrases.line("average_response_missing", cell_context=context)], []
-        keys = [(p, context) for p in others]
-        profile = np.mean([self._profile(k) for k in keys], axis=0)
-        lengths = np.concatenate([self._lengths(self._units[k]) for k in keys])
-        left_out = perturbation if (perturbation, context) in self._units else ""
-        cell = self._written(
-            profile, f"evidence:average_response:{context}:{left_out}", lengths, context
-        )
-        line = self.phrases.line("average_response", cell_context=context, n=len(others), cell=cell)
-        return [line], self._sources("average_response", keys)
-
-    def _components(self, perturbation: str, context: str):
-        targets = perturbation_targets(perturbation)
-        if len(targets) < 2 and not self.config.components_of_singles:
-            return [], []
-        lines, keys = [], []
-        for target in targets:
-            text = self.perturbation_text(target)
-            if (target, context) in self._units:
-                keys.append((target, context))
-                cell = self._unit_text((target, context))
-                lines.append(
-                    self.phrases.line(
-                        "component", perturbation=text, cell_context=context, cell=cell
-                    )
-                )
-            else:
-                lines.append(
-                    self.phrases.line("component_missing", perturbation=text, cell_context=context)
-                )
-        return lines, self._sources("components", keys)
-
-    def _other_contexts(self, perturbation: str, context: str):
-        others = [c for c in self._by_pert.get(perturbation, []) if c != context]
-        if not others:
-            return [self.phrases.line("other_contexts_missing")], []
-        keys = [(perturbation, c) for c in others]
-        lines = [
-            self.phrases.line("other_context", other_context=c, cell=self._unit_text(k))
-            for c, k in zip(others, keys, strict=True)
-        ]
-        return lines, self._sources("other_contexts", keys)
-
-    def _neighbours(self, perturbation: str, context: str):
+            for key in profiles
+        }
+        averages, left_out = {}, {}
+        if "average_response" in self.config.kinds:
+            by_context: dict[str, list[str]] = {}
+            for pert, context in profiles:
+                by_context.setdefault(context, []).append(pert)
+            for context, perts in by_context.items():
+                averages[context] = self._average(profiles, perts, context, "")
+                for pert in perts if len(perts) > 1 else []:
+                    others = [p for p in perts if p != pert]
+                    left_out[(pert, context)] = self._average(profiles, others, context, pert)
         table = self.gene_table
-        targets = perturbation_targets(perturbation)
-        target_vector = table.vector(targets)
-        if target_vector is None:
-            reason = f"{' '.join(table.missing(targets))} not in the gene table"
-            return [
-                self.phrases.line("neighbours_missing", cell_context=context, reason=reason)
-            ], []
-        upper = {t.upper() for t in targets}
-        scored = []
-        for pert in self._by_context.get(context, []):
-            candidate = perturbation_targets(pert)
-            if pert == perturbation or upper & {t.upper() for t in candidate}:
-                continue
-            vector = table.vector(candidate)
-            if vector is not None:
-                scored.append((-float(vector @ target_vector), pert))
-        if not scored:
-            reason = "no other measured perturbation of this context is in the gene table"
-            return [
-                self.phrases.line("neighbours_missing", cell_context=context, reason=reason)
-            ], []
-        chosen = sorted(scored)[: self.config.neighbours.k]
-        lines = [
-            self.phrases.line(
-                "neighbour",
-                perturbation=self.perturbation_text(pert),
-                similarity=f"{-score:.2f}",
-                cell_context=context,
-                cell=self._unit_text((pert, context)),
-            )
-            for score, pert in chosen
-        ]
-        return lines, self._sources("neighbours", [(p, context) for _, p in chosen])
+        return EvidenceIndex(
+            self.config,
+            self.phrases,
+            units,
+            {c: [split_of[g] for g in gids] for c, gids in self._controls.items()},
+            averages,
+            left_out,
+            gene_table_path=self.config.neighbours.table if table is not None else None,
+            gene_table_sha256=getattr(table, "sha256", None),
+            sort_targets=sort_targets,
+            perturbation_text=self.perturbation_text,
+        )
+
+    def _average(self, profiles: dict, perts: list[str], context: str, left_out: str):
+        """The mean perturbed cell of ``context`` over ``perts`` (each weighs 1), written."""
+        keys = [(p, context) for p in perts]
+        profile = np.mean([profiles[k] for k in keys], axis=0)
+        lengths = np.concatenate([self._lengths(self._units[k]) for k in keys])
+        name = f"evidence:average_response:{context}:{left_out}"
+        return AverageText(self._written(profile, name, lengths, context), len(perts))
 
     # ------------------------------------------------------------------ public
     def block(self, perturbation: str, context: str) -> tuple[str, list[dict]]:
-        """The evidence text of a prompt and the groups it was computed from.
+        """The evidence text of a prompt and the groups it was computed from
+        (:meth:`EvidenceIndex.block <cellrlhf.data.evidence_index.EvidenceIndex.block>`).
 
         Returns
         -------
@@ -375,20 +277,6 @@ class EvidenceBuilder:
         """
         key = (perturbation, context)
         if key not in self._blocks:
-            makers = {
-                "average_response": self._average,
-                "components": self._components,
-                "other_contexts": self._other_contexts,
-                "neighbours": self._neighbours,
-            }
-            lines = [self.phrases.line("header")]
-            sources: list[dict] = []
-            # a control prompt (the model's own reference) carries the context's evidence only
-            kinds = [k for k in self.config.kinds if k in _CONTEXT_KINDS]
-            for kind in kinds if perturbation == CONTROL_LABEL else self.config.kinds:
-                kind_lines, kind_sources = makers[kind](perturbation, context)
-                lines += kind_lines
-                sources += kind_sources
-            self._blocks[key] = ("\n".join(lines), sources)
+            self._blocks[key] = self.index.block(perturbation, context, self.gene_table)
         text, sources = self._blocks[key]
         return text, [dict(s) for s in sources]

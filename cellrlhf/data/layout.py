@@ -9,6 +9,10 @@ first use); anything missing or malformed is a :class:`DatasetDirError`.
     <out>/gene_vocab.json          GeneVocab of the measured genes
     <out>/expression_decoder.json  ExpressionDecoder fitted on training cells only
     <out>/splits.json              split manifest (held-out sets, cells of every split)
+    <out>/evidence_index.json      (with an ``evidence:`` section) the EvidenceIndex: every
+                                   text of the prompts' measured-evidence blocks, to compose the
+                                   block of any (perturbation, context) at inference; model
+                                   directories carry a copy (docs/evidence.md)
     <out>/pretrain/                Dataset: text, cell_id
     <out>/sft/                     DatasetDict train/validation/test: messages, task,
                                    perturbation, cell_context, cell_ids, template
@@ -30,6 +34,7 @@ from pathlib import Path
 __all__ = [
     "MANIFEST_FILENAME",
     "SPLITS_FILENAME",
+    "EVIDENCE_INDEX_FILENAME",
     "MANIFEST_FORMAT",
     "pretrain_features",
     "sft_features",
@@ -43,6 +48,7 @@ __all__ = [
 
 MANIFEST_FILENAME = "manifest.json"
 SPLITS_FILENAME = "splits.json"
+EVIDENCE_INDEX_FILENAME = "evidence_index.json"
 MANIFEST_FORMAT = "cellrlhf.dataset"
 SFT_COLUMNS = ("messages", "task", "perturbation", "cell_context")
 
@@ -140,6 +146,33 @@ class DatasetDir:
         from cellrlhf.cell2text.decoder import DECODER_FILENAME
 
         return self.path / DECODER_FILENAME
+
+    @property
+    def evidence_index_path(self) -> Path:
+        return self.path / EVIDENCE_INDEX_FILENAME
+
+    def evidence_index(self):
+        """The :class:`~cellrlhf.data.evidence_index.EvidenceIndex` of the build's evidence
+        blocks (``evidence_index.json``); ``None`` when the build had no evidence.
+
+        Raises
+        ------
+        DatasetDirError
+            The manifest records evidence but the file is missing (a build of an older
+            version): rebuild it.
+        EvidenceError
+            The file is not a readable evidence index.
+        """
+        from cellrlhf.data.evidence_index import EvidenceIndex
+
+        if self.evidence_index_path.is_file():
+            return EvidenceIndex.load(self.evidence_index_path)
+        if self.manifest.get("evidence"):
+            raise DatasetDirError(
+                f"{self.path} was built with evidence but has no {EVIDENCE_INDEX_FILENAME} (an "
+                "older cellrlhf); rebuild it with `cellrlhf data build` to write it."
+            )
+        return None
 
     @cached_property
     def splits(self) -> dict:

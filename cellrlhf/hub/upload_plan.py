@@ -26,6 +26,7 @@ DATASET_FILES = (
     "gene_vocab.json",
     "expression_decoder.json",
     "splits.json",
+    "evidence_index.json",
 )
 DATASET_SUBSETS = ("pretrain", "sft", "rl")
 

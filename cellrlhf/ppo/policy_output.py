@@ -3,7 +3,8 @@
 The output directory holds the *selected* policy (best held-out fidelity with diversity intact,
 see :mod:`cellrlhf.ppo.model_selection`; or the last one when selection is off), as full
 weights (LoRA adapters merged into the SFT model), with the SFT tokenizer and chat template,
-``gene_vocab.json``, ``expression_decoder.json`` and ``data_manifest.json`` from the data set,
+``gene_vocab.json``, ``expression_decoder.json``, ``data_manifest.json`` and (a build with
+evidence) ``evidence_index.json`` from the data set,
 ``training_config.yaml`` and ``cellrlhf.json`` (``stage``, ``selected_step``, the held-out
 figures of the kept policy, ...). The last policy, when it is not the kept one, goes to
 ``<output_dir>/last`` in the same form. The held-out history (``heldout_eval_history.json``,
@@ -20,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cellrlhf.data.layout import DatasetDir
+from cellrlhf.data.layout import EVIDENCE_INDEX_FILENAME, DatasetDir
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME
 from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME, load_model_info, write_model_files
 
@@ -150,5 +151,8 @@ def _publish(staged: Path, output_dir: Path) -> None:
         marker.unlink()
     for stale in output_dir.glob("model*.safetensors*"):
         stale.unlink()
+    stale_evidence = output_dir / EVIDENCE_INDEX_FILENAME
+    if stale_evidence.exists() and not (staged / EVIDENCE_INDEX_FILENAME).exists():
+        stale_evidence.unlink()  # an earlier run's, on other data
     for entry in sorted(staged.iterdir(), key=lambda p: p.name == MODEL_INFO_FILENAME):
         os.replace(entry, output_dir / entry.name)

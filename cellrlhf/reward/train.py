@@ -28,6 +28,7 @@ from typing import Any
 
 from trl import ModelConfig, RewardConfig
 
+from cellrlhf.data.layout import EVIDENCE_INDEX_FILENAME
 from cellrlhf.trl_compat import auto_bf16
 
 __all__ = [
@@ -243,8 +244,8 @@ def peft_config_for_reward(model_args: ModelConfig):
 class SFTModelFiles:
     """The cell files a reward model inherits from its SFT model directory.
 
-    Offers the three paths :func:`cellrlhf.sft.model_dir.save_model_dir` copies into a saved model
-    (vocabulary, expression decoder, data manifest), read from the SFT directory instead of the
+    Offers the paths :func:`cellrlhf.sft.model_dir.save_model_dir` copies into a saved model
+    (vocabulary, expression decoder, data manifest, evidence index), read from the SFT directory instead of the
     dataset directory: the reward model speaks exactly the SFT model's genes.
     """
 
@@ -261,6 +262,10 @@ class SFTModelFiles:
     @property
     def manifest_path(self) -> Path:
         return self.path / "data_manifest.json"
+
+    @property
+    def evidence_index_path(self) -> Path:
+        return self.path / EVIDENCE_INDEX_FILENAME
 
 
 def reward_model_info(sft_dir: Path, args: CellRewardConfig, n_pairs: int) -> dict[str, Any]:

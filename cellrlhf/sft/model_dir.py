@@ -5,6 +5,8 @@ config.json, model.safetensors, generation_config.json   weights (or adapter_con
                                                            adapter_model.safetensors)
 tokenizer files + chat template
 gene_vocab.json, expression_decoder.json                  copied from the dataset directory
+evidence_index.json                                       copied when the dataset has one (its
+                                                          prompts carried measured evidence)
 data_manifest.json                                        the dataset's manifest.json
 training_config.yaml                                      every argument of the run
 cellrlhf.json                                             stage, tokenizer mode, base model, ...
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cellrlhf.cell2text.vocab import VOCAB_FILENAME, GeneVocab
-from cellrlhf.data.layout import DatasetDir
+from cellrlhf.data.layout import EVIDENCE_INDEX_FILENAME, DatasetDir
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME
 
 __all__ = [
@@ -119,7 +121,9 @@ def write_model_files(
     """Write the cellrlhf files of a model directory beside its weights and tokenizer.
 
     The data set's ``gene_vocab.json``, ``expression_decoder.json`` and manifest (as
-    ``data_manifest.json``; a missing one is warned about), ``training_config.yaml`` from
+    ``data_manifest.json``; a missing one is warned about), its ``evidence_index.json`` when it
+    has one (a build with evidence: the model is queried with the same evidence blocks),
+    ``training_config.yaml`` from
     ``run_config``, ``cellrlhf.json`` from ``info`` (``peft`` defaults to ``None``) and the
     project's model card (titled ``card_name``; not TRL's).
     """
@@ -136,6 +140,9 @@ def write_model_files(
             shutil.copyfile(source, target / name)
         else:
             logger.warning("%s has no %s; the model directory will lack it.", dataset.path, name)
+    evidence_index = dataset.evidence_index_path
+    if evidence_index.is_file():
+        shutil.copyfile(evidence_index, target / EVIDENCE_INDEX_FILENAME)
     (target / TRAINING_CONFIG_FILENAME).write_text(yaml.safe_dump(run_config, sort_keys=False))
     full_info = {
         "format": _FORMAT,
@@ -362,7 +369,8 @@ def _move_into(staged: Path, output_dir: Path) -> None:
     for pattern in (
         "adapter_*",
         "model*.safetensors*",
-    ):  # weights of an earlier save in another form
+        EVIDENCE_INDEX_FILENAME,
+    ):  # weights of an earlier save in another form, evidence of other data
         for stale in output_dir.glob(pattern):
             if stale.is_file() and stale.name not in new_names:
                 stale.unlink()

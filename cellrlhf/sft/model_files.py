@@ -56,6 +56,8 @@ MODEL_FILE_PATTERNS: tuple[str, ...] = (
     # cell2text
     "gene_vocab.json",
     "expression_decoder.json",
+    # measured evidence of the prompts (cellrlhf.data.layout.EVIDENCE_INDEX_FILENAME)
+    "evidence_index.json",
     # run metadata and results
     "cellrlhf.json",
     "training_config.yaml",
