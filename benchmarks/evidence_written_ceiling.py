@@ -19,8 +19,8 @@ reference_control``), next to the baseline with the same information in expressi
 ``pearson_specific`` subtracts the mean change of the context's other training perturbations.
 Training single prompts are left out (with ``components_of_singles`` they show themselves).
 
-    python benchmarks/evidence_written_ceiling.py --dataset-dir runs/fold0/data
-    python benchmarks/evidence_written_ceiling.py --dataset-dir runs/mcfaline/data --kind other_contexts
+    python -m benchmarks.evidence_written_ceiling --dataset-dir runs/fold0/data
+    python -m benchmarks.evidence_written_ceiling --dataset-dir runs/mcfaline/data --kind other_contexts
 """
 
 from __future__ import annotations
@@ -30,13 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _profile_written(profile: np.ndarray, values: np.ndarray, length: int) -> np.ndarray:
-    order = np.argsort(-profile, kind="stable")[:length]
-    order = order[profile[order] > 0]
-    out = np.zeros_like(profile)
-    out[order] = values[: len(order)]
-    return out
+from benchmarks.pseudobulk_sentence_ceiling import _written  # the same profile writing
 
 
 def _change_written(change: np.ndarray, n: int) -> np.ndarray:
@@ -113,8 +107,7 @@ def main() -> None:
                     profile, control = units[p]
                     values = np.sort(control)[::-1]
                     written.append(
-                        _profile_written(profile, values, length)
-                        - _profile_written(control, values, length)
+                        _written(profile, values, length) - _written(control, values, length)
                     )
                 predictions[f"profile{length}"] = combine(written, axis=0)
             for n in args.change_genes:
