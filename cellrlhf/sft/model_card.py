@@ -21,6 +21,7 @@ from typing import Any
 
 from cellrlhf.data.source_info import source_lines
 from cellrlhf.sft.eval_results import EvalSummary, find_eval_files, latest_eval
+from cellrlhf.data.layout import EVIDENCE_INDEX_FILENAME
 from cellrlhf.sft.model_dir import read_data_manifest
 from cellrlhf.sft.model_files import looks_like_hub_id
 
@@ -264,6 +265,17 @@ def _training_section(meta: ModelMetadata) -> str:
         lines.append(f"- Tokenizer mode: `{mode}` (how genes become tokens)")
     if meta.n_genes:
         lines.append(f"- Gene vocabulary: {meta.n_genes} genes (`gene_vocab.json`)")
+    kinds = ((meta.data_manifest.get("evidence") or {}).get("kinds")) or []
+    if (
+        kinds
+        and meta.model_dir is not None
+        and (meta.model_dir / EVIDENCE_INDEX_FILENAME).is_file()
+    ):
+        lines.append(
+            f"- Measured evidence in its prompts: {', '.join(f'`{k}`' for k in kinds)} "
+            "(`evidence_index.json`: the training data's pseudo-bulks as written in the prompts; "
+            "`predict_perturbation` and the chat show the same blocks, docs/evidence.md)"
+        )
     text = "\n".join(lines) + "\n"
     hyper = _find_values(meta.training_config, _KEY_HYPERPARAMETERS)
     if hyper:

@@ -88,6 +88,21 @@ def test_the_project_card_replaces_trls_placeholder(model_dir):
     assert "- Dataset: `pbmc68k_reduced-tiny`" in text
     assert "- License: BSD-3-Clause" in text
     assert "my_own_disk" not in text  # the file name only, never its local directory
+    assert "Measured evidence" not in text  # the tiny model was trained without evidence
+
+
+def test_the_card_names_the_evidence_a_model_was_prompted_with(model_dir):
+    manifest = json.loads((model_dir / "data_manifest.json").read_text())
+    manifest["evidence"] = {"kinds": ["components", "average_response"]}
+    (model_dir / "data_manifest.json").write_text(json.dumps(manifest))
+    write_model_card(model_dir)
+    assert "Measured evidence" not in (model_dir / "README.md").read_text()  # no index copied
+    (model_dir / "evidence_index.json").write_text("{}")
+    write_model_card(model_dir)
+    assert (
+        "- Measured evidence in its prompts: `components`, `average_response` "
+        "(`evidence_index.json`"
+    ) in (model_dir / "README.md").read_text()
 
 
 def test_evaluate_output_becomes_model_index_metrics_per_held_out_kind(model_dir, tmp_path):
