@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cellrlhf.data.layout import EVIDENCE_INDEX_FILENAME
 from cellrlhf.data.source_info import source_lines
 from cellrlhf.sft.eval_results import EvalSummary, find_eval_files, latest_eval
-from cellrlhf.data.layout import EVIDENCE_INDEX_FILENAME
 from cellrlhf.sft.model_dir import read_data_manifest
 from cellrlhf.sft.model_files import looks_like_hub_id
 
