@@ -116,6 +116,17 @@ def change_classes(change, genes, tiers, max_genes: int):
     return out[0], out[1]
 
 
+def _median_of_counts(counts: np.ndarray) -> float:
+    """``np.median`` of the integers ``i`` each repeated ``counts[i]`` times (nan when none)."""
+    total = int(counts.sum())
+    if total == 0:
+        return float("nan")
+    cumulative = np.cumsum(counts)
+    low = int(np.searchsorted(cumulative, (total - 1) // 2 + 1))
+    high = int(np.searchsorted(cumulative, total // 2 + 1))
+    return (low + high) / 2
+
+
 class EvidenceBuilder:
     """Evidence blocks of (perturbation, context) pairs, from the build's group sums.
 
@@ -239,10 +250,14 @@ class EvidenceBuilder:
             for pert, context in profiles:
                 by_context.setdefault(context, []).append(pert)
             for context, perts in by_context.items():
-                averages[context] = self._average(profiles, perts, context, "")
+                # sums over the context once: leaving one out is then a subtraction
+                total = np.sum([profiles[(p, context)] for p in perts], axis=0)
+                lengths = [self._lengths(self._units[(p, context)]) for p in perts]
+                counts = np.bincount(np.concatenate(lengths).astype(np.int64))
+                summed = (total, counts, len(perts))
+                averages[context] = self._average(profiles, summed, context, "")
                 for pert in perts if len(perts) > 1 else []:
-                    others = [p for p in perts if p != pert]
-                    left_out[(pert, context)] = self._average(profiles, others, context, pert)
+                    left_out[(pert, context)] = self._average(profiles, summed, context, pert)
         table = self.gene_table
         return EvidenceIndex(
             self.config,
@@ -257,13 +272,19 @@ class EvidenceBuilder:
             perturbation_text=self.perturbation_text,
         )
 
-    def _average(self, profiles: dict, perts: list[str], context: str, left_out: str):
-        """The mean perturbed cell of ``context`` over ``perts`` (each weighs 1), written."""
-        keys = [(p, context) for p in perts]
-        profile = np.mean([profiles[k] for k in keys], axis=0)
-        lengths = np.concatenate([self._lengths(self._units[k]) for k in keys])
+    def _average(self, profiles: dict, summed: tuple, context: str, left_out: str):
+        """The mean perturbed cell of ``context`` over its measured perturbations but
+        ``left_out`` (each weighs 1), written; ``summed``: their profiles' sum, the histogram
+        of their cells' lengths and their number."""
+        total, counts, n = summed
+        if left_out:
+            own = profiles[(left_out, context)]
+            lengths = self._lengths(self._units[(left_out, context)]).astype(np.int64)
+            total, n = total - own, n - 1
+            counts = counts - np.bincount(lengths, minlength=len(counts))
         name = f"evidence:average_response:{context}:{left_out}"
-        return AverageText(self._written(profile, name, lengths, context), len(perts))
+        median = np.array([_median_of_counts(counts)])
+        return AverageText(self._written(total / n, name, median, context), n)
 
     # ------------------------------------------------------------------ public
     def block(self, perturbation: str, context: str) -> tuple[str, list[dict]]:
