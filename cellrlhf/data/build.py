@@ -61,6 +61,7 @@ from cellrlhf.data.scan import ScanPlan, cell_prefixes, scan_cells
 from cellrlhf.data.schema import CONTROL_LABEL, standardize_obs
 from cellrlhf.data.sentences import SentenceWriter
 from cellrlhf.data.splits import make_splits
+from cellrlhf.data.synthetic import SyntheticCombinations
 from cellrlhf.data.task_templates import TASKS, load_phrases, load_task_templates
 
 __all__ = ["BuildError", "BuildResult", "build_datasets"]
@@ -309,6 +310,7 @@ class _Rows:
     rl_features: object
     evidence: EvidenceBuilder | None = None
     evidence_phrases: object | None = None
+    synthetic: dict | None = None
 
 
 def _scan(staging: Path, config: DataBuildConfig, prep: _Prepared, sentence_writer):
@@ -356,9 +358,42 @@ def _make_rows(config: DataBuildConfig, prep: _Prepared, scan, sentence_writer) 
         sft_feats["evidence_sources"] = rl_feats["evidence_sources"] = evidence_features()
     sft = sft_rows(prep.sft_specs, prep.table, references, writer, config.seed, evidence)
     rl = rl_rows(prep.rl_specs, prep.table, references, writer, config.seed, evidence)
+    synthetic = None
+    if config.evidence.synthetic_combinations:
+        from datasets import Value
+
+        maker = SyntheticCombinations(
+            evidence, prep.table, references, prep.decoder_cells, scan.decoder_rows, sentence_writer
+        )
+        synthetic = _add_synthetic(config, maker, writer, sft)
+        sft_feats["synthetic"] = Value("bool")
     return _Rows(
-        decoder, templates, phrases, sft, rl, sft_feats, rl_feats, evidence, evidence_phrases
+        decoder,
+        templates,
+        phrases,
+        sft,
+        rl,
+        sft_feats,
+        rl_feats,
+        evidence,
+        evidence_phrases,
+        synthetic,
     )
+
+
+def _add_synthetic(config: DataBuildConfig, maker, writer, sft: dict) -> dict:
+    """``evidence.synthetic_combinations`` rows into SFT train (:mod:`~cellrlhf.data.synthetic`)."""
+    task = config.sft.tasks.get("perturbation_response")
+    if not config.sft.enabled or task is None or not task.enabled:
+        raise BuildError(
+            "evidence.synthetic_combinations adds perturbation_response examples: enable "
+            "sft.tasks.perturbation_response (or set synthetic_combinations: 0)."
+        )
+    try:
+        return maker.add_to(sft, config.evidence.synthetic_combinations, config.seed, writer,
+                            task.context)  # fmt: skip
+    except ValueError as err:
+        raise BuildError(str(err)) from err
 
 
 def _save_pretrain(staging: Path, plan, output, parquet: Path | None) -> None:
@@ -468,6 +503,8 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
         manifest["answer_budget"] = _answer_budget(config, rows.rl)
     if rows.evidence is not None:
         manifest["evidence"] = _evidence_manifest(config, prep, rows, staging)
+        if rows.synthetic is not None:
+            manifest["evidence"]["synthetic_combinations"] = rows.synthetic
     (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
     return manifest
 

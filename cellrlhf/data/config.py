@@ -413,6 +413,9 @@ class DataBuildConfig:
                     out["evidence"].pop(key)
             if not self.evidence.components_of_singles:
                 out["evidence"].pop("components_of_singles")
+            if not self.evidence.synthetic_combinations:
+                for key in ("synthetic_combinations", "synthetic_min_change"):
+                    out["evidence"].pop(key)
         return out
 
     def with_overrides(self, overrides: Sequence[str]) -> DataBuildConfig:

@@ -287,6 +287,34 @@ class EvidenceBuilder:
         return AverageText(self._written(total / n, name, median, context), n)
 
     # ------------------------------------------------------------------ public
+    def measured_units(self) -> list[tuple[str, str]]:
+        """The measured ``(perturbation, context)`` units (training cells), sorted."""
+        return sorted(self._units)
+
+    def has_controls(self, context: str) -> bool:
+        """Whether ``context`` has training control cells."""
+        return context in self._controls
+
+    def control_group(self, context: str) -> int:
+        """The group of ``context``'s training control cells."""
+        (gid,) = self._controls[context]
+        return gid
+
+    def change(self, perturbation: str, context: str) -> np.ndarray:
+        """A measured unit's mean expression minus its context's training control mean."""
+        control = self._profile((CONTROL_LABEL, context))
+        return np.asarray(self._profile((perturbation, context)), dtype=np.float64) - control
+
+    def change_sources(self, perturbation: str, context: str) -> list[dict]:
+        """The groups :meth:`change` is computed from, as ``evidence_sources`` entries."""
+        keys = self.references.groups.keys
+        gids = [*self._units[(perturbation, context)], *self._controls[context]]
+        return [
+            {"kind": "components", "split": keys[g][0], "perturbation": keys[g][1],
+             "cell_context": keys[g][2]}
+            for g in gids
+        ]  # fmt: skip
+
     def block(self, perturbation: str, context: str) -> tuple[str, list[dict]]:
         """The evidence text of a prompt and the groups it was computed from
         (:meth:`EvidenceIndex.block <cellrlhf.data.evidence_index.EvidenceIndex.block>`).

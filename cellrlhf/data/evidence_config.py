@@ -96,6 +96,16 @@ class EvidenceConfig:
         combinations whose components are measured (Norman: 2 per training fold), too few to
         learn to read them; with this, every training single teaches it (its answer is then in
         its prompt, so read training-prompt fidelity accordingly).
+    synthetic_combinations
+        With ``components``: this many extra SFT ``perturbation_response`` training examples
+        about combinations of two measured training singles that the data never measured
+        together, answered by a synthetic cell (a training cell of one single plus the other's
+        mean change against the training controls: the additive model with one real cell's
+        noise), so that a model learns to compose two component lines from many pairs
+        (:mod:`cellrlhf.data.synthetic`). 0 = off.
+    synthetic_min_change
+        With ``synthetic_combinations``: changes of the added single smaller than this (in
+        absolute value, expression units) are not added.
     """
 
     kinds: tuple[str, ...] = ()
@@ -105,6 +115,8 @@ class EvidenceConfig:
     change_tiers: tuple[float, ...] = (1.0, 0.3, 0.1)
     change_genes: int = 20
     components_of_singles: bool = False
+    synthetic_combinations: int = 0
+    synthetic_min_change: float = 0.1
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in EVIDENCE_KINDS]
@@ -135,6 +147,15 @@ class EvidenceConfig:
         if self.components_of_singles and "components" not in self.kinds:
             raise EvidenceError(
                 "evidence.components_of_singles needs 'components' in evidence.kinds."
+            )
+        if self.synthetic_combinations < 0 or self.synthetic_min_change < 0:
+            raise EvidenceError(
+                "evidence.synthetic_combinations and evidence.synthetic_min_change must be >= 0."
+            )
+        if self.synthetic_combinations and "components" not in self.kinds:
+            raise EvidenceError(
+                "evidence.synthetic_combinations needs 'components' in evidence.kinds (the "
+                "examples teach reading the component lines)."
             )
 
     @property

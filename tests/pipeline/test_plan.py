@@ -1,4 +1,3 @@
-
 """``cellrlhf pipeline --dry-run`` shows the expanded stages and runs none; the verdict closes a
 run's terminal output."""
 
