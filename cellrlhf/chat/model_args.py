@@ -12,8 +12,9 @@ __all__ = ["ModelOptions"]
 class ModelOptions:
     """Which model to load, and how (flags, or keys of a ``--config`` YAML).
 
-    ``--constrain-cells`` and ``--trust-remote-code`` are switches (``--constrain-cells false``
-    or a YAML ``false`` turns one off again).
+    ``--evidence`` sets the measured evidence of every perturbation prompt the loaded model
+    answers (chat and web app alike). ``--constrain-cells`` and ``--trust-remote-code`` are
+    switches (``--constrain-cells false`` or a YAML ``false`` turns one off again).
     """
 
     model: str = field(metadata={"help": "model directory or Hugging Face Hub id"})
@@ -35,12 +36,25 @@ class ModelOptions:
         default=False,
         metadata={"help": "run code shipped with the model (only for models you trust)"},
     )
+    evidence: str | None = field(
+        default=None,
+        metadata={
+            "help": "measured evidence in perturbation prompts: a dataset directory built with "
+            "an `evidence:` section (e.g. your own measurements), a model directory or an "
+            "evidence_index.json; 'none' for no block; default: the model's own "
+            "(docs/evidence.md)"
+        },
+    )
+    gene_table: str | None = field(
+        default=None,
+        metadata={"help": "gene-similarity table of `neighbours` evidence (default: recorded)"},
+    )
 
     def load_model(self):
         """The :class:`~cellrlhf.chat.cell_lm.CellLM` these options name."""
         from cellrlhf.chat.cell_lm import CellLM
 
-        return CellLM.from_pretrained(
+        lm = CellLM.from_pretrained(
             self.model,
             revision=self.revision,
             device_map=self.device_map,
@@ -48,3 +62,8 @@ class ModelOptions:
             trust_remote_code=self.trust_remote_code,
             constrain_cells=self.constrain_cells,
         )
+        evidence = self.evidence
+        if evidence is not None and evidence.strip().lower() == "none":
+            evidence = False
+        lm.evidence.set_default(evidence, self.gene_table)  # a bad one fails here, at start
+        return lm

@@ -148,6 +148,15 @@ class ModelEvidence:
         self.recorded = dict(recorded) if isinstance(recorded, Mapping) else {}
         self.where = where or "the model directory"
         self._said: set[str] = set()
+        self.default = None  # what a query without ``evidence=`` uses (:meth:`set_default`)
+        self.default_gene_table = None
+
+    def set_default(self, evidence=None, gene_table=None) -> None:
+        """The evidence of queries that pass none (``cellrlhf chat / serve --evidence``):
+        ``None`` the model's own, ``False`` none, an index or a directory (checked now, so a
+        bad one fails at start)."""
+        self.choose(evidence, gene_table)
+        self.default, self.default_gene_table = evidence, gene_table
 
     @property
     def trained_with_evidence(self) -> bool:
@@ -165,7 +174,8 @@ class ModelEvidence:
         Parameters
         ----------
         evidence
-            ``None``: the model's own index (no block when it has none); ``False``: no block;
+            ``None``: the default (:meth:`set_default`; unless set, the model's own index, no
+            block when it has none); ``False``: no block;
             an :class:`EvidenceIndex`, or a dataset / model directory or index file to read one
             from (:func:`read_evidence`).
         gene_table
@@ -178,6 +188,8 @@ class ModelEvidence:
         EvidenceError
             An unreadable ``evidence``, or a bad gene table.
         """
+        if evidence is None:
+            evidence, gene_table = self.default, gene_table or self.default_gene_table
         if evidence is False:
             self._once(logging.INFO, "off", "evidence=False: prompts carry no evidence block.")
             return None

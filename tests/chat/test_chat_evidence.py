@@ -207,3 +207,29 @@ def test_a_model_trained_with_evidence_but_without_its_index_is_warned_about(lm,
         model.evidence.choose(_index())  # kinds unlike the training prompts'
     assert "has no evidence_index.json" in caplog.text
     assert "written unlike the model's training prompts" in caplog.text
+
+
+def test_chat_and_serve_take_an_evidence_flag(tiny_model_dir, tmp_path, pbmc, captured, capsys):
+    from cellrlhf.chat import repl, web
+
+    evidence_dir = tmp_path / "measurements"
+    evidence_dir.mkdir()
+    index = _index()
+    index.save(evidence_dir / EVIDENCE_INDEX_FILENAME)
+    (options,) = repl.make_parser().parse_args_and_config(
+        ["--model", str(tiny_model_dir), "--evidence", str(evidence_dir)]
+    )
+    model = options.load_model()
+    assert model.evidence_index is None  # the model's own: none; the flag's is the default
+    seen = captured(model)
+    model.predict_perturbation(pbmc[:1], SPI1, cell_context=CONTEXT)
+    assert _user(seen[0]).startswith(index.block(SPI1, CONTEXT)[0] + "\n\n")
+    model.predict_perturbation(pbmc[:1], SPI1, cell_context=CONTEXT, evidence=False)
+    assert HEADER not in _user(seen[1])  # a query's own choice still wins
+    (options,) = web.make_parser().parse_args_and_config(
+        ["--model", str(tiny_model_dir), "--evidence", "None"]
+    )
+    assert options.load_model().evidence.choose() is None
+    status = repl.cli(["--model", str(tiny_model_dir), "--evidence", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert status == 2 and "cellrlhf chat: no evidence at" in err and "Traceback" not in err
