@@ -140,16 +140,18 @@ class SyntheticCombinations:
             sentences = texts.to_pylist()
         return plan, sentences, rng
 
-    def _control_sentence(self, mode: str, context: str, rng) -> tuple[str | None, list[str]]:
+    def _control_sentence(self, mode: str, context: str, rng) -> tuple[str, str | None, list]:
+        """The prompt's context mode, control sentence and control cell ids."""
         if mode == "none":
-            return None, []
-        if mode == "pseudobulk":
-            return self.references.pseudobulk_sentence(self.evidence.control_group(context)), []
-        pool = self.pool[(CONTROL_LABEL, context)]
+            return mode, None, []
+        pool = self.pool.get((CONTROL_LABEL, context))
+        if mode == "pseudobulk" or pool is None:  # no kept control cell: the pseudo-bulk
+            group = self.evidence.control_group(context)
+            return "pseudobulk", self.references.pseudobulk_sentence(group), []
         pos = int(rng.choice(pool))
         cell = int(self.decoder_cells[pos])
         texts, _ = self.sentence_writer.encode(self.rows[pos], [self.table.cell_ids[cell]])
-        return texts.to_pylist()[0], [str(self.table.cell_ids[cell])]
+        return mode, texts.to_pylist()[0], [str(self.table.cell_ids[cell])]
 
     def rows_for(self, n: int, seed: int, writer, context_mode: str) -> list[dict]:
         """``n`` training rows (the ``sft`` layout plus ``synthetic``), seeded.
@@ -169,7 +171,7 @@ class SyntheticCombinations:
             mode = context_mode
             if mode == "mixed":
                 mode = "control_cell" if rng.random() < 0.5 else "pseudobulk"
-            control_sentence, control_ids = self._control_sentence(mode, context, rng)
+            mode, control_sentence, control_ids = self._control_sentence(mode, context, rng)
             perturbation = self.evidence.index.label([a, b])
             messages, template = writer.response(
                 cell_context=context,

@@ -139,3 +139,19 @@ def test_config_checks(tmp_path):
     )
     with pytest.raises(BuildError, match="no pair of measured training singles"):
         build_datasets(config, out_dir=tmp_path / "y", adata=_adata(only_held))
+
+
+def test_control_cell_prompts_show_a_training_control_cell(tmp_path):
+    config = _config(
+        SPLIT,
+        {"kinds": ["components"], "write": "change", "synthetic_combinations": 6},
+        sft={"tasks": {"perturbation_response": {"context": "control_cell"}}},
+    )
+    built = open_dataset_dir(build_datasets(config, out_dir=tmp_path, adata=_adata(GROUPS)).path)
+    rows = [r for r in built.sft["train"] if r["synthetic"]]
+    controls = {f"c{i}" for i in range(12)}
+    assert len(rows) == 6 and all(r["cell_ids"][1] in controls for r in rows)
+    for row in rows:  # the control cell [1 1 1 1 1 0] follows the evidence block
+        task = _user(row["messages"]).split("\n\n", 1)[1]
+        cell = task.split("<cell>", 1)[1].split("</cell>", 1)[0].split()
+        assert sorted(cell) == ["G1", "G2", "G3", "G4", "G5"]
