@@ -207,10 +207,13 @@ class EvidenceBuilder:
         gids = self._controls[key[1]] if key[0] == CONTROL_LABEL else self._units[key]
         return sums.total[gids].sum(axis=0) / sums.n[gids].sum()
 
+    def _minus_controls(self, profile: np.ndarray, context: str) -> np.ndarray:
+        return np.asarray(profile, dtype=np.float64) - self._profile((CONTROL_LABEL, context))
+
     def _change_text(self, profile: np.ndarray, context: str) -> str:
         """``write: change``: ``profile`` minus the context's training control mean, written in
         size classes (:func:`change_classes`)."""
-        change = np.asarray(profile, dtype=np.float64) - self._profile((CONTROL_LABEL, context))
+        change = self._minus_controls(profile, context)
         config = self.config
         written = []
         for classes in change_classes(
@@ -302,18 +305,11 @@ class EvidenceBuilder:
 
     def change(self, perturbation: str, context: str) -> np.ndarray:
         """A measured unit's mean expression minus its context's training control mean."""
-        control = self._profile((CONTROL_LABEL, context))
-        return np.asarray(self._profile((perturbation, context)), dtype=np.float64) - control
+        return self._minus_controls(self._profile((perturbation, context)), context)
 
     def change_sources(self, perturbation: str, context: str) -> list[dict]:
         """The groups :meth:`change` is computed from, as ``evidence_sources`` entries."""
-        keys = self.references.groups.keys
-        gids = [*self._units[(perturbation, context)], *self._controls[context]]
-        return [
-            {"kind": "components", "split": keys[g][0], "perturbation": keys[g][1],
-             "cell_context": keys[g][2]}
-            for g in gids
-        ]  # fmt: skip
+        return self.index.sources("components", [(perturbation, context)], controls=True)
 
     def block(self, perturbation: str, context: str) -> tuple[str, list[dict]]:
         """The evidence text of a prompt and the groups it was computed from

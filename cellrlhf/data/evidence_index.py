@@ -274,13 +274,16 @@ class EvidenceIndex:
             sources += kind_sources
         return "\n".join(lines), sources
 
-    def _sources(self, kind: str, keys) -> list[dict]:
+    def sources(self, kind: str, keys, *, controls: bool | None = None) -> list[dict]:
+        """``evidence_sources`` entries of the measured ``(perturbation, context)`` ``keys``
+        under ``kind``, with their contexts' training controls when ``controls`` (default:
+        with ``write: change``, whose lines are taken against them)."""
         sources = [
             {"kind": kind, "split": split, "perturbation": p, "cell_context": c}
             for p, c in keys
             for split in self.units[(p, c)].splits
         ]
-        if self.config.write == "change":  # each change is taken against training controls
+        if self.config.write == "change" if controls is None else controls:
             for context in dict.fromkeys(c for _, c in keys):
                 sources += [
                     {"kind": kind, "split": split, "perturbation": CONTROL_LABEL,
@@ -298,7 +301,7 @@ class EvidenceIndex:
         line = self.phrases.line(
             "average_response", cell_context=context, n=len(others), cell=entry.text
         )
-        return [line], self._sources("average_response", [(p, context) for p in others])
+        return [line], self.sources("average_response", [(p, context) for p in others])
 
     def _components(self, perturbation: str, context: str):
         targets = perturbation_targets(perturbation)
@@ -319,7 +322,7 @@ class EvidenceIndex:
                 lines.append(
                     self.phrases.line("component_missing", perturbation=text, cell_context=context)
                 )
-        return lines, self._sources("components", keys)
+        return lines, self.sources("components", keys)
 
     def _other_contexts(self, perturbation: str, context: str):
         others = [c for c in self._by_pert.get(perturbation, []) if c != context]
@@ -330,7 +333,7 @@ class EvidenceIndex:
             self.phrases.line("other_context", other_context=c, cell=self.units[k].text)
             for c, k in zip(others, keys, strict=True)
         ]
-        return lines, self._sources("other_contexts", keys)
+        return lines, self.sources("other_contexts", keys)
 
     def _neighbours(self, perturbation: str, context: str, table):
         targets = perturbation_targets(perturbation)
@@ -365,7 +368,7 @@ class EvidenceIndex:
             )
             for score, pert in chosen
         ]
-        return lines, self._sources("neighbours", [(p, context) for _, p in chosen])
+        return lines, self.sources("neighbours", [(p, context) for _, p in chosen])
 
     # ------------------------------------------------------------------ files
     def to_json(self) -> dict:
