@@ -5,7 +5,7 @@ described by a line in ``log10(r + 1)`` (Cell2Sentence, Levine et al. 2023). The
 line on the data set's expressed values, with the same ranking as :func:`encode`, and turns any
 text (real sentences, or whatever a model generated) into a sparse cells x genes matrix::
 
-    decoder = ExpressionDecoder.fit(adata)          # method="global" or "per_gene"
+    decoder = ExpressionDecoder.fit(adata)          # method="global", "per_gene", "neighbours"
     X_hat, report = decoder.decode(sentences)       # csr (n, len(vocab)), DecodeReport
 
 Decoding rules (model output is malformed as a matter of course, so nothing here raises):
@@ -17,6 +17,8 @@ Decoding rules (model output is malformed as a matter of course, so nothing here
 - A gene repeated later in the sentence is ignored (the first occurrence keeps its rank).
 - At most ``max_genes`` distinct genes are decoded; later ones are counted as truncated.
 - Value at rank ``r``: ``intercept[g] + slope[g] * log10(r + 1)``, clipped at 0.
+- ``method="neighbours"``: those per-gene values plus the mean residual of the most similar
+  training cells (:mod:`~cellrlhf.cell2text.neighbour_decoding`), clipped at 0.
 
 Decoded values are on the scale of the expression the decoder was fitted on (``adata.X`` or the
 ``layer``), typically log1p-normalized counts.
@@ -49,7 +51,9 @@ from cellrlhf.cell2text.decode_kernels import (
 )
 from cellrlhf.cell2text.decode_report import DecodeReport
 from cellrlhf.cell2text.decoder_fit import DECODER_METHODS, fit_rank_value_lines
+from cellrlhf.cell2text.decoder_fit import reference_cells as fit_reference_cells
 from cellrlhf.cell2text.markup import CELL_START, extract_cell
+from cellrlhf.cell2text.neighbour_decoding import NeighbourCells
 from cellrlhf.cell2text.thread_budget import keep_torch_threads
 from cellrlhf.cell2text.vocab import GeneVocab
 
@@ -79,12 +83,15 @@ class ExpressionDecoder:
     params
         How the decoder was fitted: ``method``, ``r2``, ``layer``, ``n_cells``, ``n_values``,
         ``top_k``, ``seed``, ``value_scale``... (saved with the decoder).
+    neighbours
+        ``method="neighbours"`` only: the training cells whose residuals correct the lines.
     """
 
     vocab: GeneVocab
     intercept: np.ndarray
     slope: np.ndarray
     params: dict = field(default_factory=dict)
+    neighbours: NeighbourCells | None = None
 
     def __post_init__(self) -> None:
         n = len(self.vocab)
@@ -99,6 +106,11 @@ class ExpressionDecoder:
                 )
             value.setflags(write=False)
             object.__setattr__(self, name, value)
+        if (self.method == "neighbours") != (self.neighbours is not None):
+            raise ValueError(
+                "a decoder has reference cells exactly when its method is 'neighbours' "
+                f"(method={self.method!r}, reference cells: {self.neighbours is not None})."
+            )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -121,10 +133,12 @@ class ExpressionDecoder:
         duplicates: Literal["error", "sum", "first"] = "error",
         top_k: int | None = None,
         seed: int = 0,
-        method: Literal["global", "per_gene"] = "global",
+        method: Literal["global", "per_gene", "neighbours"] = "global",
         max_cells: int | None = None,
         random_state: int = 0,
         shrinkage: float = 10.0,
+        n_neighbors: int = 20,
+        reference_cells: int | None = 5000,
         progress: bool = False,
     ) -> ExpressionDecoder:
         """Fit the rank -> value line on a data set's expressed values.
@@ -144,12 +158,20 @@ class ExpressionDecoder:
         method
             ``"global"``: one line for all genes (Cell2Sentence). ``"per_gene"``: one line per
             gene, shrunk towards the global line for genes with few observations.
+            ``"neighbours"``: the per-gene lines plus the mean residual (measured minus line
+            value) of the most similar reference cells
+            (:mod:`~cellrlhf.cell2text.neighbour_decoding`): magnitudes a rank cannot carry.
         max_cells
             Fit on a random subset of at most this many cells (``random_state``).
         shrinkage
             ``per_gene`` only: weight of the global line, in pseudo-observations spread like the
             data set's ranks. A gene seen ``n`` times keeps about ``n / (n + shrinkage)`` of its
             own line; genes never expressed get the global line.
+        n_neighbors, reference_cells
+            ``neighbours`` only: each decoded sentence is corrected by the mean residual of its
+            ``n_neighbors`` most similar cells among a random subset of at most
+            ``reference_cells`` cells (``random_state``), saved with the decoder (about 20
+            bytes per gene of each cell's sentence).
         progress
             Show a progress bar over chunks of cells.
 
@@ -158,21 +180,34 @@ class ExpressionDecoder:
         The fitted decoder; ``decoder.r2`` is the in-sample R^2 of the chosen method and
         ``params`` holds ``r2_global`` and ``r2_per_gene`` for comparison.
         """
-        return cls(
-            *fit_rank_value_lines(
+        vocab, intercept, slope, params = fit_rank_value_lines(
+            adata,
+            layer=layer,
+            gene_symbols=gene_symbols,
+            duplicates=duplicates,
+            top_k=top_k,
+            seed=seed,
+            method=method,
+            max_cells=max_cells,
+            random_state=random_state,
+            shrinkage=shrinkage,
+            progress=progress,
+        )
+        neighbours = None
+        if method == "neighbours":
+            neighbours = fit_reference_cells(
                 adata,
                 layer=layer,
                 gene_symbols=gene_symbols,
                 duplicates=duplicates,
                 top_k=top_k,
                 seed=seed,
-                method=method,
-                max_cells=max_cells,
+                max_cells=reference_cells,
                 random_state=random_state,
-                shrinkage=shrinkage,
-                progress=progress,
+                n_neighbors=n_neighbors,
             )
-        )
+            params.update(n_neighbors=int(n_neighbors), reference_cells=neighbours.n_cells)
+        return cls(vocab, intercept, slope, params, neighbours)
 
     # ------------------------------------------------------------------ decode
     def decode(
@@ -231,7 +266,10 @@ class ExpressionDecoder:
             return sp.csr_matrix((0, len(self.vocab)), dtype=np.float32), DecodeReport.empty_report(
                 0
             )
-        return rows.to_csr(), DecodeReport.concatenate(reports)
+        matrix = rows.to_csr()
+        if self.neighbours is not None:
+            matrix = self.neighbours.correct(matrix, self.intercept, self.slope)
+        return matrix, DecodeReport.concatenate(reports)
 
     def _decode_batch(self, batch, model, rows: CsrRowBuilder, scratch: _DecodeScratch):
         """Decode ``batch`` onto ``rows``; returns its report."""
@@ -341,6 +379,7 @@ class ExpressionDecoder:
             "intercept": values(self.intercept),
             "slope": values(self.slope),
             "params": self.params,
+            **({"neighbours": self.neighbours.to_dict()} if self.neighbours is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -378,7 +417,10 @@ class ExpressionDecoder:
         vocab = GeneVocab(tuple(payload["genes"]), params=payload.get("vocab_params", {}))
         params = dict(payload.get("params", {}))
         params.setdefault("method", payload.get("method", "global"))
-        return cls(vocab, payload["intercept"], payload["slope"], params)
+        neighbours = payload.get("neighbours")
+        if neighbours is not None:
+            neighbours = NeighbourCells.from_dict(neighbours)
+        return cls(vocab, payload["intercept"], payload["slope"], params, neighbours)
 
 
 # ---------------------------------------------------------------------- decode helpers

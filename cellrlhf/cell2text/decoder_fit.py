@@ -16,11 +16,11 @@ import scipy.sparse as sp
 
 from cellrlhf.cell2text.vocab import gene_mapping
 
-__all__ = ["DECODER_METHODS", "fit_rank_value_lines"]
+__all__ = ["DECODER_METHODS", "fit_rank_value_lines", "reference_cells"]
 
 logger = logging.getLogger(__name__)
 
-DECODER_METHODS = ("global", "per_gene")
+DECODER_METHODS = ("global", "per_gene", "neighbours")
 _FIT_CHUNK = 4096
 # per-gene sufficient statistics of (x = log10(rank + 1), y = value)
 _N, _SX, _SXX, _SY, _SXY, _SYY = range(6)
@@ -72,6 +72,7 @@ def fit_rank_value_lines(
             "then sc.pp.log1p).",
             layer_name,
         )
+    # neighbours: the per-gene lines, corrected at decode time by similar reference cells
     intercept, slope = global_lines if method == "global" else per_gene_line
     params = {
         "method": method,
@@ -117,21 +118,31 @@ def _check_fit_options(method: str, shrinkage: float, top_k: int | None) -> None
 
 def _accumulate_statistics(adata, matrix, rows, vocab, mapping, *, layer, top_k, seed, progress):
     """Per-gene sums over the ``rows`` cells, and whether every ranked value is a whole number."""
+    stats = np.zeros((6, len(vocab)), dtype=np.float64)
+    integer_valued = True
+    for ranked in _ranked_blocks(
+        adata, matrix, rows, vocab, mapping, layer=layer, top_k=top_k, seed=seed, progress=progress
+    ):
+        integer_valued &= bool(np.all(np.mod(ranked.values, 1.0) == 0.0))
+        stats += _statistics(ranked, len(vocab))
+    return stats, integer_valued
+
+
+def _ranked_blocks(adata, matrix, rows, vocab, mapping, *, layer, top_k, seed, progress):
+    """The ``rows`` cells ranked as ``encode`` ranks them (``RankedCells``), a chunk at a time."""
     from tqdm.auto import tqdm
 
     from cellrlhf.cell2text.ranking import cell_keys, gene_tie_keys, rank_expressed
 
     obs_names = np.asarray(adata.obs_names, dtype=object)
     tie_keys = gene_tie_keys(vocab)
-    stats = np.zeros((6, len(vocab)), dtype=np.float64)
-    integer_valued = True
     n_chunks = -(-len(rows) // _FIT_CHUNK)
     blocks = _row_blocks(matrix, rows, adata.n_obs)
     for names, block in tqdm(
         blocks, total=n_chunks, desc="decoder fit", unit="chunk", disable=not progress
     ):
         block = sp.csr_matrix(mapping.apply(block), dtype=np.float32)
-        ranked = rank_expressed(
+        yield rank_expressed(
             block,
             cell_keys(obs_names[names]),
             genes=tie_keys,
@@ -139,9 +150,40 @@ def _accumulate_statistics(adata, matrix, rows, vocab, mapping, *, layer, top_k,
             top_k=top_k,
             layer_name="X" if layer is None else layer,
         )
-        integer_valued &= bool(np.all(np.mod(ranked.values, 1.0) == 0.0))
-        stats += _statistics(ranked, len(vocab))
-    return stats, integer_valued
+
+
+def reference_cells(
+    adata,
+    *,
+    layer: str | None = None,
+    gene_symbols: str | None = None,
+    duplicates: Literal["error", "sum", "first"] = "error",
+    top_k: int | None = None,
+    seed: int = 0,
+    max_cells: int | None = 5000,
+    random_state: int = 0,
+    n_neighbors: int = 20,
+):
+    """The reference cells of a ``neighbours`` decoder: a random subset of at most ``max_cells``
+    cells (``random_state``), each cell's sentence genes and their values
+    (:class:`~cellrlhf.cell2text.neighbour_decoding.NeighbourCells`)."""
+    from cellrlhf.cell2text.encoding import expression_matrix
+    from cellrlhf.cell2text.neighbour_decoding import NeighbourCells
+
+    vocab, mapping = gene_mapping(adata, gene_symbols=gene_symbols, duplicates=duplicates)
+    rows = _fit_rows(adata.n_obs, max_cells, random_state)
+    blocks = _ranked_blocks(
+        adata,
+        expression_matrix(adata, layer),
+        rows,
+        vocab,
+        mapping,
+        layer=layer,
+        top_k=top_k,
+        seed=seed,
+        progress=False,
+    )
+    return NeighbourCells.from_ranked(blocks, n_neighbors)
 
 
 def _fit_rows(n_obs: int, max_cells: int | None, random_state: int) -> np.ndarray:

@@ -288,6 +288,8 @@ def _fit_decoder(config: DataBuildConfig, prep: _Prepared, decoder_rows):
         seed=config.sentences.seed,
         method=config.decoder.method,
         shrinkage=config.decoder.shrinkage,
+        n_neighbors=config.decoder.n_neighbors,
+        reference_cells=config.decoder.reference_cells,
     )
     decoder.params.update(
         fitted_on="training split cells only",

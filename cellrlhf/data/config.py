@@ -300,11 +300,25 @@ class DEConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """The expression decoder, fitted on training cells only."""
+    """The expression decoder, fitted on training cells only (``method``: ``global``,
+    ``per_gene`` or ``neighbours``; ``n_neighbors`` and ``reference_cells`` for the last)."""
 
     method: str = "global"
     max_cells: int | None = 20000
     shrinkage: float = 10.0
+    n_neighbors: int = 20
+    reference_cells: int | None = 5000
+
+    def __post_init__(self) -> None:
+        from cellrlhf.cell2text.decoder_fit import DECODER_METHODS
+
+        if self.method not in DECODER_METHODS:
+            raise ConfigError(f"decoder.method={self.method!r}; choose one of {DECODER_METHODS}.")
+        if self.n_neighbors < 1 or (self.reference_cells is not None and self.reference_cells < 1):
+            raise ConfigError(
+                "decoder.n_neighbors and decoder.reference_cells must be >= 1 "
+                "(reference_cells: null keeps every fitted cell)."
+            )
 
 
 @dataclass(frozen=True)
@@ -405,6 +419,9 @@ class DataBuildConfig:
             return value
 
         out = plain(self)
+        if self.decoder.method != "neighbours":  # fingerprints as before the neighbour options
+            out["decoder"].pop("n_neighbors")
+            out["decoder"].pop("reference_cells")
         if not self.evidence.enabled:
             out.pop("evidence")
         else:  # options at their defaults are left out: fingerprints as before the options

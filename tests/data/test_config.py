@@ -43,6 +43,8 @@ def test_overrides_use_dotted_paths_and_yaml_values():
         ("expression.transform=log2", "expression.transform"),
         ("de.method=ttest", "de.method"),
         ("rl.context=bulk", "rl.context"),
+        ("decoder.method=knn", "decoder.method"),
+        ("decoder.n_neighbors=0", "n_neighbors"),
         ("source.path=x.h5ad", "exactly one of"),
         ("nonsense", "section.key=value"),
     ],
@@ -55,3 +57,17 @@ def test_bad_values_name_the_setting(override, fragment):
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="configs/data"):
         load_config("no/such/config.yaml")
+
+
+def test_neighbour_options_are_stored_only_for_the_neighbours_decoder():
+    lines = load_config(CONFIG_DIR / "simulated.yaml", ["decoder.n_neighbors=7"])
+    assert "n_neighbors" not in lines.to_dict()["decoder"]  # fingerprints as before the option
+    nb = load_config(CONFIG_DIR / "simulated.yaml", ["decoder.method=neighbours"])
+    assert nb.to_dict()["decoder"] | {"max_cells": None} == {
+        "method": "neighbours",
+        "max_cells": None,
+        "shrinkage": 10.0,
+        "n_neighbors": 20,
+        "reference_cells": 5000,
+    }
+    assert DataBuildConfig.from_dict(nb.to_dict()) == nb
