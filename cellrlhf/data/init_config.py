@@ -488,7 +488,13 @@ def render_config(ins: DataInspection, *, name: str, source_path: str, out_name:
     ]
     if ins.perturbed:
         lines.append("  min_cells: 20  # groups with fewer perturbed cells get no RL prompt")
-    lines += ["", "decoder:", "  method: per_gene", "", "output:", f"  dir: outputs/data/{name}"]
+    decoder = (
+        "  method: neighbours  # per-gene lines + residuals of similar training cells "
+        "(docs/metrics.md)"
+        if ins.perturbed
+        else "  method: per_gene"
+    )
+    lines += ["", "decoder:", decoder, "", "output:", f"  dir: outputs/data/{name}"]
     return "\n".join(lines) + "\n"
 
 

@@ -75,6 +75,7 @@ def test_init_guesses_a_user_screen_and_the_config_builds(tmp_path, capsys):
     assert config["sft"]["context_noun"] == "cell_line"
     assert config["split"]["kind"] == "unseen_single"
     assert config["rl"]["enabled"] is True
+    assert config["decoder"] == {"method": "neighbours"}  # magnitudes a rank cannot carry
     assert "(other candidates: sim_class)" in text  # the distractor is named, not chosen
     assert "# CHECK" in text
     assert data_cli(["init", str(h5ad), "--out", str(out)]) == 2  # never overwritten silently
@@ -121,6 +122,7 @@ def test_init_on_unperturbed_scaled_cells_uses_raw_and_cell_tasks_only(tmp_path)
     assert config["schema"]["columns"]["cell_context"] == "bulk_labels"
     assert config["expression"]["transform"] == "none"  # .raw is log-normalized
     assert config["rl"] == {"enabled": False}
+    assert config["decoder"] == {"method": "per_gene"}
     assert set(config["sft"]["tasks"]) == {"cell_annotation", "cell_generation"}
     assert "no perturbation column with control labels" in text
     load_config(out)
