@@ -77,9 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-neighbors", type=int, nargs="+", default=[20])
     parser.add_argument("--csv", type=Path, help="write the per-perturbation table here")
     args = parser.parse_args(argv)
-    tables = [
-        ceilings(d, args.n_neighbors).assign(dataset=str(d)) for d in args.dataset_dir
-    ]
+    tables = [ceilings(d, args.n_neighbors).assign(dataset=str(d)) for d in args.dataset_dir]
     table = pd.concat(tables, ignore_index=True)
     if args.csv:
         table.to_csv(args.csv, index=False)
