@@ -180,13 +180,13 @@ class ExpressionDecoder:
         The fitted decoder; ``decoder.r2`` is the in-sample R^2 of the chosen method and
         ``params`` holds ``r2_global`` and ``r2_per_gene`` for comparison.
         """
+        # the cells are read and ranked as encode() ranks them, for the lines and the references
+        ranking = dict(
+            layer=layer, gene_symbols=gene_symbols, duplicates=duplicates, top_k=top_k, seed=seed
+        )
         vocab, intercept, slope, params = fit_rank_value_lines(
             adata,
-            layer=layer,
-            gene_symbols=gene_symbols,
-            duplicates=duplicates,
-            top_k=top_k,
-            seed=seed,
+            **ranking,
             method=method,
             max_cells=max_cells,
             random_state=random_state,
@@ -197,11 +197,7 @@ class ExpressionDecoder:
         if method == "neighbours":
             neighbours = fit_reference_cells(
                 adata,
-                layer=layer,
-                gene_symbols=gene_symbols,
-                duplicates=duplicates,
-                top_k=top_k,
-                seed=seed,
+                **ranking,
                 max_cells=reference_cells,
                 random_state=random_state,
                 n_neighbors=n_neighbors,
