@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from cellrlhf.cell2text.vocab import gene_mapping
 
-__all__ = ["DECODER_METHODS", "fit_rank_value_lines", "reference_cells"]
+__all__ = ["DECODER_METHODS", "fit_rank_value_lines", "log_rank", "reference_cells"]
 
 logger = logging.getLogger(__name__)
 
@@ -212,14 +212,20 @@ def _row_blocks(matrix, rows: np.ndarray, n_obs: int):
         yield chunk, sp.csr_matrix(block)
 
 
+def log_rank(indptr) -> np.ndarray:
+    """``x = log10(rank + 1)`` of every gene of cells in CSR layout (``indptr``), where the rank is
+    the gene's 0-based position in its cell's sentence: the decoder lines' variable."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    ranks = np.arange(indptr[-1], dtype=np.int64) - np.repeat(indptr[:-1], np.diff(indptr))
+    return np.log10(ranks + 1.0)
+
+
 def _statistics(ranked, n_genes: int) -> np.ndarray:
     """Per-gene sums of 1, x, x^2, y, xy, y^2 over one chunk of ranked cells."""
     indptr = np.asarray(ranked.indptr, dtype=np.int64)
     genes = np.asarray(ranked.genes, dtype=np.int64)
     y = np.asarray(ranked.values, dtype=np.float64)
-    lengths = np.diff(indptr)
-    ranks = np.arange(len(genes), dtype=np.int64) - np.repeat(indptr[:-1], lengths)
-    x = np.log10(ranks + 1.0)
+    x = log_rank(indptr)
     out = np.empty((6, n_genes), dtype=np.float64)
     out[_N] = np.bincount(genes, minlength=n_genes)
     for row, weights in ((_SX, x), (_SXX, x * x), (_SY, y), (_SXY, x * y), (_SYY, y * y)):

@@ -38,10 +38,10 @@ def line_values(indptr, genes, intercept, slope) -> np.ndarray:
     ``indptr``/``genes``: cells' genes in sentence order (CSR layout); the rank of a gene is its
     0-based position in its cell.
     """
-    indptr = np.asarray(indptr, dtype=np.int64)
+    from cellrlhf.cell2text.decoder_fit import log_rank
+
     genes = np.asarray(genes, dtype=np.int64)
-    ranks = np.arange(len(genes), dtype=np.int64) - np.repeat(indptr[:-1], np.diff(indptr))
-    values = intercept[genes] + slope[genes] * np.log10(ranks + 1.0)
+    values = intercept[genes] + slope[genes] * log_rank(indptr)
     return np.maximum(values, 0.0).astype(np.float32)
 
 
