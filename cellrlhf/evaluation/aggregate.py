@@ -21,7 +21,8 @@ Tables (long format, one metric per row; see :func:`write_aggregate` for the fil
   ``split_half (Spearman-Brown)`` row (its mean and bounds at full depth) on the correlation-like
   metrics;
 - ``paired``: ``setting, kind, metric, comparison, left, right, mean_diff, ci_low, ci_high,
-  n_perturbations, n_dropped``: every model other than ``sft`` minus ``sft`` (``"grpo - sft"``),
+  n_perturbations, n_dropped, sd_perturbations`` (the spread of the per-perturbation
+  differences, which sets the interval's width): every model other than ``sft`` minus ``sft`` (``"grpo - sft"``),
   and every model minus the best baseline of that kind and metric (``"sft - best baseline
   (mean)"``: the baseline with the best pooled mean among those defined on it). Differences are
   paired per (run, cell context, perturbation), averaged per perturbation, then bootstrapped.
@@ -260,10 +261,10 @@ def _paired(rows, pooled, n_boot: int, seed: int, level: float, under_grammar) -
             )  # fmt: skip
             out.append(
                 (setting, kind, metric, label, left, right, iv.estimate, iv.low, iv.high)
-                + (iv.n_clusters, iv.n_dropped)
+                + (iv.n_clusters, iv.n_dropped, iv.spread)
             )
     columns = ["setting", "kind", "metric", "comparison", "left", "right", "mean_diff"]
-    columns += ["ci_low", "ci_high", "n_perturbations", "n_dropped"]
+    columns += ["ci_low", "ci_high", "n_perturbations", "n_dropped", "sd_perturbations"]
     return pd.DataFrame(out, columns=columns)
 
 

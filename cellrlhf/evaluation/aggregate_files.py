@@ -7,7 +7,7 @@
     pooled.csv          setting, method, method_type, kind, metric, mean, ci_low, ci_high,
                         n_perturbations, n_dropped, n_runs
     paired.csv          setting, kind, metric, comparison, left, right, mean_diff, ci_low,
-                        ci_high, n_perturbations, n_dropped
+                        ci_high, n_perturbations, n_dropped, sd_perturbations
     runs.csv            label, path, setting, dataset, split_kind, fold, seed, simulated
     not_applicable.csv  setting, method, kind (baselines that predict none of a kind)
     flat_metrics.csv    setting, kind, metric, value (metrics that cannot separate methods)

@@ -76,9 +76,12 @@ class EvaluationRun:
     manifest: dict
 
 
-def setting_name(split_kind: str, dataset: str) -> str:
-    """``"unseen_single (norman)"``."""
-    return f"{split_kind} ({dataset})"
+def setting_name(split_kind: str, dataset: str, prompts: str = "test") -> str:
+    """``"unseen_single (norman)"``; an evaluation of the validation prompts (``prompts``, the
+    split its ``settings`` record) is its own setting, ``"unseen_single (norman) [VALIDATION
+    prompts]"``, so that it is never pooled with, or read as, the test figures."""
+    name = f"{split_kind} ({dataset})"
+    return name if prompts == "test" else f"{name} [{prompts.upper()} prompts]"
 
 
 def parse_eval_args(values: Sequence[str]) -> dict[str, Path]:
@@ -148,7 +151,9 @@ def read_evaluation_run(label: str, path: str | os.PathLike) -> EvaluationRun:
     return EvaluationRun(
         label=label,
         path=evaluation.path,
-        setting=setting_name(split_kind, name),
+        setting=setting_name(
+            split_kind, name, str((manifest.get("settings") or {}).get("split") or "test")
+        ),
         dataset=name,
         split_kind=split_kind,
         fold=fold if fold is not None else (_from_label(_FOLD, label) or 0),

@@ -115,7 +115,9 @@ def _prompted(dataset_dir, settings: EvalSettings) -> dict[str, set[str]]:
     """Context -> the held-out perturbations prompted (the ``rl/test`` rows evaluated)."""
     from cellrlhf.evaluation.prediction import load_test_prompts
 
-    rows, _ = load_test_prompts(dataset_dir, max_prompts=settings.max_prompts, seed=settings.seed)
+    rows, _ = load_test_prompts(
+        dataset_dir, max_prompts=settings.max_prompts, seed=settings.seed, split=settings.split
+    )
     prompted: dict[str, set[str]] = {}
     for ctx, pert in zip(rows["cell_context"], rows["perturbation"], strict=True):
         prompted.setdefault(str(ctx), set()).add(str(pert))
@@ -227,6 +229,12 @@ def _markdown(
     lines = ["# Held-out perturbations: models vs baselines and ceilings", ""]
     if manifest.get("simulated"):
         lines += ["**SIMULATED DATA**: every number describes the simulator, not biology.", ""]
+    if settings.split != "test":
+        lines += [
+            f"**{settings.split.upper()} PROMPTS**: the RL selection perturbations, for choosing "
+            "settings; these are not the test figures.",
+            "",
+        ]
     lines += [
         f"Dataset `{manifest.get('name', '')}` (fingerprint `{str(manifest.get('fingerprint'))[:12]}`); "
         f"models: {', '.join(f'`{m}`' for m in models) or 'none (baselines and ceilings only)'}; "
@@ -326,7 +334,10 @@ def evaluate_models(
     built = open_dataset_dir(dataset_dir)
     manifest = built.manifest
     kwargs = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
-    real = (real_cells(dataset_dir, "test", **kwargs), real_cells(dataset_dir, "train", **kwargs))
+    real = (
+        real_cells(dataset_dir, settings.split, **kwargs),
+        real_cells(dataset_dir, "train", **kwargs),
+    )
     predictions, paths = _predict_models(model_dirs, dataset_dir, real[0], out, settings, progress)
     evaluations = _score_contexts(built, real, predictions, settings, out)
     tables = _tables(evaluations, predictions, model_dirs, settings)

@@ -34,23 +34,37 @@ from cellrlhf.evaluation.prediction_sampling import (
     sentence_settings,
 )
 
-__all__ = ["PREDICTION_KEY", "RL_TEST_COLUMNS", "encode_kwargs", "predict", "load_test_prompts"]
+__all__ = [
+    "PREDICTION_KEY",
+    "PROMPT_SPLITS",
+    "RL_TEST_COLUMNS",
+    "encode_kwargs",
+    "load_test_prompts",
+    "predict",
+]
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_KEY = "cellrlhf_prediction"
 RL_TEST_COLUMNS = ("prompt", "perturbation", "cell_context", "split_kind")
 CONTROL_KIND = "control"
+# the held-out prompt splits an evaluation can answer (validation: for choosing settings)
+PROMPT_SPLITS = ("test", "validation")
 
 
-def load_test_prompts(dataset_dir: str | os.PathLike, *, max_prompts: int | None, seed: int):
-    """The ``rl/test`` rows to evaluate: all, or a seeded subsample of ``max_prompts``.
+def load_test_prompts(
+    dataset_dir: str | os.PathLike, *, max_prompts: int | None, seed: int, split: str = "test"
+):
+    """The ``rl/<split>`` rows to evaluate (``test``; ``validation`` to choose settings on):
+    all, or a seeded subsample of ``max_prompts``.
 
     Returns
     -------
     (rows, indices): the ``datasets.Dataset`` of the chosen rows and their row indices in
-    ``rl/test``.
+    ``rl/<split>``.
     """
+    if split not in PROMPT_SPLITS:
+        raise ValueError(f"split={split!r}; choose one of {PROMPT_SPLITS}.")
     from cellrlhf.data.layout import open_dataset_dir
 
     rl_dir, rl = Path(dataset_dir) / "rl", open_dataset_dir(dataset_dir).rl
@@ -59,15 +73,15 @@ def load_test_prompts(dataset_dir: str | os.PathLike, *, max_prompts: int | None
             f"{dataset_dir} has no rl/ part: build the dataset with rl.enabled (the held-out "
             "prompts are its test split)."
         )
-    if "test" not in rl:
-        raise ValueError(f"{rl_dir} has no test split (splits: {list(rl)}).")
-    test = rl["test"]
+    if split not in rl:
+        raise ValueError(f"{rl_dir} has no {split} split (splits: {list(rl)}).")
+    test = rl[split]
     missing = [c for c in RL_TEST_COLUMNS if c not in test.column_names]
     if missing:
-        raise ValueError(f"{rl_dir}/test lacks column(s) {missing}; rebuild the dataset.")
+        raise ValueError(f"{rl_dir}/{split} lacks column(s) {missing}; rebuild the dataset.")
     if len(test) == 0:
         raise ValueError(
-            f"{rl_dir}/test is empty: no held-out perturbation had enough cells (see the "
+            f"{rl_dir}/{split} is empty: no held-out perturbation had enough cells (see the "
             "manifest's split.rl_skipped_groups)."
         )
     indices = np.arange(len(test))
@@ -75,6 +89,18 @@ def load_test_prompts(dataset_dir: str | os.PathLike, *, max_prompts: int | None
         rng = np.random.default_rng(seed)
         indices = np.sort(rng.choice(len(test), size=max_prompts, replace=False))
     return test.select(indices.tolist()), indices
+
+
+def _check_real_split(real, split: str) -> None:
+    """The real cells handed in are those of the prompts' split (their controls differ)."""
+    from cellrlhf.evaluation.real_data import REAL_CELLS_KEY
+
+    recorded = ((getattr(real, "uns", None) or {}).get(REAL_CELLS_KEY) or {}).get("params", {})
+    if "split" in recorded and recorded["split"] != split:
+        raise ValueError(
+            f"the real cells given are the {recorded['split']!r} split's but the prompts are "
+            f"{split!r}: read them with real_cells(dataset_dir, {split!r})."
+        )
 
 
 def _check_same_genes(model_vocab, decoder, model_dir: Path, dataset_dir: Path) -> None:
@@ -307,6 +333,7 @@ def predict(
     unconstrained_validity_cells: int = 16,
     reference: str = "real",
     reference_cells: int | None = None,
+    split: str = "test",
 ):
     """Sample a model's cells for the dataset's held-out prompts and decode them.
 
@@ -357,6 +384,9 @@ def predict(
     reference_cells
         Control answers sampled per cell context with ``reference="model"`` (default: twice
         ``cells_per_prompt``).
+    split
+        The prompts answered: ``"test"`` (default) or ``"validation"`` (to choose sampling
+        settings without touching test); ``real_test`` must be the real cells of that split.
 
     Returns
     -------
@@ -377,14 +407,15 @@ def predict(
     model_dir, dataset_dir = Path(model_dir), Path(dataset_dir)
     name = name or model_dir.name
     built = open_dataset_dir(dataset_dir)
-    rows, indices = load_test_prompts(dataset_dir, max_prompts=max_prompts, seed=seed)
+    rows, indices = load_test_prompts(dataset_dir, max_prompts=max_prompts, seed=seed, split=split)
     reference, reference_by = _reference(reference, rows, built.manifest)
     if real_test is None and reference == "real":
         from cellrlhf.evaluation.real_data import real_cells
 
         real_test = real_cells(
-            dataset_dir, "test", data_dir=data_dir, cache_dir=cache_dir, progress=progress
+            dataset_dir, split, data_dir=data_dir, cache_dir=cache_dir, progress=progress
         )
+    _check_real_split(real_test, split)
 
     loaded = load_model_dir(model_dir, device_map=device_map, dtype=dtype)
     decoder = built.decoder()
@@ -418,6 +449,10 @@ def predict(
         control_X, control_obs = _decoded_controls(real_test, run)
     result = _prediction_anndata(run, answers, control_X, control_obs)
     result.uns[PREDICTION_KEY] = _uns(run, answers)
+    params = result.uns[PREDICTION_KEY]["params"]
+    params["split"] = split
+    if reference != "model":
+        params["control"] = params["control"].replace("test-split", f"{split}-split")
     logger.info(
         "%s: %d cells, valid %.1f%%, distinct per prompt %.2f",
         name,

@@ -72,7 +72,7 @@ def _control_splits(dataset_dir: Path, split: str, contexts: list[str]) -> dict[
     from cellrlhf.data.layout import open_dataset_dir
 
     recorded: dict[str, str] = {}
-    rl = open_dataset_dir(dataset_dir).rl if split in ("train", "test") else None
+    rl = open_dataset_dir(dataset_dir).rl
     if rl is not None and split in rl and "control_split" in rl[split].column_names:
         for ctx, where in zip(rl[split]["cell_context"], rl[split]["control_split"], strict=True):
             recorded.setdefault(str(ctx), str(where))
@@ -164,7 +164,8 @@ def real_cells(
         rows, obs = _listed_cells(source, splits["cells"], config.schema, dataset_dir)
         wanted = list(splits["cells"][split])
         if include_controls:
-            wanted += _borrowed_controls(dataset_dir, split, obs, CONTROL_LABEL)
+            borrowed, replaced = _borrowed_controls(dataset_dir, split, obs, CONTROL_LABEL)
+            wanted = [c for c in wanted if c not in replaced] + borrowed
         vocab, mapping = _checked_vocab(source, config.expression, saved_vocab, dataset_dir)
         wanted_rows = rows[obs.index.get_indexer(wanted)]
         X = _expression(source, wanted_rows, mapping, config.expression, progress, len(vocab))
@@ -251,17 +252,26 @@ def _checked_vocab(source, expression, saved_vocab, dataset_dir: Path):
     return vocab, mapping
 
 
-def _borrowed_controls(dataset_dir: Path, split: str, obs: pd.DataFrame, control: str) -> list:
-    """Control cells of other splits that serve ``split`` (training controls, usually)."""
+def _borrowed_controls(
+    dataset_dir: Path, split: str, obs: pd.DataFrame, control: str
+) -> tuple[list, set]:
+    """Control cells of other splits that serve ``split`` (training controls, usually), and the
+    split's own control cells they replace: where the RL prompts record that their change was
+    taken against another split's controls (validation prompts against the training controls,
+    as test prompts are), the split's own few controls are left out, so that a validation
+    evaluation measures change as its prompts and the test split do."""
     mine = obs[obs["split"] == split]
     contexts = sorted(set(mine["cell_context"]))
     recorded = _control_splits(dataset_dir, split, contexts)
     extra: list = []
+    replaced: set = set()
     for ctx in contexts:
         own = (mine["cell_context"] == ctx) & (mine["perturbation"] == control)
         where = recorded[ctx] or (split if own.any() else "train")
         if where == split:
             continue
+        if recorded[ctx]:
+            replaced.update(mine.index[own])
         pick = (obs["split"] == where) & (obs["cell_context"] == ctx)
         extra += obs.index[pick & (obs["perturbation"] == control)].tolist()
-    return extra
+    return extra, replaced

@@ -52,6 +52,11 @@ class EvalSettings:
         control twin of each prompt, so that its shared biases cancel), ``real`` (the real
         control cells through encode -> decode; the default) or ``auto`` (``model`` when the
         dataset taught control answers; see :func:`~cellrlhf.evaluation.prediction.predict`).
+    split
+        Which held-out prompts to answer: ``test`` (the figures to report) or ``validation``
+        (the RL selection prompts: choose sampling settings such as ``temperature`` there, never
+        on test). A validation evaluation is its own setting in ``cellrlhf aggregate``, never
+        pooled with test.
     """
 
     cells_per_prompt: int = 512
@@ -77,10 +82,13 @@ class EvalSettings:
     dtype: str | None = None
     constrain_cells: bool | None = None
     reference: str = "real"
+    split: str = "test"
 
     def __post_init__(self) -> None:
-        from cellrlhf.evaluation.prediction import REFERENCES
+        from cellrlhf.evaluation.prediction import PROMPT_SPLITS, REFERENCES
 
+        if self.split not in PROMPT_SPLITS:
+            raise ValueError(f"split={self.split!r}; choose one of {PROMPT_SPLITS}.")
         if self.reference not in REFERENCES:
             raise ValueError(f"reference={self.reference!r}; choose one of {REFERENCES}.")
         if self.cells_per_prompt < 1:
@@ -122,6 +130,7 @@ class EvalSettings:
             "dtype",
             "constrain_cells",
             "reference",
+            "split",
         )
         return {name: getattr(self, name) for name in names}
 

@@ -13,6 +13,11 @@ better; the reverse for ``mae``/``mse``):
 - ``no_interval``: one perturbation only, no interval and no verdict;
 - ``undefined``: no perturbation where both sides are defined.
 
+A model ahead of its reference without a verdict gets a planning note: how many held-out
+perturbations an interval at the observed spread between perturbations needs to clear 0 for a
+difference of that size (:func:`~cellrlhf.metrics.intervals.perturbations_needed`), since the
+perturbation, not the seed, is the interval's unit.
+
 The headline metric is the aggregate's (``pearson_specific`` when the evaluations have it, else
 ``pearson_delta``); the verdict reads kind ``all`` (every held-out perturbation of the setting).
 """
@@ -225,6 +230,36 @@ def _above_ceiling_note(base: MethodScore, ceil: MethodScore, metric: str) -> st
     )
 
 
+def _planning_notes(verdict: SettingVerdict, paired: pd.DataFrame, level: float) -> list[str]:
+    """For each comparison ahead but without a verdict: the perturbations an interval needs."""
+    from cellrlhf.metrics.intervals import perturbations_needed
+
+    if "sd_perturbations" not in paired.columns:  # an aggregate written before the column
+        return []
+    mine = paired[
+        (paired["setting"] == verdict.setting)
+        & (paired["metric"] == verdict.metric)
+        & (paired["kind"] == verdict.kind)
+    ].set_index("comparison")["sd_perturbations"]
+    sign = 1.0 if higher_is_better(verdict.metric) else -1.0
+    notes = []
+    for c in verdict.comparisons:
+        if c.status != "not_improved" or not sign * c.mean_diff > 0 or c.label not in mine.index:
+            continue
+        spread = float(mine[c.label])
+        needed = perturbations_needed(c.mean_diff, spread, confidence_level=level)
+        if needed is None:
+            continue
+        notes.append(
+            f"{display_name(c.left)} vs {display_name(c.right)}: at the spread between "
+            f"perturbations seen here (sd {spread:.3f}), a difference of {c.mean_diff:+.3f} "
+            f"needs about {needed} held-out perturbations "
+            f"for its interval to clear 0 ({c.n_perturbations} here); more seeds only average "
+            "within a perturbation."
+        )
+    return notes
+
+
 def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: SettingVerdict):
     notes = []
     base, ceil = verdict.best_baseline, verdict.ceiling
@@ -236,6 +271,7 @@ def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: Settin
         notes.append(
             f"{metric} has the same value for every method on these data: it cannot separate them."
         )
+    notes += _planning_notes(verdict, agg.paired, agg.confidence_level)
     for group in agg.identical_models.get(setting, []):
         notes.append(
             f"{', '.join(display_name(g) for g in group)} have identical weights in at least one "

@@ -141,3 +141,24 @@ def test_the_above_ceiling_reason_fits_the_metric():
     assert "shared" not in specific
     delta = _above_ceiling_note(base, ceil, "pearson_delta_top20")
     assert "shared control noise" in delta and "read pearson_specific" in delta
+
+
+def test_a_difference_ahead_without_a_verdict_says_how_many_perturbations_would_settle_it(
+    tmp_path,
+):
+    (v,) = setting_verdicts(_evals(tmp_path))
+    planning = [n for n in v.notes if "held-out perturbations for its interval" in n]
+    # grpo - mean: +0.10 over [0.05, 0.15, 0.25, -0.05, 0.05, 0.15] (sd 0.105): t_6 / sqrt(7) *
+    # 0.105 = 0.097 < 0.10 <= t_5 / sqrt(6) * 0.105 = 0.110, so 7; sft - mean: +0.05 at the same
+    # spread needs (1.96 * 0.105 / 0.05)^2 = 16.9 -> 17; grpo - sft (a verdict) gets none
+    assert planning == [
+        "SFT vs mean: at the spread between perturbations seen here (sd 0.105), a difference "
+        "of +0.050 needs about 17 held-out perturbations for its interval to clear 0 (6 here); "
+        "more seeds only average within a perturbation.",
+        "GRPO vs mean: at the spread between perturbations seen here (sd 0.105), a difference "
+        "of +0.100 needs about 7 held-out perturbations for its interval to clear 0 (6 here); "
+        "more seeds only average within a perturbation.",
+    ]
+    # a model behind its reference gets no planning note
+    (behind,) = setting_verdicts(_evals(tmp_path / "b", baseline_value=0.5, grpo_gain=0.05))
+    assert not [n for n in behind.notes if "held-out perturbations for its interval" in n]

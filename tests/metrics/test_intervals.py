@@ -10,6 +10,7 @@ from cellrlhf.metrics.intervals import (
     cluster_means,
     paired_difference,
     percentile_interval,
+    perturbations_needed,
 )
 
 
@@ -119,3 +120,40 @@ def test_few_perturbations_get_the_wider_t_interval_by_hand():
     values = np.linspace(0.0, 1.0, SMALL_SAMPLE)
     _, low, high = percentile_interval(values, n_boot=500)
     assert 0.0 <= low < 0.5 < high <= 1.0
+
+
+def test_spread_is_the_sd_of_the_perturbation_means_not_of_the_rows():
+    # two seeds per perturbation that disagree by +-0.02 around means 0.1, 0.2, 0.3: the seeds
+    # average out inside each perturbation, the spread is that of [0.1, 0.2, 0.3] = 0.1
+    table = _paired_table([[0.08, 0.18, 0.28], [0.12, 0.22, 0.32]])
+    iv = paired_difference(table, "grpo", "sft", value="value")
+    assert iv.spread == pytest.approx(0.1)
+    assert np.isnan(bootstrap_mean([0.3], ["P0"]).spread)
+
+
+def test_perturbations_needed_on_hand_computed_cases():
+    # t_4 * 0.04 / sqrt(5) = 0.0497 > 0.043 > t_5 * 0.04 / sqrt(6) = 0.0420
+    assert perturbations_needed(0.043, 0.040) == 6
+    assert perturbations_needed(-0.043, 0.040) == 6  # the size matters, not the sign
+    # beyond SMALL_SAMPLE: (1.96 * 0.04 / 0.01)^2 = 61.5 -> 62
+    assert perturbations_needed(0.01, 0.04) == 62
+    assert perturbations_needed(0.0, 0.04) is None
+    assert perturbations_needed(float("nan"), 0.04) is None
+    assert perturbations_needed(0.1, float("nan")) is None
+    assert perturbations_needed(1e-6, 1.0) is None  # more than max_n
+    assert perturbations_needed(0.1, 0.0) == 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(0.001, 1.0), st.floats(0.001, 1.0), st.sampled_from([0.9, 0.95, 0.99]))
+def test_perturbations_needed_is_the_first_n_whose_interval_clears_zero(diff, spread, level):
+    from scipy.stats import norm, t
+
+    n = perturbations_needed(diff, spread, confidence_level=level, max_n=10**9)
+
+    def half_width(k):
+        q = t.ppf(0.5 + level / 2, k - 1) if k < SMALL_SAMPLE else norm.ppf(0.5 + level / 2)
+        return q * spread / np.sqrt(k)
+
+    assert half_width(n) < diff
+    assert n == 2 or half_width(n - 1) >= diff
