@@ -241,8 +241,8 @@ def _markdown(
         f"{settings.cells_per_prompt} sampled "
         f"cells per held-out prompt at temperature {settings.temperature}, seed {settings.seed}.",
         "",
-        "Every method is scored on the same real test cells of each cell context (its own "
-        "control). Baselines learn from the training cells; `split_half` is the real-vs-real "
+        f"Every method is scored on the same real {settings.split} cells of each cell context "
+        "(and its control). Baselines learn from the training cells; `split_half` is the real-vs-real "
         "ceiling (Spearman-Brown: at full depth); `representation_decoder` is real cells through "
         "encode -> decode, the best any sentence model can do with this decoder. A model's change "
         f"is taken against {_reference_text(references or {})}. `pearson_specific` scores "
