@@ -248,7 +248,9 @@ def _planning_notes(verdict: SettingVerdict, paired: pd.DataFrame, level: float)
             continue
         spread = float(mine[c.label])
         needed = perturbations_needed(c.mean_diff, spread, confidence_level=level)
-        if needed is None:
+        if needed is None or needed <= c.n_perturbations:
+            # none would do, or (a skewed bootstrap interval wider than the normal one) the
+            # normal approximation would already have cleared 0 here: no planning figure
             continue
         notes.append(
             f"{display_name(c.left)} vs {display_name(c.right)}: at the spread between "
