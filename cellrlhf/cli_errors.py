@@ -19,6 +19,7 @@ __all__ = [
     "DEBUG_ENV",
     "DEBUG_FLAG",
     "debug_requested",
+    "end_distributed",
     "error_message",
     "run_guarded",
     "stage_script_main",
@@ -125,20 +126,39 @@ def run_guarded(prog: str, run: Callable[[list[str]], int | None], argv: Sequenc
         Its arguments; ``--debug`` is removed from them and shows tracebacks.
     """
     debug, argv = debug_requested(argv)
-    if debug:
-        os.environ[DEBUG_ENV] = "1"  # commands that catch their own errors re-raise them
-        return int(run(argv) or 0)
     try:
-        return int(run(argv) or 0)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - anything unexpected is re-raised below
-        message = error_message(err)
-        if message is None:
-            raise
-        print(f"{prog}: error: {message}\n  {_HINT}", file=sys.stderr)
-        return 2
+        if debug:
+            os.environ[DEBUG_ENV] = "1"  # commands that catch their own errors re-raise them
+            return int(run(argv) or 0)
+        try:
+            return int(run(argv) or 0)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # noqa: BLE001 - anything unexpected is re-raised below
+            message = error_message(err)
+            if message is None:
+                raise
+            print(f"{prog}: error: {message}\n  {_HINT}", file=sys.stderr)
+            return 2
+    finally:
+        end_distributed()
+
+
+def end_distributed() -> None:
+    """Destroy the default process group a distributed stage opened (gloo, NCCL).
+
+    A process that exits with its group alive leaves the backend's threads to be torn down with
+    the interpreter; under load that can abort a rank after its work was saved ("terminate called
+    without an active exception", exit -6), failing the whole launch. Every command run through
+    :func:`run_guarded` ends with this; a process that never imported torch is left alone.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def stage_script_main(command: str, argv: Sequence[str] | None = None) -> int:

@@ -185,3 +185,31 @@ def test_stage_script_prints_one_line_and_debug_shows_traceback(tmp_path):
         text=True,
     )
     assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+@pytest.mark.parametrize("outcome", ["returns", "user_error", "crash"])
+def test_a_command_ends_the_process_group_it_opened(outcome, tmp_path, monkeypatch):
+    # left alive at exit, a gloo / NCCL group's threads can abort a rank after its work was saved
+    import torch.distributed as dist
+
+    from cellrlhf.cli_errors import run_guarded
+
+    monkeypatch.delenv("CELLRLHF_DEBUG", raising=False)
+
+    def command(argv):
+        dist.init_process_group(
+            "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+        )
+        assert dist.is_initialized()
+        if outcome == "user_error":
+            raise FileNotFoundError("no such dataset directory")
+        if outcome == "crash":
+            raise RuntimeError("a bug")
+        return 0
+
+    if outcome == "crash":
+        with pytest.raises(RuntimeError, match="a bug"):
+            run_guarded("cellrlhf test", command, [])
+    else:
+        assert run_guarded("cellrlhf test", command, []) == (0 if outcome == "returns" else 2)
+    assert not dist.is_initialized()

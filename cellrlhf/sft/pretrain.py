@@ -53,5 +53,7 @@ def cli(argv: list[str]) -> int:
     return run_cli("pretrain", make_parser, main, argv)
 
 
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+if __name__ == "__main__":  # through run_guarded, as `cellrlhf pretrain` runs
+    from cellrlhf.cli_errors import stage_script_main
+
+    sys.exit(stage_script_main("pretrain"))

@@ -52,5 +52,7 @@ def cli(argv: list[str]) -> int:
     return run_cli("sft", make_parser, main, argv)
 
 
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+if __name__ == "__main__":  # through run_guarded, as `cellrlhf sft` runs
+    from cellrlhf.cli_errors import stage_script_main
+
+    sys.exit(stage_script_main("sft"))
