@@ -63,3 +63,33 @@ def test_without_the_data_directory_the_error_names_it(real_build, tmp_path, mon
     assert registry.REGISTRY["perturbench_devel"].url
     with pytest.raises(SourceNotFoundError, match="--data-dir"):
         real_cells(real_build, "test", progress=False)
+
+
+def test_mcfaline_validation_pairs_are_measured_against_the_training_controls(
+    data_dir, tmp_path_factory
+):
+    # unseen_pair on real data: each validation pair's context keeps its 90 training controls,
+    # the split's own few are left out, as the validation prompts were built (and as test is)
+    from datasets import load_from_disk
+
+    if not (data_dir / "perturbench_devel.h5ad").exists():
+        pytest.skip("perturbench_devel.h5ad not in the data directory")
+    config = CONFIG.parent / "mcfaline_unseen_pair_evidence.yaml"
+    out = tmp_path_factory.mktemp("mcf") / "data"
+    build_datasets(
+        load_config(config, [*FAST, "evidence.kinds=[]"]), out_dir=out, data_dir=data_dir
+    )
+    prompts = load_from_disk(str(out / "rl"))["validation"]
+    assert len(prompts) > 0 and set(prompts["control_split"]) == {"train"}
+    val = real_cells(out, "validation", data_dir=data_dir, progress=False)
+    train = real_cells(out, "train", data_dir=data_dir, progress=False).obs
+    controls = val.obs[val.obs["perturbation"] == "control"]
+    assert set(controls["split"]) == {"train"}
+    for ctx in set(prompts["cell_context"]):
+        expected = train.index[
+            (train["cell_context"] == ctx) & (train["perturbation"] == "control")
+        ]
+        assert set(controls.index[controls["cell_context"] == ctx]) == set(expected)
+    for pert, ctx in zip(prompts["perturbation"], prompts["cell_context"], strict=True):
+        mine = val.obs[(val.obs["perturbation"] == pert) & (val.obs["cell_context"] == ctx)]
+        assert len(mine) > 0 and set(mine["split"]) == {"validation"}
