@@ -272,7 +272,7 @@ def _prediction_anndata(run: PredictionRun, answers: SampledAnswers, control_X, 
     )
 
 
-def _uns(run: PredictionRun, answers: SampledAnswers) -> dict:
+def _uns(run: PredictionRun, answers: SampledAnswers, split: str) -> dict:
     """``uns["cellrlhf_prediction"]``: what was sampled, how and from what (``params``), the
     answers' ``validity`` and ``diversity``."""
     from cellrlhf.reward.diversity import distinct_fraction
@@ -302,8 +302,9 @@ def _uns(run: PredictionRun, answers: SampledAnswers) -> dict:
         "control": (
             "the model's own answers to the control twin of each prompt"
             if reference == "model"
-            else "real test-split control cells, encode -> decode (dataset decoder)"
+            else f"real {split}-split control cells, encode -> decode (dataset decoder)"
         ),
+        "split": split,
     }
     diversity = {
         "distinct_fraction": float(distinct_fraction(answers.sentences)[0]),
@@ -448,11 +449,7 @@ def predict(
     else:
         control_X, control_obs = _decoded_controls(real_test, run)
     result = _prediction_anndata(run, answers, control_X, control_obs)
-    result.uns[PREDICTION_KEY] = _uns(run, answers)
-    params = result.uns[PREDICTION_KEY]["params"]
-    params["split"] = split
-    if reference != "model":
-        params["control"] = params["control"].replace("test-split", f"{split}-split")
+    result.uns[PREDICTION_KEY] = _uns(run, answers, split)
     logger.info(
         "%s: %d cells, valid %.1f%%, distinct per prompt %.2f",
         name,

@@ -230,39 +230,28 @@ def _above_ceiling_note(base: MethodScore, ceil: MethodScore, metric: str) -> st
     )
 
 
-def _planning_notes(verdict: SettingVerdict, paired: pd.DataFrame, level: float) -> list[str]:
-    """For each comparison ahead but without a verdict: the perturbations an interval needs."""
+def _planning_note(c: Comparison, spread: float, metric: str, level: float) -> str | None:
+    """For a comparison ahead but without a verdict: the perturbations an interval needs."""
     from cellrlhf.metrics.intervals import perturbations_needed
 
-    if "sd_perturbations" not in paired.columns:  # an aggregate written before the column
-        return []
-    mine = paired[
-        (paired["setting"] == verdict.setting)
-        & (paired["metric"] == verdict.metric)
-        & (paired["kind"] == verdict.kind)
-    ].set_index("comparison")["sd_perturbations"]
-    sign = 1.0 if higher_is_better(verdict.metric) else -1.0
-    notes = []
-    for c in verdict.comparisons:
-        if c.status != "not_improved" or not sign * c.mean_diff > 0 or c.label not in mine.index:
-            continue
-        spread = float(mine[c.label])
-        needed = perturbations_needed(c.mean_diff, spread, confidence_level=level)
-        if needed is None or needed <= c.n_perturbations:
-            # none would do, or (a skewed bootstrap interval wider than the normal one) the
-            # normal approximation would already have cleared 0 here: no planning figure
-            continue
-        notes.append(
-            f"{display_name(c.left)} vs {display_name(c.right)}: at the spread between "
-            f"perturbations seen here (sd {spread:.3f}), a difference of {c.mean_diff:+.3f} "
-            f"needs about {needed} held-out perturbations "
-            f"for its interval to clear 0 ({c.n_perturbations} here); more seeds only average "
-            "within a perturbation."
-        )
-    return notes
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    if c.status != "not_improved" or not sign * c.mean_diff > 0:
+        return None
+    needed = perturbations_needed(c.mean_diff, spread, confidence_level=level)
+    if needed is None or needed <= c.n_perturbations:
+        # none would do, or (a skewed bootstrap interval wider than the normal one) the
+        # normal approximation would already have cleared 0 here: no planning figure
+        return None
+    return (
+        f"{display_name(c.left)} vs {display_name(c.right)}: at the spread between "
+        f"perturbations seen here (sd {spread:.3f}), a difference of {c.mean_diff:+.3f} "
+        f"needs about {needed} held-out perturbations "
+        f"for its interval to clear 0 ({c.n_perturbations} here); more seeds only average "
+        "within a perturbation."
+    )
 
 
-def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: SettingVerdict):
+def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: SettingVerdict, planning):
     notes = []
     base, ceil = verdict.best_baseline, verdict.ceiling
     if base and ceil and higher_is_better(metric) and base.mean > ceil.mean:
@@ -273,7 +262,7 @@ def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: Settin
         notes.append(
             f"{metric} has the same value for every method on these data: it cannot separate them."
         )
-    notes += _planning_notes(verdict, agg.paired, agg.confidence_level)
+    notes += planning
     for group in agg.identical_models.get(setting, []):
         notes.append(
             f"{', '.join(display_name(g) for g in group)} have identical weights in at least one "
@@ -322,6 +311,7 @@ def setting_verdicts(
             & (agg.paired["metric"] == metric)
         ]
         # RL vs SFT first, then models vs the best baseline
+        planning: list[str] = []
         paired = paired.assign(_vs_base=paired["comparison"].str.contains("best baseline"))
         for _, row in paired.sort_values("_vs_base", kind="stable").iterrows():
             status, sentence = compare_sentence(
@@ -335,21 +325,24 @@ def setting_verdicts(
                 against_baseline=bool(row["_vs_base"]),
                 confidence_level=agg.confidence_level,
             )
-            verdict.comparisons.append(
-                Comparison(
-                    row["comparison"],
-                    row["left"],
-                    row["right"],
-                    float(row["mean_diff"]),
-                    float(row["ci_low"]),
-                    float(row["ci_high"]),
-                    int(row["n_perturbations"]),
-                    int(row["n_dropped"]),
-                    status,
-                    sentence,
-                )
+            comparison = Comparison(
+                row["comparison"],
+                row["left"],
+                row["right"],
+                float(row["mean_diff"]),
+                float(row["ci_low"]),
+                float(row["ci_high"]),
+                int(row["n_perturbations"]),
+                int(row["n_dropped"]),
+                status,
+                sentence,
             )
-        verdict.notes = _notes(agg, setting, metric, kind, verdict)
+            verdict.comparisons.append(comparison)
+            # aggregates written before the column have no spread: no planning note
+            spread = float(row.get("sd_perturbations", math.nan))
+            note = _planning_note(comparison, spread, metric, agg.confidence_level)
+            planning += [note] if note else []
+        verdict.notes = _notes(agg, setting, metric, kind, verdict, planning)
         out.append(verdict)
     return out
 
