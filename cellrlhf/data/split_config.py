@@ -8,6 +8,7 @@ from dataclasses import dataclass
 __all__ = [
     "SPLIT_KINDS",
     "FOLD_KINDS",
+    "COMBO_POOLS",
     "SplitConfig",
     "SplitError",
     "LeakageError",
@@ -16,6 +17,8 @@ __all__ = [
 SPLIT_KINDS = ("random_cells", "unseen_single", "unseen_combo", "unseen_context", "unseen_pair")
 # kinds whose held-out units can rotate over folds
 FOLD_KINDS = ("unseen_single", "unseen_combo", "unseen_pair")
+# which combinations unseen_combo may hold out
+COMBO_POOLS = ("singles_measured", "all")
 _PAIR_KEYS = ("test_pairs", "validation_pairs")
 
 
@@ -51,10 +54,16 @@ class SplitConfig:
         held-out single's target (``unseen_pair``: in the held-out pair's context only);
         validation targets follow the same rule (their combinations are excluded, or put in
         validation).
+    combo_pool
+        ``unseen_combo``: which combinations may be held out (test, folds and drawn validation):
+        ``"singles_measured"`` (default), those whose singles are all measured in the same
+        contexts, so that ``components`` evidence and the ``additive`` baseline exist for each;
+        ``"all"``, every combination, also one with an unmeasured single (more held-out
+        combinations for the paired intervals; ``additive`` is not applicable to those).
     n_validation_perturbations
         ``unseen_single`` / ``unseen_combo``: how many perturbations to hold out for validation,
-        drawn among the candidates left after test (single perturbations; combinations whose
-        singles are measured in the same contexts).
+        drawn among the candidates left after test (single perturbations; combinations of the
+        ``combo_pool``).
     validation_perturbations
         Explicit validation perturbations, overriding ``n_validation_perturbations``
         (``unseen_combo`` accepts any combination here, also one whose singles are not measured).
@@ -67,7 +76,7 @@ class SplitConfig:
         pairs), or which.
     folds
         Rotate the held-out units (``unseen_single``: singles; ``unseen_combo``: combinations
-        whose singles are measured; ``unseen_pair``: pairs of single perturbations measured in
+        of the ``combo_pool``; ``unseen_pair``: pairs of single perturbations measured in
         >= 2 contexts, each perturbation's pairs in different folds) over this many seeded folds; ``fold`` picks the one to build. Excludes named
         test or validation units.
     fold
@@ -83,6 +92,7 @@ class SplitConfig:
     test_contexts: tuple[str, ...] | None = None
     n_test_contexts: int = 1
     combos_with_test_targets: str = "exclude"
+    combo_pool: str = "singles_measured"
     n_validation_perturbations: int = 0
     validation_perturbations: tuple[str, ...] | None = None
     test_pairs: tuple[str, ...] | None = None
@@ -103,6 +113,14 @@ class SplitConfig:
             )
         if self.combos_with_test_targets not in ("exclude", "test"):
             raise SplitError("split.combos_with_test_targets must be 'exclude' or 'test'.")
+        if self.combo_pool not in COMBO_POOLS:
+            raise SplitError(
+                f"split.combo_pool={self.combo_pool!r}; choose one of {COMBO_POOLS}."
+            )
+        if self.combo_pool != "singles_measured" and self.kind != "unseen_combo":
+            raise SplitError(
+                f"split.combo_pool is for kind 'unseen_combo', not {self.kind!r}; remove it."
+            )
         if self.n_test_contexts < 1:
             raise SplitError("split.n_test_contexts must be >= 1.")
         if self.n_validation_perturbations < 0 or self.n_validation_pairs < 0:

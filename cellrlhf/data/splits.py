@@ -357,15 +357,19 @@ def _split_unseen_single(assignment: SplitAssignment, data: _Coded, rng) -> None
 
 def _split_unseen_combo(assignment: SplitAssignment, data: _Coded, rng) -> None:
     config = assignment.config
-    eligible = _eligible_combos(data.perts, data.contexts)
+    eligible = _eligible_combos(data.perts, data.contexts, config.combo_pool)
+    what = _POOL_NAMES[config.combo_pool]
     if not eligible and config.test_perturbations is None:
+        if config.combo_pool == "all":
+            raise SplitError("unseen_combo needs combinations; this data has none.")
         raise SplitError(
             "unseen_combo needs combinations whose single perturbations are all measured "
             "in the same cell contexts; this data has none. Use unseen_single or "
-            "random_cells."
+            "random_cells, or set split.combo_pool: all to hold out combinations with an "
+            "unmeasured single."
         )
     if config.folds is not None:
-        chosen = _fold_units(assignment, eligible, "eligible combinations (singles measured)")
+        chosen = _fold_units(assignment, eligible, what)
     elif config.test_perturbations is not None:
         chosen = list(config.test_perturbations)
         _check_known(chosen, data.present, "split.test_perturbations")
@@ -376,13 +380,13 @@ def _split_unseen_combo(assignment: SplitAssignment, data: _Coded, rng) -> None:
                 f"singles are all measured in the same contexts. Eligible: {eligible[:20]}."
             )
     elif len(eligible) > 1:
-        chosen = _draw(eligible, config.test_fraction, rng, "eligible combinations")
+        chosen = _draw(eligible, config.test_fraction, rng, what)
     else:
         chosen = list(eligible)
     assignment.test_perturbations = sorted(chosen)
     assignment.labels[np.isin(data.perts, chosen)] = "test"
     if config.holds_out_validation_perturbations:
-        _validation_combos(assignment, eligible, data.present, data.perts, rng)
+        _validation_combos(assignment, eligible, data.present, data.perts, rng, what)
 
 
 def _split_unseen_context(assignment: SplitAssignment, data: _Coded, rng) -> None:
@@ -483,13 +487,11 @@ def _validation_singles(assignment, singles, present, coded, rng) -> None:
     assignment.validation_targets = targets
 
 
-def _validation_combos(assignment, eligible, present, perts, rng) -> None:
+def _validation_combos(assignment, eligible, present, perts, rng, what) -> None:
     """Hold out combinations for validation (named ones may have unmeasured singles)."""
     test = set(assignment.test_perturbations)
     candidates = [p for p in eligible if p not in test]
-    chosen = _validation_choice(
-        assignment, candidates, present, rng, "eligible combinations (singles measured)"
-    )
+    chosen = _validation_choice(assignment, candidates, present, rng, what)
     singles = [p for p in chosen if "+" not in p]
     if singles:
         raise SplitError(
@@ -507,7 +509,14 @@ def _check_known(chosen: list[str], known: list[str], where: str) -> None:
         )
 
 
-def _eligible_combos(perts: np.ndarray, contexts: np.ndarray) -> list[str]:
+_POOL_NAMES = {
+    "singles_measured": "eligible combinations (singles measured)",
+    "all": "combinations",
+}
+
+
+def _eligible_combos(perts: np.ndarray, contexts: np.ndarray, pool: str) -> list[str]:
+    """The combinations ``split.combo_pool`` lets unseen_combo hold out."""
     contexts_of: dict[str, set[str]] = {}
     for p, c in set(zip(perts.tolist(), contexts.tolist(), strict=True)):
         contexts_of.setdefault(p, set()).add(c)
@@ -515,7 +524,8 @@ def _eligible_combos(perts: np.ndarray, contexts: np.ndarray) -> list[str]:
     for p, where in contexts_of.items():
         if p == CONTROL_LABEL or "+" not in p:
             continue
-        if all(where <= contexts_of.get(t, set()) for t in perturbation_targets(p)):
+        measured = all(where <= contexts_of.get(t, set()) for t in perturbation_targets(p))
+        if measured or pool == "all":
             eligible.append(p)
     return sorted(eligible)
 

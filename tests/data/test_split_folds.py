@@ -56,20 +56,22 @@ SCREEN = _obs(
 
 
 @pytest.mark.parametrize(
-    ("kind", "folds", "units"),
+    ("kind", "folds", "units", "extra"),
     [
-        ("unseen_single", 3, list("ABCDEF")),
-        ("unseen_combo", 2, ["A+B", "A+C", "C+D", "E+F"]),  # A+Z: Z is not measured
-        ("unseen_pair", 4, [f"{p}@{c}" for p in "ABCDEF" for c in ("K1", "K2")]),
+        ("unseen_single", 3, list("ABCDEF"), {}),
+        ("unseen_combo", 2, ["A+B", "A+C", "C+D", "E+F"], {}),  # A+Z: Z is not measured
+        # every combination, the one with an unmeasured single too
+        ("unseen_combo", 2, ["A+B", "A+C", "A+Z", "C+D", "E+F"], {"combo_pool": "all"}),
+        ("unseen_pair", 4, [f"{p}@{c}" for p in "ABCDEF" for c in ("K1", "K2")], {}),
     ],
 )
-def test_every_unit_is_test_in_exactly_one_fold(kind, folds, units):
+def test_every_unit_is_test_in_exactly_one_fold(kind, folds, units, extra):
     n_validation = {
         "n_validation_pairs" if kind == "unseen_pair" else "n_validation_perturbations": 1
     }
     seen = []
     for fold in range(folds):
-        spec = {"kind": kind, "folds": folds, "fold": fold, "seed": 3, **n_validation}
+        spec = {"kind": kind, "folds": folds, "fold": fold, "seed": 3, **n_validation, **extra}
         a = make_splits(SCREEN, SplitConfig.from_dict(spec))
         assert a.fold == fold and a.folds == folds and len(a.fold_units) == folds
         assert _test_units(a) == a.fold_units[fold]
@@ -96,6 +98,8 @@ def test_folds_config_rules():
         ({"kind": "unseen_single", "fold": 1}, "needs split.folds"),
         ({"kind": "unseen_context", "folds": 2}, "split.folds is for kinds"),
         ({"kind": "unseen_single", "folds": 1}, ">= 2"),
+        ({"kind": "unseen_combo", "combo_pool": "some"}, "choose one of"),
+        ({"kind": "unseen_single", "combo_pool": "all"}, "for kind 'unseen_combo'"),
     ]
     for spec, fragment in bad:
         with pytest.raises(SplitError, match=fragment):

@@ -86,6 +86,22 @@ def test_unseen_combo_only_combos_with_measured_singles():
         make_splits(SCREEN, SplitConfig(kind="unseen_combo", test_perturbations=("A+E",)))
 
 
+def test_unseen_combo_pool_all_holds_out_a_combination_with_an_unmeasured_single():
+    config = SplitConfig(kind="unseen_combo", test_perturbations=("A+E",), combo_pool="all")
+    a = make_splits(SCREEN, config)
+    assert _perts(SCREEN, a, "test") == {"A+E"}
+    assert {"A", "A+B", "C+D"} <= _perts(SCREEN, a, "train")
+    drawn = make_splits(
+        SCREEN,
+        SplitConfig(kind="unseen_combo", test_perturbations=("A+B",), combo_pool="all",
+                    n_validation_perturbations=2),
+    )
+    assert drawn.validation_perturbations == ["A+E", "C+D"]
+    singles = _obs({(CONTROL_LABEL, "X"): 5, ("A", "X"): 5})
+    with pytest.raises(SplitError, match="has none"):
+        make_splits(singles, SplitConfig(kind="unseen_combo", combo_pool="all"))
+
+
 def test_unseen_context():
     a = make_splits(SCREEN, SplitConfig(kind="unseen_context", validation_fraction=0.0, seed=0))
     assert a.test_contexts in (["HEPG2"], ["K562"])
