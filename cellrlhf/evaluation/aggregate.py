@@ -24,8 +24,11 @@ Tables (long format, one metric per row; see :func:`write_aggregate` for the fil
   n_perturbations, n_dropped, sd_perturbations`` (the spread of the per-perturbation
   differences, which sets the interval's width): every model other than ``sft`` minus ``sft`` (``"grpo - sft"``),
   and every model minus the best baseline of that kind and metric (``"sft - best baseline
-  (mean)"``: the baseline with the best pooled mean among those defined on it). Differences are
-  paired per (run, cell context, perturbation), averaged per perturbation, then bootstrapped.
+  (mean)"``: the baseline with the best pooled mean among those defined on the most
+  perturbations), then every model minus each baseline defined on only some of them (``"sft -
+  additive (where defined)"``: additive for combinations with an unmeasured single), on the
+  perturbations it predicts. Differences are paired per (run, cell context, perturbation),
+  averaged per perturbation, then bootstrapped.
 
 One evaluation directory works too: the intervals then resample that run's perturbations.
 """
@@ -50,9 +53,14 @@ __all__ = [
     "REFERENCE_MODEL",
     "aggregate_evaluations",
     "aggregate_runs",
+    "WHERE_DEFINED",
     "best_baselines",
     "higher_is_better",
+    "partial_baselines",
 ]
+
+# the label suffix of a comparison with a baseline defined on only some perturbations
+WHERE_DEFINED = " (where defined)"
 
 # aggregated by default, those present (the first present of HEADLINE_METRICS leads)
 DEFAULT_METRICS = (
@@ -196,11 +204,20 @@ def _pooled(rows: pd.DataFrame, n_boot: int, seed: int, level: float) -> pd.Data
     )
 
 
-def best_baselines(pooled: pd.DataFrame) -> dict[tuple[str, str, str], str]:
-    """``(setting, kind, metric) -> baseline`` with the best pooled mean among those defined."""
+def _defined_baselines(pooled: pd.DataFrame):
+    """``((setting, kind, metric), rows)`` of the baselines defined on some perturbation."""
     base = pooled[(pooled["method_type"] == "baseline") & (pooled["n_perturbations"] > 0)]
+    return base.groupby(["setting", "kind", "metric"], sort=False)
+
+
+def best_baselines(pooled: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """``(setting, kind, metric) -> baseline`` with the best pooled mean among the baselines
+    defined on the most perturbations: one that predicts only some (``additive`` for
+    combinations with an unmeasured single) is never chosen on fewer, other perturbations
+    (:func:`partial_baselines`)."""
     best: dict[tuple[str, str, str], str] = {}
-    for (setting, kind, metric), part in base.groupby(["setting", "kind", "metric"], sort=False):
+    for (setting, kind, metric), part in _defined_baselines(pooled):
+        part = part[part["n_perturbations"] == part["n_perturbations"].max()]
         values = part["mean"].to_numpy(dtype=np.float64)
         if not np.isfinite(values).any():
             continue
@@ -209,17 +226,32 @@ def best_baselines(pooled: pd.DataFrame) -> dict[tuple[str, str, str], str]:
     return best
 
 
+def partial_baselines(pooled: pd.DataFrame) -> dict[tuple[str, str, str], list[str]]:
+    """``(setting, kind, metric) -> baselines`` defined on fewer perturbations than the most
+    any baseline of that setting, kind and metric is defined on; the models are compared with
+    each where it is defined (``"sft - additive (where defined)"``)."""
+    partial: dict[tuple[str, str, str], list[str]] = {}
+    for key, part in _defined_baselines(pooled):
+        fewer = part[part["n_perturbations"] < part["n_perturbations"].max()]
+        if not fewer.empty:
+            partial[key] = [str(m) for m in fewer["method"]]
+    return partial
+
+
 def _models(rows: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(rows.loc[rows["method_type"] == "model", "method"]))
 
 
 def _comparisons(
-    models: Sequence[str], baseline: str | None, under_grammar: set[str] | None = None
+    models: Sequence[str],
+    baseline: str | None,
+    under_grammar: set[str] | None = None,
+    partial: Sequence[str] = (),
 ) -> list[tuple[str, str, str]]:
     """``(label, left, right)``: RL models minus SFT, then the models sampled under the cell
     grammar (``under_grammar``; ``None``: not recorded, every model) minus SFT under the grammar
     (``sft_grammar``, where evaluated: like with like for constrained policies), then every
-    model minus the best baseline."""
+    model minus the best baseline, then minus each ``partial`` baseline where it is defined."""
     pairs = []
     grammar_reference = REFERENCE_MODEL + GRAMMAR_SUFFIX
     for reference in (REFERENCE_MODEL, grammar_reference):
@@ -232,6 +264,8 @@ def _comparisons(
             ]
     if baseline is not None:
         pairs += [(f"{m} - best baseline ({baseline})", m, baseline) for m in models]
+    for other in partial:
+        pairs += [(f"{m} - {other}{WHERE_DEFINED}", m, other) for m in models]
     return pairs
 
 
@@ -248,13 +282,14 @@ def _under_grammar(runs: Sequence[EvaluationRun]) -> set[str] | None:
 
 
 def _paired(rows, pooled, n_boot: int, seed: int, level: float, under_grammar) -> pd.DataFrame:
-    best = best_baselines(pooled)
+    best, partial = best_baselines(pooled), partial_baselines(pooled)
     out = []
-    for (setting, kind, metric), part in _with_kind_all(rows).groupby(
-        ["setting", "kind", "metric"], sort=False
-    ):
-        models, baseline = _models(part), best.get((setting, kind, metric))
-        for label, left, right in _comparisons(models, baseline, under_grammar):
+    for key, part in _with_kind_all(rows).groupby(["setting", "kind", "metric"], sort=False):
+        setting, kind, metric = key
+        models, baseline = _models(part), best.get(key)
+        for label, left, right in _comparisons(
+            models, baseline, under_grammar, partial.get(key, ())
+        ):
             iv = paired_difference(
                 part, left, right, value="value", cluster="unit", n_boot=n_boot,
                 confidence_level=level, seed=seed,

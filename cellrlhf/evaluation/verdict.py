@@ -36,6 +36,7 @@ from cellrlhf.evaluation.aggregate import (
     ALL,
     REFERENCE_MODEL,
     SPEARMAN_BROWN_SUFFIX,
+    WHERE_DEFINED,
     SPLIT_HALF,
     Aggregate,
     best_baselines,
@@ -149,15 +150,20 @@ def compare_sentence(
     *,
     metric: str,
     against_baseline: bool = False,
+    where_defined: bool = False,
     confidence_level: float = 0.95,
 ) -> tuple[str, str]:
     """``(status, sentence)`` for the paired difference ``left - right`` (see the module doc).
 
     ``right`` is the baseline's name when ``against_baseline`` (the sentence then says "the best
-    baseline (mean)").
+    baseline (mean)") or ``where_defined`` (a baseline defined on only some perturbations:
+    "additive where it is defined").
     """
     a = display_name(left)
-    b = f"the best baseline ({right})" if against_baseline else display_name(right)
+    if where_defined:
+        against_baseline, b = True, f"{right} where it is defined"
+    else:
+        b = f"the best baseline ({right})" if against_baseline else display_name(right)
     what = f"held-out {metric_phrase(metric)}"
     if n == 0 or not math.isfinite(diff):
         return (
@@ -312,7 +318,11 @@ def setting_verdicts(
         ]
         # RL vs SFT first, then models vs the best baseline
         planning: list[str] = []
-        paired = paired.assign(_vs_base=paired["comparison"].str.contains("best baseline"))
+        partial = paired["comparison"].str.endswith(WHERE_DEFINED)
+        paired = paired.assign(
+            _vs_base=paired["comparison"].str.contains("best baseline") | partial,
+            _partial=partial,
+        )
         for _, row in paired.sort_values("_vs_base", kind="stable").iterrows():
             status, sentence = compare_sentence(
                 row["left"],
@@ -323,6 +333,7 @@ def setting_verdicts(
                 int(row["n_perturbations"]),
                 metric=metric,
                 against_baseline=bool(row["_vs_base"]),
+                where_defined=bool(row["_partial"]),
                 confidence_level=agg.confidence_level,
             )
             comparison = Comparison(

@@ -276,3 +276,33 @@ def test_headline_falls_back_to_pearson_delta_where_pearson_specific_is_undefine
     agg = aggregate_evaluations({"x": write_eval_dir(tmp_path / "e", table)}, n_boot=50)
     assert agg.headline == "pearson_delta"
     assert "pearson_specific" in set(agg.pooled["metric"])  # still aggregated, as NaN
+
+
+def test_a_baseline_defined_on_some_perturbations_is_compared_where_defined_not_chosen_best(
+    tmp_path,
+):
+    # additive predicts only the combinations whose singles are measured (here P0, the easy one):
+    # its pooled mean (0.9, on one perturbation) must not make it the best baseline of a setting
+    # scored on three; it is compared with each model on the perturbation it predicts
+    values = {"sft": [0.8, 0.2, 0.3], "grpo": [0.85, 0.3, 0.4], "mean": [0.1, 0.1, 0.1],
+              "additive": [0.9, np.nan, np.nan], "split_half": [0.95] * 3}  # fmt: skip
+    path = write_eval_dir(tmp_path / "eval", metrics_table(values, perturbations=PERTS[0]))
+    agg = aggregate_evaluations({"fold0_seed0": path}, n_boot=300)
+    paired = agg.paired[
+        (agg.paired["kind"] == "all") & (agg.paired["metric"] == "pearson_specific")
+    ]
+    diffs = dict(zip(paired["comparison"], paired["mean_diff"], strict=True))
+    assert list(diffs) == [
+        "grpo - sft",
+        "sft - best baseline (mean)",
+        "grpo - best baseline (mean)",
+        "sft - additive (where defined)",
+        "grpo - additive (where defined)",
+    ]
+    assert diffs["sft - best baseline (mean)"] == pytest.approx(1 / 3)
+    assert diffs["sft - additive (where defined)"] == pytest.approx(-0.1)
+    partial = _row(paired, comparison="grpo - additive (where defined)")
+    assert (partial["n_perturbations"], partial["n_dropped"]) == (1, 2)
+    lines = "\n".join(verdict_lines(tmp_path / "eval", n_boot=300))
+    assert "SFT did not beat the best baseline (mean)" in lines
+    assert "SFT vs additive where it is defined on held-out" in lines  # one perturbation

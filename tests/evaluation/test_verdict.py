@@ -55,6 +55,14 @@ def test_baseline_sentences_and_error_metrics_read_in_their_direction():
         "sft", "mean", -0.02, -0.06, 0.01, 6, metric="pearson_delta", against_baseline=True
     )
     assert status == "not_improved" and text.startswith("SFT did not beat the best baseline (mean)")
+    # a baseline defined on only some perturbations (additive, unmeasured singles elsewhere)
+    assert compare_sentence(
+        "grpo", "additive", -0.2, -0.3, -0.1, 5, metric="pearson_specific", where_defined=True
+    ) == (
+        "worse",
+        f"GRPO was worse than additive where it is defined on {WHAT} by -0.20 (95% CI -0.30 to "
+        "-0.10, 5 perturbations).",
+    )
     # lower is better for an error: a negative difference is an improvement
     assert compare_sentence("grpo", "sft", -0.1, -0.2, -0.05, 6, metric="mae")[0] == "improved"
     assert compare_sentence("grpo", "sft", 0.1, 0.05, 0.2, 6, metric="mae")[0] == "worse"
