@@ -257,6 +257,20 @@ def _planning_note(c: Comparison, spread: float, metric: str, level: float) -> s
     )
 
 
+def _partial_notes(comparisons: list[Comparison]) -> list[str]:
+    """One note per baseline defined on only some held-out perturbations."""
+    seen: dict[str, tuple[int, int]] = {}
+    for c in comparisons:
+        if c.label.endswith(WHERE_DEFINED) and c.right not in seen:
+            seen[c.right] = (c.n_perturbations, c.n_perturbations + c.n_dropped)
+    return [
+        f"Baseline {name} predicts {n} of the {total} held-out perturbations (it lacks what it "
+        "needs for the others): it is compared with each model on those only and is not a "
+        "candidate for the best baseline."
+        for name, (n, total) in seen.items()
+    ]
+
+
 def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: SettingVerdict, planning):
     notes = []
     base, ceil = verdict.best_baseline, verdict.ceiling
@@ -353,6 +367,7 @@ def setting_verdicts(
             spread = float(row.get("sd_perturbations", math.nan))
             note = _planning_note(comparison, spread, metric, agg.confidence_level)
             planning += [note] if note else []
+        planning += _partial_notes(verdict.comparisons)
         verdict.notes = _notes(agg, setting, metric, kind, verdict, planning)
         out.append(verdict)
     return out

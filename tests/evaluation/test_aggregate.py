@@ -306,3 +306,4 @@ def test_a_baseline_defined_on_some_perturbations_is_compared_where_defined_not_
     lines = "\n".join(verdict_lines(tmp_path / "eval", n_boot=300))
     assert "SFT did not beat the best baseline (mean)" in lines
     assert "SFT vs additive where it is defined on held-out" in lines  # one perturbation
+    assert "Baseline additive predicts 1 of the 3 held-out perturbations" in lines
