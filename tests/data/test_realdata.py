@@ -99,7 +99,13 @@ def _pairs(records) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "name", ["mcfaline_unseen_pair", "norman_unseen_single_folds", "norman_unseen_combo_folds"]
+    "name",
+    [
+        "mcfaline_unseen_pair",
+        "norman_unseen_single_folds",
+        "norman_unseen_combo_folds",
+        "norman_unseen_combo_folds_all",
+    ],
 )
 def test_fold_configs_build_fold_0(real_data_dir, tmp_path, name):
     config = load_config(CONFIG.with_name(f"{name}.yaml"), FOLD_LIMITS)
@@ -130,6 +136,18 @@ def test_fold_configs_build_fold_0(real_data_dir, tmp_path, name):
         assert len(splits["validation_perturbations"]) >= 2
         held = set(splits["test_targets"]) | set(splits["validation_targets"])
         assert not {t for p, _ in rl_train for t in p.split("+")} & held
+    elif name == "norman_unseen_combo_folds_all":
+        # every one of the 15 combinations, 3 per fold, 10 with an unmeasured single
+        assert sorted(len(f) for f in splits["fold_units"]) == [3] * 5
+        assert all("+" in u for u in units) and len(units) == 15
+        assert splits["test_perturbations"] == splits["fold_units"][0]
+        held = set(splits["test_perturbations"]) | set(splits["validation_perturbations"])
+        assert len(held) == 5 and not held & {p for p, _ in rl_train}
+        test = built.rl["test"]
+        for pert, prompt in zip(test["perturbation"], test["prompt"], strict=True):
+            for single in pert.split("+"):
+                measured = single in {p for p, _ in rl_train}
+                assert (f"{single} </pert> alone in k562: not measured" in str(prompt)) != measured
     else:
         assert sorted(u for fold in splits["fold_units"] for u in fold) == [
             "KLF1+MAP2K6",
