@@ -236,6 +236,10 @@ def _above_ceiling_note(base: MethodScore, ceil: MethodScore, metric: str) -> st
     )
 
 
+# a planning figure above this many times the held-out perturbations reads as "no difference"
+_PRACTICAL = 10
+
+
 def _planning_note(c: Comparison, spread: float, metric: str, level: float) -> str | None:
     """For a comparison ahead but without a verdict: the perturbations an interval needs."""
     from cellrlhf.metrics.intervals import perturbations_needed
@@ -248,8 +252,16 @@ def _planning_note(c: Comparison, spread: float, metric: str, level: float) -> s
         # none would do, or (a skewed bootstrap interval wider than the normal one) the
         # normal approximation would already have cleared 0 here: no planning figure
         return None
+    pair = f"{display_name(c.left)} vs {display_name(c.right)}"
+    if needed > _PRACTICAL * c.n_perturbations:
+        return (
+            f"{pair}: a difference of {c.mean_diff:+.3f} is small against the spread between "
+            f"perturbations seen here (sd {spread:.3f}): an interval clear of 0 would need "
+            f"about {needed} held-out perturbations, over {_PRACTICAL} times the "
+            f"{c.n_perturbations} here; read it as no difference."
+        )
     return (
-        f"{display_name(c.left)} vs {display_name(c.right)}: at the spread between "
+        f"{pair}: at the spread between "
         f"perturbations seen here (sd {spread:.3f}), a difference of {c.mean_diff:+.3f} "
         f"needs about {needed} held-out perturbations "
         f"for its interval to clear 0 ({c.n_perturbations} here); more seeds only average "

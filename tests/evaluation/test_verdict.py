@@ -167,6 +167,16 @@ def test_a_difference_ahead_without_a_verdict_says_how_many_perturbations_would_
         "of +0.100 needs about 7 held-out perturbations for its interval to clear 0 (6 here); "
         "more seeds only average within a perturbation.",
     ]
+    # a difference far inside the spread is read as none, not as a number of perturbations
+    from cellrlhf.evaluation.verdict import Comparison, _planning_note
+
+    # (1.96 * 0.044 / 0.001)^2 = 7437.3 -> 7438
+    tiny = Comparison("grpo - sft", "grpo", "sft", 0.001, -0.02, 0.02, 15, 0, "not_improved", "")
+    assert _planning_note(tiny, 0.044, "pearson_specific", 0.95) == (
+        "GRPO vs SFT: a difference of +0.001 is small against the spread between perturbations "
+        "seen here (sd 0.044): an interval clear of 0 would need about 7438 held-out "
+        "perturbations, over 10 times the 15 here; read it as no difference."
+    )
     # a model behind its reference gets no planning note
     (behind,) = setting_verdicts(_evals(tmp_path / "b", baseline_value=0.5, grpo_gain=0.05))
     assert not [n for n in behind.notes if "held-out perturbations for its interval" in n]
