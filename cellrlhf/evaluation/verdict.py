@@ -350,30 +350,26 @@ def setting_verdicts(
             _partial=partial,
         )
         for _, row in paired.sort_values("_vs_base", kind="stable").iterrows():
-            status, sentence = compare_sentence(
-                row["left"],
-                row["right"],
+            # diff, low, high, n: read once for the sentence and the comparison
+            numbers = (
                 float(row["mean_diff"]),
                 float(row["ci_low"]),
                 float(row["ci_high"]),
                 int(row["n_perturbations"]),
+            )
+            status, sentence = compare_sentence(
+                row["left"],
+                row["right"],
+                *numbers,
                 metric=metric,
                 against_baseline=bool(row["_vs_base"]),
                 where_defined=bool(row["_partial"]),
                 confidence_level=agg.confidence_level,
             )
             comparison = Comparison(
-                row["comparison"],
-                row["left"],
-                row["right"],
-                float(row["mean_diff"]),
-                float(row["ci_low"]),
-                float(row["ci_high"]),
-                int(row["n_perturbations"]),
-                int(row["n_dropped"]),
-                status,
-                sentence,
-            )
+                row["comparison"], row["left"], row["right"], *numbers,
+                int(row["n_dropped"]), status, sentence,
+            )  # fmt: skip
             verdict.comparisons.append(comparison)
             # aggregates written before the column have no spread: no planning note
             spread = float(row.get("sd_perturbations", math.nan))
