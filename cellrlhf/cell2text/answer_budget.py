@@ -5,7 +5,8 @@ budget of new tokens (``max_completion_length``). A budget shorter than the data
 them: unclosed, penalised, with missing genes. The budget is derived from the data's own cells
 (:func:`derive_answer_budget`: a high quantile of their token lengths, markup and end token
 included) and any configured budget is checked against them (:func:`check_answer_budget`),
-at data-build time (word counts, gene-token estimate) and at RL start (real token counts).
+at data-build time (word counts, gene-token estimate) and, with real token counts, when
+preferences are sampled and at RL start (:func:`resolve_answer_budget`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "check_answer_budget",
     "derive_answer_budget",
     "gene_token_lengths",
+    "resolve_answer_budget",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ def check_answer_budget(
     max_cut: float = 0.01,
     quantile: float = 0.99,
     where: str = "RL",
+    flag: str = "max_completion_length",
 ) -> BudgetCheck:
     """Count the answers a budget cuts; warn when more than ``max_cut`` of them are cut.
 
@@ -118,6 +121,8 @@ def check_answer_budget(
         Quantile of the budget the warning recommends.
     where
         Named in the warning (``"data build"``, ``"RL"``).
+    flag
+        The setting the warning tells the user to change.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     check = BudgetCheck(
@@ -130,7 +135,7 @@ def check_answer_budget(
         logger.warning(
             "%s: an answer budget of %d tokens cuts %d of %d cells (%.1f%%; longest %d tokens, "
             "markup and end token included). A budget of %d fits %g%% of them: set "
-            "max_completion_length to it, or leave it unset to derive it from the data.",
+            "%s to it, or leave it unset to derive it from the data.",
             where,
             check.budget,
             check.n_cut,
@@ -139,5 +144,70 @@ def check_answer_budget(
             int(lengths.max()),
             check.fits_budget,
             100 * quantile,
+            flag,
         )
     return check
+
+
+def resolve_answer_budget(
+    configured: int | None,
+    rows,
+    tokenizer,
+    *,
+    flag: str = "max_completion_length",
+    where: str = "RL start",
+    max_cells: int = 4096,
+    seed: int = 0,
+) -> tuple[int, dict]:
+    """A sampler's answer budget: ``configured``, checked against the data's cells, or derived.
+
+    Parameters
+    ----------
+    configured
+        The configured budget, or ``None`` to derive it (:func:`derive_answer_budget`).
+    rows
+        Prompt rows (``rl/`` split) whose ``reference_sentences`` are the real perturbed cells;
+        at most ``max_cells`` of them (seeded subsample) are written as answers and tokenized
+        with ``tokenizer``.
+    flag
+        The setting that holds the budget, named in messages.
+    where
+        Named in the warning when a configured budget cuts more than 1 % of the cells.
+
+    Returns
+    -------
+    tuple
+        The budget and its record (``cellrlhf.json``, manifests).
+
+    Raises
+    ------
+    ValueError
+        When the budget is unset and ``rows`` hold no reference cells to derive it from.
+    """
+    columns = getattr(rows, "column_names", None) or []
+    sentences = []
+    if "reference_sentences" in columns:
+        sentences = [s for row in rows["reference_sentences"] for s in (row or [])]
+    if not sentences:
+        if configured is None:
+            raise ValueError(
+                f"{flag} is unset and the rl/ train split has no reference sentences to derive "
+                f"it from: set {flag}."
+            )
+        return int(configured), {"budget": int(configured), "source": "configured"}
+    if len(sentences) > max_cells:
+        rng = np.random.default_rng(seed)
+        sentences = [sentences[i] for i in np.sort(rng.choice(len(sentences), max_cells, False))]
+    lengths = answer_token_lengths(tokenizer, sentences)
+    if configured is None:
+        budget = derive_answer_budget(lengths)
+        logger.info(
+            "answer budget derived from %d training cells: %d tokens (99th percentile; longest %d)",
+            len(lengths),
+            budget,
+            int(lengths.max()),
+        )
+        check = check_answer_budget(lengths, budget, max_cut=1.0)
+        return budget, {**check.to_dict(), "source": "derived (99th percentile of cells)"}
+    check = check_answer_budget(lengths, int(configured), where=where, flag=flag)
+    return int(configured), {**check.to_dict(), "source": "configured"}

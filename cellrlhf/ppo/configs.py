@@ -290,13 +290,23 @@ class CellGRPOScriptArguments(CellRLScriptArguments):
             )
 
 
+_ANSWER_BUDGET_HELP = (
+    "Answer budget in new tokens. Unset: derived from the data's cells (99th percentile of the "
+    "training perturbations' real cells written as answers, markup and end token included), "
+    "recorded in cellrlhf.json. A set budget that cuts more than 1 percent of those cells is "
+    "warned about at RL start, with the budget that would fit."
+)
+
+
 @dataclass
 class CellPPOConfig(PPOConfig):
     """Training arguments of ``ppo``: TRL's ``PPOConfig`` with cell defaults.
 
     Differences from TRL's defaults: the policy stops at the tokenizer's end token
     (``stop_token="eos"``); answers that never end lose ``missing_eos_penalty=0.5``;
-    TRL's debug sample generations are off (the held-out monitor replaces them); ``bf16`` is
+    TRL's debug sample generations are off (the held-out monitor replaces them); the answer
+    budget ``response_length`` is derived from the data's cells when unset (as GRPO's
+    ``max_completion_length``); ``bf16`` is
     on only where CUDA is; the paths of the SFT and reward models have no hub default; a re-run
     resumes from the latest complete checkpoint unless ``--overwrite_output_dir``.
     """
@@ -305,6 +315,7 @@ class CellPPOConfig(PPOConfig):
         default=None,
         metadata={"help": "Alias of --model_name_or_path (the SFT policy directory)."},
     )
+    response_length: int | None = field(default=None, metadata={"help": _ANSWER_BUDGET_HELP})
     reward_model_path: str | None = field(
         default=None,
         metadata={"help": "Saved reward model directory (`cellrlhf reward`). Required."},
@@ -349,13 +360,7 @@ class _GroupRLFields:
     these fields win)."""
 
     max_completion_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Answer budget in new tokens. Unset: derived from the data's cells (99th "
-            "percentile of the training perturbations' real cells written as answers, markup and "
-            "end token included), recorded in cellrlhf.json. A set budget that cuts more than 1 "
-            "percent of those cells is warned about at RL start, with the budget that would fit."
-        },
+        default=None, metadata={"help": _ANSWER_BUDGET_HELP}
     )
     overwrite_output_dir: bool = field(
         default=False,

@@ -79,13 +79,13 @@ def main(script_args: CellGRPOScriptArguments, training_args, model_args: ModelC
 
 def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: ModelConfig):
     """Load data and models and build the GRPO / RLOO trainer and its monitor (:class:`RLRun`)."""
+    from cellrlhf.cell2text.answer_budget import resolve_answer_budget
     from cellrlhf.ppo.grpo_trainer import CellGRPOTrainer, CellRLOOTrainer
     from cellrlhf.ppo.rl_run import (
         assemble_run,
         build_heldout_monitor,
         cell_constraint_for,
         load_rl_start,
-        resolve_answer_budget,
     )
     from cellrlhf.ppo.sample_checks import SampleChecks
 
@@ -99,7 +99,7 @@ def build_run(script_args: CellGRPOScriptArguments, training_args, model_args: M
     )
     data, tokenizer = start.data, start.tokenizer
     budget, budget_record = resolve_answer_budget(
-        training_args.max_completion_length, data, tokenizer, seed=training_args.seed
+        training_args.max_completion_length, data.train, tokenizer, seed=training_args.seed
     )
     training_args.max_completion_length = budget
     reward_funcs, reward_tokenizers = _reward_functions(script_args, start)

@@ -57,6 +57,7 @@ def build_run(
     """Load data and models and build the PPO trainer and its monitor (:class:`RLRun`)."""
     from transformers import set_seed
 
+    from cellrlhf.cell2text.answer_budget import resolve_answer_budget
     from cellrlhf.ppo.model_loading import load_scoring_model
     from cellrlhf.ppo.ppo_trainer import CellPPOTrainer
     from cellrlhf.ppo.prompt_tokenization import tokenize_prompts
@@ -74,6 +75,13 @@ def build_run(
     set_seed(training_args.seed)
     start = load_rl_start(sft_path, script_args, model_args, seed=training_args.seed)
     data, tokenizer = start.data, start.tokenizer
+    training_args.response_length, budget_record = resolve_answer_budget(
+        training_args.response_length,
+        data.train,
+        tokenizer,
+        flag="response_length",
+        seed=training_args.seed,
+    )
     reward_model = load_scoring_model(
         training_args.reward_model_path, tokenizer=tokenizer, dtype=start.dtype, what="reward model"
     )
@@ -118,6 +126,7 @@ def build_run(
             "reward_model": str(training_args.reward_model_path),
             "trained_with": start.trained_with,
             "constrain_cells": bool(script_args.constrain_cells),
+            "answer_budget": budget_record,
         },
         ref_model=reference,
         reward_model=reward_model,

@@ -315,50 +315,6 @@ def _train_mean_deltas(data: RLData, script_args) -> dict:
         return {}
 
 
-def resolve_answer_budget(
-    configured: int | None, data: RLData, tokenizer, *, max_cells: int = 4096, seed: int = 0
-) -> tuple[int, dict]:
-    """The RL answer budget: ``configured``, checked against the data's cells, or derived.
-
-    The cells are the training prompts' real perturbed cells (``reference_sentences``), at most
-    ``max_cells`` of them (seeded subsample), written as answers and tokenized with the policy's
-    tokenizer (:mod:`cellrlhf.cell2text.answer_budget`). A configured budget that cuts more than
-    1 % of them is warned about. Returns the budget and its record (for ``cellrlhf.json``).
-    """
-    from cellrlhf.cell2text.answer_budget import (
-        answer_token_lengths,
-        check_answer_budget,
-        derive_answer_budget,
-    )
-
-    sentences = []
-    if "reference_sentences" in data.train.column_names:
-        sentences = [s for row in data.train["reference_sentences"] for s in (row or [])]
-    if not sentences:
-        if configured is None:
-            raise ValueError(
-                "max_completion_length is unset and the rl/ train split has no reference "
-                "sentences to derive it from: set max_completion_length."
-            )
-        return int(configured), {"budget": int(configured), "source": "configured"}
-    if len(sentences) > max_cells:
-        rng = np.random.default_rng(seed)
-        sentences = [sentences[i] for i in np.sort(rng.choice(len(sentences), max_cells, False))]
-    lengths = answer_token_lengths(tokenizer, sentences)
-    if configured is None:
-        budget = derive_answer_budget(lengths)
-        logger.info(
-            "answer budget derived from %d training cells: %d tokens (99th percentile; longest %d)",
-            len(lengths),
-            budget,
-            int(lengths.max()),
-        )
-        check = check_answer_budget(lengths, budget, max_cut=1.0)
-        return budget, {**check.to_dict(), "source": "derived (99th percentile of cells)"}
-    check = check_answer_budget(lengths, int(configured), where="RL start")
-    return int(configured), {**check.to_dict(), "source": "configured"}
-
-
 def stage_info(stage: str, sft_dir: Path, sft_info: dict, **extra) -> dict:
     """``cellrlhf.json`` content of the RL model directory."""
     return {

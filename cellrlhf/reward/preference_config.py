@@ -56,7 +56,14 @@ class PreferenceConfig:
     generation_batch_size: int = field(
         default=256, metadata={"help": "Sequences generated together (per process)."}
     )
-    max_new_tokens: int = field(default=256, metadata={"help": "Token budget of each completion."})
+    max_new_tokens: int = field(
+        default=256,
+        metadata={
+            "help": "Token budget of each completion; checked against the training cells written "
+            "as answers (a budget that cuts more than 1 percent of them is warned about, with one "
+            "that fits) and recorded in manifest.json."
+        },
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
     constrain_cells: bool = field(
         default=False,

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from cellrlhf.cell2text.answer_budget import resolve_answer_budget
 from cellrlhf.data.split_config import LeakageError
 from cellrlhf.reward.preference_config import PreferenceConfig
 from cellrlhf.reward.preference_files import preferences_manifest, write_preferences
@@ -291,6 +292,14 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
         )
     reward = config.reward(built.decoder())
     model, tokenizer, _ = _load_sft_model(config.model_name_or_path, config.dtype)
+    _, budget = resolve_answer_budget(
+        config.max_new_tokens,
+        rl[config.train_split],
+        tokenizer,
+        flag="max_new_tokens",
+        where="preferences",
+        seed=config.seed,
+    )
     state = PartialState()
 
     pair_splits: dict[str, list[dict]] = {}
@@ -321,6 +330,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
     manifest = preferences_manifest(
         config, built, pair_splits, completion_splits, held, time.perf_counter() - started
     )
+    manifest["answer_budget"] = budget
     if state.is_main_process:
         write_preferences(
             config.output_dir,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -75,6 +76,10 @@ def test_completions_and_manifest(rm_preferences_dir):
     assert manifest["simulated"] is True
     assert manifest["held_out"] == [f"{t} | K562" for t in TEST_TARGETS]
     assert (rm_preferences_dir / "preferences.png").stat().st_size > 0
+    budget = manifest["answer_budget"]  # the sampling budget, checked against the real cells
+    assert budget["source"] == "configured"
+    assert budget["budget"] == PREFERENCE_TEST_SETTINGS.get("max_new_tokens", 256)
+    assert budget["n_cells"] > 0 and budget["n_cut"] == 0
     # a completion's score is its credit in the group: the group mean is the jackknife estimate
     train = load_preferences(rm_preferences_dir, "train")[1]
     assert np.std(train["score"]) > 0
@@ -120,6 +125,18 @@ def test_another_seed_gives_other_samples(rm_preferences_dir, rm_sft_dir, rm_dat
     assert [c[0]["content"] for c in other["completion"]] != [
         c[0]["content"] for c in first["completion"][: len(other)]
     ]
+
+
+def test_a_budget_that_cuts_the_cells_is_warned(rm_sft_dir, rm_dataset_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="cellrlhf.cell2text.answer_budget"):
+        manifest = build_preferences_for_tests(
+            rm_sft_dir, rm_dataset_dir, tmp_path / "short", max_new_tokens=3, test_split="",
+            max_prompts=2,
+        )
+    budget = manifest["answer_budget"]
+    assert budget["budget"] == 3 and budget["n_cut"] == budget["n_cells"] > 0
+    assert "preferences: an answer budget of 3 tokens cuts" in caplog.text
+    assert "set max_new_tokens to it" in caplog.text
 
 
 def test_leaked_training_split_is_refused(rm_sft_dir, rm_dataset_dir, tmp_path):
