@@ -57,6 +57,7 @@ KEY_METRICS = (
     "mae",
     "distinct_fraction",
     "sampling_reliability",
+    "sampling_reliability_specific",
 )
 
 

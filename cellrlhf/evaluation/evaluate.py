@@ -276,15 +276,29 @@ RELIABILITY_WARNING = 0.8
 
 
 def sampling_warnings(metrics: pd.DataFrame, models: Sequence[str], cells_per_prompt: int):
-    """One sentence per model whose predictions are mostly sampling noise: the median
-    ``sampling_reliability`` over its perturbations is below :data:`RELIABILITY_WARNING`."""
+    """One sentence per model whose predictions are mostly sampling noise: the median split-half
+    reliability over its perturbations, of the change from control (``sampling_reliability``)
+    or of the perturbation-specific change (``sampling_reliability_specific``), is below
+    :data:`RELIABILITY_WARNING`; the lower of the two is named."""
+    columns = {
+        "sampling_reliability": "predicted changes",
+        "sampling_reliability_specific": "perturbation-specific changes",
+    }
     out = []
     for name in models:
-        values = metrics.loc[metrics["method"] == name, "sampling_reliability"].dropna()
-        if len(values) and float(values.median()) < RELIABILITY_WARNING:
+        rows = metrics.loc[metrics["method"] == name]
+        medians = {
+            column: float(rows[column].dropna().median())
+            for column in columns
+            if column in rows and rows[column].notna().any()
+        }
+        if not medians:
+            continue
+        column = min(medians, key=medians.get)
+        if medians[column] < RELIABILITY_WARNING:
             out.append(
-                f"{name}: its predicted changes are not reproducible between the two halves of "
-                f"its sampled cells (median split-half reliability {values.median():.2f} < "
+                f"{name}: its {columns[column]} are not reproducible between the two halves of "
+                f"its sampled cells (median split-half reliability {medians[column]:.2f} < "
                 f"{RELIABILITY_WARNING}); with {cells_per_prompt} cells per prompt its scores "
                 "are partly sampling noise: raise --cells_per_prompt."
             )

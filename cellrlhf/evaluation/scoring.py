@@ -28,7 +28,11 @@ Per perturbation (rows of :attr:`Evaluation.per_perturbation`):
 - ``sampling_reliability``: split-half reliability of the predicted change over the predicted
   cells (:func:`cellrlhf.metrics.sampling_noise.split_half_change_reliability`; NaN for fewer
   than 8 rows): well below 1, the prediction is mostly sampling noise and more cells per prompt
-  would change it.
+  would change it;
+- ``sampling_reliability_specific``: the same for the change ``pearson_specific`` scores (from
+  the reference profile; NaN without ``reference_delta``). Lower than ``sampling_reliability``
+  where most of the predicted change is the shared response: the specific part is smaller
+  against the same noise, and ``pearson_specific`` is attenuated more.
 """
 
 from __future__ import annotations
@@ -374,6 +378,17 @@ def evaluate_predictions(
     )
     tests = _DETests(tuple(de_k), fdr_threshold, is_log1p) if de else None
     table = _cell_level_metrics(table, ps, pred_rows, rs, real_rows, tests, progress)
+    table["sampling_reliability_specific"] = (
+        np.nan
+        if reference is None
+        else split_half_change_reliability(
+            ps.X,
+            ps.codes,
+            pred_rows,
+            np.maximum((ps.control_mean if shared is None else shared) + reference, 0.0),
+            genes=ps.genes,
+        )
+    )
     params = {
         "pert_col": pert_col,
         "control": control,

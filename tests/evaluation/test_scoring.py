@@ -159,6 +159,36 @@ def test_sampling_reliability_falls_with_fewer_predicted_cells(perturbation_adat
     assert (few["sampling_reliability"].fillna(0) < full["sampling_reliability"]).mean() >= 0.8
 
 
+def test_specific_reliability_measures_the_noise_of_the_specific_change():
+    """A prediction whose change is mostly the shared (reference) change: reproducible as a
+    change from control, much less so as a change from the reference; the column equals the
+    split-half reliability taken against ``max(control + reference, 0)``."""
+    from cellrlhf.metrics.sampling_noise import split_half_change_reliability
+
+    rng = np.random.default_rng(0)
+    genes, n = 40, 64
+    control = np.full(genes, 2.0)
+    reference = np.where(np.arange(genes) < 20, 1.5, -1.0)  # the shared response
+    specific = rng.normal(0.0, 0.1, genes)  # what is particular to the perturbation
+    rows = [control + rng.normal(0, 0.3, genes) for _ in range(n)]
+    rows += [control + reference + specific + rng.normal(0, 0.3, genes) for _ in range(n)]
+    labels = ["control"] * n + ["P1"] * n
+    pred = ad.AnnData(
+        np.clip(np.asarray(rows), 0, None).astype(np.float32),
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(2 * n)]),
+        var=pd.DataFrame(index=[f"G{i}" for i in range(genes)]),
+    )
+    t = evaluate_predictions(pred, pred, de=False, reference_delta=reference).per_perturbation
+    assert t.loc[0, "sampling_reliability"] > 0.99
+    assert t.loc[0, "sampling_reliability_specific"] < 0.9
+    codes = pred.obs["perturbation"].to_numpy()
+    base = np.maximum(pred.X[:n].mean(axis=0) + reference, 0.0)
+    expected = split_half_change_reliability(pred.X, codes, np.array(["P1"]), base)
+    assert t.loc[0, "sampling_reliability_specific"] == pytest.approx(expected[0])
+    plain = evaluate_predictions(pred, pred, de=False).per_perturbation
+    assert plain["sampling_reliability_specific"].isna().all()  # no reference: undefined
+
+
 def test_sampling_warnings_name_noisy_models():
     from cellrlhf.evaluation.evaluate import sampling_warnings
 
@@ -171,3 +201,9 @@ def test_sampling_warnings_name_noisy_models():
     lines = sampling_warnings(metrics, ["sft", "grpo"], 64)
     assert len(lines) == 1 and lines[0].startswith("sft:")
     assert "0.60" in lines[0] and "--cells_per_prompt" in lines[0]
+    assert "its predicted changes" in lines[0]
+    # reliable as a change from control, noisy on what is specific: named as such
+    metrics["sampling_reliability_specific"] = [0.9, 0.9, 0.7, 0.5, np.nan]
+    lines = sampling_warnings(metrics, ["sft", "grpo"], 64)
+    assert [line.split(":")[0] for line in lines] == ["sft", "grpo"]
+    assert "its perturbation-specific changes" in lines[1] and "0.60" in lines[1]
