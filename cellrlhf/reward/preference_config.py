@@ -125,9 +125,10 @@ class PreferenceConfig:
     reward_weights: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Weights of the group reward's terms (RewardWeights: fidelity, top_de, distribution, "
-            "duplicates, unclosed, unknown, empty), as a mapping in YAML or a JSON string. Default: the "
-            "reward's defaults."
+            "help": "Weights of the group reward's terms (RewardWeights: fidelity, top_de, specific, "
+            "distribution, duplicates, unclosed, unknown, empty), as a mapping in YAML or a JSON "
+            "string; `specific` weighs the change relative to the mean training change of the "
+            "context, as GRPO's specific_weight. Default: the reward's defaults."
         },
     )
     reward_credit: str = field(
@@ -188,12 +189,14 @@ class PreferenceConfig:
                 f"hard_negative_chosen={self.hard_negative_chosen!r}; choose one of {CHOSEN_MODES}."
             )
 
-    def reward(self, decoder):
-        """The :class:`GroupFidelityReward` these settings describe."""
+    def reward(self, decoder, train_mean_deltas=None):
+        """The :class:`GroupFidelityReward` these settings describe (``train_mean_deltas``: the
+        reference of its perturbation-specific term, context -> mean training change)."""
         from cellrlhf.reward.fidelity_reward import GroupFidelityReward
 
         return GroupFidelityReward(
             decoder,
+            train_mean_deltas=train_mean_deltas,
             weights=self.reward_weights,
             credit=self.reward_credit,
             top_k=self.reward_top_k,

@@ -147,6 +147,7 @@ def _score_groups(reward, groups: list[list[str]], rows: dict[str, list], row_of
         reference_control=column("reference_control"),
         decoded_control=column("decoded_control"),
         reference_sentences=column("reference_sentences"),
+        cell_context=column("cell_context"),
     )
 
 
@@ -188,6 +189,7 @@ def score_and_pair(
                     "completion": [{"role": "assistant", "content": text}],
                     "score": float(scores[i]),
                     "fidelity": float(breakdown.fidelity[i]),
+                    "specific": float(breakdown.specific[i]),
                     "distribution": float(breakdown.distribution[i]),
                     "duplicate_fraction": float(breakdown.duplicate_fraction[i]),
                     "unclosed": float(breakdown.unclosed[i]),

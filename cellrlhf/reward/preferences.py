@@ -249,6 +249,17 @@ def _load_sft_model(path: str | None, dtype: str):
     return model, tokenizer, info
 
 
+def _train_mean_deltas(rows) -> dict | None:
+    """Context -> mean training change, the reference of the reward's specific term (``None``
+    when the rows lack the columns: the term then needs them and says so)."""
+    from cellrlhf.reward.specific_reference import context_mean_deltas
+
+    try:
+        return context_mean_deltas(rows)
+    except (KeyError, ValueError):
+        return None
+
+
 def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
     """Sample, score and pair; write the preference directory. Returns the manifest.
 
@@ -290,7 +301,7 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
             f"the rl {config.train_split!r} split holds prompts of held-out perturbations {leaked[:5]} "
             f"(splits.json of {dataset_dir}); rebuild the dataset with `cellrlhf data build`."
         )
-    reward = config.reward(built.decoder())
+    reward = config.reward(built.decoder(), _train_mean_deltas(rl[config.train_split]))
     model, tokenizer, _ = _load_sft_model(config.model_name_or_path, config.dtype)
     _, budget = resolve_answer_budget(
         config.max_new_tokens,

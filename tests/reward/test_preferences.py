@@ -139,6 +139,27 @@ def test_a_budget_that_cuts_the_cells_is_warned(rm_sft_dir, rm_dataset_dir, tmp_
     assert "set max_new_tokens to it" in caplog.text
 
 
+def test_the_specific_term_scores_the_same_samples_differently(
+    rm_preferences_dir, rm_sft_dir, rm_dataset_dir, tmp_path
+):
+    """`reward_weights: {specific: 1}`: the group reward of the preference scores also weighs the
+    change relative to the mean training change of the context (as GRPO's `specific_weight`);
+    the same sampled completions, scores higher or lower by exactly that term."""
+    kwargs = {"test_split": "", "max_prompts": 2}
+    build_preferences_for_tests(rm_sft_dir, rm_dataset_dir, tmp_path / "plain", **kwargs)
+    build_preferences_for_tests(
+        rm_sft_dir, rm_dataset_dir, tmp_path / "specific",
+        reward_weights={"specific": 1.0}, **kwargs,
+    )
+    plain = load_from_disk(str(tmp_path / "plain" / "completions"))["train"]
+    specific = load_from_disk(str(tmp_path / "specific" / "completions"))["train"]
+    assert plain["completion"] == specific["completion"]
+    term = np.asarray(specific["specific"])
+    np.testing.assert_allclose(plain["specific"], term)  # computed at weight 0 too, not added
+    assert np.abs(term).max() > 0
+    np.testing.assert_allclose(np.asarray(specific["score"]) - plain["score"], term, atol=1e-9)
+
+
 def test_leaked_training_split_is_refused(rm_sft_dir, rm_dataset_dir, tmp_path):
     """A held-out perturbation in the rl train split (a broken dataset) stops the build."""
     poisoned = tmp_path / "poisoned"
