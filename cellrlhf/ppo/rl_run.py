@@ -298,21 +298,11 @@ def build_heldout_monitor(
 def _train_mean_deltas(data: RLData, script_args) -> dict:
     """Each cell context's mean training change over all ``rl/`` training rows (the reference of
     ``pearson_specific``); ``{}`` when the split has no rows or lacks the columns."""
-    from cellrlhf.reward.specific_reference import context_mean_deltas
+    from cellrlhf.reward.specific_reference import context_mean_deltas_if_present
 
     rl = data.dataset.rl
-    rows = (
-        rl[script_args.dataset_train_split]
-        if rl and script_args.dataset_train_split in rl
-        else None
-    )
-    if rows is None or len(rows) == 0:
-        return {}
-    try:
-        return context_mean_deltas(rows)
-    except KeyError as err:
-        logger.warning("no pearson_specific in the held-out monitor: %s", err)
-        return {}
+    split = script_args.dataset_train_split
+    return context_mean_deltas_if_present(rl[split] if rl and split in rl else None) or {}
 
 
 def stage_info(stage: str, sft_dir: Path, sft_info: dict, **extra) -> dict:

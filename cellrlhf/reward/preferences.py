@@ -41,6 +41,7 @@ from cellrlhf.data.split_config import LeakageError
 from cellrlhf.reward.preference_config import PreferenceConfig
 from cellrlhf.reward.preference_files import preferences_manifest, write_preferences
 from cellrlhf.reward.preference_pairs import RL_COLUMNS, score_and_pair
+from cellrlhf.reward.specific_reference import context_mean_deltas_if_present
 
 __all__ = [
     "SampledGroup",
@@ -249,17 +250,6 @@ def _load_sft_model(path: str | None, dtype: str):
     return model, tokenizer, info
 
 
-def _train_mean_deltas(rows) -> dict | None:
-    """Context -> mean training change, the reference of the reward's specific term (``None``
-    when the rows lack the columns: the term then needs them and says so)."""
-    from cellrlhf.reward.specific_reference import context_mean_deltas
-
-    try:
-        return context_mean_deltas(rows)
-    except (KeyError, ValueError):
-        return None
-
-
 def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
     """Sample, score and pair; write the preference directory. Returns the manifest.
 
@@ -301,7 +291,9 @@ def build_preferences(config: PreferenceConfig) -> dict[str, Any]:
             f"the rl {config.train_split!r} split holds prompts of held-out perturbations {leaked[:5]} "
             f"(splits.json of {dataset_dir}); rebuild the dataset with `cellrlhf data build`."
         )
-    reward = config.reward(built.decoder(), _train_mean_deltas(rl[config.train_split]))
+    reward = config.reward(
+        built.decoder(), context_mean_deltas_if_present(rl[config.train_split])
+    )
     model, tokenizer, _ = _load_sft_model(config.model_name_or_path, config.dtype)
     _, budget = resolve_answer_budget(
         config.max_new_tokens,

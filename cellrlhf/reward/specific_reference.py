@@ -20,6 +20,7 @@ __all__ = [
     "CONTEXT_COLUMN",
     "REFERENCE_ROW_COLUMNS",
     "context_mean_deltas",
+    "context_mean_deltas_if_present",
     "checked_context_means",
     "context_rows",
     "with_specific_term",
@@ -81,6 +82,18 @@ def context_mean_deltas(rows) -> dict[str, np.ndarray]:
         mask = np.asarray([c == ctx for c, _ in keys])
         out[ctx] = deltas[mask].mean(axis=0)
     return out
+
+
+def context_mean_deltas_if_present(rows) -> dict[str, np.ndarray] | None:
+    """:func:`context_mean_deltas` of ``rows``, or ``None`` when there are no rows or they lack
+    the columns (logged): for callers whose specific term is optional."""
+    if rows is None or len(rows) == 0:
+        return None
+    try:
+        return context_mean_deltas(rows)
+    except KeyError as err:
+        logger.warning("no mean training change per context (no pearson_specific): %s", err)
+        return None
 
 
 def with_specific_term(fidelity_kwargs: Mapping | None, specific_weight: float, train_rows) -> dict:
