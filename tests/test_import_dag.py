@@ -16,8 +16,8 @@ loads models and can push them (``CellLM.push_to_hub``), so ``hub`` sits below `
 
 Top-level modules are shared infrastructure:
 
-- ``figures``, ``config_types``, ``cli_help``, ``third_party_noise``, ``trl_compat`` and the
-  package root (``__version__``) may be imported by every module and import no other
+- ``figures``, ``config_types``, ``cli_help``, ``third_party_noise``, ``trl_compat``,
+  ``run_environment`` and the package root (``__version__``) may be imported by every module and import no other
   ``cellrlhf`` module but these;
 - ``cli_errors`` (error messages and the guarded entry of every command) may be imported by the
   stages from ``data`` on: it reads the data stage's messages for damaged ``.h5ad`` files;
@@ -46,7 +46,15 @@ STAGES = (
     "pipeline",
 )
 SHARED = frozenset(
-    {"cellrlhf", "figures", "config_types", "cli_help", "third_party_noise", "trl_compat"}
+    {
+        "cellrlhf",
+        "figures",
+        "config_types",
+        "cli_help",
+        "third_party_noise",
+        "trl_compat",
+        "run_environment",
+    }
 )
 ENTRY = frozenset({"cli", "__main__"})
 # cli_errors reads cellrlhf.data.loading's messages: importable from the data stage on

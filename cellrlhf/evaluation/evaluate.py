@@ -36,6 +36,7 @@ from cellrlhf.evaluation.eval_dir import (
     table_paths,
 )
 from cellrlhf.evaluation.settings import EvalSettings
+from cellrlhf.run_environment import run_environment
 
 __all__ = [
     "EvaluationResult",
@@ -382,6 +383,7 @@ def evaluate_models(
             "split_half": settings.seed,
         },
         "cell_contexts": list(evaluations),
+        "environment": run_environment(),
         "files": {k: str(p.relative_to(out)) for k, p in paths.items()},
     }
     paths["manifest"] = out / MANIFEST_FILENAME

@@ -29,6 +29,7 @@ from typing import Any
 
 from cellrlhf.cell2text.vocab import VOCAB_FILENAME, GeneVocab
 from cellrlhf.data.layout import EVIDENCE_INDEX_FILENAME, DatasetDir
+from cellrlhf.run_environment import run_environment
 from cellrlhf.sft.checkpoints import STAGING_DIRNAME
 
 __all__ = [
@@ -124,7 +125,8 @@ def write_model_files(
     ``data_manifest.json``; a missing one is warned about), its ``evidence_index.json`` when it
     has one (a build with evidence: the model is queried with the same evidence blocks),
     ``training_config.yaml`` from
-    ``run_config``, ``cellrlhf.json`` from ``info`` (``peft`` defaults to ``None``) and the
+    ``run_config``, ``cellrlhf.json`` from ``info`` (``peft`` defaults to ``None``; the versions,
+    threads and hardware it was trained with under ``environment``) and the
     project's model card (titled ``card_name``; not TRL's).
     """
     import yaml
@@ -150,6 +152,7 @@ def write_model_files(
         "peft": None,
         **info,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": run_environment(),
     }
     (target / MODEL_INFO_FILENAME).write_text(json.dumps(full_info, indent=1, default=str))
     write_stage_card(target, card_name)

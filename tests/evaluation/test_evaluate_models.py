@@ -95,6 +95,8 @@ def test_outputs_plots_predictions_and_manifest(evaluation, sim_dataset_dir):
     assert manifest["settings"]["cells_per_prompt"] == 8
     assert manifest["settings"]["max_prompts"] == 4 and manifest["seeds"]["sampling"] == 3
     assert manifest["started"].endswith("Z") and manifest["seconds"] > 0
+    assert manifest["environment"]["torch_threads"] >= 1
+    assert manifest["environment"]["versions"]["trl"] == "1.12.0"
     for name in manifest["files"].values():
         assert (evaluation / name).exists()
 

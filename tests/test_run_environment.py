@@ -1,0 +1,73 @@
+"""The environment recorded next to every model and evaluation (``cellrlhf.run_environment``)."""
+
+import json
+import sys
+from importlib import metadata
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cellrlhf.run_environment import THREAD_VARIABLES, run_environment
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_records_the_thread_count_torch_uses_now(torch_threads):
+    torch_threads(1)
+    assert run_environment()["torch_threads"] == 1
+    torch_threads(2)
+    assert run_environment()["torch_threads"] == 2
+
+
+def test_records_the_thread_variables_set_and_unset(monkeypatch):
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert run_environment()["thread_variables"] == {
+        "OMP_NUM_THREADS": "3",
+        "MKL_NUM_THREADS": None,
+        "NUMBA_NUM_THREADS": None,
+    }
+
+
+def test_versions_hardware_and_json(monkeypatch):
+    monkeypatch.delitem(sys.modules, "numba", raising=False)
+    env = run_environment()
+    assert env["versions"]["torch"] == metadata.version("torch")
+    assert env["versions"]["trl"] == "1.12.0"
+    assert env["numba_threads"] is None  # numba not imported: not started by recording
+    assert "numba" not in sys.modules
+    assert env["accelerator"] == "cpu" and env["cpu_count"] >= 1
+    assert json.loads(json.dumps(env)) == env
+
+
+def test_numba_pool_recorded_once_imported():
+    numba = pytest.importorskip("numba")
+    assert run_environment()["numba_threads"] == numba.get_num_threads()
+
+
+def test_model_directory_records_the_environment_it_was_saved_in(tmp_path, torch_threads):
+    from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME, load_model_info, write_model_files
+
+    missing = tmp_path / "absent"
+    dataset = SimpleNamespace(
+        path=tmp_path,
+        vocab_path=missing,
+        decoder_path=missing,
+        manifest_path=missing,
+        evidence_index_path=missing,
+    )
+    target = tmp_path / "model"
+    target.mkdir()
+    torch_threads(1)
+    write_model_files(target, dataset=dataset, run_config={}, info={"stage": "sft"}, card_name="m")
+    assert (target / MODEL_INFO_FILENAME).is_file()
+    info = load_model_info(target)
+    assert info["stage"] == "sft" and info["environment"]["torch_threads"] == 1
+    assert info["environment"]["versions"]["torch"] == metadata.version("torch")
