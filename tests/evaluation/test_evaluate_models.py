@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from cellrlhf.evaluation.cli import cli
+from cellrlhf.sft.model_dir import load_model_info
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,6 +98,8 @@ def test_outputs_plots_predictions_and_manifest(evaluation, sim_dataset_dir):
     assert manifest["started"].endswith("Z") and manifest["seconds"] > 0
     assert manifest["environment"]["torch_threads"] >= 1
     assert manifest["environment"]["versions"]["trl"] == "1.12.0"
+    trained = manifest["models"]["sft"]["trained_environment"]
+    assert trained == load_model_info(manifest["models"]["sft"]["dir"])["environment"]
     for name in manifest["files"].values():
         assert (evaluation / name).exists()
 
