@@ -1,12 +1,11 @@
 """What a trained model or an evaluation was produced with, recorded next to it.
 
-Two runs of the same command, data and seed give bit-identical models only in the same
-environment: the number of threads PyTorch reduces a matrix product over changes the float
-summation order, and over a 1,000-step run that moves a model as far as another seed does
-(BENCHMARKS, SFT diagnosis, 2026-12-07: a numba kernel that had switched PyTorch from one thread
-to every core gave other models in 4 of 6 folds). :func:`run_environment` is what every model
-directory's ``cellrlhf.json`` and every evaluation's ``run.json`` record under ``environment``, so
-a figure that does not reproduce can be traced to the difference.
+A figure that does not reproduce has to be traced to what differed between two runs of the
+same command, data and seed: package versions, thread settings, hardware. Nothing recorded them
+when seed 0 of the unseen-single recipe gave other SFT models on a re-run (BENCHMARKS, SFT
+diagnosis, 2026-12-07), so the cause could only be narrowed down by elimination.
+:func:`run_environment` is what every model directory's ``cellrlhf.json`` and every evaluation's
+``manifest.json`` record under ``environment``.
 """
 
 from __future__ import annotations
