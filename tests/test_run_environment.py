@@ -3,7 +3,6 @@
 import json
 import sys
 from importlib import metadata
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,24 +49,3 @@ def test_versions_hardware_and_json(monkeypatch):
 def test_numba_pool_recorded_once_imported():
     numba = pytest.importorskip("numba")
     assert run_environment()["numba_threads"] == numba.get_num_threads()
-
-
-def test_model_directory_records_the_environment_it_was_saved_in(tmp_path, torch_threads):
-    from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME, load_model_info, write_model_files
-
-    missing = tmp_path / "absent"
-    dataset = SimpleNamespace(
-        path=tmp_path,
-        vocab_path=missing,
-        decoder_path=missing,
-        manifest_path=missing,
-        evidence_index_path=missing,
-    )
-    target = tmp_path / "model"
-    target.mkdir()
-    torch_threads(1)
-    write_model_files(target, dataset=dataset, run_config={}, info={"stage": "sft"}, card_name="m")
-    assert (target / MODEL_INFO_FILENAME).is_file()
-    info = load_model_info(target)
-    assert info["stage"] == "sft" and info["environment"]["torch_threads"] == 1
-    assert info["environment"]["versions"]["torch"] == metadata.version("torch")

@@ -126,7 +126,8 @@ def write_model_files(
     has one (a build with evidence: the model is queried with the same evidence blocks),
     ``training_config.yaml`` from
     ``run_config``, ``cellrlhf.json`` from ``info`` (``peft`` defaults to ``None``; the versions,
-    threads and hardware it was trained with under ``environment``) and the
+    threads and hardware it was trained with under ``environment``; the checksum of the weights
+    it started from under ``start_weights_sha256``) and the
     project's model card (titled ``card_name``; not TRL's).
     """
     import yaml
@@ -154,8 +155,19 @@ def write_model_files(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "environment": run_environment(),
     }
+    full_info.setdefault("start_weights_sha256", _start_weights_sha256(full_info))
     (target / MODEL_INFO_FILENAME).write_text(json.dumps(full_info, indent=1, default=str))
     write_stage_card(target, card_name)
+
+
+def _start_weights_sha256(info: dict) -> str | None:
+    """Checksum of the weights a run started from (its ``sft_model``, else its ``base_model``),
+    when that is a local directory with one ``model.safetensors``; else ``None``."""
+    from cellrlhf.data.registry import file_sha256
+
+    start = info.get("sft_model") or info.get("base_model")
+    weights = Path(str(start)) / "model.safetensors" if start else None
+    return file_sha256(weights) if weights is not None and weights.is_file() else None
 
 
 def save_model_dir(

@@ -1,10 +1,20 @@
-"""The model directory's copy of the training data's manifest (``data_manifest.json``)."""
+"""The model directory's files: the copy of the training data's manifest
+(``data_manifest.json``) and the provenance in ``cellrlhf.json``."""
 
+import hashlib
 import json
+from importlib import metadata
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from cellrlhf.sft.model_dir import DATA_MANIFEST_FILENAME, read_data_manifest
+from cellrlhf.sft.model_dir import (
+    DATA_MANIFEST_FILENAME,
+    load_model_info,
+    read_data_manifest,
+    write_model_files,
+)
 
 
 def test_read_data_manifest_returns_the_object(tmp_path):
@@ -32,3 +42,47 @@ def test_licence_prompt_and_model_card_read_the_same_manifest(tmp_path):
     (tmp_path / DATA_MANIFEST_FILENAME).unlink()
     assert data_license(model=tmp_path) is None
     assert read_model_metadata(tmp_path).data_manifest == {}
+
+
+def _write_files(tmp_path, info: dict):
+    missing = tmp_path / "absent"
+    dataset = SimpleNamespace(
+        path=tmp_path,
+        vocab_path=missing,
+        decoder_path=missing,
+        manifest_path=missing,
+        evidence_index_path=missing,
+    )
+    target = tmp_path / "model"
+    target.mkdir()
+    write_model_files(target, dataset=dataset, run_config={}, info=info, card_name="m")
+    return load_model_info(target)
+
+
+def test_records_the_environment_it_was_saved_in(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        info = _write_files(tmp_path, {"stage": "sft"})
+    finally:
+        torch.set_num_threads(before)
+    assert info["stage"] == "sft" and info["environment"]["torch_threads"] == 1
+    assert info["environment"]["versions"]["torch"] == metadata.version("torch")
+    assert info["start_weights_sha256"] is None  # no base model named
+
+
+@pytest.mark.parametrize("key", ["base_model", "sft_model"])
+def test_records_the_checksum_of_the_weights_it_started_from(tmp_path, key):
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "model.safetensors").write_bytes(b"weights")
+    other = tmp_path / "other"  # an RL stage names both: it started from sft_model
+    info = {"stage": "x", "base_model": str(other if key == "sft_model" else start)}
+    if key == "sft_model":
+        info["sft_model"] = str(start)
+    recorded = _write_files(tmp_path, info)["start_weights_sha256"]
+    assert recorded == hashlib.sha256(b"weights").hexdigest()
+
+
+def test_a_hub_id_base_model_has_no_checksum(tmp_path):
+    assert _write_files(tmp_path, {"base_model": "org/model"})["start_weights_sha256"] is None
