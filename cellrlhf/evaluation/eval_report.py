@@ -51,6 +51,7 @@ KEY_METRICS = (
     "pearson_delta_top*",
     "pearson_specific",
     "pearson_specific_top*",
+    "average_response_fraction",
     "discrimination_score_l1",
     "overlap_at_N",
     "signed_overlap_at_N",

@@ -13,6 +13,9 @@ Per perturbation (rows of :attr:`Evaluation.per_perturbation`):
 - ``pearson_specific``, ``pearson_specific_top{k}``: the same correlations on the change
   relative to the mean training change of the context (``reference_delta=``; NaN without it);
   the ``mean`` baseline scores 0 on them (:func:`cellrlhf.reward.metrics.pearson_specific`);
+- ``average_response_fraction``: how much of the context's mean training change the predicted
+  change contains (its projection coefficient on it; the ``mean`` baseline scores 1; NaN
+  without ``reference_delta``): a model far below 1 does not reproduce the average response;
 - ``discrimination_score_{l1,l2,cosine}``: rank of the true perturbation among all real
   perturbations in ``real`` (:mod:`cellrlhf.evaluation.discrimination`);
 - with ``de=True``: ``overlap_at_N``, ``overlap_at_{k}``, ``precision_at_N``,
@@ -59,6 +62,7 @@ from cellrlhf.metrics.de_overlap import (
     signed_overlap_at_n,
 )
 from cellrlhf.metrics.fidelity import (
+    average_response_fraction,
     change_from_control,
     mae,
     mse,
@@ -416,23 +420,24 @@ def _profile_metrics(pred: _Groups, pred_rows, real: _Groups, real_rows, top_k, 
     without a reference)."""
     p_bulk, r_bulk = pred.bulk[pred_rows], real.bulk[real_rows]
     p_delta, r_delta = pred.delta(pred_rows), real.delta(real_rows)
-    specific = np.full(len(p_bulk), np.nan), np.full(len(p_bulk), np.nan)
+    specific = tuple(np.full(len(p_bulk), np.nan) for _ in range(3))
     if reference is not None:
-        p_specific = specific_change(
-            p_bulk, pred.control_mean if shared is None else shared, reference
-        )
+        p_control = pred.control_mean if shared is None else shared
+        p_specific = specific_change(p_bulk, p_control, reference)
         r_specific = specific_change(
             r_bulk, real.control_mean if shared is None else shared, reference
         )
         specific = (
             pearson_specific_rows(p_specific, r_specific),
             pearson_specific_top_k(p_specific, r_specific, top_k),
+            average_response_fraction(p_bulk, p_control, reference),
         )
     return {
         "pearson_delta": pearson_delta(p_bulk, pred.control_mean, r_bulk, real.control_mean),
         f"pearson_delta_top{top_k}": pearson_delta_top_k(p_delta, r_delta, top_k),
         "pearson_specific": specific[0],
         f"pearson_specific_top{top_k}": specific[1],
+        "average_response_fraction": specific[2],
         "mae": mae(p_bulk, r_bulk),
         "mse": mse(p_bulk, r_bulk),
         "mae_delta": mae(p_delta, r_delta),

@@ -44,6 +44,7 @@ __all__ = [
     "pearson_delta",
     "pearson_delta_top_k",
     "specific_change",
+    "average_response_fraction",
     "pearson_specific",
     "pearson_specific_rows",
     "pearson_specific_top_k",
@@ -172,6 +173,30 @@ def specific_change(
     # where the prediction was clipped to exactly 0 (real data: the mean baseline at such genes)
     level = np.maximum(np.abs(values), np.abs(control) + np.abs(reference_delta))
     return np.where(np.abs(delta) <= CHANGE_TOLERANCE * level, 0.0, delta)
+
+
+def average_response_fraction(values: np.ndarray, control: np.ndarray, reference_delta: np.ndarray):
+    """How much of the average response a change contains: its projection coefficient on it.
+
+    With ``d = values - control`` (rounding set to 0) and the reference change
+    ``r = max(control + reference_delta, 0) - control`` (the ``mean`` baseline's change, clipped
+    as :func:`specific_change` clips it), returns ``<d, r> / <r, r>`` per row: 1 for the ``mean``
+    baseline, 0 for no change or a change orthogonal to ``r``, 0.25 for a quarter of the
+    average response plus anything orthogonal to it; NaN where ``r`` is zero.
+    """
+    one_d, (v, c, ref) = _as_2d(
+        *np.broadcast_arrays(
+            np.asarray(values, dtype=np.float64),
+            np.asarray(control, dtype=np.float64),
+            np.asarray(reference_delta, dtype=np.float64),
+        )
+    )
+    reference = np.maximum(c + ref, 0.0) - c
+    delta = change_from_control(v, c)
+    norm = np.einsum("ij,ij->i", reference, reference)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(norm > 0, np.einsum("ij,ij->i", delta, reference) / norm, np.nan)
+    return _result(out, one_d)
 
 
 def pearson_specific_rows(

@@ -115,7 +115,12 @@ def test_collapsed_generator_shows_in_distinct_fraction(perturbation_adata):
 
 
 def test_specific_metrics_need_the_reference_and_score_the_mean_baseline_zero(perturbation_adata):
-    from cellrlhf.evaluation.baselines import mean_baseline, prediction_adata, training_mean_delta
+    from cellrlhf.evaluation.baselines import (
+        control_baseline,
+        mean_baseline,
+        prediction_adata,
+        training_mean_delta,
+    )
 
     train = perturbation_adata(seed=3, perturbations=("control", "G1", "KLF1", "MAPK1"))
     real = perturbation_adata(seed=1, perturbations=("control", "CEBPA", "KLF1+CEBPA"))
@@ -131,6 +136,12 @@ def test_specific_metrics_need_the_reference_and_score_the_mean_baseline_zero(pe
     t = evaluate_predictions(pred, real, de=False, reference_delta=reference).per_perturbation
     assert (t["pearson_specific"] == 0.0).all() and (t["pearson_specific_top20"] == 0.0).all()
     assert (t["pearson_delta"].abs() > 0.0).all()
+    # ... and the whole average response (a prediction of no change: none of it)
+    np.testing.assert_allclose(t["average_response_fraction"], 1.0)
+    assert plain["average_response_fraction"].isna().all()
+    nothing = prediction_adata(control_baseline(real, ["CEBPA", "KLF1+CEBPA"]), real)
+    none = evaluate_predictions(nothing, real, de=False, reference_delta=reference)
+    assert (none.per_perturbation["average_response_fraction"] == 0.0).all()
     # the reference as an array in real.var_names order, shuffled Series: same numbers
     as_array = evaluate_predictions(
         pred, real, de=False, reference_delta=reference.to_numpy()

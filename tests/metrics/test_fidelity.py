@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from scipy.stats import pearsonr
 
 from cellrlhf.metrics.fidelity import (
+    average_response_fraction,
     mae,
     mae_delta,
     mse,
@@ -182,3 +183,46 @@ def test_pearson_rows_of_a_constant_response_is_the_given_value():
     assert pearson_rows(np.ones(5), np.arange(5.0), zero_variance=0.0) == 0.0
     assert np.isnan(pearson_rows(np.ones(5), np.arange(5.0)))
     assert pearson_rows(np.arange(5.0), 2 * np.arange(5.0), zero_variance=0.0) == pytest.approx(1.0)
+
+
+def test_average_response_fraction_hand_computed():
+    ctrl = np.array([1.0, 1.0, 1.0, 1.0])
+    m = np.array([1.0, -1.0, 0.0, 2.0])  # |m|^2 = 6
+    # a quarter of the average response plus a change orthogonal to it: 0.25
+    quarter = ctrl + 0.25 * m + np.array([1.0, 1.0, 5.0, 0.0])
+    assert average_response_fraction(quarter, ctrl, m) == pytest.approx(0.25)
+    assert average_response_fraction(ctrl + m, ctrl, m) == pytest.approx(1.0)  # the mean baseline
+    assert average_response_fraction(ctrl + 2 * m, ctrl, m) == pytest.approx(2.0)  # overshoot
+    assert average_response_fraction(ctrl, ctrl, m) == 0.0  # no change
+    assert average_response_fraction(ctrl - m, ctrl, m) == pytest.approx(-1.0)  # the opposite
+    assert np.isnan(average_response_fraction(ctrl + m, ctrl, np.zeros(4)))  # no reference
+    # rows, one control and reference broadcast over them
+    rows = np.stack([ctrl + m, ctrl + 0.5 * m])
+    np.testing.assert_allclose(average_response_fraction(rows, ctrl, m), [1.0, 0.5])
+
+
+def test_average_response_fraction_clips_the_reference_like_the_specific_change():
+    # control 0.5 and a mean change of -2 on gene 0: the mean baseline predicts 0 there (clipped),
+    # a change of -0.5; the reference change is clipped the same way, so it scores exactly 1
+    ctrl = np.array([0.5, 1.0, 2.0])
+    m = np.array([-2.0, 1.0, 0.0])
+    mean_prediction = np.maximum(ctrl + m, 0.0)
+    assert average_response_fraction(mean_prediction, ctrl, m) == pytest.approx(1.0)
+    # reference change [-0.5, 1, 0], |r|^2 = 1.25; the prediction's change [-1, 0, 3]: 0.5 / 1.25
+    assert average_response_fraction(ctrl + np.array([-1.0, 0.0, 3.0]), ctrl, m) == pytest.approx(
+        0.4
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(_eighths, _eighths), min_size=3, max_size=12),
+    st.integers(-16, 16).map(lambda i: i / 8.0),
+)
+def test_average_response_fraction_recovers_the_share_of_the_average_response(rows, share):
+    m, other = (np.asarray(col) for col in zip(*rows, strict=True))
+    assume(np.abs(m).sum() > 0)
+    orthogonal = other - (other @ m) / (m @ m) * m
+    ctrl = np.full(len(m), 64.0)  # no clipping
+    value = average_response_fraction(ctrl + share * m + orthogonal, ctrl, m)
+    assert value == pytest.approx(share, abs=1e-9)
