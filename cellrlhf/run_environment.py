@@ -46,8 +46,8 @@ def run_environment() -> dict:
         ``python``, ``platform``, ``versions`` (installed distributions among torch,
         transformers, trl, accelerate, deepspeed, peft, numpy and numba; ``None`` when not
         installed), ``torch_threads`` (:func:`torch.get_num_threads` now), ``numba_threads``
-        (numba's pool size when numba is already imported, else ``None``: importing it here
-        would start nothing but is not this function's business), ``thread_variables`` (the
+        (numba's pool size when numba is already imported, else ``None``: recording never
+        imports numba), ``thread_variables`` (the
         values of ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``NUMBA_NUM_THREADS``, ``None``
         when unset), ``cpu_count`` and ``accelerator`` (``cpu``, ``mps`` or ``cuda: <name> xN``).
     """
