@@ -544,18 +544,17 @@ def _model_record(model_dir: Path, pred) -> dict:
     """Where a model came from: directory, stage, weights checksum, the environment it was
     trained in (``None`` for directories saved before it was recorded), RL policy selection."""
     from cellrlhf.data.registry import file_sha256
-    from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME, load_model_info
+    from cellrlhf.evaluation.model_dirs import probe_model_info
 
     uns = pred.uns["cellrlhf_prediction"]
     weights = model_dir / "model.safetensors"
-    has_info = (model_dir / MODEL_INFO_FILENAME).is_file()
     record = {
         "dir": str(model_dir),
         "stage": uns["params"]["model_stage"],
         "weights_sha256": file_sha256(weights) if weights.is_file() else None,
         "validity": uns["validity"],
         "diversity": uns["diversity"],
-        "trained_environment": load_model_info(model_dir).get("environment") if has_info else None,
+        "trained_environment": probe_model_info(model_dir).get("environment"),
     }
     history = model_dir / "heldout_eval_history.json"
     if history.is_file():

@@ -19,6 +19,7 @@ __all__ = [
     "LAST_SUFFIX",
     "is_grammar_row",
     "parse_model_args",
+    "probe_model_info",
     "with_grammar_rows",
     "with_last_policies",
     "resolve_model_dirs",
@@ -49,7 +50,7 @@ def parse_model_args(values: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _model_info(path: Path) -> dict:
+def probe_model_info(path: Path) -> dict:
     """``cellrlhf.json`` of ``path`` as a dict; ``{}`` when missing or unreadable (a probe, no
     warning: :func:`cellrlhf.sft.model_dir.load_model_info` checks the directories loaded)."""
     from cellrlhf.sft.model_dir import MODEL_INFO_FILENAME
@@ -62,7 +63,7 @@ def _model_info(path: Path) -> dict:
 
 
 def _selected_step(path: Path) -> object:
-    return _model_info(path).get("selected_step")
+    return probe_model_info(path).get("selected_step")
 
 
 def with_last_policies(models: Mapping[str, str | os.PathLike]) -> dict[str, str | os.PathLike]:
@@ -141,7 +142,7 @@ def with_grammar_rows(models: Mapping[str, str | os.PathLike]) -> dict[str, str 
     -------
     Name -> directory, each ``<name>_grammar`` right after ``<name>`` (the same directory).
     """
-    info = {name: _model_info(Path(path)) for name, path in models.items()}
+    info = {name: probe_model_info(Path(path)) for name, path in models.items()}
     constrained = {name for name, i in info.items() if i.get("constrain_cells")}
     if not constrained:
         return dict(models)
@@ -172,7 +173,7 @@ def with_grammar_rows(models: Mapping[str, str | os.PathLike]) -> dict[str, str 
 def _kept_its_last_policy(path: Path) -> bool:
     """An RL policy directory without ``last/``: the run kept its last policy (the RL stage
     writes ``last/`` whenever it keeps another one)."""
-    info = _model_info(path)
+    info = probe_model_info(path)
     return info.get("stage") in _RL_STAGES and info.get("selected_step") is not None
 
 
