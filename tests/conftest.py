@@ -79,3 +79,13 @@ def chromium_page():
         page.set_default_timeout(90_000)
         yield page
         browser.close()
+
+
+@pytest.fixture
+def torch_threads():
+    """``torch.set_num_threads`` for a test; the process's thread count is restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)

@@ -5,16 +5,8 @@ import sys
 from importlib import metadata
 
 import pytest
-import torch
 
 from cellrlhf.run_environment import THREAD_VARIABLES, run_environment
-
-
-@pytest.fixture
-def torch_threads():
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
 
 
 def test_records_the_thread_count_torch_uses_now(torch_threads):

@@ -7,7 +7,6 @@ from importlib import metadata
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from cellrlhf.sft.model_dir import (
     DATA_MANIFEST_FILENAME,
@@ -59,13 +58,9 @@ def _write_files(tmp_path, info: dict):
     return load_model_info(target)
 
 
-def test_records_the_environment_it_was_saved_in(tmp_path):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        info = _write_files(tmp_path, {"stage": "sft"})
-    finally:
-        torch.set_num_threads(before)
+def test_records_the_environment_it_was_saved_in(tmp_path, torch_threads):
+    torch_threads(1)
+    info = _write_files(tmp_path, {"stage": "sft"})
     assert info["stage"] == "sft" and info["environment"]["torch_threads"] == 1
     assert info["environment"]["versions"]["torch"] == metadata.version("torch")
     assert info["start_weights_sha256"] is None  # no base model named
