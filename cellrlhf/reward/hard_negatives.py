@@ -89,12 +89,17 @@ class HardNegative:
     source
         Where the rejected sentence comes from: ``"control"``, the other perturbation's label, or
         ``"shuffled"``.
+    source_context
+        The cell context of the cells behind the rejected sentence (the prompt's own context for
+        ``control`` and ``shuffled``), so a leakage check can tell a perturbation held out in one
+        context (``unseen_pair``) from its training cells in another.
     """
 
     kind: str
     chosen: str
     rejected: str
     source: str
+    source_context: str
 
 
 def profile_sentence(
@@ -209,7 +214,9 @@ def build_hard_negatives(
             length = int(lengths[rng.integers(len(lengths))])
             sentence = profile_sentence(target.reference_control, genes, length=length, rng=rng)
             if sentence:
-                out.append(HardNegative("control", draw_real(), sentence, "control"))
+                out.append(
+                    HardNegative("control", draw_real(), sentence, "control", target.cell_context)
+                )
 
     if "other_perturbation" in kinds:
         target_delta = target.delta
@@ -227,7 +234,13 @@ def build_hard_negatives(
             other_real = [s for s in other.reference_sentences if s.strip()]
             sentence = other_real[int(rng.integers(len(other_real)))]
             out.append(
-                HardNegative("other_perturbation", draw_real(), sentence, other.perturbation)
+                HardNegative(
+                    "other_perturbation",
+                    draw_real(),
+                    sentence,
+                    other.perturbation,
+                    other.cell_context,
+                )
             )
 
     if "shuffled" in kinds:
@@ -235,5 +248,7 @@ def build_hard_negatives(
             chosen = draw_real()
             shuffled = shuffle_ranks(chosen, rng)
             if shuffled is not None:
-                out.append(HardNegative("shuffled", chosen, shuffled, "shuffled"))
+                out.append(
+                    HardNegative("shuffled", chosen, shuffled, "shuffled", target.cell_context)
+                )
     return out

@@ -4,7 +4,8 @@
 
     pairs/         DatasetDict train/test, TRL preference format (conversational, explicit
                    prompt): prompt, chosen, rejected, plus score_chosen, score_rejected,
-                   pair_kind, perturbation, cell_context, split_kind, prompt_id, rejected_source
+                   pair_kind, perturbation, cell_context, split_kind, prompt_id, rejected_source,
+                   rejected_source_context (the cell context of the rejected answer's cells)
     completions/   DatasetDict train/test: every sampled completion with its score and terms
                    (the reward model's rank-correlation evaluation uses test)
     manifest.json  configuration, inputs, counts, held-out perturbations, leakage check
@@ -87,6 +88,7 @@ def _empty_pairs():
             "score_rejected": Value("float64"),
             "pair_kind": Value("string"),
             "rejected_source": Value("string"),
+            "rejected_source_context": Value("string"),
             "perturbation": Value("string"),
             "cell_context": Value("string"),
             "split_kind": Value("string"),

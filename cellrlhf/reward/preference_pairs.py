@@ -208,7 +208,14 @@ def score_and_pair(
         ):
             pairs.append(
                 _pair(
-                    prompt, texts[i], texts[j], scores[i], scores[j], "sampled", "sampled", common
+                    prompt,
+                    texts[i],
+                    texts[j],
+                    scores[i],
+                    scores[j],
+                    "sampled",
+                    ("sampled", common["cell_context"]),
+                    common,
                 )
             )
 
@@ -255,7 +262,7 @@ def _hard_negative_pairs(
             cand_scores[2 * k],
             cand_scores[2 * k + 1],
             neg.kind,
-            neg.source,
+            (neg.source, neg.source_context),
             common,
         )
         for k, (neg, (chosen, rejected)) in enumerate(zip(negatives, answers, strict=True))
@@ -263,7 +270,14 @@ def _hard_negative_pairs(
 
 
 def _pair(
-    prompt, chosen: str, rejected: str, s_chosen, s_rejected, kind: str, source: str, common: dict
+    prompt,
+    chosen: str,
+    rejected: str,
+    s_chosen,
+    s_rejected,
+    kind: str,
+    source: tuple[str, str],
+    common: dict,
 ) -> dict:
     return {
         "prompt": prompt,
@@ -272,6 +286,7 @@ def _pair(
         "score_chosen": float(s_chosen),
         "score_rejected": float(s_rejected),
         "pair_kind": kind,
-        "rejected_source": source,
+        "rejected_source": source[0],
+        "rejected_source_context": source[1],
         **common,
     }

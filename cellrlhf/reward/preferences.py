@@ -183,7 +183,12 @@ def held_out_keys(splits: Mapping, train_rows, test_rows) -> set[tuple[str, str]
 
 
 def check_no_leakage(pairs, held_out: set[tuple[str, str]]) -> None:
-    """Raise :class:`LeakageError` when a pair (or the source of its rejected answer) is held out."""
+    """Raise :class:`LeakageError` when a pair (or the source of its rejected answer) is held out.
+
+    A hard negative's source is checked as ``(rejected_source, rejected_source_context)``, so
+    a perturbation held out in one context (``unseen_pair``) may lend its training cells of
+    another; pairs without the context column are checked by the source's name alone.
+    """
     bad = sorted(
         {
             (p, c)
@@ -191,12 +196,17 @@ def check_no_leakage(pairs, held_out: set[tuple[str, str]]) -> None:
             if (p, c) in held_out
         }
     )
-    held_perts = {p for p, _ in held_out}
+    if "rejected_source_context" in pairs.column_names:
+        source_keys = zip(pairs["rejected_source"], pairs["rejected_source_context"], strict=True)
+        held_sources = held_out
+    else:
+        source_keys = pairs["rejected_source"]
+        held_sources = {p for p, _ in held_out}
     sources = sorted(
         {
             s
-            for s, kind in zip(pairs["rejected_source"], pairs["pair_kind"], strict=True)
-            if kind == "other_perturbation" and s in held_perts
+            for s, kind in zip(source_keys, pairs["pair_kind"], strict=True)
+            if kind == "other_perturbation" and s in held_sources
         }
     )
     if bad or sources:

@@ -96,6 +96,8 @@ def test_no_held_out_perturbation_in_training_pairs(rm_preferences_dir):
         if k == "other_perturbation"
     }
     assert sources and sources <= set(TRAIN_TARGETS)
+    # every rejected answer names the context of its cells (one context here)
+    assert set(train["rejected_source_context"]) == {"K562"}
     texts = [
         m["content"] for col in ("prompt", "chosen", "rejected") for row in train[col] for m in row
     ]

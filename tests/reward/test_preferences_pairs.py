@@ -175,6 +175,41 @@ def test_check_no_leakage_catches_prompts_and_hard_negative_sources():
         check_no_leakage(source, held)
 
 
+def test_unseen_pair_sources_are_checked_by_perturbation_and_context():
+    # unseen_pair holds out B in K562 only: B's cells in HEK293 are training data
+    train = _rows([("A", "K562"), ("B", "HEK293"), ("A", "HEK293")])
+    test = _rows([("B", "K562")])
+    held = held_out_keys({"kind": "unseen_pair"}, train, test)
+    assert held == {("B", "K562")}
+    pairs = Dataset.from_dict(
+        {
+            "perturbation": ["A"],
+            "cell_context": ["K562"],
+            "pair_kind": ["other_perturbation"],
+            "rejected_source": ["B"],
+            "rejected_source_context": ["HEK293"],
+        }
+    )
+    check_no_leakage(pairs, held)
+    leaky = pairs.map(lambda r: {"rejected_source_context": "K562"})
+    with pytest.raises(LeakageError, match=r"\('B', 'K562'\)"):
+        check_no_leakage(leaky, held)
+
+
+def test_hard_negative_sources_name_their_context():
+    target = _reference("A", [8, 9])
+    elsewhere = _reference("B", [10, 11], context="HEK293")  # the only dissimilar one
+    negatives = build_hard_negatives(
+        target, [elsewhere], genes=GENES, rng=np.random.default_rng(0), per_kind=1
+    )
+    contexts = {n.kind: (n.source, n.source_context) for n in negatives}
+    assert contexts == {
+        "control": ("control", "K562"),
+        "other_perturbation": ("B", "HEK293"),
+        "shuffled": ("shuffled", "K562"),
+    }
+
+
 def test_preference_config_validates():
     assert PreferenceConfig(reward_weights='{"distribution": 0.5}').reward_weights == {
         "distribution": 0.5
