@@ -25,6 +25,11 @@ perturbation-specific Pearson (change minus the training mean, both sides), vali
 and, when ``train`` is among the splits, each held-out prediction calibrated on the training
 prompts (``pearson_delta_calibrated``: the model's mean training-prompt change replaced by the
 mean real training change; ``pearson_specific_calibrated``: its deviation from that mean).
+``unknown_target`` / ``constrained_unknown_target`` write the target ``<unk_pert>``; run next to
+``base`` / ``constrained`` they add ``pearson_delta_unk_anchored`` (the mean baseline plus the
+model's answer minus its answer for an unknown target) and ``pearson_specific_unk_anchored``
+(that difference against the real change minus the training mean: what the model knows about
+the target itself, with the bias shared by all its answers cancelled).
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ def _variant(name: str, cells: int) -> dict:
         return {**spec, "own_control": True}
     if name == "unknown_target":  # the target written <unk_pert> (perturbation dropout's word)
         return {**spec, "unknown_target": True}
+    if name == "constrained_unknown_target":
+        return {**spec, "constrained": True, "unknown_target": True}
     if name == "length_matched":  # constrained, each cell >= the context's median real length
         return {**spec, "constrained": True, "length_matched": True}
     m = re.fullmatch(r"oracle_(pooled|own)([0-9]*)", name)
@@ -188,6 +195,29 @@ def _calibrated(records: list[dict], mean_delta_of) -> None:
         mean_d = mean_delta_of(r["cell_context"], r["perturbation"])
         r["pearson_delta_calibrated"] = _pearson(deviation + mean_d, r["_real_specific"] + mean_d)
         r["pearson_specific_calibrated"] = _pearson(deviation, r["_real_specific"])
+
+
+def _unknown_anchored(records: list[dict]) -> None:
+    """``pearson_delta_unk_anchored``: the mean baseline plus what the model says about the
+    target beyond an unknown perturbation, ``mean + (pred - pred with the target written
+    <unk_pert>)`` (same prompt, evidence and sampler, so a bias shared by all the model's cells
+    cancels); ``pearson_specific_unk_anchored``: that difference against the real change minus
+    the training mean, i.e. what the model knows about the target itself. Pairs ``base`` with
+    ``unknown_target`` and ``constrained`` with ``constrained_unknown_target``; NaN elsewhere."""
+    partner = {"base": "unknown_target", "constrained": "constrained_unknown_target"}
+    index = {(r["variant"], r["split"], r["perturbation"], r["cell_context"]): r for r in records}
+    for r in records:
+        r.setdefault("pearson_delta_unk_anchored", np.nan)
+        r.setdefault("pearson_specific_unk_anchored", np.nan)
+        other = index.get(
+            (partner.get(r["variant"]), r["split"], r["perturbation"], r["cell_context"])
+        )
+        if other is None:
+            continue
+        deviation = r["_pred_delta"] - other["_pred_delta"]
+        mean_d = r["_real_delta"] - r["_real_specific"]
+        r["pearson_delta_unk_anchored"] = _pearson(mean_d + deviation, r["_real_delta"])
+        r["pearson_specific_unk_anchored"] = _pearson(deviation, r["_real_specific"])
 
 
 def main() -> None:
@@ -332,13 +362,22 @@ def main() -> None:
                         "seconds": seconds / len(rows),
                         "_pred_delta": pred_delta,
                         "_real_specific": real_delta - mean_d,
+                        "_real_delta": real_delta,
                     }
                 )
             _model_centred(records, vname, split)
             print(
                 pd.DataFrame(records)
                 .query("variant == @vname and split == @split")
-                .drop(columns=["perturbation", "cell_context", "_pred_delta", "_real_specific"])
+                .drop(
+                    columns=[
+                        "perturbation",
+                        "cell_context",
+                        "_pred_delta",
+                        "_real_specific",
+                        "_real_delta",
+                    ]
+                )
                 .mean(numeric_only=True)
                 .round(3)
                 .to_dict(),
@@ -347,7 +386,8 @@ def main() -> None:
                 flush=True,
             )
     _calibrated(records, mean_delta_for)
-    table = pd.DataFrame(records).drop(columns=["_pred_delta", "_real_specific"])
+    _unknown_anchored(records)
+    table = pd.DataFrame(records).drop(columns=["_pred_delta", "_real_specific", "_real_delta"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     summary = table.groupby(["split", "variant"], sort=False).mean(numeric_only=True).round(3)

@@ -103,6 +103,10 @@ class Aggregate:
         methods on these data.
     identical_models
         Setting -> groups of models with identical weights (in any run).
+    unmeasured_targets
+        Setting (``unseen_single`` only) -> ``{"n_singles": n, "unmeasured": [...]}``: the
+        held-out singles whose target gene the data does not measure (evaluations that record
+        ``target_measured``), about which a model knows nothing but the name.
     """
 
     runs: pd.DataFrame
@@ -114,6 +118,7 @@ class Aggregate:
     metrics: tuple[str, ...]
     headline: str
     identical_models: dict[str, list[list[str]]] = field(default_factory=dict)
+    unmeasured_targets: dict[str, dict] = field(default_factory=dict)
     n_boot: int = 2000
     seed: int = 0
     confidence_level: float = CONFIDENCE_LEVEL
@@ -369,6 +374,27 @@ def _resolve_metrics(runs: Sequence[EvaluationRun], metrics: Sequence[str] | Non
     return (headline, *chosen), headline
 
 
+def _unmeasured_targets(runs: Sequence[EvaluationRun]) -> dict[str, dict]:
+    """Per ``unseen_single`` setting: how many held-out singles, and which of them name a target
+    the data does not measure (the ``target_measured`` column of ``metrics.csv``)."""
+    singles: dict[str, dict[str, bool]] = {}
+    for run in runs:
+        table = run.metrics
+        if run.split_kind != "unseen_single" or "target_measured" not in table.columns:
+            continue
+        rows = table[table["kind"] == "single"].drop_duplicates("perturbation")
+        measured = rows["target_measured"].astype(str).str.lower() == "true"
+        seen = singles.setdefault(run.setting, {})
+        seen.update(zip(rows["perturbation"].astype(str), measured, strict=True))
+    return {
+        setting: {
+            "n_singles": len(seen),
+            "unmeasured": sorted(p for p, ok in seen.items() if not ok),
+        }
+        for setting, seen in singles.items()
+    }
+
+
 def aggregate_runs(
     runs: Sequence[EvaluationRun],
     *,
@@ -402,6 +428,7 @@ def aggregate_runs(
         metrics=chosen,
         headline=headline,
         identical_models=identical,
+        unmeasured_targets=_unmeasured_targets(runs),
         n_boot=int(n_boot),
         seed=int(seed),
         confidence_level=float(confidence_level),

@@ -83,6 +83,7 @@ __all__ = [
     "perturbation_kind",
     "perturbation_kinds",
     "summarize",
+    "targets_measured",
     "spearman_brown",
     "SPEARMAN_BROWN_METRICS",
     "is_correlation_metric",
@@ -118,6 +119,14 @@ def is_correlation_metric(column: str) -> bool:
 def perturbation_kind(perturbation: str, *, sep: str = "+") -> str:
     """``"combo"`` for ``A+B`` (two or more targets), else ``"single"``."""
     return "combo" if len(split_perturbation(perturbation, sep=sep)) > 1 else "single"
+
+
+def targets_measured(perts, genes) -> list[bool]:
+    """Whether every target of each perturbation is a measured gene (case-insensitive): a model
+    trained on the data knows an unseen target only through its measured expression (or a gene
+    table)."""
+    upper = {str(g).upper() for g in genes}
+    return [all(t.upper() in upper for t in split_perturbation(str(p))) for p in perts]
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ def summarize(per_perturbation: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.Da
     ``n_perturbations`` counts the rows averaged. NaN values (e.g. an undefined correlation)
     are left out of a mean.
     """
-    skip = {"perturbation", "kind", "n_pred", "n_real", *by}
+    skip = {"perturbation", "kind", "target_measured", "n_pred", "n_real", *by}
     metric_cols = [
         c
         for c in per_perturbation.columns
@@ -374,6 +383,7 @@ def evaluate_predictions(
         {
             "perturbation": perts,
             "kind": perturbation_kinds(real, perts, pert_col=pert_col, kind_col=kind_col),
+            "target_measured": targets_measured(perts, real.var_names),
             "n_pred": ps.counts(pred_rows),
             "n_real": rs.counts(real_rows),
             **_profile_metrics(ps, pred_rows, rs, real_rows, top_k, reference, shared),

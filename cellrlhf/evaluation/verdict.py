@@ -36,8 +36,8 @@ from cellrlhf.evaluation.aggregate import (
     ALL,
     REFERENCE_MODEL,
     SPEARMAN_BROWN_SUFFIX,
-    WHERE_DEFINED,
     SPLIT_HALF,
+    WHERE_DEFINED,
     Aggregate,
     best_baselines,
     higher_is_better,
@@ -295,6 +295,7 @@ def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: Settin
             f"{metric} has the same value for every method on these data: it cannot separate them."
         )
     notes += planning
+    notes += _unmeasured_note(agg.unmeasured_targets.get(setting))
     for group in agg.identical_models.get(setting, []):
         notes.append(
             f"{', '.join(display_name(g) for g in group)} have identical weights in at least one "
@@ -310,6 +311,20 @@ def _notes(agg: Aggregate, setting: str, metric: str, kind: str, verdict: Settin
                 "(it predicts nothing for them) and is left out."
             )
     return notes
+
+
+def _unmeasured_note(record: dict | None) -> list[str]:
+    """Held-out singles whose target the data does not measure: a model knows only its name."""
+    if not record or not record.get("unmeasured"):
+        return []
+    names, n = record["unmeasured"], int(record["n_singles"])
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return [
+        f"The data does not measure the target gene of {len(names)} of the {n} held-out "
+        f"singles ({shown}): a model trained on it knows those targets by name only, so "
+        "beyond the average response it has nothing to go on there unless the prompts carry "
+        "a gene table's neighbours."
+    ]
 
 
 def setting_verdicts(

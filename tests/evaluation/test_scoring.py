@@ -27,6 +27,21 @@ def test_real_against_itself_is_perfect(perturbation_adata):
     assert ev.pred_delta.shape == (5, 30)
 
 
+def test_each_perturbation_says_whether_the_data_measures_its_targets(perturbation_adata):
+    perts = ("control", "G1", "g2", "KLF1", "G1+G3", "G1+KLF1")
+    real = perturbation_adata(seed=1, perturbations=perts)
+    t = evaluate_predictions(real, real, de=False).per_perturbation.set_index("perturbation")
+    # every target a measured gene (any case): what a model could know about an unseen target
+    assert t["target_measured"].to_dict() == {
+        "G1": True,
+        "G1+G3": True,
+        "G1+KLF1": False,
+        "KLF1": False,
+        "g2": True,
+    }
+    assert "target_measured" not in summarize(t.reset_index()).columns
+
+
 def test_gene_order_and_extra_genes_do_not_change_results(perturbation_adata):
     real, pred = perturbation_adata(seed=1), perturbation_adata(seed=2, noise=1.0)
     base = evaluate_predictions(pred, real).per_perturbation

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from synthetic_evals import metrics_table, write_eval_dir
 
@@ -180,3 +181,42 @@ def test_a_difference_ahead_without_a_verdict_says_how_many_perturbations_would_
     # a model behind its reference gets no planning note
     (behind,) = setting_verdicts(_evals(tmp_path / "b", baseline_value=0.5, grpo_gain=0.05))
     assert not [n for n in behind.notes if "held-out perturbations for its interval" in n]
+
+
+def test_held_out_singles_with_unmeasured_targets_are_named(tmp_path):
+    from cellrlhf.evaluation.aggregate_files import read_aggregate, write_aggregate
+
+    paths = {}
+    for fold, perts in enumerate((["P0", "X1", "X2"], ["P3", "X4", "P0+X1"])):
+        table = metrics_table(
+            {"sft": [0.1, 0.2, 0.3], "mean": [0.0] * 3}, perturbations=perts, metric="pearson_delta"
+        )
+        table["target_measured"] = ~table["perturbation"].str.contains("X")  # X*: unmeasured
+        paths[f"fold{fold}_seed0"] = write_eval_dir(tmp_path / f"e{fold}", table)
+    agg = aggregate_evaluations(paths, n_boot=100)
+    (setting,) = agg.settings
+    # singles only (the combination is not counted), each held-out single once
+    assert agg.unmeasured_targets == {setting: {"n_singles": 5, "unmeasured": ["X1", "X2", "X4"]}}
+    (v,) = setting_verdicts(agg)
+    (note,) = [n for n in v.notes if "does not measure" in n]
+    assert note.startswith(
+        "The data does not measure the target gene of 3 of the 5 held-out singles (X1, X2, X4)"
+    )
+    write_aggregate(agg, tmp_path / "agg")
+    assert read_aggregate(tmp_path / "agg").unmeasured_targets == agg.unmeasured_targets
+    # evaluations without the column (written before it) and other split kinds: no note
+    plain = {
+        "fold0_seed0": write_eval_dir(
+            tmp_path / "old",
+            metrics_table({"sft": [0.1], "mean": [0.0]}, perturbations=["X1"]),
+        )
+    }
+    assert aggregate_evaluations(plain, n_boot=100).unmeasured_targets == {}
+    combos = dict(paths)
+    for label, path in paths.items():
+        combos[label] = write_eval_dir(
+            tmp_path / f"c{label}",
+            pd.read_csv(path / "metrics.csv"),
+            split_kind="unseen_combo",
+        )
+    assert aggregate_evaluations(combos, n_boot=100).unmeasured_targets == {}
