@@ -45,6 +45,20 @@ class PerturbationTasks:
         ]
         return {g.upper() for g in self.vocab.genes} | {str(t).upper() for t in listed}
 
+    @property
+    def blind_targets(self) -> set[str]:
+        """Upper-cased targets the model knows by name only: held out of its training data
+        (test and validation singles of an ``unseen_single`` split) and not measured genes, so
+        neither SFT nor pretraining ever showed it what they do."""
+        split = self.data_manifest.get("split") or {}
+        if split.get("kind") != "unseen_single":
+            return set()
+        held = [*(split.get("test_targets") or []), *(split.get("validation_perturbations") or [])]
+        unmeasured = {
+            str(t).upper() for t in self.data_manifest.get("perturbation_targets_unmeasured") or []
+        }
+        return {str(t).upper() for t in held} & unmeasured
+
     def has_word(self, target: str) -> bool:
         """Whether ``target`` can be written as itself in a prompt (else ``<unk_pert>``).
 
@@ -128,7 +142,8 @@ class PerturbationTasks:
         perturbation
             Targets as ``"KLF1"``, ``"KLF1+CEBPA"`` or ``["KLF1", "CEBPA"]``; ``"control"`` asks
             for an unperturbed cell. Targets the model has no word for are written
-            ``<unk_pert>`` (logged).
+            ``<unk_pert>`` (logged); targets it knows by name only
+            (:attr:`blind_targets`) are logged too.
         cell_context
             Cell type / line of the cells (one for all, or one per cell). ``None``: the model
             annotates each cell first.
@@ -174,6 +189,13 @@ class PerturbationTasks:
                 "the model has no word for target(s) %s: they are written <unk_pert> and the "
                 "model predicts a generic response.",
                 ", ".join(unknown),
+            )
+        blind = [t for t in targets if t not in unknown and t.upper() in self.blind_targets]
+        if blind:
+            logger.warning(
+                "target(s) %s were held out of this model's training data and are not measured "
+                "genes: the model knows them by name only and predicts an average response.",
+                ", ".join(blind),
             )
         if n_samples < 1:
             raise ValueError(f"n_samples={n_samples} must be >= 1.")

@@ -126,6 +126,24 @@ def test_unknown_target_is_written_unk_pert(lm, few, caplog):
     assert lm.has_word(TARGETS[0]) and not lm.has_word(UNKNOWN_TARGET)
 
 
+def test_a_held_out_unmeasured_target_is_warned_about(lm, few, caplog, monkeypatch):
+    target = TARGETS[0]  # a target with a word; the manifest below holds it out, unmeasured
+    split = {"kind": "unseen_single", "test_targets": [target], "validation_perturbations": []}
+    manifest = {**lm.data_manifest, "split": split, "perturbation_targets_unmeasured": [target]}
+    monkeypatch.setattr(lm, "data_manifest", manifest)
+    assert lm.blind_targets == {target.upper()}
+    with caplog.at_level(logging.WARNING):
+        lm.predict_perturbation(few[:1], target, cell_context="Dendritic")
+    assert f"target(s) {target} were held out of this model's training data" in caplog.text
+    # measured (co-expression learned in pretraining), or another split kind: no warning
+    monkeypatch.setattr(lm, "data_manifest", {**manifest, "perturbation_targets_unmeasured": []})
+    assert lm.blind_targets == set()
+    monkeypatch.setattr(
+        lm, "data_manifest", {**manifest, "split": {**split, "kind": "unseen_pair"}}
+    )
+    assert lm.blind_targets == set()
+
+
 def test_missing_context_is_annotated_first(lm, few):
     pred = lm.predict_perturbation(few[:2], TARGETS[2])
     expected = lm.annotate(few[:2])["label"].tolist()
