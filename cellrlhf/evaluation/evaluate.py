@@ -396,15 +396,23 @@ def evaluate_models(
 
 def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, progress: bool):
     """Every model's prediction, written to ``predictions/<model>.h5ad``; and those paths."""
-    from cellrlhf.evaluation.model_dirs import is_grammar_row
+    from cellrlhf.evaluation.model_dirs import is_grammar_row, sampling_identity
     from cellrlhf.evaluation.prediction import predict
 
     predictions, paths, sampled = {}, {}, {}
     for name, path in model_dirs.items():
-        key = (Path(path).resolve(), is_grammar_row(name))
+        # one directory named twice, or the same weights, tokenizer and grammar elsewhere (an
+        # RL run that kept its starting or last policy): the same cells, sampled once
+        key = sampling_identity(path, name, settings.constrain_cells) or (
+            Path(path).resolve(),
+            is_grammar_row(name),
+        )
         same = sampled.get(key)
-        if same is not None:  # one directory named twice (a run that kept its last policy)
-            pred = _renamed(predictions[same], same, name)
+        if same is not None:
+            logger.info(
+                "%s samples what %s sampled (same weights and settings): reused", name, same
+            )
+            pred = _renamed(predictions[same], same, name, Path(path))
         else:
             pred = predict(
                 path,
@@ -421,16 +429,21 @@ def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, pro
     return predictions, paths
 
 
-def _renamed(pred, old: str, new: str):
-    """A copy of ``pred`` (the cells sampled for model ``old``) labelled as model ``new``."""
+def _renamed(pred, old: str, new: str, model_dir: Path):
+    """A copy of ``pred`` (the cells sampled for model ``old``) labelled as model ``new`` of
+    ``model_dir``."""
     import copy
+
+    from cellrlhf.evaluation.model_dirs import probe_model_info
 
     out = pred.copy()
     out.obs_names = [
         f"{new}{name[len(old) :]}" if name.startswith(f"{old}_") else name for name in out.obs_names
     ]
     out.uns = copy.deepcopy(dict(pred.uns))
-    out.uns["cellrlhf_prediction"]["params"]["model"] = new
+    params = out.uns["cellrlhf_prediction"]["params"]
+    params["model"], params["model_dir"] = new, str(model_dir)
+    params["model_stage"] = str(probe_model_info(model_dir).get("stage", ""))
     return out
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "with_grammar_rows",
     "with_last_policies",
     "resolve_model_dirs",
+    "sampling_identity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,17 @@ GRAMMAR_SUFFIX = "_grammar"
 _RL_STAGES = ("ppo", "grpo", "rloo")
 # a model directory is complete when a stage has written these
 _REQUIRED = ("config.json", "model.safetensors", "gene_vocab.json", "expression_decoder.json")
+# the files of a model directory that decide the cells it samples for given prompts and settings
+_SAMPLING_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "gene_vocab.json",
+)
 
 
 def parse_model_args(values: Iterable[str]) -> dict[str, str]:
@@ -60,6 +72,24 @@ def probe_model_info(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def sampling_identity(path: str | os.PathLike, name: str, constrain_cells: bool | None):
+    """What decides the cells model ``name`` at ``path`` samples, given the prompts and the
+    sampling settings: the checksums of its weights, config, tokenizer and gene files, its
+    tokenizer mode and whether it is sampled under the cell grammar. Two directories with the
+    same identity sample the same cells (an RL stage that kept its starting policy), so an
+    evaluation samples them once. ``None`` without weights."""
+    from cellrlhf.data.registry import file_sha256
+    from cellrlhf.evaluation.prediction_sampling import constrained_mode
+
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        return None
+    info = probe_model_info(path)
+    files = tuple((f, file_sha256(path / f)) for f in _SAMPLING_FILES if (path / f).is_file())
+    constrained = constrained_mode(constrain_cells, info, name)[0]
+    return files, info.get("tokenizer_mode"), constrained
 
 
 def _selected_step(path: Path) -> object:

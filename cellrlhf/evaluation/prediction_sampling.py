@@ -23,6 +23,7 @@ import numpy as np
 __all__ = [
     "PredictionRun",
     "SampledAnswers",
+    "constrained_mode",
     "prompt_rows",
     "sample_prompts",
     "sampling_settings",
@@ -44,22 +45,16 @@ def _answer_budget(manifest: dict, info: dict, n_genes: int) -> int:
     return int(top_k) * per_gene + 8
 
 
-def _constrained(constrain_cells: bool | None, info: dict, name: str) -> tuple[bool, str]:
-    """Whether to sample under the cell grammar, and why (recorded in ``params``)."""
+def constrained_mode(constrain_cells: bool | None, info: dict, name: str) -> tuple[bool, str]:
+    """Whether model ``name`` (its ``cellrlhf.json``: ``info``) is sampled under the cell
+    grammar, and why (recorded in ``params``): the argument, a grammar row, or as trained."""
     from cellrlhf.evaluation.model_dirs import is_grammar_row
 
     if constrain_cells is not None:
         return bool(constrain_cells), "argument"
     if is_grammar_row(name):
         return True, "grammar row"
-    trained = bool(info.get("constrain_cells", False))
-    if trained:
-        logger.info(
-            "%s was trained as a constrained policy (constrain_cells in its cellrlhf.json): "
-            "sampled under the same grammar (constrain_cells=False to see its own samples)",
-            name,
-        )
-    return trained, "cellrlhf.json"
+    return bool(info.get("constrain_cells", False)), "cellrlhf.json"
 
 
 def sampling_settings(loaded, manifest, name, max_new_tokens, temperature, seed, constrain_cells):
@@ -68,7 +63,13 @@ def sampling_settings(loaded, manifest, name, max_new_tokens, temperature, seed,
     from cellrlhf.sampling import GenerationSettings
 
     budget = max_new_tokens or _answer_budget(manifest, loaded.info, len(loaded.vocab))
-    constrained, constrained_by = _constrained(constrain_cells, loaded.info, name)
+    constrained, constrained_by = constrained_mode(constrain_cells, loaded.info, name)
+    if constrained and constrained_by == "cellrlhf.json":
+        logger.info(
+            "%s was trained as a constrained policy (constrain_cells in its cellrlhf.json): "
+            "sampled under the same grammar (constrain_cells=False to see its own samples)",
+            name,
+        )
     settings = GenerationSettings(
         max_new_tokens=budget,
         temperature=temperature,

@@ -205,3 +205,48 @@ def test_a_directory_named_twice_is_sampled_once_and_scored_identically(
     kept = ad.read_h5ad(out / "predictions" / "grpo.h5ad")
     assert [n.replace("grpo_p", "grpo_last_p", 1) for n in kept.obs_names] == list(last.obs_names)
     assert any(n.startswith("grpo_last_p") for n in last.obs_names)
+
+
+def test_identical_weights_in_two_directories_are_sampled_once(
+    sim_model_dir, sim_dataset_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from cellrlhf.evaluation import prediction
+
+    calls = []
+    real_predict = prediction.predict
+
+    def counting_predict(model_dir, *args, **kwargs):
+        calls.append(kwargs.get("name"))
+        return real_predict(model_dir, *args, **kwargs)
+
+    monkeypatch.setattr(prediction, "predict", counting_predict)
+    # an RL stage that kept its starting policy: the same files in another directory
+    kept = shutil.copytree(sim_model_dir, tmp_path / "grpo")
+    info = json.loads((kept / "cellrlhf.json").read_text())
+    (kept / "cellrlhf.json").write_text(json.dumps({**info, "stage": "grpo"}))
+    moved = shutil.copytree(sim_model_dir, tmp_path / "moved")
+    weights = load_file(moved / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, moved / "model.safetensors", metadata={"format": "pt"})
+
+    out = tmp_path / "out"
+    argv = ["--dataset_dir", str(sim_dataset_dir), "--model", f"sft={sim_model_dir}"]
+    argv += ["--model", f"grpo={kept}", "--model", f"ppo={moved}", "--config"]
+    argv += [str(REPO / "configs" / "eval" / "tiny.yaml"), "--max_prompts", "2"]
+    assert cli([*argv, "--seed", "3", "--out", str(out), "--no-progress"]) == 0
+    assert calls == ["sft", "ppo"]  # grpo's cells are sft's: same weights, tokenizer, settings
+    metrics = pd.read_csv(out / "metrics.csv")
+    a = metrics[metrics.method == "sft"].drop(columns=["method"]).reset_index(drop=True)
+    b = metrics[metrics.method == "grpo"].drop(columns=["method"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    params = ad.read_h5ad(out / "predictions" / "grpo.h5ad").uns["cellrlhf_prediction"]["params"]
+    assert (params["model"], params["model_stage"]) == ("grpo", "grpo")
+    assert params["model_dir"] == str(kept)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["grpo"]["stage"] == "grpo"
+    assert ["sft", "grpo"] in manifest["identical_models"]

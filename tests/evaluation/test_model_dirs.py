@@ -101,12 +101,12 @@ def test_models_rl_did_not_train_get_a_grammar_row_next_to_a_constrained_policy(
 
 
 def test_a_grammar_row_is_sampled_under_the_grammar_unless_the_argument_says():
-    from cellrlhf.evaluation.prediction_sampling import _constrained
+    from cellrlhf.evaluation.prediction_sampling import constrained_mode
 
-    assert _constrained(None, {}, "sft_grammar") == (True, "grammar row")
-    assert _constrained(None, {}, "sft") == (False, "cellrlhf.json")
-    assert _constrained(None, {"constrain_cells": True}, "grpo") == (True, "cellrlhf.json")
-    assert _constrained(False, {}, "sft_grammar") == (False, "argument")
+    assert constrained_mode(None, {}, "sft_grammar") == (True, "grammar row")
+    assert constrained_mode(None, {}, "sft") == (False, "cellrlhf.json")
+    assert constrained_mode(None, {"constrain_cells": True}, "grpo") == (True, "cellrlhf.json")
+    assert constrained_mode(False, {}, "sft_grammar") == (False, "argument")
 
 
 def test_identical_weights_group_only_models_sampled_the_same_way():
