@@ -29,7 +29,9 @@ mean real training change; ``pearson_specific_calibrated``: its deviation from t
 ``base`` / ``constrained`` they add ``pearson_delta_unk_anchored`` (the mean baseline plus the
 model's answer minus its answer for an unknown target) and ``pearson_specific_unk_anchored``
 (that difference against the real change minus the training mean: what the model knows about
-the target itself, with the bias shared by all its answers cancelled).
+the target itself, with the bias shared by all its answers cancelled). With ``--split
+validation --split test``: ``pearson_delta_val_calibrated`` / ``pearson_specific_val_calibrated``
+(each test prediction minus the model's mean error on the validation prompts).
 """
 
 from __future__ import annotations
@@ -195,6 +197,32 @@ def _calibrated(records: list[dict], mean_delta_of) -> None:
         mean_d = mean_delta_of(r["cell_context"], r["perturbation"])
         r["pearson_delta_calibrated"] = _pearson(deviation + mean_d, r["_real_specific"] + mean_d)
         r["pearson_specific_calibrated"] = _pearson(deviation, r["_real_specific"])
+
+
+def _validation_calibrated(records: list[dict]) -> None:
+    """``pearson_delta_val_calibrated``: a test prediction minus the model's mean error on the
+    validation prompts of the same variant and context (``pred - real``, held-out perturbations
+    whose truth a user has), i.e. its shared bias estimated where RL selection would look;
+    ``pearson_specific_val_calibrated`` the same against the real change minus the training
+    mean. Needs ``validation`` and ``test`` in the same run; NaN elsewhere."""
+    for r in records:
+        r.setdefault("pearson_delta_val_calibrated", np.nan)
+        r.setdefault("pearson_specific_val_calibrated", np.nan)
+        if r["split"] != "test":
+            continue
+        errors = [
+            t["_pred_delta"] - t["_real_delta"]
+            for t in records
+            if t["split"] == "validation"
+            and t["variant"] == r["variant"]
+            and t["cell_context"] == r["cell_context"]
+        ]
+        if not errors:
+            continue
+        corrected = r["_pred_delta"] - np.mean(errors, axis=0)
+        mean_d = r["_real_delta"] - r["_real_specific"]
+        r["pearson_delta_val_calibrated"] = _pearson(corrected, r["_real_delta"])
+        r["pearson_specific_val_calibrated"] = _pearson(corrected - mean_d, r["_real_specific"])
 
 
 def _unknown_anchored(records: list[dict]) -> None:
@@ -387,6 +415,7 @@ def main() -> None:
             )
     _calibrated(records, mean_delta_for)
     _unknown_anchored(records)
+    _validation_calibrated(records)
     table = pd.DataFrame(records).drop(columns=["_pred_delta", "_real_specific", "_real_delta"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)

@@ -175,9 +175,9 @@ def test_without_models_the_baselines_and_ceilings_are_scored_on_the_same_prompt
     assert "none (baselines and ceilings only)" in (out / "metrics.md").read_text()
 
 
-def test_a_directory_named_twice_is_sampled_once_and_scored_identically(
-    sim_model_dir, sim_dataset_dir, tmp_path, monkeypatch
-):
+@pytest.fixture
+def predict_calls(monkeypatch):
+    """The names :func:`cellrlhf.evaluation.prediction.predict` is called with, in order."""
     from cellrlhf.evaluation import prediction
 
     calls = []
@@ -188,12 +188,18 @@ def test_a_directory_named_twice_is_sampled_once_and_scored_identically(
         return real_predict(model_dir, *args, **kwargs)
 
     monkeypatch.setattr(prediction, "predict", counting_predict)
+    return calls
+
+
+def test_a_directory_named_twice_is_sampled_once_and_scored_identically(
+    sim_model_dir, sim_dataset_dir, tmp_path, predict_calls
+):
     out = tmp_path / "out"
     argv = ["--dataset_dir", str(sim_dataset_dir), "--model", f"grpo={sim_model_dir}"]
     argv += ["--model", f"grpo_last={sim_model_dir}", "--config"]
     argv += [str(REPO / "configs" / "eval" / "tiny.yaml"), "--max_prompts", "2"]
     assert cli([*argv, "--seed", "3", "--out", str(out), "--no-progress"]) == 0
-    assert calls == ["grpo"]
+    assert predict_calls == ["grpo"]
     metrics = pd.read_csv(out / "metrics.csv")
     a = metrics[metrics.method == "grpo"].drop(columns=["method"]).reset_index(drop=True)
     b = metrics[metrics.method == "grpo_last"].drop(columns=["method"]).reset_index(drop=True)
@@ -208,22 +214,12 @@ def test_a_directory_named_twice_is_sampled_once_and_scored_identically(
 
 
 def test_identical_weights_in_two_directories_are_sampled_once(
-    sim_model_dir, sim_dataset_dir, tmp_path, monkeypatch
+    sim_model_dir, sim_dataset_dir, tmp_path, predict_calls
 ):
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    from cellrlhf.evaluation import prediction
-
-    calls = []
-    real_predict = prediction.predict
-
-    def counting_predict(model_dir, *args, **kwargs):
-        calls.append(kwargs.get("name"))
-        return real_predict(model_dir, *args, **kwargs)
-
-    monkeypatch.setattr(prediction, "predict", counting_predict)
     # an RL stage that kept its starting policy: the same files in another directory
     kept = shutil.copytree(sim_model_dir, tmp_path / "grpo")
     info = json.loads((kept / "cellrlhf.json").read_text())
@@ -239,7 +235,7 @@ def test_identical_weights_in_two_directories_are_sampled_once(
     argv += ["--model", f"grpo={kept}", "--model", f"ppo={moved}", "--config"]
     argv += [str(REPO / "configs" / "eval" / "tiny.yaml"), "--max_prompts", "2"]
     assert cli([*argv, "--seed", "3", "--out", str(out), "--no-progress"]) == 0
-    assert calls == ["sft", "ppo"]  # grpo's cells are sft's: same weights, tokenizer, settings
+    assert predict_calls == ["sft", "ppo"]  # grpo's cells are sft's: same weights, tokenizer, settings
     metrics = pd.read_csv(out / "metrics.csv")
     a = metrics[metrics.method == "sft"].drop(columns=["method"]).reset_index(drop=True)
     b = metrics[metrics.method == "grpo"].drop(columns=["method"]).reset_index(drop=True)
