@@ -190,7 +190,8 @@ class PerturbationTasks:
                 "model predicts a generic response.",
                 ", ".join(unknown),
             )
-        blind = [t for t in targets if t not in unknown and t.upper() in self.blind_targets]
+        by_name = self.blind_targets
+        blind = [t for t in targets if t not in unknown and t.upper() in by_name]
         if blind:
             logger.warning(
                 "target(s) %s were held out of this model's training data and are not measured "

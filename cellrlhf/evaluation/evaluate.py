@@ -403,10 +403,8 @@ def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, pro
     for name, path in model_dirs.items():
         # one directory named twice, or the same weights, tokenizer and grammar elsewhere (an
         # RL run that kept its starting or last policy): the same cells, sampled once
-        key = sampling_identity(path, name, settings.constrain_cells) or (
-            Path(path).resolve(),
-            is_grammar_row(name),
-        )
+        identity = sampling_identity(path, name, settings.constrain_cells)
+        key = identity or (Path(path).resolve(), is_grammar_row(name))
         same = sampled.get(key)
         if same is not None:
             logger.info(
@@ -423,6 +421,9 @@ def _predict_models(model_dirs, dataset_dir, real_test, out: Path, settings, pro
                 **settings.predict_kwargs(),
             )
             sampled[key] = name
+        if identity is not None:  # the checksum the manifest records, read once
+            sha = dict(identity[0])["model.safetensors"]
+            pred.uns["cellrlhf_prediction"]["params"]["weights_sha256"] = sha
         paths[f"prediction_{name}"] = prediction_path(out, name)
         pred.write_h5ad(paths[f"prediction_{name}"])
         predictions[name] = pred
@@ -564,7 +565,8 @@ def _model_record(model_dir: Path, pred) -> dict:
     record = {
         "dir": str(model_dir),
         "stage": uns["params"]["model_stage"],
-        "weights_sha256": file_sha256(weights) if weights.is_file() else None,
+        "weights_sha256": uns["params"].get("weights_sha256")
+        or (file_sha256(weights) if weights.is_file() else None),
         "validity": uns["validity"],
         "diversity": uns["diversity"],
         "trained_environment": probe_model_info(model_dir).get("environment"),

@@ -246,3 +246,6 @@ def test_identical_weights_in_two_directories_are_sampled_once(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["grpo"]["stage"] == "grpo"
     assert ["sft", "grpo"] in manifest["identical_models"]
+    # the prediction names the weights that sampled it; the manifest records the same checksum
+    assert params["weights_sha256"] == manifest["models"]["grpo"]["weights_sha256"]
+    assert manifest["models"]["ppo"]["weights_sha256"] != params["weights_sha256"]
