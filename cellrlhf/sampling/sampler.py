@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cellrlhf.sampling.prefix_cache import prompt_cache, shared_prompt
+
 __all__ = [
     "GenerationSettings",
     "Completion",
@@ -186,10 +188,17 @@ class Sampler:
         A ready logits processor used for every ``constrain_cells=True`` call instead of one
         built from ``cell_genes`` (e.g. the RL constrained policy's own constraint, so sampling
         and scoring share one grammar).
+    share_prompt
+        Encode a batch whose rows are all one prompt once and start every row from its cache
+        (:mod:`cellrlhf.sampling.prefix_cache`; the same answers, about twice as fast for long
+        prompts); ``False`` encodes every row.
     """
 
-    def __init__(self, model, tokenizer, *, cell_genes=None, stop_ids=None, constraint=None):
+    def __init__(
+        self, model, tokenizer, *, cell_genes=None, stop_ids=None, constraint=None, share_prompt=True
+    ):
         self.model = model
+        self.share_prompt = bool(share_prompt)
         self.tokenizer = tokenizer
         self.cell_genes = cell_genes
         self.constraint = constraint
@@ -318,7 +327,12 @@ class Sampler:
                 torch.manual_seed(settings.seed)
                 starts = range(0, len(prompt_ids), size)
                 for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-                    ids, mask = pad_rows(prompt_ids[start : start + size], self.pad_id, "left")
+                    rows = prompt_ids[start : start + size]
+                    ids, mask = pad_rows(rows, self.pad_id, "left")
+                    shared = None if synced_gpus or not self.share_prompt else shared_prompt(rows)
+                    cached = {}
+                    if shared is not None:
+                        cached = prompt_cache(self.model, shared, len(rows), self.device)
                     result = self.model.generate(
                         input_ids=ids.to(self.device),
                         attention_mask=mask.to(self.device),
@@ -329,6 +343,7 @@ class Sampler:
                         output_logits=logprobs,
                         logits_processor=processors,
                         synced_gpus=synced_gpus,
+                        **cached,
                         **settings.generate_kwargs(),
                     )
                     new = result.sequences[:, ids.shape[1] :]

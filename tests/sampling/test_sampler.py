@@ -221,3 +221,48 @@ def test_prompt_longer_than_the_context_is_refused(sampler):
     long = [{"role": "user", "content": " ".join(["CD3E"] * 200)}]
     with pytest.raises(ValueError, match="fills the model's context"):
         sampler.generate([long], HOT)
+
+
+# ---------------------------------------------------------------------------- shared prompt
+def test_a_shared_prompt_encoded_once_gives_the_same_answers(sampler, tok, monkeypatch):
+    """Rows that repeat one prompt start from its cache: the same tokens and log-probabilities
+    as encoding every row, sampled, greedy or under the grammar; mixed batches encode rows."""
+    import cellrlhf.sampling.sampler as sampler_module
+
+    calls = []
+    real = sampler_module.prompt_cache
+    monkeypatch.setattr(
+        sampler_module, "prompt_cache", lambda *a: calls.append(a[2]) or real(*a)
+    )
+    every_row = Sampler(sampler.model, tok, cell_genes=GeneVocab(GENES), share_prompt=False)
+    repeated = [CONVERSATIONS[1]] * 6 + [CONVERSATIONS[0]] * 3
+    cell = GenerationSettings(max_new_tokens=12, temperature=1.5, seed=4,
+                              constrain_cells=True, single_cell_answer=True)  # fmt: skip
+    for settings in (HOT, GenerationSettings(max_new_tokens=6), cell):
+        calls.clear()
+        shared = sampler.generate(repeated, settings, batch_size=3, logprobs=True)
+        assert calls == [3, 3, 3]  # every batch is one prompt
+        encoded = every_row.generate(repeated, settings, batch_size=3, logprobs=True)
+        assert calls == [3, 3, 3]
+        assert _answers(shared) == _answers(encoded)
+        assert [c.logprob for c in shared] == pytest.approx([c.logprob for c in encoded], abs=1e-5)
+        assert len(set(_texts(shared[:6]))) > 1 or settings.temperature == 0
+    calls.clear()
+    sampler.generate(repeated, HOT, batch_size=4)  # [1 1 1 1] [1 1 0 0] [0]
+    assert calls == [4]
+
+
+def test_shared_prompt_and_a_model_without_a_cache():
+    from cellrlhf.sampling.prefix_cache import prompt_cache, shared_prompt
+
+    assert shared_prompt([[5, 6], [5, 6]]) == [5, 6]
+    assert shared_prompt([[5, 6], [5, 7]]) is None
+    assert shared_prompt([[5, 6]]) is None  # one row: nothing to share
+    assert shared_prompt([[5], [5]]) is None  # one token: nothing before the last one
+    assert shared_prompt([(5, 6, 7)] * 3) == [5, 6, 7]
+
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, use_cache=None):
+            return type("Out", (), {"logits": torch.zeros(1, input_ids.shape[1], 4)})()
+
+    assert prompt_cache(NoCache(), [5, 6, 7], 4, "cpu") == {}
