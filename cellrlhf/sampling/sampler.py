@@ -195,7 +195,14 @@ class Sampler:
     """
 
     def __init__(
-        self, model, tokenizer, *, cell_genes=None, stop_ids=None, constraint=None, share_prompt=True
+        self,
+        model,
+        tokenizer,
+        *,
+        cell_genes=None,
+        stop_ids=None,
+        constraint=None,
+        share_prompt=True,
     ):
         self.model = model
         self.share_prompt = bool(share_prompt)

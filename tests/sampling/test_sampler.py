@@ -231,9 +231,7 @@ def test_a_shared_prompt_encoded_once_gives_the_same_answers(sampler, tok, monke
 
     calls = []
     real = sampler_module.prompt_cache
-    monkeypatch.setattr(
-        sampler_module, "prompt_cache", lambda *a: calls.append(a[2]) or real(*a)
-    )
+    monkeypatch.setattr(sampler_module, "prompt_cache", lambda *a: calls.append(a[2]) or real(*a))
     every_row = Sampler(sampler.model, tok, cell_genes=GeneVocab(GENES), share_prompt=False)
     repeated = [CONVERSATIONS[1]] * 6 + [CONVERSATIONS[0]] * 3
     cell = GenerationSettings(max_new_tokens=12, temperature=1.5, seed=4,
