@@ -19,6 +19,7 @@ ORDER = (
     "sft_diagnosis",
     "cell2text_encode",
     "cell2text_decode_tokenizer",
+    "sampler",
     "data_build",
     "sft",
     "sft_validity",

@@ -336,14 +336,15 @@ class Sampler:
                 for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
                     rows = prompt_ids[start : start + size]
                     ids, mask = pad_rows(rows, self.pad_id, "left")
+                    budget = self.budget(ids.shape[1], settings.max_new_tokens)
                     shared = None if synced_gpus or not self.share_prompt else shared_prompt(rows)
                     cached = {}
                     if shared is not None:
-                        cached = prompt_cache(self.model, shared, len(rows), self.device)
+                        cached = prompt_cache(self.model, shared, len(rows), self.device, budget)
                     result = self.model.generate(
                         input_ids=ids.to(self.device),
                         attention_mask=mask.to(self.device),
-                        max_new_tokens=self.budget(ids.shape[1], settings.max_new_tokens),
+                        max_new_tokens=budget,
                         pad_token_id=self.pad_id,
                         eos_token_id=self.stop_ids,
                         return_dict_in_generate=True,

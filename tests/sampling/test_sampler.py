@@ -263,4 +263,34 @@ def test_shared_prompt_and_a_model_without_a_cache():
         def forward(self, input_ids, attention_mask=None, use_cache=None):
             return type("Out", (), {"logits": torch.zeros(1, input_ids.shape[1], 4)})()
 
-    assert prompt_cache(NoCache(), [5, 6, 7], 4, "cpu") == {}
+    assert prompt_cache(NoCache(), [5, 6, 7], 4, "cpu", 8) == {}
+
+
+def test_reserved_cache_layers_write_in_place_and_grow_past_their_room(sampler, tok):
+    """The prompt's cache gets room for the answer: updates land in place and read back as the
+    concatenation would; past the room, or once its views were replaced, the layer concatenates."""
+    from cellrlhf.sampling.prefix_cache import prompt_cache
+
+    prompt = sampler.prompt_ids(CONVERSATIONS[1])
+    with torch.no_grad():
+        (cache,) = prompt_cache(sampler.model, prompt, 3, "cpu", 2).values()
+    layer = cache.layers[0]
+    assert type(layer).__name__ == "ReservedLayer" and layer.keys.shape[0] == 3
+    n = len(prompt) - 1
+    expected_k, expected_v = layer.keys.clone(), layer.values.clone()
+    buffer = layer.keys.data_ptr()
+    for step in range(5):  # room for 3 (the last prompt token and 2 answer tokens), then grows
+        k = torch.randn(3, layer.keys.shape[1], 1, layer.keys.shape[-1])
+        v = torch.randn_like(k)
+        keys, values = layer.update(k, v)
+        expected_k, expected_v = torch.cat([expected_k, k], -2), torch.cat([expected_v, v], -2)
+        assert torch.equal(keys, expected_k) and torch.equal(values, expected_v)
+        assert layer.get_seq_length() == n + step + 1
+        assert (keys.data_ptr() == buffer) == (step < 3)
+    with torch.no_grad():
+        (cache,) = prompt_cache(sampler.model, prompt, 2, "cpu", 4).values()
+    layer = cache.layers[0]
+    layer.keys, layer.values = layer.keys[[1, 0]], layer.values[[1, 0]]  # beam reordering
+    k = torch.randn(2, layer.keys.shape[1], 1, layer.keys.shape[-1])
+    keys, _ = layer.update(k, k)
+    assert torch.equal(keys[:, :, -1:], k) and keys.shape[-2] == n + 1
