@@ -9,7 +9,12 @@ is split along the context's mean training change ``m`` (what the ``mean`` basel
 - ``r(residual, real specific)``: its correlation with the real change minus ``m`` (what the
   perturbation does beyond the average; > 0: the model knows something about the target);
 - ``residual shared``: the mean pairwise correlation of the residuals of the perturbations of one
-  run (near 1: a bias the model adds to every answer, not knowledge of a target).
+  run (near 1: a bias the model adds to every answer, not knowledge of a target);
+- with several cell contexts (``unseen_pair``), everything per context (its control, its ``m``),
+  and against the same perturbation's mean change in the other contexts ``t`` (what
+  ``context_transfer`` predicts and ``other_contexts`` evidence shows):
+  ``r(residual, t - m)`` (does the answer follow the evidence?), ``r(t - m, real specific)``
+  (how much the evidence says about this pair) and ``r(change, t)``.
 
 Intervals: 95% percentile bootstrap over perturbations (each perturbation's seeds averaged
 first). Command (the evaluation directories of a sweep; each names its dataset directory)::
@@ -35,21 +40,48 @@ def _mean_rows(adata, mask) -> np.ndarray:
     return _dense(adata[np.asarray(mask)].X).mean(axis=0)
 
 
-def _context_reference(dataset_dir: str, data_dir: str | None):
-    """Real test cells, the real control mean and the mean training change of the context."""
+def _contexts(adata) -> np.ndarray:
+    obs = adata.obs
+    if "cell_context" not in obs:
+        return np.full(adata.n_obs, "", dtype=object)
+    return obs["cell_context"].astype(str).to_numpy()
+
+
+def _context_reference(dataset_dir: str, data_dir: str | None) -> tuple[object, dict]:
+    """Real test cells and, per cell context: the real control mean, the mean training change
+    ``m`` and, per perturbation trained in other contexts, its mean change there (what
+    ``context_transfer`` and ``other_contexts`` evidence carry)."""
     from cellrlhf.evaluation.real_data import real_cells
 
     test = real_cells(dataset_dir, "test", data_dir=data_dir, progress=False)
     train = real_cells(dataset_dir, "train", data_dir=data_dir, progress=False)
-    labels = train.obs["perturbation"].astype(str).to_numpy()
-    control = _mean_rows(train, labels == "control")
-    test_labels = test.obs["perturbation"].astype(str).to_numpy()
-    if (test_labels == "control").any():
-        control = _mean_rows(test, test_labels == "control")
-    perts = sorted(set(labels) - {"control"})
-    train_control = _mean_rows(train, labels == "control")
-    mean_change = np.mean([_mean_rows(train, labels == p) - train_control for p in perts], axis=0)
-    return test, control, mean_change
+    labels, where = train.obs["perturbation"].astype(str).to_numpy(), _contexts(train)
+    test_labels, test_where = test.obs["perturbation"].astype(str).to_numpy(), _contexts(test)
+    changes: dict[tuple[str, str], np.ndarray] = {}
+    controls: dict[str, np.ndarray] = {}
+    for ctx in sorted(set(where)):
+        in_ctx = where == ctx
+        controls[ctx] = _mean_rows(train, in_ctx & (labels == "control"))
+        for pert in sorted(set(labels[in_ctx]) - {"control"}):
+            changes[pert, ctx] = _mean_rows(train, in_ctx & (labels == pert)) - controls[ctx]
+    reference = {}
+    for ctx in sorted(set(where)):
+        own = [c for (_, k), c in changes.items() if k == ctx]
+        control = controls[ctx]
+        if ((test_labels == "control") & (test_where == ctx)).any():
+            control = _mean_rows(test, (test_labels == "control") & (test_where == ctx))
+        transfer = {}
+        for pert in {p for p, _ in changes}:
+            others = [c for (q, k), c in changes.items() if q == pert and k != ctx]
+            if others:
+                transfer[pert] = np.mean(others, axis=0)
+        reference[ctx] = {"control": control, "mean_change": np.mean(own, axis=0),
+                          "transfer": transfer}  # fmt: skip
+    return test, reference
+
+
+def _r(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
 
 
 def decompose_run(eval_dir: Path, models, data_dir: str | None) -> tuple[list[dict], dict]:
@@ -57,39 +89,50 @@ def decompose_run(eval_dir: Path, models, data_dir: str | None) -> tuple[list[di
     import anndata as ad
 
     manifest = json.loads((eval_dir / "manifest.json").read_text())
-    test, control, mean_change = _context_reference(manifest["dataset"]["dir"], data_dir)
+    test, reference = _context_reference(manifest["dataset"]["dir"], data_dir)
     genes = list(test.var_names)
-    test_labels = test.obs["perturbation"].astype(str).to_numpy()
+    test_labels, test_where = test.obs["perturbation"].astype(str).to_numpy(), _contexts(test)
     rows, shared = [], {}
     for model in models:
         path = eval_dir / "predictions" / f"{model}.h5ad"
         if not path.is_file():
             continue
         pred = ad.read_h5ad(path)[:, genes]
-        labels = pred.obs["perturbation"].astype(str).to_numpy()
+        labels, where = pred.obs["perturbation"].astype(str).to_numpy(), _contexts(pred)
         is_control = pred.obs["split_kind"].astype(str).to_numpy() == "control"
-        pred_control = _mean_rows(pred, is_control)
         residuals = []
-        for pert in sorted(set(labels[~is_control])):
-            change = _mean_rows(pred, (labels == pert) & ~is_control) - pred_control
-            real = _mean_rows(test, test_labels == pert) - control
+        for pert, ctx in sorted(set(zip(labels[~is_control], where[~is_control], strict=True))):
+            ref = reference[ctx]
+            mean_change = ref["mean_change"]
+            pred_control = _mean_rows(pred, is_control & (where == ctx))
+            change = _mean_rows(pred, (labels == pert) & (where == ctx) & ~is_control)
+            change = change - pred_control
+            real = _mean_rows(test, (test_labels == pert) & (test_where == ctx)) - ref["control"]
             a = float(change @ mean_change / (mean_change @ mean_change))
             residual = change - a * mean_change
             residuals.append(residual)
+            transfer = ref["transfer"].get(pert)
+            specific = real - mean_change
             rows.append(
                 {
                     "run": str(eval_dir),
                     "model": model,
-                    "perturbation": pert,
+                    "perturbation": f"{pert} | {ctx}" if ctx else pert,
                     "a": a,
                     "residual_over_mean": float(
                         np.linalg.norm(residual) / np.linalg.norm(mean_change)
                     ),
-                    "r_residual_specific": float(np.corrcoef(residual, real - mean_change)[0, 1]),
-                    "r_change_real": float(np.corrcoef(change, real)[0, 1]),
-                    "r_mean_real": float(np.corrcoef(mean_change, real)[0, 1]),
+                    "r_residual_specific": _r(residual, specific),
+                    "r_change_real": _r(change, real),
+                    "r_mean_real": _r(mean_change, real),
+                    # other cell contexts: does the answer follow the same perturbation there?
+                    "r_residual_transfer": np.nan if transfer is None
+                    else _r(residual, transfer - mean_change),
+                    "r_transfer_specific": np.nan if transfer is None
+                    else _r(transfer - mean_change, specific),
+                    "r_change_transfer": np.nan if transfer is None else _r(change, transfer),
                 }
-            )
+            )  # fmt: skip
         if len(residuals) > 1:
             cc = np.corrcoef(np.array(residuals))
             n = len(residuals)
@@ -128,13 +171,16 @@ def main() -> None:
     if args.csv:
         table.to_csv(args.csv, index=False)
     columns = ["a", "residual_over_mean", "r_residual_specific", "r_change_real", "r_mean_real"]
+    transfer = ["r_residual_transfer", "r_transfer_specific", "r_change_transfer"]
+    columns += [c for c in transfer if table[c].notna().any()]  # held-out pairs (unseen_pair)
     print(f"{len(args.evals)} runs, {table['perturbation'].nunique()} perturbations")
     print("| model | " + " | ".join(columns) + " | residual shared |")
     print("|---" * (len(columns) + 2) + "|")
     for model, group in table.groupby("model", sort=False):
         per_pert = group.groupby("perturbation")[columns].mean()
         cells = [
-            "{:.3f} ({:.3f} to {:.3f})".format(*_interval(per_pert[c].to_numpy())) for c in columns
+            "{:.3f} ({:.3f} to {:.3f})".format(*_interval(per_pert[c].dropna().to_numpy()))
+            for c in columns
         ]
         print(
             f"| {model} | " + " | ".join(cells) + f" | {np.mean(shared.get(model, [np.nan])):.2f} |"
