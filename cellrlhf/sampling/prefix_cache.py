@@ -1,7 +1,7 @@
 """Encode a batch's shared prompt once: the key/value cache of a prompt every row repeats.
 
 ``cellrlhf evaluate`` answers each prompt hundreds of times (512 cells per held-out
-perturbation), preference building and the RL monitor several times, so most batches hold one
+perturbation) and the RL monitor each validation prompt several times, so their batches hold one
 prompt repeated. ``model.generate`` would run every row's prompt through the model again; here the
 prompt (all but its last token) goes through once, its cache is repeated over the batch and
 ``generate`` starts from it, with room reserved for the answer so that no step copies the cache
