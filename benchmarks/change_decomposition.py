@@ -81,7 +81,9 @@ def _context_reference(dataset_dir: str, data_dir: str | None) -> tuple[object, 
 
 
 def _r(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+    from cellrlhf.metrics.fidelity import pearson_rows
+
+    return float(pearson_rows(x, y))
 
 
 def decompose_run(eval_dir: Path, models, data_dir: str | None) -> tuple[list[dict], dict]:
@@ -100,13 +102,13 @@ def decompose_run(eval_dir: Path, models, data_dir: str | None) -> tuple[list[di
         pred = ad.read_h5ad(path)[:, genes]
         labels, where = pred.obs["perturbation"].astype(str).to_numpy(), _contexts(pred)
         is_control = pred.obs["split_kind"].astype(str).to_numpy() == "control"
+        pred_controls = {ctx: _mean_rows(pred, is_control & (where == ctx)) for ctx in set(where)}
         residuals = []
         for pert, ctx in sorted(set(zip(labels[~is_control], where[~is_control], strict=True))):
             ref = reference[ctx]
             mean_change = ref["mean_change"]
-            pred_control = _mean_rows(pred, is_control & (where == ctx))
             change = _mean_rows(pred, (labels == pert) & (where == ctx) & ~is_control)
-            change = change - pred_control
+            change = change - pred_controls[ctx]
             real = _mean_rows(test, (test_labels == pert) & (test_where == ctx)) - ref["control"]
             a = float(change @ mean_change / (mean_change @ mean_change))
             residual = change - a * mean_change
