@@ -61,7 +61,7 @@ from cellrlhf.data.scan import ScanPlan, cell_prefixes, scan_cells
 from cellrlhf.data.schema import CONTROL_LABEL, standardize_obs
 from cellrlhf.data.sentences import SentenceWriter
 from cellrlhf.data.splits import make_splits
-from cellrlhf.data.synthetic import SyntheticCombinations
+from cellrlhf.data.synthetic import SyntheticCombinations, SyntheticTransfers
 from cellrlhf.data.task_templates import TASKS, load_phrases, load_task_templates
 
 __all__ = ["BuildError", "BuildResult", "build_datasets"]
@@ -312,7 +312,7 @@ class _Rows:
     rl_features: object
     evidence: EvidenceBuilder | None = None
     evidence_phrases: object | None = None
-    synthetic: dict | None = None
+    synthetic: dict | None = None  # option -> what it made (manifest)
 
 
 def _scan(staging: Path, config: DataBuildConfig, prep: _Prepared, sentence_writer):
@@ -360,15 +360,20 @@ def _make_rows(config: DataBuildConfig, prep: _Prepared, scan, sentence_writer) 
         sft_feats["evidence_sources"] = rl_feats["evidence_sources"] = evidence_features()
     sft = sft_rows(prep.sft_specs, prep.table, references, writer, config.seed, evidence)
     rl = rl_rows(prep.rl_specs, prep.table, references, writer, config.seed, evidence)
-    synthetic = None
-    if config.evidence.synthetic_combinations:
-        from datasets import Value
+    synthetic = {}
+    for option, maker_class in (
+        ("synthetic_combinations", SyntheticCombinations),
+        ("synthetic_transfers", SyntheticTransfers),
+    ):
+        if getattr(config.evidence, option):
+            from datasets import Value
 
-        maker = SyntheticCombinations(
-            evidence, prep.table, references, prep.decoder_cells, scan.decoder_rows, sentence_writer
-        )
-        synthetic = _add_synthetic(config, maker, writer, sft)
-        sft_feats["synthetic"] = Value("bool")
+            maker = maker_class(
+                evidence, prep.table, references, prep.decoder_cells, scan.decoder_rows,
+                sentence_writer,
+            )  # fmt: skip
+            synthetic[option] = _add_synthetic(config, maker, writer, sft)
+            sft_feats["synthetic"] = Value("bool")
     return _Rows(
         decoder,
         templates,
@@ -384,16 +389,16 @@ def _make_rows(config: DataBuildConfig, prep: _Prepared, scan, sentence_writer) 
 
 
 def _add_synthetic(config: DataBuildConfig, maker, writer, sft: dict) -> dict:
-    """``evidence.synthetic_combinations`` rows into SFT train (:mod:`~cellrlhf.data.synthetic`)."""
+    """``evidence.synthetic_*`` rows into SFT train (:mod:`~cellrlhf.data.synthetic`)."""
     task = config.sft.tasks.get("perturbation_response")
     if not config.sft.enabled or task is None or not task.enabled:
         raise BuildError(
-            "evidence.synthetic_combinations adds perturbation_response examples: enable "
-            "sft.tasks.perturbation_response (or set synthetic_combinations: 0)."
+            f"evidence.{maker.option} adds perturbation_response examples: enable "
+            f"sft.tasks.perturbation_response (or set {maker.option}: 0)."
         )
     try:
-        return maker.add_to(sft, config.evidence.synthetic_combinations, config.seed, writer,
-                            task.context)  # fmt: skip
+        n = getattr(config.evidence, maker.option)
+        return maker.add_to(sft, n, config.seed, writer, task.context)
     except ValueError as err:
         raise BuildError(str(err)) from err
 
@@ -505,8 +510,7 @@ def _build_into(staging: Path, config: DataBuildConfig, prep: _Prepared, timings
         manifest["answer_budget"] = _answer_budget(config, rows.rl)
     if rows.evidence is not None:
         manifest["evidence"] = _evidence_manifest(config, prep, rows, staging)
-        if rows.synthetic is not None:
-            manifest["evidence"]["synthetic_combinations"] = rows.synthetic
+        manifest["evidence"].update(rows.synthetic)
     (staging / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=1))
     return manifest
 

@@ -431,8 +431,11 @@ class DataBuildConfig:
             if not self.evidence.components_of_singles:
                 out["evidence"].pop("components_of_singles")
             if not self.evidence.synthetic_combinations:
-                for key in ("synthetic_combinations", "synthetic_min_change"):
-                    out["evidence"].pop(key)
+                out["evidence"].pop("synthetic_combinations")
+            if not self.evidence.synthetic_transfers:
+                out["evidence"].pop("synthetic_transfers")
+            if not (self.evidence.synthetic_combinations or self.evidence.synthetic_transfers):
+                out["evidence"].pop("synthetic_min_change")
         return out
 
     def with_overrides(self, overrides: Sequence[str]) -> DataBuildConfig:

@@ -307,9 +307,12 @@ class EvidenceBuilder:
         """A measured unit's mean expression minus its context's training control mean."""
         return self._minus_controls(self._profile((perturbation, context)), context)
 
-    def change_sources(self, perturbation: str, context: str) -> list[dict]:
-        """The groups :meth:`change` is computed from, as ``evidence_sources`` entries."""
-        return self.index.sources("components", [(perturbation, context)], controls=True)
+    def change_sources(
+        self, perturbation: str, context: str, kind: str = "components"
+    ) -> list[dict]:
+        """The groups :meth:`change` is computed from, as ``evidence_sources`` entries of
+        ``kind``."""
+        return self.index.sources(kind, [(perturbation, context)], controls=True)
 
     def block(self, perturbation: str, context: str) -> tuple[str, list[dict]]:
         """The evidence text of a prompt and the groups it was computed from

@@ -103,9 +103,17 @@ class EvidenceConfig:
         mean change against the training controls: the additive model with one real cell's
         noise), so that a model learns to compose two component lines from many pairs
         (:mod:`cellrlhf.data.synthetic`). 0 = off.
+    synthetic_transfers
+        With ``other_contexts``: this many extra SFT ``perturbation_response`` training examples
+        about a perturbation in a context where it is not held out, answered by a synthetic
+        cell (a training control cell of the context plus the perturbation's mean change in the
+        other contexts, each against its own training controls: the ``context_transfer`` model
+        with one real cell's noise), so that a model learns to carry the other contexts' lines
+        over; a training pair is asked again beside its real cells
+        (:mod:`cellrlhf.data.synthetic`). 0 = off.
     synthetic_min_change
-        With ``synthetic_combinations``: changes of the added single smaller than this (in
-        absolute value, expression units) are not added.
+        With ``synthetic_combinations`` or ``synthetic_transfers``: changes added that are
+        smaller than this (in absolute value, expression units) are not added.
     """
 
     kinds: tuple[str, ...] = ()
@@ -116,6 +124,7 @@ class EvidenceConfig:
     change_genes: int = 20
     components_of_singles: bool = False
     synthetic_combinations: int = 0
+    synthetic_transfers: int = 0
     synthetic_min_change: float = 0.1
 
     def __post_init__(self) -> None:
@@ -148,14 +157,23 @@ class EvidenceConfig:
             raise EvidenceError(
                 "evidence.components_of_singles needs 'components' in evidence.kinds."
             )
-        if self.synthetic_combinations < 0 or self.synthetic_min_change < 0:
+        if (
+            min(self.synthetic_combinations, self.synthetic_transfers, self.synthetic_min_change)
+            < 0
+        ):
             raise EvidenceError(
-                "evidence.synthetic_combinations and evidence.synthetic_min_change must be >= 0."
+                "evidence.synthetic_combinations, evidence.synthetic_transfers and "
+                "evidence.synthetic_min_change must be >= 0."
             )
         if self.synthetic_combinations and "components" not in self.kinds:
             raise EvidenceError(
                 "evidence.synthetic_combinations needs 'components' in evidence.kinds (the "
                 "examples teach reading the component lines)."
+            )
+        if self.synthetic_transfers and "other_contexts" not in self.kinds:
+            raise EvidenceError(
+                "evidence.synthetic_transfers needs 'other_contexts' in evidence.kinds (the "
+                "examples teach reading the other contexts' lines)."
             )
 
     @property

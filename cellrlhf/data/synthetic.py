@@ -1,27 +1,37 @@
-"""Synthetic combinations: SFT examples that teach a model to compose measured singles.
+"""Synthetic training rows: SFT examples that teach a model to read its evidence.
 
-A data set has few combinations whose singles are both measured (Norman: 2 per training fold),
-too few for a model to learn to read two ``components`` lines and answer with both changes. With
-``evidence.synthetic_combinations: N`` the build adds ``N`` ``perturbation_response`` training
-examples about combinations nobody measured, made from training cells only:
+A data set rarely has enough real examples for a model to learn to read an evidence block:
+Norman has 2 combinations per training fold whose singles are both measured; McFaline's
+training pairs change so little beside their noise that the other lines predict them at r ~0.15,
+less than what a perturbation's name and line let a model memorise. Two build options add
+``perturbation_response`` training examples whose answer follows from the evidence in their
+prompt, made from training cells only:
 
-* a pair ``A+B`` of measured training singles of one context (each with at least
-  ``evidence.min_cells`` training cells), never one that is a perturbation of the data in any
-  split (a real combination trains on its real cells; a held-out one stays unseen);
-* the answer is a synthetic cell: a training cell of one single (drawn at random, ``A`` or
-  ``B``), plus the other single's mean change against the context's training controls, written
-  as a cell sentence exactly as a real cell's. Changes smaller than
-  ``evidence.synthetic_min_change`` are dropped (otherwise every unexpressed gene would take a
-  tiny positive value and enter sentences of short cells); values are clipped at 0. The
-  synthetic cell is the additive model of ``A+B`` with one real cell's noise;
-* the prompt is written as every other ``perturbation_response`` prompt (the task's
-  ``context`` mode and templates) with the evidence block of ``A+B``: the lines of ``A`` and
-  ``B``.
+``evidence.synthetic_combinations: N`` (with ``components``)
+    ``N`` examples about a pair ``A+B`` of measured training singles of one context (each with
+    at least ``evidence.min_cells`` training cells), never one that is a perturbation of the
+    data in any split (a real combination trains on its real cells; a held-out one stays
+    unseen). The answer is a training cell of one single (drawn at random, ``A`` or ``B``) plus
+    the other single's mean change against the context's training controls: the additive model
+    of ``A+B`` with one real cell's noise. The prompt shows the lines of ``A`` and ``B``.
+``evidence.synthetic_transfers: N`` (with ``other_contexts``)
+    ``N`` examples about a perturbation ``P`` in a context ``C`` where ``P`` is measured in other
+    contexts, never a pair that has cells but none in training (a held-out pair stays unseen);
+    a training pair is posed again beside its real cells. The answer is a training control cell
+    of ``C`` plus ``P``'s mean change in the other contexts (each against its own training
+    controls, each context weighing 1): the ``context_transfer`` model with one real cell's
+    noise. The prompt shows ``P`` in the other contexts, as every ``other_contexts`` prompt does.
+
+Changes smaller than ``evidence.synthetic_min_change`` are not added (otherwise every
+unexpressed gene would take a tiny positive value and enter sentences of short cells); values
+are clipped at 0; the synthetic cell is written as a cell sentence exactly as a real cell's. The
+prompt is written as every other ``perturbation_response`` prompt (the task's ``context`` mode
+and templates) with the evidence block of its (perturbation, context).
 
 Base and control cells are drawn from the training cells whose expression the build keeps for
 the expression decoder (``decoder.max_cells``). Rows carry ``synthetic: true`` (the column exists
-only in builds with the option) and the groups they were computed from in ``evidence_sources``
-(the other single and the controls, beside the evidence block's own), which the leakage check
+only in builds with an option) and the groups they were computed from in ``evidence_sources``
+(the added changes and their controls, beside the evidence block's own), which the leakage check
 verifies like any evidence.
 """
 
@@ -34,7 +44,7 @@ from cellrlhf.data.evidence import with_evidence
 from cellrlhf.data.plan import task_rng
 from cellrlhf.data.schema import CONTROL_LABEL, perturbation_targets
 
-__all__ = ["SyntheticCombinations", "synthetic_pairs"]
+__all__ = ["SyntheticCombinations", "SyntheticTransfers", "synthetic_pairs", "transfer_pairs"]
 
 
 def synthetic_pairs(measured: dict[str, list[str]], known: set[frozenset]) -> list[tuple]:
@@ -61,13 +71,42 @@ def synthetic_pairs(measured: dict[str, list[str]], known: set[frozenset]) -> li
     return pairs
 
 
-class SyntheticCombinations:
-    """Makes the synthetic-combination training rows of a build.
+def transfer_pairs(
+    measured: dict[str, list[str]], bases: set[str], held_out: set[tuple[str, str]]
+) -> list[tuple]:
+    """The ``(context, perturbation)`` pairs synthetic transfers are made of.
+
+    Parameters
+    ----------
+    measured
+        Perturbation -> the contexts (with training controls) where it is measured in training.
+    bases
+        Contexts with training control cells to start an answer from.
+    held_out
+        ``(perturbation, context)`` pairs with cells but none in training: never made.
+
+    Returns
+    -------
+    Sorted ``(context, perturbation)``: every base context and perturbation measured in at
+    least one other context.
+    """
+    pairs = []
+    for context in sorted(bases):
+        for pert in sorted(measured, key=str.upper):
+            others = [c for c in measured[pert] if c != context]
+            if others and (pert, context) not in held_out:
+                pairs.append((context, pert))
+    return pairs
+
+
+class _SyntheticRows:
+    """What both kinds of synthetic rows share: the cells they start from, the changes they add,
+    the prompts and the rows (subclasses plan which cell gets which change).
 
     Parameters
     ----------
     evidence
-        The build's :class:`~cellrlhf.data.evidence.EvidenceBuilder` (measured singles, their
+        The build's :class:`~cellrlhf.data.evidence.EvidenceBuilder` (measured units, their
         changes, the evidence blocks).
     table
         :class:`~cellrlhf.data.plan.CellTable`.
@@ -78,6 +117,13 @@ class SyntheticCombinations:
     sentence_writer
         :class:`~cellrlhf.data.sentences.SentenceWriter` of the build.
     """
+
+    #: the config option (messages) and the name of its random stream
+    option = ""
+    #: what :meth:`rows_for` says when there is nothing to make
+    nothing_to_make = ""
+    #: the evidence kind the added changes are recorded under (``evidence_sources``)
+    source_kind = ""
 
     def __init__(self, evidence, table, references, decoder_cells, decoder_rows, sentence_writer):
         self.evidence = evidence
@@ -93,46 +139,38 @@ class SyntheticCombinations:
             self.pool.setdefault((perts[pos], contexts[pos]), []).append(pos)
         self.pool = {k: np.asarray(v) for k, v in self.pool.items()}
         self.decoder_cells = np.asarray(decoder_cells)
-        measured: dict[str, list[str]] = {}
-        for pert, context in evidence.measured_units():
-            if (
-                len(perturbation_targets(pert)) == 1
-                and (pert, context) in self.pool
-                and evidence.has_controls(context)
-            ):
-                measured.setdefault(context, []).append(pert)
-        known = {frozenset(t.upper() for t in perturbation_targets(p)) for p in set(table.perts)}
-        self.pairs = synthetic_pairs(measured, known)
-        self._changes: dict[tuple[str, str], np.ndarray] = {}
+        self._changes: dict[tuple, np.ndarray] = {}
+        self.pairs: list[tuple] = []
 
-    def change(self, single: str, context: str) -> np.ndarray:
-        """The single's mean change against the context's training controls, with changes
-        smaller than ``synthetic_min_change`` set to 0."""
-        key = (single, context)
+    def change(self, units) -> np.ndarray:
+        """The mean change of measured ``(perturbation, context)`` units (each against its
+        context's training controls, each unit weighing 1), with changes smaller than
+        ``synthetic_min_change`` set to 0."""
+        key = tuple(units)
         if key not in self._changes:
-            change = self.evidence.change(single, context)
+            change = np.mean([self.evidence.change(*unit) for unit in key], axis=0)
             change[np.abs(change) < self.min_change] = 0.0
             self._changes[key] = change
         return self._changes[key]
 
+    def _plan(self, n: int, rng) -> list[tuple]:
+        """``n`` ``(context, perturbation, base position, added change, added units, type)``."""
+        raise NotImplementedError
+
     def cells(self, n: int, seed: int):
-        """``n`` synthetic cells: their pairs, base cells (table positions), added singles and
-        sentences."""
-        rng = task_rng(seed, "synthetic-combinations")
-        picks = rng.integers(len(self.pairs), size=n)
-        flips = rng.random(n) < 0.5
-        plan, values = [], []
-        for pick, flip in zip(picks.tolist(), flips.tolist(), strict=True):
-            context, a, b = self.pairs[pick]
-            base, added = (b, a) if flip else (a, b)
-            pos = int(rng.choice(self.pool[(base, context)]))
-            row = self.rows[pos].toarray().ravel() + self.change(added, context)
-            values.append(np.clip(row, 0.0, None).astype(np.float32))
-            plan.append((context, a, b, int(self.decoder_cells[pos]), added))
+        """``n`` synthetic cells: their plan (see :meth:`_plan`), sentences and the random
+        stream the prompts go on with."""
+        rng = task_rng(seed, self.option.replace("_", "-"))
+        plan = self._plan(n, rng)
+        values = [
+            np.clip(self.rows[pos].toarray().ravel() + added, 0.0, None).astype(np.float32)
+            for _, _, pos, added, _, _ in plan
+        ]
         matrix = sp.csr_matrix(np.vstack(values)) if values else sp.csr_matrix((0, 0))
         matrix.eliminate_zeros()
         names = [
-            f"synthetic:{i}:{self.table.cell_ids[cell]}" for i, (*_, cell, _) in enumerate(plan)
+            f"synthetic:{i}:{self.table.cell_ids[self.decoder_cells[item[2]]]}"
+            for i, item in enumerate(plan)
         ]
         sentences = []
         if plan:
@@ -160,39 +198,38 @@ class SyntheticCombinations:
         a control cell, half the control pseudo-bulk, drawn per row).
         """
         if n and not self.pairs:
-            raise ValueError(
-                "evidence.synthetic_combinations: no pair of measured training singles shares a "
-                "context with training controls (or every pair is a perturbation of the data); "
-                "set it to 0."
-            )
+            raise ValueError(f"evidence.{self.option}: {self.nothing_to_make}; set it to 0.")
         plan, sentences, rng = self.cells(n, seed)
         out = []
-        for (context, a, b, cell, added), sentence in zip(plan, sentences, strict=True):
+        for (context, perturbation, pos, _, units, ptype), sentence in zip(
+            plan, sentences, strict=True
+        ):
             mode = context_mode
             if mode == "mixed":
                 mode = "control_cell" if rng.random() < 0.5 else "pseudobulk"
             mode, control_sentence, control_ids = self._control_sentence(mode, context, rng)
-            perturbation = self.evidence.index.label([a, b])
             messages, template = writer.response(
                 cell_context=context,
                 perturbation=perturbation,
-                perturbation_type=str(self.table.types[cell]),
+                perturbation_type=ptype,
                 control_sentence=control_sentence,
                 context_mode=mode,
                 rng=rng,
                 answer_sentence=sentence,
             )
             block, sources = self.evidence.block(perturbation, context)
-            for source in self.evidence.change_sources(added, context):
-                if source not in sources:
-                    sources.append(source)
+            for unit in units:
+                for source in self.evidence.change_sources(*unit, kind=self.source_kind):
+                    if source not in sources:
+                        sources.append(source)
+            base = str(self.table.cell_ids[self.decoder_cells[pos]])
             out.append(
                 {
                     "messages": with_evidence(messages, block),
                     "task": "perturbation_response",
                     "perturbation": perturbation,
                     "cell_context": context,
-                    "cell_ids": [str(self.table.cell_ids[cell]), *control_ids],
+                    "cell_ids": [base, *control_ids],
                     "template": template,
                     "evidence_sources": sources,
                     "synthetic": True,
@@ -202,16 +239,100 @@ class SyntheticCombinations:
 
     def add_to(self, sft: dict, n: int, seed: int, writer, context_mode: str) -> dict:
         """Add :meth:`rows_for` rows to ``sft["train"]`` (reshuffled, seeded) and mark every
-        row of ``sft`` ``synthetic`` or not; returns what was made (for the manifest)."""
+        other row of ``sft`` not ``synthetic``; returns what was made (for the manifest)."""
         made = self.rows_for(n, seed, writer, context_mode)
         for rows in sft.values():
             for row in rows:
-                row["synthetic"] = False
+                row.setdefault("synthetic", False)
         train = sft["train"] + made
         order = task_rng(seed, "sft-shuffle-synthetic").permutation(len(train))
         sft["train"] = [train[i] for i in order]
         return {
             "examples": len(made),
             "pairs": len(self.pairs),
-            "contexts": sorted({context for context, _, _ in self.pairs}),
+            "contexts": sorted({pair[0] for pair in self.pairs}),
         }
+
+
+class SyntheticCombinations(_SyntheticRows):
+    """Makes the synthetic-combination training rows of a build (``A+B`` from ``A`` and ``B``).
+
+    Parameters: as :class:`_SyntheticRows`.
+    """
+
+    option = "synthetic_combinations"
+    source_kind = "components"
+    nothing_to_make = (
+        "no pair of measured training singles shares a context with training controls (or "
+        "every pair is a perturbation of the data)"
+    )
+
+    def __init__(self, evidence, table, references, decoder_cells, decoder_rows, sentence_writer):
+        super().__init__(evidence, table, references, decoder_cells, decoder_rows, sentence_writer)
+        measured: dict[str, list[str]] = {}
+        for pert, context in evidence.measured_units():
+            if (
+                len(perturbation_targets(pert)) == 1
+                and (pert, context) in self.pool
+                and evidence.has_controls(context)
+            ):
+                measured.setdefault(context, []).append(pert)
+        known = {frozenset(t.upper() for t in perturbation_targets(p)) for p in set(table.perts)}
+        self.pairs = synthetic_pairs(measured, known)
+
+    def _plan(self, n: int, rng) -> list[tuple]:
+        picks = rng.integers(len(self.pairs), size=n)
+        flips = rng.random(n) < 0.5
+        plan = []
+        for pick, flip in zip(picks.tolist(), flips.tolist(), strict=True):
+            context, a, b = self.pairs[pick]
+            base, added = (b, a) if flip else (a, b)
+            pos = int(rng.choice(self.pool[(base, context)]))
+            ptype = str(self.table.types[self.decoder_cells[pos]])
+            label = self.evidence.index.label([a, b])
+            plan.append(
+                (context, label, pos, self.change([(added, context)]), [(added, context)], ptype)
+            )
+        return plan
+
+
+class SyntheticTransfers(_SyntheticRows):
+    """Makes the synthetic-transfer training rows of a build (``P`` in ``C`` from ``P`` in the
+    other contexts).
+
+    Parameters: as :class:`_SyntheticRows`.
+    """
+
+    option = "synthetic_transfers"
+    source_kind = "other_contexts"
+    nothing_to_make = (
+        "no perturbation is measured in training in a context other than one with training "
+        "control cells (or every such pair is held out)"
+    )
+
+    def __init__(self, evidence, table, references, decoder_cells, decoder_rows, sentence_writer):
+        super().__init__(evidence, table, references, decoder_cells, decoder_rows, sentence_writer)
+        self.measured: dict[str, list[str]] = {}
+        for pert, context in evidence.measured_units():
+            if evidence.has_controls(context):
+                self.measured.setdefault(pert, []).append(context)
+        bases = {
+            context
+            for pert, context in self.pool
+            if pert == CONTROL_LABEL and evidence.has_controls(context)
+        }
+        train = table.labels == "train"
+        with_cells = set(zip(table.perts, table.contexts, strict=True))
+        trained = set(zip(table.perts[train], table.contexts[train], strict=True))
+        self.pairs = transfer_pairs(self.measured, bases, with_cells - trained)
+        self.types = dict(zip(table.perts[train], table.types[train], strict=True))
+
+    def _plan(self, n: int, rng) -> list[tuple]:
+        picks = rng.integers(len(self.pairs), size=n)
+        plan = []
+        for pick in picks.tolist():
+            context, pert = self.pairs[pick]
+            units = [(pert, c) for c in self.measured[pert] if c != context]
+            pos = int(rng.choice(self.pool[(CONTROL_LABEL, context)]))
+            plan.append((context, pert, pos, self.change(units), units, str(self.types[pert])))
+        return plan

@@ -155,3 +155,102 @@ def test_control_cell_prompts_show_a_training_control_cell(tmp_path):
         task = _user(row["messages"]).split("\n\n", 1)[1]
         cell = task.split("<cell>", 1)[1].split("</cell>", 1)[0].split()
         assert sorted(cell) == ["G1", "G2", "G3", "G4", "G5"]
+
+
+# synthetic transfers: three contexts; A measured in X and Y (A in Z held out), B in X, C in X
+# and Y. Changes against each context's control: A@X [0 0 0 3.5 0 0.5], A@Y [0 0 1.5 0 -1.5 0.05],
+# B@X [0 0 0 0 2.5 0], C@X [0 2 0 0 0 0], C@Y [0 1.3 0 0 0 0].
+CONTEXTS = {
+    ("control", "X"): ([5, 4, 3, 2, 1, 0], 8),
+    ("control", "Y"): ([1, 1.2, 1.4, 1.6, 1.8, 0], 8),
+    ("control", "Z"): ([3, 0, 2, 0, 1.2, 1], 8),
+    ("A", "X"): ([5, 4, 3, 5.5, 1, 0.5], 4),
+    ("A", "Y"): ([1, 1.2, 2.9, 1.6, 0.3, 0.05], 4),
+    ("A", "Z"): ([0, 0, 0, 0, 0, 7], 4),  # held out
+    ("B", "X"): ([5, 4, 3, 2, 3.5, 0], 4),
+    ("C", "X"): ([5, 6, 3, 2, 1, 0], 4),
+    ("C", "Y"): ([1, 2.5, 1.4, 1.6, 1.8, 0], 4),
+}
+PAIR_SPLIT = {"kind": "unseen_pair", "test_pairs": ["A@Z"]}
+# the context's control plus the mean change in the other contexts (|change| < 0.1 dropped)
+TRANSFERS = {
+    ("A", "X"): "<cell> G1 G3 G2 G4 </cell>",  # [5 4 4.5 2 -0.5 0] (A@Y's 0.05 dropped)
+    ("C", "X"): "<cell> G2 G1 G3 G4 G5 </cell>",  # [5 5.3 3 2 1 0]
+    ("A", "Y"): "<cell> G4 G5 G3 G2 G1 G6 </cell>",  # [1 1.2 1.4 5.1 1.8 0.5]
+    ("B", "Y"): "<cell> G5 G4 G3 G2 G1 </cell>",  # [1 1.2 1.4 1.6 4.3 0], B not measured in Y
+    ("C", "Y"): "<cell> G2 G5 G4 G3 G1 </cell>",  # [1 3.2 1.4 1.6 1.8 0]
+    ("B", "Z"): "<cell> G5 G1 G3 G6 </cell>",  # [3 0 2 0 3.7 1]
+    ("C", "Z"): "<cell> G1 G3 G2 G5 G6 </cell>",  # [3 1.65 2 0 1.2 1]: mean of X and Y
+}
+
+
+def _transfer_config(n: int = 70, **evidence) -> DataBuildConfig:
+    spec = {"kinds": ["other_contexts"], "write": "change", "synthetic_transfers": n, **evidence}
+    return _config(PAIR_SPLIT, spec)
+
+
+def test_transfer_pairs_skip_held_out_pairs_and_perturbations_measured_nowhere_else():
+    measured = {"A": ["X", "Y"], "B": ["X"], "C": ["X", "Y"]}
+    assert synthetic.transfer_pairs(measured, {"X", "Y", "Z"}, {("A", "Z")}) == [
+        ("X", "A"),
+        ("X", "C"),
+        ("Y", "A"),
+        ("Y", "B"),
+        ("Y", "C"),
+        ("Z", "B"),
+        ("Z", "C"),
+    ]
+    assert synthetic.transfer_pairs({"B": ["X"]}, {"X"}, set()) == []
+
+
+def test_synthetic_transfers_are_a_control_cell_plus_the_other_contexts_change(tmp_path):
+    result = build_datasets(_transfer_config(), out_dir=tmp_path / "on", adata=_adata(CONTEXTS))
+    built = open_dataset_dir(result.path)
+    rows = [r for r in built.sft["train"] if r["synthetic"]]
+    assert len(rows) == 70
+    answers = {(r["perturbation"], r["cell_context"]): set() for r in rows}
+    for row in rows:
+        answers[(row["perturbation"], row["cell_context"])].add(_answer(row))
+    assert answers == {key: {sentence} for key, sentence in TRANSFERS.items()}
+    controls = {c: {f"c{i}" for i in range(8 * k, 8 * k + 8)} for k, c in enumerate("XYZ")}
+    for row in rows:  # the base cell is a training control cell of the row's context
+        assert row["cell_ids"][0] in controls[row["cell_context"]]
+    (row,) = [r for r in rows if (r["perturbation"], r["cell_context"]) == ("C", "Z")][:1]
+    block = _user(row["messages"]).split("\n\n")[0].splitlines()
+    assert block[0] == HEADER and len(block) == 3  # C in X and in Y: the lines the answer used
+    assert {(s["kind"], s["perturbation"], s["cell_context"]) for s in row["evidence_sources"]} == {
+        ("other_contexts", "C", "X"),
+        ("other_contexts", "C", "Y"),
+        ("other_contexts", "control", "X"),
+        ("other_contexts", "control", "Y"),
+    }
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["evidence"]["synthetic_transfers"] == {
+        "examples": 70,
+        "pairs": 7,
+        "contexts": ["X", "Y", "Z"],
+    }
+    assert "synthetic_combinations" not in manifest["evidence"]
+    assert not any(r["synthetic"] for split in ("validation", "test") for r in built.sft[split])
+
+
+def test_a_planted_held_out_transfer_is_caught(monkeypatch, tmp_path):
+    monkeypatch.setattr(synthetic, "transfer_pairs", lambda *args: [("Z", "A")])
+    with pytest.raises(LeakageError, match="held-out"):
+        build_datasets(_transfer_config(5), out_dir=tmp_path / "leak", adata=_adata(CONTEXTS))
+
+
+def test_transfer_config_checks(tmp_path):
+    with pytest.raises(ConfigError, match="needs 'other_contexts'"):
+        _config(PAIR_SPLIT, {"kinds": ["components"], "synthetic_transfers": 5})
+    with pytest.raises(ConfigError, match=">= 0"):
+        _transfer_config(-1)
+    assert "synthetic_transfers" not in _synthetic_config().to_dict()["evidence"]
+    assert _transfer_config().to_dict()["evidence"]["synthetic_min_change"] == 0.1
+    one_context = {k: v for k, v in CONTEXTS.items() if k[1] == "X"}
+    config = _config(
+        {"kind": "random_cells", "test_fraction": 0.5},
+        {"kinds": ["other_contexts"], "synthetic_transfers": 5},
+    )
+    with pytest.raises(BuildError, match="synthetic_transfers: no perturbation is measured"):
+        build_datasets(config, out_dir=tmp_path / "y", adata=_adata(one_context))
