@@ -140,7 +140,11 @@ class _SyntheticRows:
         self.pool = {k: np.asarray(v) for k, v in self.pool.items()}
         self.decoder_cells = np.asarray(decoder_cells)
         self._changes: dict[tuple, np.ndarray] = {}
-        self.pairs: list[tuple] = []
+        self.pairs: list[tuple] = self._find_pairs()
+
+    def _find_pairs(self) -> list[tuple]:
+        """What the rows are about: ``(context, ...)`` tuples, sorted."""
+        raise NotImplementedError
 
     def change(self, units) -> np.ndarray:
         """The mean change of measured ``(perturbation, context)`` units (each against its
@@ -267,18 +271,18 @@ class SyntheticCombinations(_SyntheticRows):
         "every pair is a perturbation of the data)"
     )
 
-    def __init__(self, evidence, table, references, decoder_cells, decoder_rows, sentence_writer):
-        super().__init__(evidence, table, references, decoder_cells, decoder_rows, sentence_writer)
+    def _find_pairs(self) -> list[tuple]:
         measured: dict[str, list[str]] = {}
-        for pert, context in evidence.measured_units():
+        for pert, context in self.evidence.measured_units():
             if (
                 len(perturbation_targets(pert)) == 1
                 and (pert, context) in self.pool
-                and evidence.has_controls(context)
+                and self.evidence.has_controls(context)
             ):
                 measured.setdefault(context, []).append(pert)
-        known = {frozenset(t.upper() for t in perturbation_targets(p)) for p in set(table.perts)}
-        self.pairs = synthetic_pairs(measured, known)
+        perts = set(self.table.perts)
+        known = {frozenset(t.upper() for t in perturbation_targets(p)) for p in perts}
+        return synthetic_pairs(measured, known)
 
     def _plan(self, n: int, rng) -> list[tuple]:
         picks = rng.integers(len(self.pairs), size=n)
@@ -310,8 +314,8 @@ class SyntheticTransfers(_SyntheticRows):
         "control cells (or every such pair is held out)"
     )
 
-    def __init__(self, evidence, table, references, decoder_cells, decoder_rows, sentence_writer):
-        super().__init__(evidence, table, references, decoder_cells, decoder_rows, sentence_writer)
+    def _find_pairs(self) -> list[tuple]:
+        evidence, table = self.evidence, self.table
         self.measured: dict[str, list[str]] = {}
         for pert, context in evidence.measured_units():
             if evidence.has_controls(context):
@@ -324,8 +328,8 @@ class SyntheticTransfers(_SyntheticRows):
         train = table.labels == "train"
         with_cells = set(zip(table.perts, table.contexts, strict=True))
         trained = set(zip(table.perts[train], table.contexts[train], strict=True))
-        self.pairs = transfer_pairs(self.measured, bases, with_cells - trained)
         self.types = dict(zip(table.perts[train], table.types[train], strict=True))
+        return transfer_pairs(self.measured, bases, with_cells - trained)
 
     def _plan(self, n: int, rng) -> list[tuple]:
         picks = rng.integers(len(self.pairs), size=n)
