@@ -254,3 +254,19 @@ def test_transfer_config_checks(tmp_path):
     )
     with pytest.raises(BuildError, match="synthetic_transfers: no perturbation is measured"):
         build_datasets(config, out_dir=tmp_path / "y", adata=_adata(one_context))
+
+
+def test_both_kinds_of_synthetic_rows_in_one_build(tmp_path):
+    evidence = {
+        "kinds": ["components", "other_contexts"],
+        "write": "change",
+        "synthetic_combinations": 6,
+        "synthetic_transfers": 9,
+    }
+    result = build_datasets(_config(PAIR_SPLIT, evidence), out_dir=tmp_path, adata=_adata(CONTEXTS))
+    rows = [r for r in open_dataset_dir(result.path).sft["train"] if r["synthetic"]]
+    combos = [r for r in rows if "+" in r["perturbation"]]
+    assert (len(combos), len(rows) - len(combos)) == (6, 9)
+    manifest = json.loads((result.path / "manifest.json").read_text())["evidence"]
+    assert manifest["synthetic_combinations"]["pairs"] == 4  # A+B, A+C, B+C in X; A+C in Y
+    assert manifest["synthetic_transfers"]["pairs"] == 7
