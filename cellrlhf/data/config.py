@@ -434,6 +434,8 @@ class DataBuildConfig:
                 out["evidence"].pop("synthetic_combinations")
             if not self.evidence.synthetic_transfers:
                 out["evidence"].pop("synthetic_transfers")
+            if not self.evidence.pool_other_contexts:
+                out["evidence"].pop("pool_other_contexts")
             if not (self.evidence.synthetic_combinations or self.evidence.synthetic_transfers):
                 out["evidence"].pop("synthetic_min_change")
         return out

@@ -40,7 +40,7 @@ import numpy as np
 
 from cellrlhf.cell2text.markup import format_cell
 from cellrlhf.data.evidence_config import EvidenceConfig, EvidenceError
-from cellrlhf.data.evidence_index import AverageText, EvidenceIndex, MeasuredUnit
+from cellrlhf.data.evidence_index import AverageText, EvidenceIndex, MeasuredUnit, pooled_keys
 from cellrlhf.data.evidence_phrases import (
     EvidencePhrases,
     check_change_phrases,
@@ -212,8 +212,11 @@ class EvidenceBuilder:
 
     def _change_text(self, profile: np.ndarray, context: str) -> str:
         """``write: change``: ``profile`` minus the context's training control mean, written in
-        size classes (:func:`change_classes`)."""
-        change = self._minus_controls(profile, context)
+        size classes (:meth:`_change_words`)."""
+        return self._change_words(self._minus_controls(profile, context))
+
+    def _change_words(self, change: np.ndarray) -> str:
+        """A change against controls written in size classes (:func:`change_classes`)."""
         config = self.config
         written = []
         for classes in change_classes(
@@ -261,6 +264,17 @@ class EvidenceBuilder:
                 averages[context] = self._average(profiles, summed, context, "")
                 for pert in perts if len(perts) > 1 else []:
                     left_out[(pert, context)] = self._average(profiles, summed, context, pert)
+        pooled = {}
+        if self.config.pool_other_contexts:
+            by_pert: dict[str, list[str]] = {}
+            for pert, context in profiles:
+                by_pert.setdefault(pert, []).append(context)
+            for pert, contexts in by_pert.items():
+                for key in pooled_keys(pert, contexts):
+                    change = np.mean(
+                        [self._minus_controls(profiles[(pert, c)], c) for c in key[1]], axis=0
+                    )
+                    pooled[key] = self._change_words(change)
         table = self.gene_table
         return EvidenceIndex(
             self.config,
@@ -273,6 +287,7 @@ class EvidenceBuilder:
             gene_table_sha256=getattr(table, "sha256", None),
             sort_targets=sort_targets,
             perturbation_text=self.perturbation_text,
+            pooled=pooled,
         )
 
     def _average(self, profiles: dict, summed: tuple, context: str, left_out: str):

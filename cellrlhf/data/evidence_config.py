@@ -103,6 +103,13 @@ class EvidenceConfig:
         mean change against the training controls: the additive model with one real cell's
         noise), so that a model learns to compose two component lines from many pairs
         (:mod:`cellrlhf.data.synthetic`). 0 = off.
+    pool_other_contexts
+        With ``other_contexts`` and ``write: change``: one line, the perturbation's mean change
+        over the other contexts where it is measured (each against its own training controls,
+        each context weighing 1: what ``context_transfer`` predicts), instead of one line per
+        context. The line reads the same whether one context or several are pooled: with
+        ``unseen_pair`` on 3 contexts every training prompt has 1 other context and every
+        held-out prompt 2, a shape the per-context lines never show in training.
     synthetic_transfers
         With ``other_contexts``: this many extra SFT ``perturbation_response`` training examples
         about a perturbation in a context where it is not held out, answered by a synthetic
@@ -124,6 +131,7 @@ class EvidenceConfig:
     change_genes: int = 20
     components_of_singles: bool = False
     synthetic_combinations: int = 0
+    pool_other_contexts: bool = False
     synthetic_transfers: int = 0
     synthetic_min_change: float = 0.1
 
@@ -169,6 +177,13 @@ class EvidenceConfig:
             raise EvidenceError(
                 "evidence.synthetic_combinations needs 'components' in evidence.kinds (the "
                 "examples teach reading the component lines)."
+            )
+        if self.pool_other_contexts and (
+            "other_contexts" not in self.kinds or self.write != "change"
+        ):
+            raise EvidenceError(
+                "evidence.pool_other_contexts needs 'other_contexts' in evidence.kinds and "
+                "evidence.write: change (it pools the other contexts' changes)."
             )
         if self.synthetic_transfers and "other_contexts" not in self.kinds:
             raise EvidenceError(

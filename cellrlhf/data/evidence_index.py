@@ -40,6 +40,7 @@ __all__ = [
     "MeasuredUnit",
     "AverageText",
     "EvidenceIndex",
+    "pooled_keys",
 ]
 
 EVIDENCE_INDEX_FORMAT = "cellrlhf.evidence_index"
@@ -98,6 +99,9 @@ class EvidenceIndex:
         perturbations, for every measured unit of a context with more than one.
     gene_table_path, gene_table_sha256
         The gene-similarity table of ``neighbours``, as the config gave it, and its digest.
+    pooled
+        ``(perturbation, contexts)`` -> the ``pool_other_contexts`` text of its mean change over
+        ``contexts`` (sorted), for every set :func:`pooled_keys` names.
     sort_targets
         Whether the data wrote a combination's targets sorted (``schema.sort_targets``): how
         :meth:`label` writes a combination that was not measured.
@@ -125,6 +129,7 @@ class EvidenceIndex:
         gene_table_sha256: str | None = None,
         sort_targets: bool = True,
         perturbation_text: Callable[[str], str] | None = None,
+        pooled: Mapping[tuple[str, tuple[str, ...]], str] | None = None,
     ):
         self.config = config
         self.phrases = phrases
@@ -132,6 +137,7 @@ class EvidenceIndex:
         self.controls = {c: tuple(s) for c, s in controls.items()}
         self.averages = dict(averages)
         self.left_out = dict(left_out)
+        self.pooled = dict(pooled or {})
         self.gene_table_path = gene_table_path
         self.gene_table_sha256 = gene_table_sha256
         self.sort_targets = bool(sort_targets)
@@ -157,6 +163,14 @@ class EvidenceIndex:
                     f"evidence index: write: change needs the control groups of {context!r}; "
                     f"{_REBUILD} again."
                 )
+        if self.config.pool_other_contexts:
+            for pert, contexts in self._by_pert.items():
+                missing = [k for k in pooled_keys(pert, contexts) if k not in self.pooled]
+                if missing:
+                    raise EvidenceError(
+                        f"evidence index: no pooled other-contexts text of {missing[0]}; "
+                        f"{_REBUILD} again."
+                    )
         if "average_response" not in self.config.kinds:
             return
         for context, perts in self._by_context.items():
@@ -329,10 +343,14 @@ class EvidenceIndex:
         if not others:
             return [self.phrases.line("other_contexts_missing")], []
         keys = [(perturbation, c) for c in others]
-        lines = [
-            self.phrases.line("other_context", other_context=c, cell=self.units[k].text)
-            for c, k in zip(others, keys, strict=True)
-        ]
+        if self.config.pool_other_contexts:
+            text = self.pooled[(perturbation, tuple(others))]
+            lines = [self.phrases.line("other_contexts_pooled", n=len(others), cell=text)]
+        else:
+            lines = [
+                self.phrases.line("other_context", other_context=c, cell=self.units[k].text)
+                for c, k in zip(others, keys, strict=True)
+            ]
         return lines, self.sources("other_contexts", keys)
 
     def _neighbours(self, perturbation: str, context: str, table):
@@ -383,7 +401,7 @@ class EvidenceIndex:
             {"cell_context": c, "left_out": p, "n": a.n, "text": a.text}
             for (p, c), a in sorted(self.left_out.items())
         ]
-        return {
+        out = {
             "format": EVIDENCE_INDEX_FORMAT,
             "version": EVIDENCE_INDEX_VERSION,
             "config": json.loads(json.dumps(asdict(self.config))),
@@ -407,6 +425,12 @@ class EvidenceIndex:
             "controls": {c: list(s) for c, s in sorted(self.controls.items())},
             "average_response": averages,
         }
+        if self.pooled:  # pool_other_contexts only: other indexes stay byte for byte as before
+            out["other_contexts_pooled"] = [
+                {"perturbation": p, "cell_contexts": list(cs), "text": t}
+                for (p, cs), t in sorted(self.pooled.items())
+            ]
+        return out
 
     @classmethod
     def from_json(cls, payload, *, where: str = "evidence index") -> EvidenceIndex:
@@ -473,6 +497,10 @@ class EvidenceIndex:
             gene_table_path=gene_table.get("path"),
             gene_table_sha256=gene_table.get("sha256"),
             sort_targets=bool(payload.get("sort_targets", True)),
+            pooled={
+                (str(e["perturbation"]), _strings(e["cell_contexts"])): _text(e["text"])
+                for e in payload.get("other_contexts_pooled", [])
+            },
         )
 
     def save(self, path: str | Path) -> Path:
@@ -498,6 +526,15 @@ class EvidenceIndex:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise EvidenceError(f"{path} is not valid JSON ({err}); {_REBUILD} again.") from None
         return cls.from_json(payload, where=str(path))
+
+
+def pooled_keys(perturbation: str, contexts) -> list[tuple[str, tuple[str, ...]]]:
+    """The ``(perturbation, contexts)`` sets a ``pool_other_contexts`` prompt can ask for: the
+    measured ``contexts`` without each one (a prompt in that context) and all of them (a prompt
+    in another), each sorted; never an empty set."""
+    contexts = sorted(set(contexts))
+    sets = {tuple(c for c in contexts if c != left) for left in contexts} | {tuple(contexts)}
+    return sorted((perturbation, s) for s in sets if s)
 
 
 def _text(value) -> str:

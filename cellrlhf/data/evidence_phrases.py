@@ -19,6 +19,7 @@ from cellrlhf.data.evidence_config import EvidenceConfig, EvidenceError
 __all__ = [
     "PHRASE_KEYS",
     "CHANGE_PHRASE_KEYS",
+    "POOLED_PHRASE_KEYS",
     "EvidencePhrases",
     "load_evidence_phrases",
     "phrases_from_lines",
@@ -39,6 +40,8 @@ PHRASE_KEYS = (
 )
 # needed only by ``evidence.write: change`` (older phrase files without it still load)
 CHANGE_PHRASE_KEYS = ("change", "change_none")
+# needed only by ``evidence.pool_other_contexts``
+POOLED_PHRASE_KEYS = ("other_contexts_pooled",)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ def phrases_from_lines(
     if missing:
         raise EvidenceError(f"{where} lacks the phrase(s) {missing}.")
     kept = {k: lines[k] for k in PHRASE_KEYS}
-    kept.update({k: lines[k] for k in CHANGE_PHRASE_KEYS if isinstance(lines.get(k), str)})
+    optional = CHANGE_PHRASE_KEYS + POOLED_PHRASE_KEYS
+    kept.update({k: lines[k] for k in optional if isinstance(lines.get(k), str)})
     return EvidencePhrases(int(version), str(sha256), kept)
 
 
@@ -99,12 +103,15 @@ def load_evidence_phrases(directory: str | Path | None = None) -> EvidencePhrase
 
 
 def check_change_phrases(config: EvidenceConfig, phrases: EvidencePhrases) -> None:
-    """Raise unless ``phrases`` can write ``config`` (``write: change`` needs its phrases)."""
-    if config.write != "change":
-        return
-    missing = [k for k in CHANGE_PHRASE_KEYS if k not in phrases.lines]
-    if missing:
-        raise EvidenceError(
-            f"evidence.write: change needs the phrase(s) {missing} in evidence.json; "
-            "copy them from the packaged cellrlhf/data/templates/evidence.json."
-        )
+    """Raise unless ``phrases`` can write ``config`` (``write: change`` and
+    ``pool_other_contexts`` need their phrases)."""
+    for option, needed, keys in (
+        ("evidence.write: change", config.write == "change", CHANGE_PHRASE_KEYS),
+        ("evidence.pool_other_contexts", config.pool_other_contexts, POOLED_PHRASE_KEYS),
+    ):
+        missing = [k for k in keys if k not in phrases.lines] if needed else []
+        if missing:
+            raise EvidenceError(
+                f"{option} needs the phrase(s) {missing} in evidence.json; "
+                "copy them from the packaged cellrlhf/data/templates/evidence.json."
+            )

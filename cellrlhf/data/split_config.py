@@ -114,9 +114,7 @@ class SplitConfig:
         if self.combos_with_test_targets not in ("exclude", "test"):
             raise SplitError("split.combos_with_test_targets must be 'exclude' or 'test'.")
         if self.combo_pool not in COMBO_POOLS:
-            raise SplitError(
-                f"split.combo_pool={self.combo_pool!r}; choose one of {COMBO_POOLS}."
-            )
+            raise SplitError(f"split.combo_pool={self.combo_pool!r}; choose one of {COMBO_POOLS}.")
         if self.combo_pool != "singles_measured" and self.kind != "unseen_combo":
             raise SplitError(
                 f"split.combo_pool is for kind 'unseen_combo', not {self.kind!r}; remove it."

@@ -1,6 +1,8 @@
-"""Synthetic combinations (``evidence.synthetic_combinations``): the pairs made, the synthetic
-answers on hand-made data (exact sentences), the evidence and sources they carry, a planted
-held-out pair caught by the leakage check, the config checks and the default (off)."""
+"""Synthetic rows (``evidence.synthetic_combinations``, ``evidence.synthetic_transfers``): the
+pairs made, the synthetic answers on hand-made data (exact sentences), the evidence and sources
+they carry, a planted held-out pair caught by the leakage check, the config checks and the
+default (off); the pooled other-contexts line (``evidence.pool_other_contexts``) they are read
+with on McFaline."""
 
 import json
 
@@ -9,6 +11,7 @@ import pytest
 import cellrlhf.data.synthetic as synthetic
 from cellrlhf.data.build import BuildError, build_datasets
 from cellrlhf.data.config import ConfigError, DataBuildConfig
+from cellrlhf.data.evidence_index import EvidenceIndex
 from cellrlhf.data.layout import open_dataset_dir
 from cellrlhf.data.leakage import LeakageError
 from cellrlhf.data.synthetic import synthetic_pairs
@@ -270,3 +273,31 @@ def test_both_kinds_of_synthetic_rows_in_one_build(tmp_path):
     manifest = json.loads((result.path / "manifest.json").read_text())["evidence"]
     assert manifest["synthetic_combinations"]["pairs"] == 4  # A+B, A+C, B+C in X; A+C in Y
     assert manifest["synthetic_transfers"]["pairs"] == 7
+
+
+def test_pooled_other_contexts_line_reads_the_same_in_training_and_held_out_prompts(tmp_path):
+    evidence = {"kinds": ["other_contexts"], "write": "change", "pool_other_contexts": True}
+    result = build_datasets(_config(PAIR_SPLIT, evidence), out_dir=tmp_path, adata=_adata(CONTEXTS))
+    built = open_dataset_dir(result.path)
+    (test,) = [r for r in built.rl["test"] if r["perturbation"] == "A"]
+    # A's mean change over X and Y: [0 0 0.75 1.75 -0.75 0.275]
+    assert _user(test["prompt"]).split("\n\n")[0].splitlines()[1:] == [
+        "- the same perturbation, mean over 2 other context(s): raised >=1 <cell> G4 </cell> "
+        ">=0.3 <cell> G3 </cell> >=0.1 <cell> G6 </cell> lowered >=0.3 <cell> G5 </cell>"
+    ]
+    assert {(s["perturbation"], s["cell_context"]) for s in test["evidence_sources"]} == {
+        ("A", "X"), ("A", "Y"), ("control", "X"), ("control", "Y"),
+    }  # fmt: skip
+    train = next(
+        r for r in built.rl["train"] if (r["perturbation"], r["cell_context"]) == ("A", "X")
+    )
+    assert _user(train["prompt"]).split("\n\n")[0].splitlines()[1:] == [
+        "- the same perturbation, mean over 1 other context(s): raised >=1 <cell> G3 </cell> "
+        "lowered >=1 <cell> G5 </cell>"
+    ]  # A@Y alone: G6's 0.05 is below the last tier
+    index = EvidenceIndex.load(result.path / "evidence_index.json")
+    assert index.block("A", "Z")[0] == _user(test["prompt"]).split("\n\n")[0]
+    assert index.block("A", "W")[0] == index.block("A", "Z")[0]  # a context not in the data
+    with pytest.raises(ConfigError, match="pool_other_contexts needs"):
+        _config(PAIR_SPLIT, {"kinds": ["other_contexts"], "pool_other_contexts": True})
+    assert "pool_other_contexts" not in _transfer_config().to_dict()["evidence"]
