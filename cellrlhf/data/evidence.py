@@ -271,10 +271,7 @@ class EvidenceBuilder:
                 by_pert.setdefault(pert, []).append(context)
             for pert, contexts in by_pert.items():
                 for key in pooled_keys(pert, contexts):
-                    change = np.mean(
-                        [self._minus_controls(profiles[(pert, c)], c) for c in key[1]], axis=0
-                    )
-                    pooled[key] = self._change_words(change)
+                    pooled[key] = self._change_words(self.mean_change([(pert, c) for c in key[1]]))
         table = self.gene_table
         return EvidenceIndex(
             self.config,
@@ -321,6 +318,11 @@ class EvidenceBuilder:
     def change(self, perturbation: str, context: str) -> np.ndarray:
         """A measured unit's mean expression minus its context's training control mean."""
         return self._minus_controls(self._profile((perturbation, context)), context)
+
+    def mean_change(self, units) -> np.ndarray:
+        """The mean of measured ``(perturbation, context)`` units' changes (:meth:`change`), each
+        unit weighing 1: the pooled other-contexts line and the synthetic rows' added change."""
+        return np.mean([self.change(*unit) for unit in units], axis=0)
 
     def change_sources(
         self, perturbation: str, context: str, kind: str = "components"

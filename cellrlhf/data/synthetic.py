@@ -152,7 +152,7 @@ class _SyntheticRows:
         ``synthetic_min_change`` set to 0."""
         key = tuple(units)
         if key not in self._changes:
-            change = np.mean([self.evidence.change(*unit) for unit in key], axis=0)
+            change = self.evidence.mean_change(key)
             change[np.abs(change) < self.min_change] = 0.0
             self._changes[key] = change
         return self._changes[key]
