@@ -21,13 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.change_decomposition import _context_reference, _dense, _mean_rows
-
-
-def _r(x: np.ndarray, y: np.ndarray) -> float:
-    from cellrlhf.metrics.fidelity import pearson_rows
-
-    return float(pearson_rows(x, y))
+from benchmarks.change_decomposition import _context_reference, _dense, _mean_rows, _r
 
 
 def cut_run(eval_dir: Path, model: str, seed: int = 0) -> list[dict]:
