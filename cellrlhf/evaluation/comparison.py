@@ -36,6 +36,7 @@ from cellrlhf.evaluation.baselines import (
     split_half,
     training_mean_delta,
 )
+from cellrlhf.evaluation.leave_one_out import leave_one_out_baselines, leave_one_out_reference
 from cellrlhf.evaluation.scoring import Evaluation, evaluate_predictions, perturbation_kinds
 
 __all__ = ["SPLIT_HALF", "compare_methods"]
@@ -60,6 +61,7 @@ def compare_methods(
     layer: str | None = None,
     seed: int = 0,
     encode_kwargs: Mapping[str, object] | None = None,
+    leave_one_out: bool = False,
     **evaluate_kwargs,
 ) -> dict[str, Evaluation]:
     """Evaluate predictions, baselines and ceilings against ``real``.
@@ -92,15 +94,25 @@ def compare_methods(
         Seed of the split-half ceiling.
     encode_kwargs
         Passed to ``encode`` for the representation ceiling (``gene_symbols``, ``top_k``...).
+    leave_one_out
+        ``real``'s perturbations were trained (a fit check on training cells): each baseline
+        predicts each perturbation, and the perturbation-specific reference is taken, from
+        ``train`` without that perturbation's cells in ``context``
+        (:mod:`cellrlhf.evaluation.leave_one_out`).
     **evaluate_kwargs
         Passed to :func:`evaluate_predictions` (``top_k``, ``de``, ``distances``...).
     """
     kwargs = dict(pert_col=pert_col, control=control, **evaluate_kwargs)
+    where = dict(context=context, context_col=context_col, pert_col=pert_col, control=control)
     if train is not None:
         in_context = cells_of_context(train, context, context_col)
         # the reference of the perturbation-specific metrics, the same for every method; none
         # (NaN metrics) where the context trained no perturbation
-        if has_perturbed_cells(in_context, pert_col=pert_col, control=control):
+        if leave_one_out:
+            kwargs["reference_delta"] = leave_one_out_reference(
+                train, _perturbations(real, pert_col, control), layer=layer, **where
+            )
+        elif has_perturbed_cells(in_context, pert_col=pert_col, control=control):
             kwargs["reference_delta"] = training_mean_delta(
                 in_context, pert_col=pert_col, control=control, layer=layer
             )
@@ -115,8 +127,11 @@ def compare_methods(
         logger.info("evaluating %s", name)
         results[name] = evaluate_predictions(pred, real, real_layer=layer, **kwargs)
     if train is not None and baselines:
-        found = _baseline_evaluations(real, train, baselines, context, context_col, layer, kwargs)
-        results.update(found)
+        predict = leave_one_out_baselines if leave_one_out else predict_baselines
+        predicted = predict(
+            train, _perturbations(real, pert_col, control), methods=baselines, layer=layer, **where
+        )
+        results.update(_baseline_evaluations(real, predicted, layer, kwargs))
     if split_half_ceiling:
         half_a, half_b = split_half(real, pert_col=pert_col, seed=seed)
         results[SPLIT_HALF] = evaluate_predictions(
@@ -139,23 +154,16 @@ def compare_methods(
     return results
 
 
-def _baseline_evaluations(real, train, methods, context, context_col, layer, kwargs) -> dict:
-    """Each baseline learned from ``train`` and scored on ``real``'s perturbations, with those
-    it does not apply to listed in ``not_applicable`` (``kwargs``: those of
+def _perturbations(real, pert_col: str, control: str) -> list[str]:
+    labels = real.obs[pert_col].astype(str).to_numpy()
+    return [p for p in dict.fromkeys(labels) if p != control]
+
+
+def _baseline_evaluations(real, predicted: Mapping[str, PredictedDeltas], layer, kwargs) -> dict:
+    """Each baseline's predicted changes scored on ``real``'s perturbations, with those it does
+    not apply to listed in ``not_applicable`` (``kwargs``: those of
     :func:`evaluate_predictions`, ``pert_col`` and ``control`` included)."""
     pert_col, control = kwargs["pert_col"], kwargs["control"]
-    labels = real.obs[pert_col].astype(str).to_numpy()
-    perturbations = [p for p in dict.fromkeys(labels) if p != control]
-    predicted = predict_baselines(
-        train,
-        perturbations,
-        pert_col=pert_col,
-        control=control,
-        layer=layer,
-        methods=methods,
-        context=context,
-        context_col=context_col,
-    )
     results: dict[str, Evaluation] = {}
     for name, deltas in predicted.items():
         missing = pd.DataFrame(

@@ -156,6 +156,7 @@ def _context_evaluation(
         encode_kwargs=encode_kwargs(manifest),
         top_k=settings.top_k,
         de=settings.de,
+        leave_one_out=settings.split == "train",
     )
 
 
@@ -212,7 +213,10 @@ def _reference_text(references: Mapping[str, str]) -> str:
             f"`<pert> <control> </pert>`, which the dataset teaches): {', '.join(own)}"
         )
     if real:
-        parts.append("the real test control cells through the same decoder: " + ", ".join(real))
+        parts.append(
+            "the real control cells of the prompts (as the dataset built them) through the same "
+            "decoder: " + ", ".join(real)
+        )
     return "; ".join(parts) or "no model"
 
 
@@ -222,25 +226,39 @@ def _reference_of(prediction) -> str:
     return str(prediction.uns[PREDICTION_KEY]["params"].get("reference", "real"))
 
 
+def _title(split: str) -> str:
+    return "Training perturbations (fit check)" if split == "train" else "Held-out perturbations"
+
+
 def _markdown(
     summary, validity, manifest: dict, settings: EvalSettings, models, same, references=None
 ) -> str:
     from cellrlhf.evaluation.eval_report import KEY_METRICS, markdown_summary
 
-    lines = ["# Held-out perturbations: models vs baselines and ceilings", ""]
+    lines = [f"# {_title(settings.split)}: models vs baselines and ceilings", ""]
     if manifest.get("simulated"):
         lines += ["**SIMULATED DATA**: every number describes the simulator, not biology.", ""]
-    if settings.split != "test":
+    if settings.split == "validation":
         lines += [
-            f"**{settings.split.upper()} PROMPTS**: the RL selection perturbations, for choosing "
-            "settings; these are not the test figures.",
+            "**VALIDATION PROMPTS**: the RL selection perturbations, for choosing settings; "
+            "these are not the test figures.",
+            "",
+        ]
+    elif settings.split == "train":
+        lines += [
+            "**TRAIN PROMPTS**: a fit check on perturbations the models were trained on, not a "
+            "result. Each baseline predicts each perturbation, and `pearson_specific` takes its "
+            "reference, from the training cells without that perturbation's cells in its "
+            "context (leave-one-out): a model below the leave-one-out `mean` here has not "
+            "learned its own training perturbations, and a larger model or more informative "
+            "data is the next step before RL (docs/metrics.md).",
             "",
         ]
     lines += [
         f"Dataset `{manifest.get('name', '')}` (fingerprint `{str(manifest.get('fingerprint'))[:12]}`); "
         f"models: {', '.join(f'`{m}`' for m in models) or 'none (baselines and ceilings only)'}; "
         f"{settings.cells_per_prompt} sampled "
-        f"cells per held-out prompt at temperature {settings.temperature}, seed {settings.seed}.",
+        f"cells per prompt at temperature {settings.temperature}, seed {settings.seed}.",
         "",
         f"Every method is scored on the same real {settings.split} cells of each cell context "
         "(and its control). Baselines learn from the training cells; `split_half` is the real-vs-real "
@@ -349,10 +367,9 @@ def evaluate_models(
     built = open_dataset_dir(dataset_dir)
     manifest = built.manifest
     kwargs = dict(data_dir=data_dir, cache_dir=cache_dir, progress=progress)
-    real = (
-        real_cells(dataset_dir, settings.split, **kwargs),
-        real_cells(dataset_dir, "train", **kwargs),
-    )
+    train = real_cells(dataset_dir, "train", **kwargs)
+    held = train if settings.split == "train" else real_cells(dataset_dir, settings.split, **kwargs)
+    real = (held, train)
     predictions, paths = _predict_models(model_dirs, dataset_dir, real[0], out, settings, progress)
     evaluations = _score_contexts(built, real, predictions, settings, out)
     tables = _tables(evaluations, predictions, model_dirs, settings)
@@ -474,7 +491,7 @@ def _score_contexts(built, real, predictions, settings, out: Path) -> dict:
         write_report(
             evals,
             context_dir(out, ctx),
-            title=f"Held-out perturbations in {ctx}",
+            title=f"{_title(settings.split)} in {ctx}",
             scatter_method=next(iter(predictions), None),
             spearman_brown_from="split_half",
             notes=["**SIMULATED DATA**"] if manifest.get("simulated") else (),

@@ -48,15 +48,16 @@ logger = logging.getLogger(__name__)
 PREDICTION_KEY = "cellrlhf_prediction"
 RL_TEST_COLUMNS = ("prompt", "perturbation", "cell_context", "split_kind")
 CONTROL_KIND = "control"
-# the held-out prompt splits an evaluation can answer (validation: for choosing settings)
-PROMPT_SPLITS = ("test", "validation")
+# the prompt splits an evaluation can answer (validation: for choosing settings; train: the
+# fit check, baselines leave each perturbation out)
+PROMPT_SPLITS = ("test", "validation", "train")
 
 
 def load_test_prompts(
     dataset_dir: str | os.PathLike, *, max_prompts: int | None, seed: int, split: str = "test"
 ):
-    """The ``rl/<split>`` rows to evaluate (``test``; ``validation`` to choose settings on):
-    all, or a seeded subsample of ``max_prompts``.
+    """The ``rl/<split>`` rows to evaluate (``test``; ``validation`` to choose settings on;
+    ``train`` for the fit check): all, or a seeded subsample of ``max_prompts``.
 
     Returns
     -------
@@ -386,8 +387,9 @@ def predict(
         Control answers sampled per cell context with ``reference="model"`` (default: twice
         ``cells_per_prompt``).
     split
-        The prompts answered: ``"test"`` (default) or ``"validation"`` (to choose sampling
-        settings without touching test); ``real_test`` must be the real cells of that split.
+        The prompts answered: ``"test"`` (default), ``"validation"`` (to choose sampling
+        settings without touching test) or ``"train"`` (perturbations the model was trained on:
+        the fit check); ``real_test`` must be the real cells of that split.
 
     Returns
     -------

@@ -356,8 +356,10 @@ def evaluate_predictions(
     reference_delta
         The mean training change of the cell context (what the ``mean`` baseline predicts),
         for ``pearson_specific`` and ``pearson_specific_top{k}``: a :class:`pandas.Series`
-        indexed by gene name, or a 1-D array in the order of ``real.var_names``. ``None``:
-        those columns are NaN.
+        indexed by gene name, or a 1-D array in the order of ``real.var_names``; or one
+        reference per perturbation, a :class:`pandas.DataFrame` indexed by perturbation with
+        gene-name columns (a leave-one-out reference when the perturbations were trained).
+        ``None``: those columns are NaN.
     reference_control
         The control the reference profile ``max(control + reference_delta, 0)`` is built on, for
         both sides (same forms as ``reference_delta``). Default: each side's own control. The
@@ -376,7 +378,7 @@ def evaluate_predictions(
     rs = _Groups.of(Xr, real, real_genes, pert_col, control, "real")
     perts = _scored_perturbations(ps, rs, pert_col, control)
     pred_rows, real_rows = ps.rows(perts), rs.rows(perts)
-    reference = _reference_on_genes(reference_delta, real, real_genes)
+    reference = _reference_on_genes(reference_delta, real, real_genes, perts)
     shared = None if reference is None else _reference_on_genes(reference_control, real, real_genes)
     pred_delta = ps.delta(pred_rows)
     table = pd.DataFrame(
@@ -548,20 +550,33 @@ def _cell_level_metrics(table, pred: _Groups, pred_rows, real: _Groups, real_row
     return table
 
 
-def _reference_on_genes(reference_delta, real, real_genes: np.ndarray) -> np.ndarray | None:
-    """``reference_delta`` on the evaluation genes (``None`` when not given)."""
+def _positions(index, wanted, what: str, fix: str) -> np.ndarray:
+    pos = pd.Index(pd.Index(index).astype(str)).get_indexer([str(w) for w in wanted])
+    if (pos < 0).any():
+        missing = [str(w) for w, i in zip(wanted, pos, strict=True) if i < 0]
+        raise ValueError(
+            f"reference_delta has no value for {len(missing)} {what}, e.g. {missing[:5]}; {fix}."
+        )
+    return pos
+
+
+def _reference_on_genes(
+    reference_delta, real, real_genes: np.ndarray, perts=None
+) -> np.ndarray | None:
+    """``reference_delta`` on the evaluation genes (``None`` when not given); a per-perturbation
+    DataFrame gives one row per entry of ``perts``."""
     if reference_delta is None:
         return None
     names = np.asarray(real.var_names, dtype=object)[real_genes]
-    if isinstance(reference_delta, pd.Series):
-        index = pd.Index(reference_delta.index.astype(str))
-        pos = index.get_indexer([str(g) for g in names])
-        if (pos < 0).any():
-            missing = [str(g) for g, i in zip(names, pos, strict=True) if i < 0]
-            raise ValueError(
-                f"reference_delta has no value for {len(missing)} evaluation gene(s), e.g. "
-                f"{missing[:5]}; compute it on the genes of the real AnnData."
-            )
+    genes_fix = "compute it on the genes of the real AnnData"
+    if isinstance(reference_delta, pd.DataFrame):
+        if perts is None:
+            raise ValueError("a per-perturbation reference_delta needs the perturbations scored.")
+        rows = _positions(reference_delta.index, perts, "scored perturbation(s)", "add their rows")
+        cols = _positions(reference_delta.columns, names, "evaluation gene(s)", genes_fix)
+        values = reference_delta.to_numpy(dtype=np.float64)[np.ix_(rows, cols)]
+    elif isinstance(reference_delta, pd.Series):
+        pos = _positions(reference_delta.index, names, "evaluation gene(s)", genes_fix)
         values = reference_delta.to_numpy(dtype=np.float64)[pos]
     else:
         values = np.asarray(reference_delta, dtype=np.float64)

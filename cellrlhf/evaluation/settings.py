@@ -53,10 +53,12 @@ class EvalSettings:
         control cells through encode -> decode; the default) or ``auto`` (``model`` when the
         dataset taught control answers; see :func:`~cellrlhf.evaluation.prediction.predict`).
     split
-        Which held-out prompts to answer: ``test`` (the figures to report) or ``validation``
-        (the RL selection prompts: choose sampling settings such as ``temperature`` there, never
-        on test). A validation evaluation is its own setting in ``cellrlhf aggregate``, never
-        pooled with test.
+        Which prompts to answer: ``test`` (the figures to report), ``validation`` (the RL
+        selection prompts: choose sampling settings such as ``temperature`` there, never on
+        test) or ``train`` (a fit check on perturbations the models were trained on, with
+        leave-one-out baselines; use ``max_prompts``: training prompts are many). A validation
+        or train evaluation is its own setting in ``cellrlhf aggregate``, never pooled with
+        test.
     """
 
     cells_per_prompt: int = 512

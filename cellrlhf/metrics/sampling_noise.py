@@ -70,7 +70,8 @@ def split_half_change_reliability(
         The codes to score, in output order.
     control
         The control profile the changes are taken from (on the selected ``genes``); shared by
-        both halves, so only the noise of the sampled cells is measured.
+        both halves, so only the noise of the sampled cells is measured. 2-D: one profile per
+        entry of ``groups`` (rows in its order).
     genes
         Column indices of ``X`` to use (default: all, in order).
     min_cells
@@ -87,12 +88,18 @@ def split_half_change_reliability(
         X = X.tocsr()
     codes = np.asarray(codes)
     control = np.asarray(control, dtype=np.float64)
+    if control.ndim == 2 and len(control) != len(groups):
+        raise ValueError(
+            f"control has {len(control)} profiles for {len(groups)} groups; give one per group "
+            "or a single profile."
+        )
     out = np.full(len(groups), np.nan)
     for i, g in enumerate(groups):
         idx = np.flatnonzero(codes == g)
         if idx.size < min_cells:
             continue
-        a = _mean_rows(X, idx[0::2], genes) - control
-        b = _mean_rows(X, idx[1::2], genes) - control
+        profile = control[i] if control.ndim == 2 else control
+        a = _mean_rows(X, idx[0::2], genes) - profile
+        b = _mean_rows(X, idx[1::2], genes) - profile
         out[i] = spearman_brown(pearson_rows(a, b))
     return out

@@ -1,10 +1,12 @@
 """``cellrlhf evaluate --split validation``: the RL selection prompts, scored as test is, so that
-sampling settings are chosen there and never on test."""
+sampling settings are chosen there and never on test; ``--split train``: the fit check on
+training perturbations, baselines leaving each one out."""
 
 import json
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -93,5 +95,53 @@ def test_real_cells_of_another_split_are_refused(val_dataset_dir, sim_model_dir)
     with pytest.raises(ValueError, match="'test' split's but the prompts are 'validation'"):
         predict(sim_model_dir, val_dataset_dir, real_test=test_cells, split="validation",
                 cells_per_prompt=2, progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="split='train'; choose one of"):
-        predict(sim_model_dir, val_dataset_dir, split="train", cells_per_prompt=2)
+    with pytest.raises(ValueError, match="split='training'; choose one of"):
+        predict(sim_model_dir, val_dataset_dir, split="training", cells_per_prompt=2)
+
+
+def test_evaluate_train_is_a_fit_check_whose_baselines_never_see_the_answer(
+    val_dataset_dir, sim_model_dir, tmp_path
+):
+    from datasets import load_from_disk
+
+    from cellrlhf.evaluation.aggregate import aggregate_evaluations
+    from cellrlhf.evaluation.baselines import predict_baselines
+    from cellrlhf.evaluation.leave_one_out import leave_one_out_baselines
+
+    trained = set(load_from_disk(str(val_dataset_dir / "rl"))["train"]["perturbation"])
+    out = _evaluate(val_dataset_dir, sim_model_dir, tmp_path / "train", "--split", "train",
+                    "--max_prompts", "4")  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["split"] == "train"
+    metrics = pd.read_csv(out / "metrics.csv")
+    scored = set(metrics.loc[metrics["method"] == "sft", "perturbation"])
+    assert 0 < len(scored) <= 4 and scored <= trained
+    text = (out / "metrics.md").read_text()
+    assert "**TRAIN PROMPTS**" in text and text.startswith("# Training perturbations (fit check)")
+    # every baseline was learned without the perturbation it predicts: the mean's change is
+    # the leave-one-out mean, and none equals the real change (nearest shown its own cells would)
+    train = real_cells(val_dataset_dir, "train", progress=False)
+    checked = 0
+    for ctx in set(metrics["cell_context"]) - {"all"}:
+        perts = sorted(set(metrics.loc[(metrics["method"] == "sft") & (metrics["cell_context"] == ctx), "perturbation"]))  # fmt: skip
+        loo = leave_one_out_baselines(train, perts, methods=("mean",), context=ctx)["mean"]
+        shown = predict_baselines(train, perts, methods=("mean",), context=ctx)["mean"]
+        assert not np.allclose(loo.deltas, shown.deltas)
+        by_method = metrics[metrics["cell_context"] == ctx].set_index(["method", "perturbation"])
+        real_ctx = train[train.obs["cell_context"] == ctx]
+        for i, p in enumerate(perts):
+            real_delta = _delta(real_ctx, p)
+            expected = np.corrcoef(loo.deltas[i], real_delta)[0, 1]
+            assert by_method.loc[("mean", p), "pearson_delta"] == pytest.approx(expected, abs=1e-4)
+            checked += 1
+    assert checked == (metrics["method"] == "sft").sum()
+    baselines = metrics[metrics["method"].isin(["mean", "nearest", "ridge", "additive"])]
+    assert (baselines["pearson_delta"].dropna() < 0.999).all()
+    agg = aggregate_evaluations({"fold0_seed0": out}, n_boot=50)
+    assert agg.settings[0].endswith("[TRAIN prompts]")
+
+
+def _delta(cells, perturbation):
+    X = np.asarray(cells.X.todense()) if hasattr(cells.X, "todense") else np.asarray(cells.X)
+    labels = cells.obs["perturbation"].astype(str).to_numpy()
+    return X[labels == perturbation].mean(axis=0) - X[labels == "control"].mean(axis=0)

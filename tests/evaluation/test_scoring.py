@@ -215,6 +215,28 @@ def test_specific_reliability_measures_the_noise_of_the_specific_change():
     assert plain["sampling_reliability_specific"].isna().all()  # no reference: undefined
 
 
+def test_a_reference_per_perturbation_scores_each_against_its_own_row(perturbation_adata):
+    """A DataFrame reference (perturbation x gene, e.g. leave-one-out) gives every perturbation
+    the metrics its own row would give as a single reference."""
+    real = perturbation_adata(seed=0)
+    pred = perturbation_adata(seed=1)
+    rng = np.random.default_rng(3)
+    perts = ["G1", "KLF1", "CEBPA"]
+    rows = pd.DataFrame(rng.normal(0, 0.3, (3, real.n_vars)), index=perts, columns=real.var_names)
+    keep = real.obs["perturbation"].isin([*perts, "control"]).to_numpy()
+    real, pred = real[keep].copy(), pred[keep].copy()
+    table = evaluate_predictions(pred, real, de=False, reference_delta=rows[::-1]).per_perturbation
+    columns = ["pearson_specific", "pearson_specific_top20", "average_response_fraction",
+               "sampling_reliability_specific"]  # fmt: skip
+    for p in perts:
+        one = evaluate_predictions(pred, real, de=False, reference_delta=rows.loc[p])
+        expected = one.per_perturbation.set_index("perturbation").loc[p, columns]
+        got = table.set_index("perturbation").loc[p, columns]
+        np.testing.assert_allclose(got.to_numpy(float), expected.to_numpy(float))
+    with pytest.raises(ValueError, match="no value for 1 scored perturbation"):
+        evaluate_predictions(pred, real, de=False, reference_delta=rows.iloc[:2])
+
+
 def test_sampling_warnings_name_noisy_models():
     from cellrlhf.evaluation.evaluate import sampling_warnings
 

@@ -41,6 +41,20 @@ def test_gene_subset_and_sparse_match_dense():
     np.testing.assert_allclose(dense, sparse)
 
 
+def test_one_control_profile_per_group_equals_separate_calls():
+    rng = np.random.default_rng(1)
+    X = rng.poisson(1.0, size=(40, 5)).astype(float)
+    codes = np.repeat([0, 1], 20)
+    profiles = rng.random((2, 5))
+    both = split_half_change_reliability(X, codes, np.array([1, 0]), profiles)
+    one = [split_half_change_reliability(X, codes, np.array([g]), profiles[i])[0]
+           for i, g in enumerate([1, 0])]  # fmt: skip
+    np.testing.assert_allclose(both, one)
+    assert both[0] != both[1]
+    with pytest.raises(ValueError, match="3 profiles for 2 groups"):
+        split_half_change_reliability(X, codes, np.array([1, 0]), rng.random((3, 5)))
+
+
 def test_too_few_cells_is_nan():
     X = np.eye(5)
     got = split_half_change_reliability(X, np.zeros(5), np.array([0]), np.zeros(5))
