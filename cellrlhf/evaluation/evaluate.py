@@ -35,6 +35,13 @@ from cellrlhf.evaluation.eval_dir import (
     scatter_path,
     table_paths,
 )
+from cellrlhf.evaluation.run_report import (
+    ALL_CONTEXTS,
+    MODEL_COLUMNS,
+    reference_of,
+    run_markdown,
+    title,
+)
 from cellrlhf.evaluation.settings import EvalSettings
 from cellrlhf.run_environment import run_environment
 
@@ -50,8 +57,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MODEL_COLUMNS = ("valid_fraction", "valid_cell_fraction", "distinct_sentence_fraction")
-ALL_CONTEXTS = "all"
 REPRESENTATION = "representation_decoder"
 
 
@@ -200,94 +205,6 @@ def _summaries(evaluations: dict, models: set[str], validity: pd.DataFrame):
     lead = list(ID_COLUMNS)
     metrics = metrics[lead + [c for c in metrics.columns if c not in lead]]
     return metrics, summary
-
-
-def _reference_text(references: Mapping[str, str]) -> str:
-    """How the report states each model's reference (``predict``'s ``params["reference"]``)."""
-    own = [f"`{m}`" for m, r in references.items() if r == "model"]
-    real = [f"`{m}`" for m, r in references.items() if r != "model"]
-    parts = []
-    if own:
-        parts.append(
-            "its own answers to the control twin of each prompt (the same prompt about "
-            f"`<pert> <control> </pert>`, which the dataset teaches): {', '.join(own)}"
-        )
-    if real:
-        parts.append(
-            "the real control cells of the prompts (as the dataset built them) through the same "
-            "decoder: " + ", ".join(real)
-        )
-    return "; ".join(parts) or "no model"
-
-
-def _reference_of(prediction) -> str:
-    from cellrlhf.evaluation.prediction import PREDICTION_KEY
-
-    return str(prediction.uns[PREDICTION_KEY]["params"].get("reference", "real"))
-
-
-def _title(split: str) -> str:
-    return "Training perturbations (fit check)" if split == "train" else "Held-out perturbations"
-
-
-def _markdown(
-    summary, validity, manifest: dict, settings: EvalSettings, models, same, references=None
-) -> str:
-    from cellrlhf.evaluation.eval_report import KEY_METRICS, markdown_summary
-
-    lines = [f"# {_title(settings.split)}: models vs baselines and ceilings", ""]
-    if manifest.get("simulated"):
-        lines += ["**SIMULATED DATA**: every number describes the simulator, not biology.", ""]
-    if settings.split == "validation":
-        lines += [
-            "**VALIDATION PROMPTS**: the RL selection perturbations, for choosing settings; "
-            "these are not the test figures.",
-            "",
-        ]
-    elif settings.split == "train":
-        lines += [
-            "**TRAIN PROMPTS**: a fit check on perturbations the models were trained on, not a "
-            "result. Each baseline predicts each perturbation, and `pearson_specific` takes its "
-            "reference, from the training cells without that perturbation's cells in its "
-            "context (leave-one-out): a model below the leave-one-out `mean` here has not "
-            "learned its own training perturbations, and a larger model or more informative "
-            "data is the next step before RL (docs/metrics.md).",
-            "",
-        ]
-    lines += [
-        f"Dataset `{manifest.get('name', '')}` (fingerprint `{str(manifest.get('fingerprint'))[:12]}`); "
-        f"models: {', '.join(f'`{m}`' for m in models) or 'none (baselines and ceilings only)'}; "
-        f"{settings.cells_per_prompt} sampled "
-        f"cells per prompt at temperature {settings.temperature}, seed {settings.seed}.",
-        "",
-        f"Every method is scored on the same real {settings.split} cells of each cell context "
-        "(and its control). Baselines learn from the training cells; `split_half` is the real-vs-real "
-        "ceiling (Spearman-Brown: at full depth); `representation_decoder` is real cells through "
-        "encode -> decode, the best any sentence model can do with this decoder. A model's change "
-        f"is taken against {_reference_text(references or {})}. `pearson_specific` scores "
-        "the change relative to the context's mean training change (the `mean` baseline scores "
-        "0 on it; a positive value is signal specific to the perturbation); definitions with "
-        "worked examples in docs/metrics.md.",
-        "",
-    ]
-    for names in same:
-        lines += [
-            f"Note: {', '.join(f'`{n}`' for n in names)} have identical weights (an RL stage "
-            "keeps its best held-out policy, which can be its starting point), so their rows "
-            "are the same.",
-            "",
-        ]
-    metrics = (*KEY_METRICS, *MODEL_COLUMNS)
-    for ctx in dict.fromkeys(summary["cell_context"]):
-        title = "all contexts (mean over context x perturbation)" if ctx == ALL_CONTEXTS else ctx
-        lines += [
-            f"## {title}",
-            "",
-            markdown_summary(summary[summary["cell_context"] == ctx], metrics),
-        ]
-    if len(validity):
-        lines += ["## Generated-cell validity", "", validity.round(4).to_markdown(index=False), ""]
-    return "\n".join(lines)
 
 
 # median split-half reliability of a model's predicted changes below which it is called noisy
@@ -491,7 +408,7 @@ def _score_contexts(built, real, predictions, settings, out: Path) -> dict:
         write_report(
             evals,
             context_dir(out, ctx),
-            title=f"{_title(settings.split)} in {ctx}",
+            title=f"{title(settings.split)} in {ctx}",
             scatter_method=next(iter(predictions), None),
             spearman_brown_from="split_half",
             notes=["**SIMULATED DATA**"] if manifest.get("simulated") else (),
@@ -530,14 +447,14 @@ def _write_tables(out: Path, tables: _Tables, manifest: dict, settings, predicti
     tables.summary.to_csv(paths["summary_csv"], index=False)
     tables.validity.to_csv(paths["validity_csv"], index=False)
     paths["markdown"].write_text(
-        _markdown(
+        run_markdown(
             tables.summary,
             tables.validity,
             manifest,
             settings,
             list(predictions),
             tables.same,
-            {n: _reference_of(p) for n, p in predictions.items()},
+            {n: reference_of(p) for n, p in predictions.items()},
         )
         + "".join(f"\n**Sampling noise.** {line}\n" for line in tables.noisy)
     )

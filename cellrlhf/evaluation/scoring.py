@@ -560,23 +560,19 @@ def _positions(index, wanted, what: str, fix: str) -> np.ndarray:
     return pos
 
 
-def _reference_on_genes(
-    reference_delta, real, real_genes: np.ndarray, perts=None
-) -> np.ndarray | None:
+def _reference_on_genes(reference_delta, real, real_genes, perts=()) -> np.ndarray | None:
     """``reference_delta`` on the evaluation genes (``None`` when not given); a per-perturbation
     DataFrame gives one row per entry of ``perts``."""
     if reference_delta is None:
         return None
     names = np.asarray(real.var_names, dtype=object)[real_genes]
-    genes_fix = "compute it on the genes of the real AnnData"
+    fix = "compute it on the genes of the real AnnData"
     if isinstance(reference_delta, pd.DataFrame):
-        if perts is None:
-            raise ValueError("a per-perturbation reference_delta needs the perturbations scored.")
         rows = _positions(reference_delta.index, perts, "scored perturbation(s)", "add their rows")
-        cols = _positions(reference_delta.columns, names, "evaluation gene(s)", genes_fix)
+        cols = _positions(reference_delta.columns, names, "evaluation gene(s)", fix)
         values = reference_delta.to_numpy(dtype=np.float64)[np.ix_(rows, cols)]
     elif isinstance(reference_delta, pd.Series):
-        pos = _positions(reference_delta.index, names, "evaluation gene(s)", genes_fix)
+        pos = _positions(reference_delta.index, names, "evaluation gene(s)", fix)
         values = reference_delta.to_numpy(dtype=np.float64)[pos]
     else:
         values = np.asarray(reference_delta, dtype=np.float64)

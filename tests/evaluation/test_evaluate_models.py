@@ -114,7 +114,8 @@ def _evaluation(rows):
 
 
 def test_all_contexts_summary_has_the_full_depth_ceiling_and_says_when_it_is_beaten():
-    from cellrlhf.evaluation.evaluate import _markdown, _summaries
+    from cellrlhf.evaluation.evaluate import _summaries
+    from cellrlhf.evaluation.run_report import run_markdown
     from cellrlhf.evaluation.settings import EvalSettings
 
     evaluations = {
@@ -136,7 +137,7 @@ def test_all_contexts_summary_has_the_full_depth_ceiling_and_says_when_it_is_bea
     assert s.loc[("K562", ceiling, "all"), "pearson_delta"] == pytest.approx(0.6 / 1.3)
     assert s.loc[("RPE1", ceiling, "single"), "pearson_specific"] == pytest.approx(0.4 / 1.2)
     assert s.loc[("all", ceiling, "all"), "method_type"] == "ceiling"
-    md = _markdown(summary, pd.DataFrame(), {"name": "x"}, EvalSettings(), [], [])
+    md = run_markdown(summary, pd.DataFrame(), {"name": "x"}, EvalSettings(), [], [])
     # K562: mean 0.5 > 0.462 on pearson_delta -> explained, not a contradiction; RPE1: below
     k562 = md[md.index("## K562") : md.index("## RPE1")]
     assert "`mean` exceeds the ceiling `split_half (Spearman-Brown)` on `pearson_delta`" in k562
