@@ -24,7 +24,12 @@ prompt, made from training cells only:
 
 Changes smaller than ``evidence.synthetic_min_change`` are not added (otherwise every
 unexpressed gene would take a tiny positive value and enter sentences of short cells); values
-are clipped at 0; the synthetic cell is written as a cell sentence exactly as a real cell's. The
+are clipped at 0; the synthetic cell is written as a cell sentence exactly as a real cell's.
+``evidence.synthetic_apply: detection`` adds a positive change to a gene the base cell does not
+express as a chance of switching it on at its typical level (its mean non-zero value in the
+training cells kept for the decoder), ``change / level``, drawn from its own seeded stream: the
+same expected change, without the extra genes a shift gives every synthetic cell (a mean change
+estimated from ~100 cells passes 0.1 on many genes by noise alone). The
 prompt is written as every other ``perturbation_response`` prompt (the task's ``context`` mode
 and templates) with the evidence block of its (perturbation, context).
 
@@ -139,6 +144,11 @@ class _SyntheticRows:
             self.pool.setdefault((perts[pos], contexts[pos]), []).append(pos)
         self.pool = {k: np.asarray(v) for k, v in self.pool.items()}
         self.decoder_cells = np.asarray(decoder_cells)
+        self.apply = evidence.config.synthetic_apply
+        kept = self.rows[np.flatnonzero(train)]
+        counts, sums = np.diff(kept.tocsc().indptr), np.asarray(kept.sum(axis=0)).ravel()
+        # each gene's typical level: its mean non-zero value in training cells
+        self.levels = np.divide(sums, counts, out=np.zeros(len(sums)), where=counts > 0)
         self._changes: dict[tuple, np.ndarray] = {}
         self.pairs: list[tuple] = self._find_pairs()
 
@@ -166,10 +176,8 @@ class _SyntheticRows:
         stream the prompts go on with."""
         rng = task_rng(seed, self.option.replace("_", "-"))
         plan = self._plan(n, rng)
-        values = [
-            np.clip(self.rows[pos].toarray().ravel() + added, 0.0, None).astype(np.float32)
-            for _, _, pos, added, _, _ in plan
-        ]
+        draws = task_rng(seed, self.option.replace("_", "-") + "-detection")
+        values = [self._applied(pos, added, draws) for _, _, pos, added, _, _ in plan]
         matrix = sp.csr_matrix(np.vstack(values)) if values else sp.csr_matrix((0, 0))
         matrix.eliminate_zeros()
         names = [
@@ -181,6 +189,17 @@ class _SyntheticRows:
             texts, _ = self.sentence_writer.encode(matrix, names)
             sentences = texts.to_pylist()
         return plan, sentences, rng
+
+    def _applied(self, pos: int, added: np.ndarray, rng) -> np.ndarray:
+        """Base cell ``pos`` with the change ``added`` (``evidence.synthetic_apply``)."""
+        base = self.rows[pos].toarray().ravel().astype(np.float64)
+        if self.apply == "shift":
+            return np.clip(base + added, 0.0, None).astype(np.float32)
+        out = base + np.where(base > 0, added, 0.0)
+        off = np.flatnonzero((base <= 0) & (added > 0))
+        level = np.maximum(self.levels[off], added[off])
+        out[off] = np.where(rng.random(off.size) < added[off] / level, level, 0.0)
+        return np.clip(out, 0.0, None).astype(np.float32)
 
     def _control_sentence(self, mode: str, context: str, rng) -> tuple[str, str | None, list]:
         """The prompt's context mode, control sentence and control cell ids."""
