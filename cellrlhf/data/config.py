@@ -438,6 +438,8 @@ class DataBuildConfig:
                 out["evidence"].pop("pool_other_contexts")
             if not (self.evidence.synthetic_combinations or self.evidence.synthetic_transfers):
                 out["evidence"].pop("synthetic_min_change")
+            if self.evidence.synthetic_apply == "shift":
+                out["evidence"].pop("synthetic_apply")
         return out
 
     def with_overrides(self, overrides: Sequence[str]) -> DataBuildConfig:

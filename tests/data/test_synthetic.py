@@ -301,3 +301,36 @@ def test_pooled_other_contexts_line_reads_the_same_in_training_and_held_out_prom
     with pytest.raises(ConfigError, match="pool_other_contexts needs"):
         _config(PAIR_SPLIT, {"kinds": ["other_contexts"], "pool_other_contexts": True})
     assert "pool_other_contexts" not in _transfer_config().to_dict()["evidence"]
+
+
+def test_detection_switches_unexpressed_genes_on_at_their_level_with_the_changes_odds(tmp_path):
+    """``synthetic_apply: detection``: the same prompts and base cells as ``shift``; a gene the
+    base cell does not express is switched on with probability change / typical level (A@Y:
+    G6 +0.5 at level 10.2 / 16 -> 0.78; C@Z: G2 +1.65 at level 112.4 / 36 -> 0.53), every other
+    gene as with ``shift``."""
+    n = 1400
+    shift = open_dataset_dir(
+        build_datasets(_transfer_config(n), out_dir=tmp_path / "s", adata=_adata(CONTEXTS)).path
+    )
+    config = _transfer_config(n, synthetic_apply="detection")
+    built = open_dataset_dir(build_datasets(config, out_dir=tmp_path / "d", adata=_adata(CONTEXTS)).path)  # fmt: skip
+    rows = [r for r in built.sft["train"] if r["synthetic"]]
+    twins = [r for r in shift.sft["train"] if r["synthetic"]]
+    assert [_user(r["messages"]) for r in rows] == [_user(r["messages"]) for r in twins]
+    assert [r["cell_ids"] for r in rows] == [r["cell_ids"] for r in twins]
+    answers: dict = {}
+    for row in rows:
+        answers.setdefault((row["perturbation"], row["cell_context"]), []).append(_answer(row))
+    on = {("A", "Y"): "<cell> G4 G5 G3 G2 G1 G6 </cell>", ("C", "Z"): "<cell> G2 G1 G3 G5 G6 </cell>"}  # fmt: skip
+    off = {("A", "Y"): "<cell> G4 G5 G3 G2 G1 </cell>", ("C", "Z"): "<cell> G1 G3 G5 G6 </cell>"}  # fmt: skip
+    for key, p in ((("A", "Y"), 0.5 / (10.2 / 16)), (("C", "Z"), 1.65 / (112.4 / 36))):
+        got = answers[key]
+        assert set(got) == {on[key], off[key]}
+        share = got.count(on[key]) / len(got)
+        assert abs(share - p) < 4 * (p * (1 - p) / len(got)) ** 0.5
+    # genes the base cell expresses move as with shift
+    for key in (("A", "X"), ("C", "X"), ("B", "Y"), ("C", "Y")):
+        assert set(answers[key]) == {TRANSFERS[key]}
+    with pytest.raises(ConfigError, match="synthetic_apply must be one of"):
+        _transfer_config(synthetic_apply="add")
+    assert "synthetic_apply" not in _transfer_config().to_dict()["evidence"]  # fingerprints kept
