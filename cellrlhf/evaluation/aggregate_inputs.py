@@ -27,6 +27,7 @@ from cellrlhf.evaluation.eval_dir import EvaluationDirError, open_evaluation_dir
 
 __all__ = [
     "EvaluationRun",
+    "is_fit_check",
     "parse_eval_args",
     "read_evaluation_run",
     "read_evaluation_runs",
@@ -82,6 +83,12 @@ def setting_name(split_kind: str, dataset: str, prompts: str = "test") -> str:
     prompts]"``, so that it is never pooled with, or read as, the test figures."""
     name = f"{split_kind} ({dataset})"
     return name if prompts == "test" else f"{name} [{prompts.upper()} prompts]"
+
+
+def is_fit_check(setting: str) -> bool:
+    """Whether a setting name is that of evaluations of the training prompts (the fit check of
+    ``cellrlhf evaluate --split train``)."""
+    return setting.endswith(" [TRAIN prompts]")
 
 
 def parse_eval_args(values: Sequence[str]) -> dict[str, Path]:

@@ -42,6 +42,7 @@ from cellrlhf.evaluation.aggregate import (
     best_baselines,
     higher_is_better,
 )
+from cellrlhf.evaluation.aggregate_inputs import is_fit_check
 
 __all__ = [
     "Comparison",
@@ -240,6 +241,13 @@ def _above_ceiling_note(base: MethodScore, ceil: MethodScore, metric: str) -> st
 _PRACTICAL = 10
 
 
+FIT_CHECK_NOTE = (
+    "Fit check: these perturbations were trained on, and every baseline predicts each from the "
+    "training cells without it (leave-one-out). A model below the leave-one-out mean here does "
+    "not fit its own training data. It says nothing about unseen perturbations."
+)
+
+
 def _planning_note(c: Comparison, spread: float, metric: str, level: float) -> str | None:
     """For a comparison ahead but without a verdict: the perturbations an interval needs."""
     from cellrlhf.metrics.intervals import perturbations_needed
@@ -391,9 +399,19 @@ def setting_verdicts(
             note = _planning_note(comparison, spread, metric, agg.confidence_level)
             planning += [note] if note else []
         planning += _partial_notes(verdict.comparisons)
-        verdict.notes = _notes(agg, setting, metric, kind, verdict, planning)
-        out.append(verdict)
+        fit = is_fit_check(setting)
+        verdict.notes = _notes(agg, setting, metric, kind, verdict, [] if fit else planning)
+        out.append(_as_fit_check(verdict) if fit else verdict)
     return out
+
+
+def _as_fit_check(verdict: SettingVerdict) -> SettingVerdict:
+    """A ``[TRAIN prompts]`` setting's verdict worded as the fit check it is: the perturbations
+    were trained (each baseline left them out), so nothing in it is held out or a result."""
+    for c in verdict.comparisons:
+        c.sentence = c.sentence.replace("held-out", "training")
+    verdict.notes = [FIT_CHECK_NOTE] + [n.replace("held-out", "training") for n in verdict.notes]
+    return verdict
 
 
 def _fmt(value: float, digits: int = 3) -> str:

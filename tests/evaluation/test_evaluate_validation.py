@@ -107,6 +107,7 @@ def test_evaluate_train_is_a_fit_check_whose_baselines_never_see_the_answer(
     from cellrlhf.evaluation.aggregate import aggregate_evaluations
     from cellrlhf.evaluation.baselines import predict_baselines
     from cellrlhf.evaluation.leave_one_out import leave_one_out_baselines
+    from cellrlhf.evaluation.verdict import FIT_CHECK_NOTE, setting_verdicts
 
     trained = set(load_from_disk(str(val_dataset_dir / "rl"))["train"]["perturbation"])
     out = _evaluate(val_dataset_dir, sim_model_dir, tmp_path / "train", "--split", "train",
@@ -139,6 +140,9 @@ def test_evaluate_train_is_a_fit_check_whose_baselines_never_see_the_answer(
     assert (baselines["pearson_delta"].dropna() < 0.999).all()
     agg = aggregate_evaluations({"fold0_seed0": out}, n_boot=50)
     assert agg.settings[0].endswith("[TRAIN prompts]")
+    (verdict,) = setting_verdicts(agg)
+    assert verdict.sentences[0] == FIT_CHECK_NOTE or FIT_CHECK_NOTE in verdict.sentences
+    assert verdict.comparisons and not any("held-out" in s for s in verdict.sentences)
 
 
 def _delta(cells, perturbation):
