@@ -42,6 +42,9 @@ verifies like any evidence.
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -50,6 +53,24 @@ from cellrlhf.data.plan import task_rng
 from cellrlhf.data.schema import CONTROL_LABEL, perturbation_targets
 
 __all__ = ["SyntheticCombinations", "SyntheticTransfers", "synthetic_pairs", "transfer_pairs"]
+
+logger = logging.getLogger(__name__)
+
+# synthetic answers this many times as long as real ones get a warning
+LENGTH_WARNING = 1.25
+_CELL = re.compile(r"<cell>(.*?)</cell>", re.S)
+
+
+def genes_per_answer(rows) -> float:
+    """Mean number of genes in the answer cells of ``perturbation_response`` rows (NaN: none)."""
+    counts = []
+    for row in rows:
+        if row.get("task") != "perturbation_response":
+            continue
+        found = _CELL.search(row["messages"][-1]["content"])
+        if found:
+            counts.append(len(found.group(1).split()))
+    return float(np.mean(counts)) if counts else float("nan")
 
 
 def synthetic_pairs(measured: dict[str, list[str]], known: set[frozenset]) -> list[tuple]:
@@ -267,13 +288,24 @@ class _SyntheticRows:
         for rows in sft.values():
             for row in rows:
                 row.setdefault("synthetic", False)
+        lengths = {"real": genes_per_answer(sft["train"]), "synthetic": genes_per_answer(made)}
         train = sft["train"] + made
         order = task_rng(seed, "sft-shuffle-synthetic").permutation(len(train))
         sft["train"] = [train[i] for i in order]
+        if self.apply == "shift" and lengths["synthetic"] > LENGTH_WARNING * lengths["real"]:
+            logger.warning(
+                "evidence.%s: synthetic answers carry %.0f genes per cell where real training "
+                "answers carry %.0f; a model trained on them writes cells that are too long. Set "
+                "evidence.synthetic_apply: detection (docs/evidence.md).",
+                self.option,
+                lengths["synthetic"],
+                lengths["real"],
+            )
         return {
             "examples": len(made),
             "pairs": len(self.pairs),
             "contexts": sorted({pair[0] for pair in self.pairs}),
+            "genes_per_answer": {k: round(v, 2) for k, v in lengths.items()},
         }
 
 

@@ -82,11 +82,12 @@ def test_synthetic_rows_are_the_additive_cell_of_a_training_pair(built):
     sources = {(s["split"], s["perturbation"]) for r in rows for s in r["evidence_sources"]}
     assert sources == {("train", "A"), ("train", "B"), ("train", "control")}
     manifest = json.loads((result.path / "manifest.json").read_text())
-    assert manifest["evidence"]["synthetic_combinations"] == {
-        "examples": N,
-        "pairs": 1,
-        "contexts": ["K1"],
-    }
+    made = manifest["evidence"]["synthetic_combinations"]
+    lengths = made.pop("genes_per_answer")
+    assert made == {"examples": N, "pairs": 1, "contexts": ["K1"]}
+    real = [r for r in on.sft["train"] if not r["synthetic"] and r["task"] == "perturbation_response"]  # fmt: skip
+    assert lengths["synthetic"] == 5.0  # G1 G3 G2 G5 G6
+    assert lengths["real"] == pytest.approx(synthetic.genes_per_answer(real), abs=0.01)
     for split in ("validation", "test"):
         assert not any(r["synthetic"] for r in on.sft[split])
     assert sum(not r["synthetic"] for r in on.sft["train"]) > 0
@@ -228,11 +229,9 @@ def test_synthetic_transfers_are_a_control_cell_plus_the_other_contexts_change(t
         ("other_contexts", "control", "Y"),
     }
     manifest = json.loads((result.path / "manifest.json").read_text())
-    assert manifest["evidence"]["synthetic_transfers"] == {
-        "examples": 70,
-        "pairs": 7,
-        "contexts": ["X", "Y", "Z"],
-    }
+    made = manifest["evidence"]["synthetic_transfers"]
+    assert set(made.pop("genes_per_answer")) == {"real", "synthetic"}
+    assert made == {"examples": 70, "pairs": 7, "contexts": ["X", "Y", "Z"]}
     assert "synthetic_combinations" not in manifest["evidence"]
     assert not any(r["synthetic"] for split in ("validation", "test") for r in built.sft[split])
 
@@ -334,3 +333,20 @@ def test_detection_switches_unexpressed_genes_on_at_their_level_with_the_changes
     with pytest.raises(ConfigError, match="synthetic_apply must be one of"):
         _transfer_config(synthetic_apply="add")
     assert "synthetic_apply" not in _transfer_config().to_dict()["evidence"]  # fingerprints kept
+
+
+def test_a_build_whose_synthetic_answers_are_too_long_says_so(tmp_path, caplog):
+    """Real K1 answers carry 3-5 genes; B + A's change (shift) switches on all 5: warned, with
+    the fix; ``detection`` is not warned about."""
+    assert synthetic.genes_per_answer([{"task": "perturbation_response", "messages": [
+        {"role": "assistant", "content": "<cell> A B C </cell>"}]}]) == 3.0  # fmt: skip
+    with caplog.at_level("WARNING", logger="cellrlhf.data.synthetic"):
+        build_datasets(_synthetic_config(), out_dir=tmp_path / "s", adata=_adata(GROUPS))
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "synthetic answers carry 5 genes per cell" in message
+    assert "evidence.synthetic_apply: detection" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cellrlhf.data.synthetic"):
+        config = _synthetic_config(synthetic_apply="detection")
+        build_datasets(config, out_dir=tmp_path / "d", adata=_adata(GROUPS))
+    assert not caplog.records
