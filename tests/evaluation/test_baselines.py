@@ -14,6 +14,7 @@ from cellrlhf.evaluation.baselines import (
     ridge_baseline,
     split_half,
 )
+from tests.fixtures.perturbation_cells import context_profile_adata
 
 # every cell of a group has the same profile, so pseudo-bulk deltas are exact
 PROFILES = {
@@ -166,13 +167,7 @@ CONTEXT_PROFILES = {  # (context, perturbation) -> profile; control differs per 
 
 @pytest.fixture
 def contexts_train():
-    keys = [k for k in CONTEXT_PROFILES for _ in range(2)]
-    X = np.asarray([CONTEXT_PROFILES[k] for k in keys], dtype=np.float32)
-    obs = pd.DataFrame(
-        {"cell_context": [c for c, _ in keys], "perturbation": [p for _, p in keys]},
-        index=[f"t{i}" for i in range(len(keys))],
-    )
-    return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=["g0", "g1", "g2"]))
+    return context_profile_adata(CONTEXT_PROFILES, 2)
 
 
 def test_context_transfer_averages_the_other_contexts_changes(contexts_train):

@@ -1,9 +1,7 @@
 """Leave-one-out baselines and reference: scoring perturbations that were trained without
 showing any baseline the answer (exact values on cells whose groups have one profile each)."""
 
-import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
 
 from cellrlhf.evaluation.baselines import predict_baselines
@@ -13,6 +11,7 @@ from cellrlhf.evaluation.leave_one_out import (
     leave_one_out_reference,
     without_perturbation,
 )
+from tests.fixtures.perturbation_cells import context_profile_adata
 
 PROFILES = {  # (context, perturbation) -> profile
     ("X", "control"): [1, 1, 1, 1],
@@ -29,13 +28,7 @@ LOO_MEAN = {"A": [1 / 3, 4 / 3, -1 / 3, 1 / 3], "B": [2 / 3, 2 / 3, -1 / 3, 1 / 
 
 @pytest.fixture
 def train():
-    keys = [k for k in PROFILES for _ in range(3)]
-    X = np.asarray([PROFILES[k] for k in keys], dtype=np.float32)
-    obs = pd.DataFrame(
-        {"cell_context": [c for c, _ in keys], "perturbation": [p for _, p in keys]},
-        index=[f"t{i}" for i in range(len(keys))],
-    )
-    return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=["g0", "g1", "g2", "g3"]))
+    return context_profile_adata(PROFILES, 3)
 
 
 def test_without_perturbation_drops_only_its_cells_in_the_context(train):
