@@ -43,11 +43,11 @@ verifies like any evidence.
 from __future__ import annotations
 
 import logging
-import re
 
 import numpy as np
 import scipy.sparse as sp
 
+from cellrlhf.cell2text.markup import extract_cell
 from cellrlhf.data.evidence import with_evidence
 from cellrlhf.data.plan import task_rng
 from cellrlhf.data.schema import CONTROL_LABEL, perturbation_targets
@@ -58,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 # synthetic answers this many times as long as real ones get a warning
 LENGTH_WARNING = 1.25
-_CELL = re.compile(r"<cell>(.*?)</cell>", re.S)
 
 
 def genes_per_answer(rows) -> float:
@@ -67,9 +66,9 @@ def genes_per_answer(rows) -> float:
     for row in rows:
         if row.get("task") != "perturbation_response":
             continue
-        found = _CELL.search(row["messages"][-1]["content"])
-        if found:
-            counts.append(len(found.group(1).split()))
+        cell = extract_cell(row["messages"][-1]["content"])
+        if cell.found:
+            counts.append(len(cell.sentence.split()))
     return float(np.mean(counts)) if counts else float("nan")
 
 

@@ -104,13 +104,14 @@ def compare_methods(
     """
     kwargs = dict(pert_col=pert_col, control=control, **evaluate_kwargs)
     where = dict(context=context, context_col=context_col, pert_col=pert_col, control=control)
+    perturbations = _perturbations(real, pert_col, control)
     if train is not None:
         in_context = cells_of_context(train, context, context_col)
         # the reference of the perturbation-specific metrics, the same for every method; none
         # (NaN metrics) where the context trained no perturbation
         if leave_one_out:
             kwargs["reference_delta"] = leave_one_out_reference(
-                train, _perturbations(real, pert_col, control), layer=layer, **where
+                train, perturbations, layer=layer, **where
             )
         elif has_perturbed_cells(in_context, pert_col=pert_col, control=control):
             kwargs["reference_delta"] = training_mean_delta(
@@ -128,9 +129,7 @@ def compare_methods(
         results[name] = evaluate_predictions(pred, real, real_layer=layer, **kwargs)
     if train is not None and baselines:
         predict = leave_one_out_baselines if leave_one_out else predict_baselines
-        predicted = predict(
-            train, _perturbations(real, pert_col, control), methods=baselines, layer=layer, **where
-        )
+        predicted = predict(train, perturbations, methods=baselines, layer=layer, **where)
         results.update(_baseline_evaluations(real, predicted, layer, kwargs))
     if split_half_ceiling:
         half_a, half_b = split_half(real, pert_col=pert_col, seed=seed)

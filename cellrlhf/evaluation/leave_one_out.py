@@ -25,8 +25,8 @@ from cellrlhf.evaluation.baselines import (
     cells_of_context,
     has_perturbed_cells,
     predict_baselines,
-    training_mean_delta,
 )
+from cellrlhf.metrics.pseudobulk import pseudobulk
 
 __all__ = ["without_perturbation", "leave_one_out_baselines", "leave_one_out_reference"]
 
@@ -110,12 +110,21 @@ def leave_one_out_reference(
     """The mean training change of ``context`` without each perturbation: one row per
     perturbation (index), one column per gene; the ``reference_delta`` of
     :func:`~cellrlhf.evaluation.scoring.evaluate_predictions` for trained perturbations.
-    ``None`` (logged) where some perturbation is the context's only trained one."""
+    Derived from one pseudo-bulk (the mean of the others is the sum less its own change over
+    ``n - 1``). ``None`` (logged) where some perturbation is the context's only trained one."""
     in_context = cells_of_context(train, context, context_col)
+    if not perturbations or not has_perturbed_cells(in_context, pert_col=pert_col, control=control):
+        return None
+    bulks = pseudobulk(in_context, pert_col=pert_col, control=control, layer=layer)
+    deltas, n = bulks.deltas, len(bulks.perturbations)
+    row_of = {str(p): i for i, p in enumerate(bulks.perturbations)}
+    total = deltas.sum(axis=0)
     rows = []
     for p in perturbations:
-        rest = without_perturbation(in_context, p, context=None, pert_col=pert_col)
-        if not has_perturbed_cells(rest, pert_col=pert_col, control=control):
+        i = row_of.get(str(p))
+        if i is None:  # not trained here: every trained perturbation is "the others"
+            rows.append(total / n)
+        elif n == 1:
             logger.info(
                 "context %s trained no perturbation but %s: no leave-one-out reference "
                 "(pearson_specific is NaN)",
@@ -123,7 +132,10 @@ def leave_one_out_reference(
                 p,
             )
             return None
-        rows.append(training_mean_delta(rest, pert_col=pert_col, control=control, layer=layer))
-    if not rows:
-        return None
-    return pd.DataFrame(rows, index=pd.Index([str(p) for p in perturbations]))
+        else:
+            rows.append((total - deltas[i]) / (n - 1))
+    return pd.DataFrame(
+        np.vstack(rows),
+        index=pd.Index([str(p) for p in perturbations]),
+        columns=pd.Index(bulks.genes.astype(str)),
+    )
